@@ -1,0 +1,183 @@
+//! Settings of the command side (command → projector → query): where the write
+//! model lives, how the HTTP server listens, and the limits that keep it
+//! answering under load.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Every setting of `command-api`: a flag, its environment twin and a default.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    about = "The write side of the course store: validates commands and writes them to PostgreSQL."
+)]
+pub struct Config {
+    /// PostgreSQL connection URL of the write model.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:55432/courses"
+    )]
+    pub database_url: String,
+
+    /// Address the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+
+    /// Bearer token that guards back-office writes; unset or empty leaves them open (development mode).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Most PostgreSQL connections the pool opens.
+    #[arg(long, env = "COMMAND_API_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_pool_size: u32,
+
+    /// How long a request waits for a pooled connection before it is answered 503 (e.g. 2s, 500ms).
+    #[arg(long, env = "COMMAND_API_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// PostgreSQL `statement_timeout` set on every pooled connection (e.g. 5s).
+    #[arg(long, env = "COMMAND_API_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_statement_timeout: Duration,
+
+    /// Longest a request may take before it is abandoned with 503 (e.g. 10s).
+    #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Requests handled at once; past it new requests are shed with 503 instead of queueing.
+    #[arg(long, env = "COMMAND_API_CONCURRENCY_LIMIT", default_value_t = DEFAULT_CONCURRENCY_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency_limit: u32,
+
+    /// Largest accepted request body in bytes; larger bodies are answered 413.
+    #[arg(long, env = "COMMAND_API_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_limit_bytes: u64,
+
+    /// How long an order's idempotency key is kept (at least 24h, as the contract promises).
+    #[arg(long, env = "COMMAND_API_IDEMPOTENCY_KEY_TTL", default_value = "24h", value_parser = parse_key_ttl)]
+    pub idempotency_key_ttl: Duration,
+
+    /// How often expired idempotency keys are deleted, in small batches (e.g. 5m).
+    #[arg(long, env = "COMMAND_API_IDEMPOTENCY_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_sweep_interval: Duration,
+}
+
+const DEFAULT_POOL_SIZE: u32 = 16;
+const DEFAULT_CONCURRENCY_LIMIT: u32 = 256;
+const DEFAULT_BODY_LIMIT_BYTES: u64 = 256 * 1024;
+/// The SPEC keeps idempotency keys at least this long.
+const KEY_TTL_MIN: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl Config {
+    /// The defaults, listening on a free port of 127.0.0.1, with no admin token.
+    pub fn for_tests(database_url: &str) -> Self {
+        Config {
+            database_url: database_url.to_owned(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            admin_token: None,
+            db_pool_size: DEFAULT_POOL_SIZE,
+            db_acquire_timeout: Duration::from_secs(2),
+            db_statement_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            concurrency_limit: DEFAULT_CONCURRENCY_LIMIT,
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            idempotency_key_ttl: KEY_TTL_MIN,
+            idempotency_sweep_interval: Duration::from_secs(5 * 60),
+        }
+    }
+
+    /// The admin token, if one is configured; an empty value counts as none.
+    pub(crate) fn admin_token(&self) -> Option<&str> {
+        self.admin_token
+            .as_deref()
+            .filter(|token| !token.is_empty())
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m` or `24h` (a bare number is seconds); zero is refused.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 2s or 1m"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(60 * 60)),
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    };
+    if duration.is_zero() {
+        return Err("a duration must be more than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// A duration of at least 24 hours.
+fn parse_key_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < KEY_TTL_MIN {
+        return Err("idempotency keys are kept at least 24h".to_owned());
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations_parse_with_their_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("2d").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn the_test_configuration_uses_the_command_line_defaults() {
+        let parsed = Config::try_parse_from([
+            "command-api",
+            "--database-url",
+            "postgres://x/y",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .expect("defaults parse");
+        let for_tests = Config::for_tests("postgres://x/y");
+        assert_eq!(parsed.db_pool_size, for_tests.db_pool_size);
+        assert_eq!(parsed.db_acquire_timeout, for_tests.db_acquire_timeout);
+        assert_eq!(parsed.db_statement_timeout, for_tests.db_statement_timeout);
+        assert_eq!(parsed.request_timeout, for_tests.request_timeout);
+        assert_eq!(parsed.concurrency_limit, for_tests.concurrency_limit);
+        assert_eq!(parsed.body_limit_bytes, for_tests.body_limit_bytes);
+        assert_eq!(parsed.addr, for_tests.addr);
+        assert_eq!(parsed.idempotency_key_ttl, for_tests.idempotency_key_ttl);
+        assert_eq!(
+            parsed.idempotency_sweep_interval,
+            for_tests.idempotency_sweep_interval
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_kept_at_least_a_day() {
+        assert!(parse_key_ttl("23h").is_err());
+        assert_eq!(parse_key_ttl("48h"), Ok(Duration::from_secs(2 * 86_400)));
+    }
+
+    #[test]
+    fn an_empty_admin_token_counts_as_none() {
+        let mut config = Config::for_tests("postgres://x/y");
+        config.admin_token = Some(String::new());
+        assert_eq!(config.admin_token(), None);
+        config.admin_token = Some("s3cret".to_owned());
+        assert_eq!(config.admin_token(), Some("s3cret"));
+    }
+}

@@ -1,0 +1,52 @@
+//! The command side's PostgreSQL connections (command → projector → query):
+//! a bounded pool whose every statement runs under a timeout, and the commit
+//! LSN handed to clients as their read-your-writes token.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::Config;
+
+/// The pool the API runs on. It connects lazily, so the API starts (and
+/// `/ready` says 503) while PostgreSQL is still down.
+pub(crate) fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(&config.database_url)?.application_name("command-api");
+    let statement_timeout = format!("{}ms", config.db_statement_timeout.as_millis());
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_pool_size)
+        .acquire_timeout(config.db_acquire_timeout)
+        .after_connect(move |conn, _meta| {
+            let statement_timeout = statement_timeout.clone();
+            Box::pin(async move {
+                // `set_config` is `SET statement_timeout` with a bound value,
+                // so the SQL text stays constant.
+                sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+                    .bind(statement_timeout)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options);
+    Ok(pool)
+}
+
+/// An LSN at or after the commit that just finished on `conn`, in PostgreSQL's
+/// text form (`0/16B3748`). Read after COMMIT, so the commit record is behind it.
+///
+/// `None` (logged) if it cannot be read: the write is committed by then, and
+/// failing the request would invite a retry that writes twice.
+pub(crate) async fn commit_lsn(conn: &mut PgConnection) -> Option<String> {
+    match sqlx::query_scalar::<_, String>("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(conn)
+        .await
+    {
+        Ok(lsn) => Some(lsn),
+        Err(err) => {
+            tracing::error!(error = %err, "could not read the commit lsn");
+            None
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! How the command side (command → projector → query) says no: one error type
+//! whose response is the SPEC's status, code and JSON body.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// Problems with individual fields of a request, by field name.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct FieldErrors(BTreeMap<&'static str, String>);
+
+impl FieldErrors {
+    /// Records a problem with `field`; the first problem found for a field wins.
+    pub(crate) fn add(&mut self, field: &'static str, problem: impl Into<String>) {
+        self.0.entry(field).or_insert_with(|| problem.into());
+    }
+
+    /// `Ok(())` when no problem was recorded, else a 422.
+    pub(crate) fn into_result(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self))
+        }
+    }
+
+    /// A 422 naming a single field.
+    pub(crate) fn single(field: &'static str, problem: impl Into<String>) -> ApiError {
+        let mut errors = FieldErrors::default();
+        errors.add(field, problem);
+        ApiError::Validation(errors)
+    }
+}
+
+/// Everything a command handler can answer instead of success.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 400 `bad_request`: the body is not JSON or does not match the schema; a bad path or header.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 `unauthorized`: a guarded route without the right admin token.
+    #[error("this route needs the admin token as `Authorization: Bearer <token>`")]
+    Unauthorized,
+    /// 404 `not_found`: the id in the path does not exist, or no such route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `method_not_allowed`: a known route with the wrong method.
+    #[error("this route does not accept that method")]
+    MethodNotAllowed,
+    /// 409 `email_taken`: another user has this email (compared case-insensitively).
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    /// 409 `already_enrolled`: the user is actively enrolled in one of the courses.
+    #[error("the user is already enrolled in {}", describe_courses(.0))]
+    AlreadyEnrolled(Vec<i64>),
+    /// 409 `sold_out`: no seat left in the sale event for one of the courses.
+    #[error("no seat is left in the sale event for {}", describe_courses(.0))]
+    SoldOut(Vec<i64>),
+    /// 409 `idempotency_key_reused`: the key was used by this user for a different request.
+    #[error("this idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// 413 `payload_too_large`: the body is over the configured limit.
+    #[error("the request body is larger than the limit")]
+    PayloadTooLarge,
+    /// 415 `unsupported_media_type`: a body that is not `application/json`.
+    #[error("the request body must be JSON with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// 422 `validation_failed`: types are right but values are not.
+    #[error("some fields are invalid")]
+    Validation(FieldErrors),
+    /// 428 `idempotency_key_required`: `POST /v1/orders` without `Idempotency-Key`.
+    #[error("this request needs an `Idempotency-Key` header")]
+    IdempotencyKeyRequired,
+    /// 503 `unavailable`: overloaded, timed out, or the database is out of reach.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// A database error nobody expected: 503 when it is transient, else 500. Logged, never shown.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// 500 `internal`: a bug on our side. Logged, never shown.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn describe_courses(ids: &[i64]) -> String {
+    if ids.is_empty() {
+        return "one of the courses".to_owned();
+    }
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("course(s) {}", list.join(", "))
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a FieldErrors>,
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            ApiError::AlreadyEnrolled(_) => (StatusCode::CONFLICT, "already_enrolled"),
+            ApiError::SoldOut(_) => (StatusCode::CONFLICT, "sold_out"),
+            ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::IdempotencyKeyRequired => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "idempotency_key_required",
+            ),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Database(err) if is_transient(err) => {
+                tracing::warn!(error = %err, "database unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            ApiError::Database(err) => {
+                tracing::error!(error = %err, "database error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            ApiError::Internal(err) => {
+                tracing::error!(error = %err, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        // Database and internal details stay in the log; the client gets a sentence.
+        let message = match &self {
+            ApiError::Database(_) | ApiError::Internal(_)
+                if status == StatusCode::INTERNAL_SERVER_ERROR =>
+            {
+                "something went wrong on our side".to_owned()
+            }
+            ApiError::Database(_) => "the database is unavailable, retry shortly".to_owned(),
+            other => other.to_string(),
+        };
+        let fields = match &self {
+            ApiError::Validation(fields) => Some(fields),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message,
+                fields,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Errors that go away by themselves: the pool is exhausted, the server is
+/// unreachable or shutting down, a statement timed out, a serialization
+/// conflict. A client should retry them, so they are 503, not 500.
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources; 57: operator
+            // intervention (statement timeout, shutdown); 40001/40P01:
+            // serialization failure and deadlock; 55P03: lock not available.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "40P01"
+                || code == "55P03"
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `err` is a violation of the constraint or unique index `name`.
+pub(crate) fn violates(err: &sqlx::Error, name: &str) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.constraint() == Some(name),
+        _ => false,
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            // axum answers type mismatches with 422; the SPEC keeps 422 for
+            // values and calls a schema mismatch a 400.
+            _ => ApiError::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        match rejection {
+            PathRejection::FailedToDeserializePathParams(err) => {
+                ApiError::BadRequest(format!("invalid path: {}", err.body_text()))
+            }
+            other => ApiError::Internal(other.body_text()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_name_the_courses_in_their_message() {
+        assert_eq!(
+            ApiError::AlreadyEnrolled(vec![3, 7]).to_string(),
+            "the user is already enrolled in course(s) 3, 7"
+        );
+        assert_eq!(
+            ApiError::SoldOut(Vec::new()).to_string(),
+            "no seat is left in the sale event for one of the courses"
+        );
+    }
+
+    #[test]
+    fn pool_timeouts_are_unavailable_not_internal() {
+        let response = ApiError::Database(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&RETRY_AFTER_SECONDS)
+        );
+        let response = ApiError::Database(sqlx::Error::RowNotFound).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

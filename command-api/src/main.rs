@@ -1,0 +1,98 @@
+//! The `command-api` binary, the command side of command → projector → query:
+//! parses the settings, then serves (the default) or applies migrations.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use command_api::{Application, Config};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "command-api", version, args_conflicts_with_subcommands = true)]
+/// The write side of the course store: validates commands and writes them to PostgreSQL.
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (what runs when no subcommand is given).
+    Serve(Config),
+    /// Apply the database migrations, then exit.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// PostgreSQL connection URL of the write model.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:55432/courses"
+    )]
+    database_url: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    // Invalid settings fail here, before the runtime starts.
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Some(Command::Migrate(args)) => {
+                command_api::migrate(&args.database_url).await?;
+                tracing::info!("migrations applied");
+                Ok(())
+            }
+            Some(Command::Serve(config)) => serve(config).await,
+            None => serve(cli.serve).await,
+        }
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    app.run_until_stopped(shutdown_signal())
+        .await
+        .context("server failed")
+}
+
+/// Completes on Ctrl-C or SIGTERM; in-flight requests then finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received, draining requests");
+}

@@ -1,0 +1,294 @@
+//! `POST /v1/courses` and `PATCH /v1/courses/{id}` on the command side
+//! (command → projector → query): the catalogue the course views are built from.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::auth::Admin;
+use crate::db::commit_lsn;
+use crate::error::{ApiError, FieldErrors};
+use crate::extract::{AppJson, PathId};
+use crate::routes::{written, AppState};
+
+/// Longest title or instructor accepted, in characters.
+const TITLE_MAX_CHARS: usize = 200;
+/// Longest summary accepted, in characters.
+const SUMMARY_MAX_CHARS: usize = 2_000;
+/// Longest category accepted, in characters.
+const CATEGORY_MAX_CHARS: usize = 100;
+/// Highest price accepted: a trillion won keeps any 500-course order total,
+/// and the discount arithmetic on it, far inside 64 bits.
+pub(super) const PRICE_MAX_KRW: i64 = 1_000_000_000_000;
+
+/// Every column a client sees, heavy HTML included: only single-course
+/// answers select it.
+const COURSE_COLUMNS: &str = "id, title, summary, description_html, category, instructor, \
+                              price_krw, created_at, updated_at";
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Course {
+    id: i64,
+    title: String,
+    summary: String,
+    description_html: String,
+    category: String,
+    instructor: String,
+    price_krw: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateCourse {
+    title: String,
+    summary: String,
+    description_html: String,
+    category: String,
+    instructor: String,
+    price_krw: i64,
+}
+
+/// A partial update. `Some(None)` is an explicit `null`, which no column takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateCourse {
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    summary: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    description_html: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    category: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    instructor: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    price_krw: Option<Option<i64>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from a field left out (`None`).
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Course fields that passed validation; `None` means "leave as is".
+#[derive(Default)]
+struct CourseChanges {
+    title: Option<String>,
+    summary: Option<String>,
+    description_html: Option<String>,
+    category: Option<String>,
+    instructor: Option<String>,
+    price_krw: Option<i64>,
+}
+
+impl CourseChanges {
+    fn is_empty(&self) -> bool {
+        self.title.is_none()
+            && self.summary.is_none()
+            && self.description_html.is_none()
+            && self.category.is_none()
+            && self.instructor.is_none()
+            && self.price_krw.is_none()
+    }
+}
+
+fn required_text(
+    errors: &mut FieldErrors,
+    field: &'static str,
+    value: String,
+    max_chars: usize,
+) -> String {
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        errors.add(field, "must not be empty");
+    } else if value.chars().count() > max_chars {
+        errors.add(field, format!("must be at most {max_chars} characters"));
+    }
+    value
+}
+
+fn summary_text(errors: &mut FieldErrors, value: String) -> String {
+    if value.chars().count() > SUMMARY_MAX_CHARS {
+        errors.add(
+            "summary",
+            format!("must be at most {SUMMARY_MAX_CHARS} characters"),
+        );
+    }
+    value
+}
+
+fn price(errors: &mut FieldErrors, value: i64) -> i64 {
+    if value < 0 {
+        errors.add("price_krw", "must not be negative");
+    } else if value > PRICE_MAX_KRW {
+        errors.add("price_krw", format!("must be at most {PRICE_MAX_KRW}"));
+    }
+    value
+}
+
+/// An explicit `null` for a field that cannot be null.
+fn not_null<T>(
+    errors: &mut FieldErrors,
+    field: &'static str,
+    value: Option<Option<T>>,
+) -> Option<T> {
+    match value {
+        Some(None) => {
+            errors.add(field, "must not be null");
+            None
+        }
+        Some(Some(value)) => Some(value),
+        None => None,
+    }
+}
+
+impl TryFrom<CreateCourse> for CourseChanges {
+    type Error = ApiError;
+
+    fn try_from(request: CreateCourse) -> Result<Self, ApiError> {
+        let mut errors = FieldErrors::default();
+        let changes = CourseChanges {
+            title: Some(required_text(
+                &mut errors,
+                "title",
+                request.title,
+                TITLE_MAX_CHARS,
+            )),
+            summary: Some(summary_text(&mut errors, request.summary)),
+            description_html: Some(request.description_html),
+            category: Some(required_text(
+                &mut errors,
+                "category",
+                request.category,
+                CATEGORY_MAX_CHARS,
+            )),
+            instructor: Some(required_text(
+                &mut errors,
+                "instructor",
+                request.instructor,
+                TITLE_MAX_CHARS,
+            )),
+            price_krw: Some(price(&mut errors, request.price_krw)),
+        };
+        errors.into_result()?;
+        Ok(changes)
+    }
+}
+
+impl TryFrom<UpdateCourse> for CourseChanges {
+    type Error = ApiError;
+
+    fn try_from(request: UpdateCourse) -> Result<Self, ApiError> {
+        let mut errors = FieldErrors::default();
+        let title = not_null(&mut errors, "title", request.title);
+        let summary = not_null(&mut errors, "summary", request.summary);
+        let description_html = not_null(&mut errors, "description_html", request.description_html);
+        let category = not_null(&mut errors, "category", request.category);
+        let instructor = not_null(&mut errors, "instructor", request.instructor);
+        let price_krw = not_null(&mut errors, "price_krw", request.price_krw);
+        let changes = CourseChanges {
+            title: title.map(|v| required_text(&mut errors, "title", v, TITLE_MAX_CHARS)),
+            summary: summary.map(|v| summary_text(&mut errors, v)),
+            description_html,
+            category: category
+                .map(|v| required_text(&mut errors, "category", v, CATEGORY_MAX_CHARS)),
+            instructor: instructor
+                .map(|v| required_text(&mut errors, "instructor", v, TITLE_MAX_CHARS)),
+            price_krw: price_krw.map(|v| price(&mut errors, v)),
+        };
+        errors.into_result()?;
+        Ok(changes)
+    }
+}
+
+/// `POST /v1/courses` → 201 with the course.
+pub(super) async fn create(
+    _admin: Admin,
+    State(state): State<AppState>,
+    AppJson(request): AppJson<CreateCourse>,
+) -> Result<Response, ApiError> {
+    let course = CourseChanges::try_from(request)?;
+    let mut conn = state.pool.acquire().await?;
+    let created: Course = sqlx::query_as(
+        "INSERT INTO courses (title, summary, description_html, category, instructor, price_krw) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id, title, summary, description_html, category, instructor, price_krw, \
+                   created_at, updated_at",
+    )
+    .bind(course.title)
+    .bind(course.summary)
+    .bind(course.description_html)
+    .bind(course.category)
+    .bind(course.instructor)
+    .bind(course.price_krw)
+    .fetch_one(&mut *conn)
+    .await?;
+    let lsn = commit_lsn(&mut conn).await;
+    Ok(written(StatusCode::CREATED, lsn, &created))
+}
+
+/// `PATCH /v1/courses/{id}` → 200 with the course; 404 when there is none.
+///
+/// Only the given columns are written: an UPDATE that leaves
+/// `description_html` out keeps its TOASTed value untouched, which the
+/// projector sees as "unchanged" instead of re-reading tens of KB.
+pub(super) async fn update(
+    _admin: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    AppJson(request): AppJson<UpdateCourse>,
+) -> Result<Response, ApiError> {
+    let changes = CourseChanges::try_from(request)?;
+    let mut conn = state.pool.acquire().await?;
+    let course: Option<Course> = if changes.is_empty() {
+        let mut query = QueryBuilder::<Postgres>::new("SELECT ");
+        query
+            .push(COURSE_COLUMNS)
+            .push(" FROM courses WHERE id = ")
+            .push_bind(id);
+        query.build_query_as().fetch_optional(&mut *conn).await?
+    } else {
+        let mut query = QueryBuilder::<Postgres>::new("UPDATE courses SET ");
+        let mut set = query.separated(", ");
+        // Column names are fixed text; every value is a bound parameter.
+        if let Some(title) = changes.title {
+            set.push("title = ").push_bind_unseparated(title);
+        }
+        if let Some(summary) = changes.summary {
+            set.push("summary = ").push_bind_unseparated(summary);
+        }
+        if let Some(description_html) = changes.description_html {
+            set.push("description_html = ")
+                .push_bind_unseparated(description_html);
+        }
+        if let Some(category) = changes.category {
+            set.push("category = ").push_bind_unseparated(category);
+        }
+        if let Some(instructor) = changes.instructor {
+            set.push("instructor = ").push_bind_unseparated(instructor);
+        }
+        if let Some(price_krw) = changes.price_krw {
+            set.push("price_krw = ").push_bind_unseparated(price_krw);
+        }
+        set.push("updated_at = now()");
+        query
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(" RETURNING ")
+            .push(COURSE_COLUMNS);
+        query.build_query_as().fetch_optional(&mut *conn).await?
+    };
+    let course = course.ok_or_else(|| ApiError::NotFound(format!("there is no course {id}")))?;
+    let lsn = commit_lsn(&mut conn).await;
+    Ok(written(StatusCode::OK, lsn, &course))
+}

@@ -1,0 +1,146 @@
+//! The command side's HTTP surface (command → projector → query): every route,
+//! and the layers that give each request an id, a span, a deadline and a place
+//! in the concurrency budget.
+
+mod courses;
+mod health;
+mod orders;
+mod users;
+
+use std::sync::Arc;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{middleware, BoxError, Json, Router};
+use serde::Serialize;
+use sqlx::PgPool;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{self, Metrics, RouteLabel};
+
+/// Header carrying the read-your-writes token of a successful write.
+pub(crate) const X_COMMIT_LSN: HeaderName = HeaderName::from_static("x-commit-lsn");
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) pool: PgPool,
+    /// `None`: back-office writes are open (development mode).
+    pub(crate) admin_token: Option<Arc<str>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) max_connections: u32,
+}
+
+/// The whole application as one service.
+pub(crate) fn router(state: AppState, config: &Config) -> Router {
+    // Load shedding for the API routes: over the global budget a request is
+    // refused at once (503) rather than queued until everything times out.
+    // One semaphore for all routes, not one per route.
+    let shed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(
+            config.concurrency_limit as usize,
+        ))
+        .timeout(config.request_timeout);
+
+    let body_limit = usize::try_from(config.body_limit_bytes).unwrap_or(usize::MAX);
+    let metrics = state.metrics.clone();
+
+    Router::new()
+        .route("/v1/users", post(users::create))
+        .route("/v1/courses", post(courses::create))
+        .route("/v1/courses/{id}", patch(courses::update))
+        .route("/v1/orders", post(orders::create))
+        .route_layer(shed)
+        // Probes and metrics stay outside the budget, so they answer under load.
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn(metrics::tag_route))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(Level::INFO))
+                        // Failures are logged once, where they happen, with their cause.
+                        .on_failure(()),
+                )
+                .layer(middleware::from_fn_with_state(
+                    metrics,
+                    metrics::count_requests,
+                ))
+                .layer(CatchPanicLayer::custom(panicked)),
+        )
+}
+
+/// One span per request, carrying its id so every log line of it can be found.
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    )
+}
+
+/// A successful write: the status, `X-Commit-Lsn` when known, and the JSON body.
+pub(crate) fn written<T: Serialize>(status: StatusCode, lsn: Option<String>, body: &T) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Some(lsn) = lsn.and_then(|lsn| HeaderValue::from_str(&lsn).ok()) {
+        response.headers_mut().insert(X_COMMIT_LSN, lsn);
+    }
+    response
+}
+
+async fn overloaded(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        tracing::warn!("request timed out");
+        ApiError::Unavailable("the request took too long, retry shortly")
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        tracing::warn!("request shed: concurrency limit reached");
+        ApiError::Unavailable("the service is overloaded, retry shortly")
+    } else {
+        ApiError::Internal(format!("unhandled middleware error: {err}"))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no route matches this path".to_owned())
+}
+
+async fn method_not_allowed(matched: Option<MatchedPath>) -> Response {
+    let mut response = ApiError::MethodNotAllowed.into_response();
+    if let Some(matched) = matched {
+        response
+            .extensions_mut()
+            .insert(RouteLabel(Arc::from(matched.as_str())));
+    }
+    response
+}
+
+fn panicked(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal("a request handler panicked".to_owned()).into_response()
+}

@@ -1,0 +1,120 @@
+//! `POST /v1/users` on the command side (command → projector → query): a new
+//! buyer, whose company the projector tallies per course.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::db::commit_lsn;
+use crate::error::{violates, ApiError, FieldErrors};
+use crate::extract::AppJson;
+use crate::routes::{written, AppState};
+
+/// Longest email accepted (the RFC 5321 path limit).
+const EMAIL_MAX_LEN: usize = 254;
+/// Longest name or company accepted, in characters.
+const NAME_MAX_CHARS: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateUser {
+    email: String,
+    name: String,
+    #[serde(default)]
+    company: Option<String>,
+}
+
+/// A user that passed validation: trimmed, and `company` absent rather than blank.
+struct NewUser {
+    email: String,
+    name: String,
+    company: Option<String>,
+}
+
+impl TryFrom<CreateUser> for NewUser {
+    type Error = ApiError;
+
+    fn try_from(request: CreateUser) -> Result<Self, ApiError> {
+        let mut errors = FieldErrors::default();
+        let email = request.email.trim().to_owned();
+        match email.split_once('@') {
+            _ if email.len() > EMAIL_MAX_LEN => {
+                errors.add("email", format!("must be at most {EMAIL_MAX_LEN} bytes"))
+            }
+            Some((local, domain))
+                if !local.is_empty()
+                    && !domain.is_empty()
+                    && !domain.contains('@')
+                    && !email.chars().any(|c| c.is_whitespace() || c.is_control()) => {}
+            _ => errors.add("email", "must be an email address such as name@example.com"),
+        }
+        let name = request.name.trim().to_owned();
+        if name.is_empty() {
+            errors.add("name", "must not be empty");
+        } else if name.chars().count() > NAME_MAX_CHARS {
+            errors.add(
+                "name",
+                format!("must be at most {NAME_MAX_CHARS} characters"),
+            );
+        }
+        let company = request
+            .company
+            .map(|company| company.trim().to_owned())
+            .filter(|company| !company.is_empty());
+        if company
+            .as_ref()
+            .is_some_and(|company| company.chars().count() > NAME_MAX_CHARS)
+        {
+            errors.add(
+                "company",
+                format!("must be at most {NAME_MAX_CHARS} characters"),
+            );
+        }
+        errors.into_result()?;
+        Ok(NewUser {
+            email,
+            name,
+            company,
+        })
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct User {
+    id: i64,
+    email: String,
+    name: String,
+    company: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/users` → 201 with the user; 409 `email_taken` when the email
+/// (case-insensitively) belongs to someone else.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    AppJson(request): AppJson<CreateUser>,
+) -> Result<Response, ApiError> {
+    let user = NewUser::try_from(request)?;
+    let mut conn = state.pool.acquire().await?;
+    let created: User = sqlx::query_as(
+        "INSERT INTO users (email, name, company) VALUES ($1, $2, $3) \
+         RETURNING id, email, name, company, created_at",
+    )
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(&user.company)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|err| {
+        if violates(&err, "users_email_key") {
+            ApiError::EmailTaken
+        } else {
+            ApiError::Database(err)
+        }
+    })?;
+    // A single statement commits when it returns: the LSN read now is past it.
+    let lsn = commit_lsn(&mut conn).await;
+    Ok(written(StatusCode::CREATED, lsn, &created))
+}

@@ -1,0 +1,97 @@
+//! Starting the command side (command → projector → query): bind first, then
+//! serve until told to stop, so tests can run the real app on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routes::{self, AppState};
+
+/// The API, bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    pool: PgPool,
+    port: u16,
+    key_ttl: Duration,
+    sweep_interval: Duration,
+}
+
+impl Application {
+    /// Builds the pool (it connects lazily) and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = crate::db::pool(&config).context("invalid database url")?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let port = listener
+            .local_addr()
+            .context("cannot read the bound address")?
+            .port();
+        let admin_token = config.admin_token().map(Arc::from);
+        if admin_token.is_none() {
+            tracing::warn!("no admin token set: back-office writes are open (development mode)");
+        }
+        let state = AppState {
+            pool: pool.clone(),
+            admin_token,
+            metrics: Arc::new(Metrics::default()),
+            max_connections: config.db_pool_size,
+        };
+        let router = routes::router(state, &config);
+        Ok(Application {
+            listener,
+            router,
+            pool,
+            port,
+            key_ttl: config.idempotency_key_ttl,
+            sweep_interval: config.idempotency_sweep_interval,
+        })
+    }
+
+    /// The port the listener is bound to (useful when the configuration said 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish
+    /// and closes the pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "command api listening");
+        let sweeper = tokio::spawn(crate::expiry::run(
+            self.pool.clone(),
+            self.key_ttl,
+            self.sweep_interval,
+        ));
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        sweeper.abort();
+        self.pool.close().await;
+        tracing::info!("command api stopped");
+        served
+    }
+}
+
+/// Applies the migrations embedded from `migrations/` to `database_url`.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(database_url)
+        .await
+        .context("cannot connect to postgresql")?;
+    sqlx::migrate!("../migrations")
+        .run(&mut conn)
+        .await
+        .context("migration failed")?;
+    conn.close().await.context("cannot close the connection")?;
+    Ok(())
+}

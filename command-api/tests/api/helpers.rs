@@ -1,0 +1,286 @@
+//! Test harness of the command side (command → projector → query): a fresh
+//! PostgreSQL database per test, migrated, and the real app on a free port.
+
+use std::sync::OnceLock;
+
+use command_api::{Application, Config};
+use serde_json::{json, Value};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
+use tokio::sync::oneshot;
+
+const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/postgres";
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let server = match base.rsplit_once('/') {
+        // `postgres://host/db`: drop the database; `postgres://host`: keep all.
+        Some((server, _)) if server.contains("//") => server,
+        _ => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The running app, its database, and an HTTP client.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A pool on the test's own database, for arranging and asserting.
+    pub db: PgPool,
+    database: String,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app after `configure` has adjusted the test configuration.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    init_logs();
+    let admin_url = admin_url();
+    let database = format!("cmd_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("the test PostgreSQL server is reachable (TEST_DATABASE_URL)");
+    admin
+        .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
+        .await
+        .expect("the test database is created");
+    let _ = admin.close().await;
+
+    let database_url = with_database(&admin_url, &database);
+    command_api::migrate(&database_url)
+        .await
+        .expect("the migrations apply");
+
+    let mut config = Config::for_tests(&database_url);
+    configure(&mut config);
+    let app = Application::build(config).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    let db = PgPool::connect(&database_url)
+        .await
+        .expect("the test database is reachable");
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        database,
+        shutdown: Some(shutdown),
+    }
+}
+
+impl Drop for TestApp {
+    /// Stops the server and drops the database, even when the test panicked.
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let database = self.database.clone();
+        let admin_url = admin_url();
+        // Dropping needs async I/O, and Drop is sync: use a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup");
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = admin
+                        .execute(AssertSqlSafe(format!(
+                            r#"DROP DATABASE IF EXISTS "{database}" WITH (FORCE)"#
+                        )))
+                        .await;
+                }
+            });
+        });
+        let _ = dropped.join();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
+    pub async fn patch_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
+    pub async fn post_order(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/orders"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
+    /// Creates a user through the API and returns its id.
+    pub async fn create_user(&self, email: &str, company: Option<&str>) -> i64 {
+        let response = self
+            .post_json(
+                "/v1/users",
+                &json!({ "email": email, "name": "Kim Min-jun", "company": company }),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "user created");
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_i64().expect("user id")
+    }
+
+    /// Creates a course through the API and returns its id.
+    pub async fn create_course(&self, title: &str, price_krw: i64) -> i64 {
+        let response = self
+            .post_json("/v1/courses", &course_body(title, price_krw))
+            .await;
+        assert_eq!(response.status(), 201, "course created");
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_i64().expect("course id")
+    }
+
+    /// Inserts a sale event running now (or not), with seat rows for every
+    /// course that has a seat limit, and returns its id.
+    pub async fn create_event(
+        &self,
+        discount_percent: i32,
+        running: bool,
+        courses: &[(i64, Option<i32>)],
+    ) -> i64 {
+        let (starts, ends) = if running {
+            ("now() - interval '1 hour'", "now() + interval '1 hour'")
+        } else {
+            ("now() + interval '1 hour'", "now() + interval '2 hours'")
+        };
+        let event_id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO sale_events (name, starts_at, ends_at, discount_percent) \
+             VALUES ('spring sale', {starts}, {ends}, $1) RETURNING id"
+        )))
+        .bind(discount_percent)
+        .fetch_one(&self.db)
+        .await
+        .expect("event inserted");
+        for (course_id, seat_limit) in courses {
+            sqlx::query(
+                "INSERT INTO sale_event_courses (event_id, course_id, seat_limit) VALUES ($1, $2, $3)",
+            )
+            .bind(event_id)
+            .bind(course_id)
+            .bind(seat_limit)
+            .execute(&self.db)
+            .await
+            .expect("event course inserted");
+            if let Some(limit) = seat_limit {
+                sqlx::query(
+                    "INSERT INTO event_seats (event_id, course_id, seat_no) \
+                     SELECT $1, $2, n FROM generate_series(1, $3) AS n",
+                )
+                .bind(event_id)
+                .bind(course_id)
+                .bind(limit)
+                .execute(&self.db)
+                .await
+                .expect("seats inserted");
+            }
+        }
+        event_id
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db)
+            .await
+            .expect("count query")
+    }
+}
+
+pub fn course_body(title: &str, price_krw: i64) -> Value {
+    json!({
+        "title": title,
+        "summary": "Ownership, borrowing and lifetimes, step by step.",
+        "description_html": "<h1>Rust</h1><p>From the ground up.</p>",
+        "category": "programming",
+        "instructor": "Lee Ji-eun",
+        "price_krw": price_krw,
+    })
+}
+
+/// Asserts a SPEC error: the status, a JSON body, and its `error.code`.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "JSON content type, got {content_type:?}"
+    );
+    let body: Value = response.json().await.expect("the error body is JSON");
+    assert_eq!(body["error"]["code"], code, "error code in {body}");
+    assert!(
+        body["error"]["message"].is_string(),
+        "error message in {body}"
+    );
+    body
+}
+
+#[test]
+fn database_names_are_swapped_in_urls() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:55432/postgres", "cmd_1"),
+        "postgres://postgres@127.0.0.1:55432/cmd_1"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres?sslmode=disable", "cmd_1"),
+        "postgres://u@h:1/cmd_1?sslmode=disable"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:1", "cmd_1"),
+        "postgres://u@h:1/cmd_1"
+    );
+}

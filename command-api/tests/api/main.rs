@@ -1,0 +1,9 @@
+//! Integration tests of the command side (command → projector → query),
+//! against a real PostgreSQL: one fresh database per test.
+
+mod courses;
+mod errors;
+mod health;
+mod helpers;
+mod orders;
+mod users;

@@ -1,0 +1,559 @@
+#!/usr/bin/env bash
+# Local stack for development and tests: a project-private PostgreSQL on
+# 127.0.0.1:55432 and Redis on 127.0.0.1:56379, so that nothing collides with
+# (or touches) services already on the standard ports 5432 and 6379.
+#
+#   bash deploy/local.sh up     start PostgreSQL and Redis (reuses what answers)
+#   bash deploy/local.sh down   stop the PostgreSQL and Redis this script started
+#   bash deploy/local.sh test   up, build, run the whole test suite, stop again
+#   bash deploy/local.sh run    up, build, migrate, run the three programs in
+#                               the foreground with demo data; Ctrl-C stops all
+#
+# See deploy/README.md for the layout of the stack directory.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
+
+readonly PG_HOST=127.0.0.1
+# The ports can be moved (for example to try the script next to a running
+# stack); everything documented assumes the defaults.
+readonly PG_PORT="${LOCAL_PG_PORT:-55432}"
+readonly REDIS_HOST=127.0.0.1
+readonly REDIS_PORT="${LOCAL_REDIS_PORT:-56379}"
+# Seconds to wait for a server (or the three programs) to answer.
+readonly SERVICE_TIMEOUT="${STACK_TIMEOUT:-60}"
+readonly READY_TIMEOUT=120
+
+readonly DATABASE_URL_APP="postgres://postgres@${PG_HOST}:${PG_PORT}/courses"
+readonly DATABASE_URL_TEST="postgres://postgres@${PG_HOST}:${PG_PORT}/postgres"
+readonly REDIS_URL_LOCAL="redis://${REDIS_HOST}:${REDIS_PORT}"
+
+# Set by start_stack: which services this invocation started (1) or reused (0).
+STARTED_PG=0
+STARTED_REDIS=0
+STACK=""
+PGBIN=""
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [[ "$(id -u)" -eq 0 ]]; }
+
+# ---------------------------------------------------------------------------
+# Packages
+# ---------------------------------------------------------------------------
+
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_BACKUP=""
+POLICY_INSTALLED=0
+
+# Puts back whatever /usr/sbin/policy-rc.d was before the install.
+restore_policy_rc() {
+  if [[ "$POLICY_INSTALLED" -eq 1 ]]; then
+    if [[ -n "$POLICY_BACKUP" && -f "$POLICY_BACKUP" ]]; then
+      $SUDO mv -f "$POLICY_BACKUP" "$POLICY_RC"
+    else
+      $SUDO rm -f "$POLICY_RC"
+    fi
+    POLICY_INSTALLED=0
+  fi
+}
+
+newest_pg_bin() {
+  local dir
+  # Directories are named by major version; sort -V puts the newest last.
+  dir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null \
+    | sort -V | tail -n 1)"
+  [[ -n "$dir" ]] && dirname "$dir"
+}
+
+# ensure_packages PKG... installs the Debian packages that are missing.
+# Debian starts a package's default service on install (for postgresql that
+# is a cluster on 5432); a policy-rc.d that exits 101 forbids that.
+ensure_packages() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    case "$pkg" in
+      postgresql) [[ -n "$(newest_pg_bin || true)" ]] || missing+=(postgresql) ;;
+      redis-server)
+        command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+          || missing+=(redis-server) ;;
+      *) command -v "$pkg" >/dev/null || missing+=("$pkg") ;;
+    esac
+  done
+  [[ "${#missing[@]}" -eq 0 ]] && return 0
+
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+  SUDO=""
+  if ! is_root; then
+    command -v sudo >/dev/null || die "missing ${missing[*]}: run as root or install them"
+    SUDO="sudo"
+    [[ "${CI:-}" == "true" ]] && SUDO="sudo -n"
+  fi
+
+  log "installing ${missing[*]}"
+  if [[ -e "$POLICY_RC" ]]; then
+    POLICY_BACKUP="$(mktemp)"
+    $SUDO cp -p "$POLICY_RC" "$POLICY_BACKUP"
+  fi
+  trap restore_policy_rc EXIT
+  trap 'restore_policy_rc; exit 130' INT
+  trap 'restore_policy_rc; exit 143' TERM
+  POLICY_INSTALLED=1
+  printf '#!/bin/sh\n# Installed by deploy/local.sh while it installs packages.\nexit 101\n' \
+    | $SUDO tee "$POLICY_RC" >/dev/null
+  $SUDO chmod 755 "$POLICY_RC"
+
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}"
+
+  restore_policy_rc
+  trap - EXIT INT TERM
+}
+SUDO=""
+
+# ---------------------------------------------------------------------------
+# Stack directory
+# ---------------------------------------------------------------------------
+
+# as_pg CMD... runs CMD as the owner of the PostgreSQL data: `postgres` when
+# we are root (the server refuses to run as root), else the current user.
+as_pg() {
+  if is_root; then
+    # cd first: postgres may not be allowed into the caller's directory.
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+# Picks the stack directory: .stack/ in the checkout when the server's user
+# can write there, else a per-checkout folder under /var/tmp (a checkout under
+# /root, for example, is closed to `postgres`).
+choose_stack_dir() {
+  local dir="$ROOT/.stack"
+  if ! is_root; then
+    mkdir -p "$dir"
+    STACK="$dir"
+    return
+  fi
+  if mkdir -p "$dir" 2>/dev/null && chown postgres:postgres "$dir" \
+    && runuser -u postgres -- test -w "$dir" 2>/dev/null; then
+    STACK="$dir"
+    return
+  fi
+  local hash
+  hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)"
+  dir="/var/tmp/course-sales-stack-$hash"
+  mkdir -p "$dir"
+  chown postgres:postgres "$dir"
+  chmod 755 "$dir"
+  STACK="$dir"
+}
+
+pg_data() { printf '%s/postgres/data' "$STACK"; }
+pg_sock() { printf '%s/postgres/socket' "$STACK"; }
+pg_log() { printf '%s/postgres/postgres.log' "$STACK"; }
+redis_dir() { printf '%s/redis' "$STACK"; }
+redis_pidfile() { printf '%s/redis/redis.pid' "$STACK"; }
+redis_log() { printf '%s/redis/redis.log' "$STACK"; }
+
+# Serialises concurrent `up`s (two test runs starting at once). Released as
+# soon as the servers answer; fd 9 is closed for the daemons so that they do
+# not inherit the lock.
+lock_stack() {
+  exec 9>"$STACK/lock"
+  if ! flock -w "$SERVICE_TIMEOUT" 9; then
+    die "another deploy/local.sh holds $STACK/lock"
+  fi
+}
+unlock_stack() { exec 9>&-; }
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------
+
+pg_answers() { "$PGBIN/pg_isready" -q -h "$PG_HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1; }
+
+# Our own cluster, running from our own data directory?
+pg_ours_running() {
+  [[ -f "$(pg_data)/PG_VERSION" ]] && as_pg "$PGBIN/pg_ctl" -D "$(pg_data)" status >/dev/null 2>&1
+}
+
+write_pg_settings() {
+  local conf
+  conf="$(pg_data)/course-sales.conf"
+  # Durability settings (fsync, synchronous_commit) stay at their defaults,
+  # so that a crash or a kill behaves here as it would in production.
+  as_pg tee "$conf" >/dev/null <<EOF
+# Written by deploy/local.sh on every start; edit the script, not this file.
+listen_addresses = '$PG_HOST'
+port = $PG_PORT
+unix_socket_directories = '$(pg_sock)'
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 64
+max_slot_wal_keep_size = 4GB
+max_connections = 300
+shared_buffers = 256MB
+EOF
+  if ! grep -q "^include_if_exists = 'course-sales.conf'" "$(pg_data)/postgresql.conf"; then
+    printf "\ninclude_if_exists = 'course-sales.conf'\n" | as_pg tee -a "$(pg_data)/postgresql.conf" >/dev/null
+  fi
+}
+
+start_postgres() {
+  if pg_answers; then
+    log "postgresql: something already answers on $PG_HOST:$PG_PORT, reusing it"
+    check_foreign_postgres
+    return
+  fi
+  local data log_file
+  data="$(pg_data)"
+  log_file="$(pg_log)"
+  as_pg mkdir -p "$STACK/postgres" "$(pg_sock)"
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    log "postgresql: initdb in $data"
+    as_pg "$PGBIN/initdb" -D "$data" -A trust -U postgres --encoding=UTF8 --locale=C \
+      >"$STACK/postgres/initdb.log" 2>&1 \
+      || die "initdb failed, see $STACK/postgres/initdb.log"
+  fi
+  write_pg_settings
+  if pg_ours_running; then
+    log "postgresql: our cluster runs but does not answer yet"
+  else
+    log "postgresql: starting on $PG_HOST:$PG_PORT (log: $log_file)"
+    as_pg "$PGBIN/pg_ctl" -D "$data" -l "$log_file" -W start >/dev/null 9>&- \
+      || die "pg_ctl start failed, see $log_file"
+    STARTED_PG=1
+  fi
+  local waited=0
+  until pg_answers; do
+    if ! pg_ours_running; then
+      tail -n 20 "$log_file" >&2 || true
+      die "postgresql exited during start-up, see $log_file"
+    fi
+    if [[ "$waited" -ge "$SERVICE_TIMEOUT" ]]; then
+      tail -n 20 "$log_file" >&2 || true
+      die "postgresql did not answer on $PG_HOST:$PG_PORT within ${SERVICE_TIMEOUT}s, see $log_file"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if [[ "$STARTED_PG" -eq 1 ]]; then printf '%s\n' "$data" >"$STACK/postgres.started"; fi
+}
+
+# A reused server was configured by someone else: say so when it lacks what
+# the projector and the tests need, rather than let them fail obscurely.
+check_foreign_postgres() {
+  local settings wal slots senders
+  settings="$("$PGBIN/psql" -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -XtAq -F ' ' \
+    -c "SELECT current_setting('wal_level'), current_setting('max_replication_slots'),
+               current_setting('max_wal_senders')" 2>/dev/null)" || {
+    log "postgresql: warning: cannot connect as postgres without a password to check its settings"
+    return 0
+  }
+  read -r wal slots senders <<<"$settings"
+  if [[ "$wal" != "logical" ]]; then
+    log "postgresql: warning: wal_level is $wal, the projector needs logical"
+  fi
+  if [[ "$slots" -lt 64 || "$senders" -lt 64 ]]; then
+    log "postgresql: warning: max_replication_slots=$slots max_wal_senders=$senders (the stack uses 64: parallel tests each take a slot)"
+  fi
+}
+
+ensure_database() {
+  local name="$1" exists
+  exists="$("$PGBIN/psql" -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -XtAq \
+    -c "SELECT 1 FROM pg_database WHERE datname = '$name'")"
+  if [[ "$exists" != "1" ]]; then
+    log "postgresql: creating database $name"
+    "$PGBIN/createdb" -h "$PG_HOST" -p "$PG_PORT" -U postgres "$name"
+  fi
+}
+
+stop_postgres() {
+  if pg_ours_running; then
+    log "postgresql: stopping (pg_ctl stop -m fast)"
+    as_pg "$PGBIN/pg_ctl" -D "$(pg_data)" -m fast -w stop >/dev/null
+  fi
+  rm -f "$STACK/postgres.started"
+}
+
+# ---------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------
+
+# redis-cli waits forever on a listener that never answers; bound it.
+rcli() { timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" "$@"; }
+
+redis_answers() {
+  [[ "$(rcli ping 2>/dev/null)" == "PONG" ]]
+}
+
+# The pid of the Redis that answers on our port, if it is the one whose pid
+# file is in our stack directory.
+redis_ours_pid() {
+  local pidfile running
+  pidfile="$(redis_pidfile)"
+  [[ -f "$pidfile" ]] || return 1
+  running="$(rcli info server 2>/dev/null \
+    | tr -d '\r' | sed -n 's/^process_id://p')"
+  [[ -n "$running" && "$running" == "$(cat "$pidfile")" ]] && printf '%s' "$running"
+}
+
+start_redis() {
+  if redis_answers; then
+    log "redis: something already answers on $REDIS_HOST:$REDIS_PORT, reusing it"
+    local policy
+    policy="$(rcli config get maxmemory-policy 2>/dev/null \
+      | tail -n 1)"
+    if [[ "$policy" != "noeviction" ]]; then
+      log "redis: warning: maxmemory-policy is ${policy:-unknown}, views need noeviction"
+    fi
+    return
+  fi
+  mkdir -p "$(redis_dir)"
+  rm -f "$(redis_pidfile)"
+  log "redis: starting on $REDIS_HOST:$REDIS_PORT (log: $(redis_log))"
+  # Settings are in deploy/redis.conf; only the runtime paths are given here.
+  redis-server "$ROOT/deploy/redis.conf" \
+    --port "$REDIS_PORT" --bind "$REDIS_HOST" --daemonize yes \
+    --pidfile "$(redis_pidfile)" --logfile "$(redis_log)" --dir "$(redis_dir)" 9>&- \
+    || die "redis-server failed to start, see $(redis_log)"
+  STARTED_REDIS=1
+  local waited=0 pid
+  until redis_answers; do
+    pid="$(cat "$(redis_pidfile)" 2>/dev/null || true)"
+    if [[ "$waited" -ge 2 ]] && { [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; }; then
+      tail -n 20 "$(redis_log)" >&2 || true
+      die "redis exited during start-up, see $(redis_log)"
+    fi
+    if [[ "$waited" -ge "$SERVICE_TIMEOUT" ]]; then
+      tail -n 20 "$(redis_log)" >&2 || true
+      die "redis did not answer on $REDIS_HOST:$REDIS_PORT within ${SERVICE_TIMEOUT}s, see $(redis_log)"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  printf '%s\n' "$(redis_pidfile)" >"$STACK/redis.started"
+}
+
+stop_redis() {
+  local pid
+  if pid="$(redis_ours_pid)"; then
+    log "redis: stopping (shutdown nosave)"
+    rcli shutdown nosave >/dev/null 2>&1 || true
+    local waited=0
+    while kill -0 "$pid" 2>/dev/null && [[ "$waited" -lt 20 ]]; do
+      sleep 0.5
+      waited=$((waited + 1))
+    done
+  fi
+  rm -f "$STACK/redis.started"
+}
+
+# ---------------------------------------------------------------------------
+# Stack
+# ---------------------------------------------------------------------------
+
+prepare() {
+  ensure_packages postgresql redis-server "$@"
+  PGBIN="$(newest_pg_bin)" || die "no PostgreSQL server binaries under /usr/lib/postgresql"
+  choose_stack_dir
+}
+
+start_stack() {
+  lock_stack
+  start_postgres
+  ensure_database courses
+  start_redis
+  unlock_stack
+  log "postgresql: postgres://postgres@$PG_HOST:$PG_PORT/courses"
+  log "redis:      redis://$REDIS_HOST:$REDIS_PORT"
+}
+
+# Stops only what this invocation started (test and run).
+stop_started() {
+  [[ "$STARTED_PG" -eq 1 ]] && stop_postgres
+  [[ "$STARTED_REDIS" -eq 1 ]] && stop_redis
+  STARTED_PG=0
+  STARTED_REDIS=0
+}
+
+cmd_up() {
+  prepare
+  start_stack
+}
+
+# Stops the services that run out of this stack directory: those the script
+# started. A server somebody else runs on 55432 or 56379 is left alone.
+cmd_down() {
+  prepare
+  local stopped=0
+  if pg_ours_running; then stop_postgres; stopped=1; fi
+  if redis_ours_pid >/dev/null; then stop_redis; stopped=1; fi
+  rm -f "$STACK/postgres.started" "$STACK/redis.started"
+  if [[ "$stopped" -eq 0 ]]; then
+    log "nothing started by this script is running"
+  fi
+  if pg_answers; then log "postgresql on $PG_PORT still answers: not ours, left alone"; fi
+  if redis_answers; then log "redis on $REDIS_PORT still answers: not ours, left alone"; fi
+}
+
+cmd_test() {
+  prepare
+  trap stop_started EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  start_stack
+  cd "$ROOT"
+  local status=0
+  cargo build --workspace --bins || status=$?
+  if [[ "$status" -eq 0 ]]; then
+    TEST_DATABASE_URL="$DATABASE_URL_TEST" TEST_REDIS_URL="$REDIS_URL_LOCAL" \
+      cargo test --workspace || status=$?
+  fi
+  exit "$status"
+}
+
+# ---------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------
+
+PIDS=()
+NAMES=()
+
+stop_programs() {
+  local i pid waited
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for i in "${!PIDS[@]}"; do
+    pid="${PIDS[$i]}"
+    waited=0
+    while kill -0 "$pid" 2>/dev/null && [[ "$waited" -lt 100 ]]; do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "${NAMES[$i]} did not stop within 10s, killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  PIDS=()
+}
+
+run_cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_programs
+  stop_started
+  exit "$status"
+}
+
+# start_program NAME PREFIX runs target/debug/NAME in the background, its
+# output prefixed so that the three logs can be told apart.
+start_program() {
+  local name="$1" prefix="$2"
+  # The prefixing sed ignores INT/TERM so that it keeps printing the
+  # program's last lines while it shuts down.
+  "$ROOT/target/debug/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$prefix] /") 2>&1 &
+  PIDS+=("$!")
+  NAMES+=("$name")
+}
+
+# host:port from an address variable, for the URLs printed and probed.
+addr() { printf 'http://%s' "$1"; }
+
+wait_ready() {
+  local start=$SECONDS url i all
+  while true; do
+    all=1
+    for i in "${!PIDS[@]}"; do
+      if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+        die "${NAMES[$i]} exited before it was ready (its log is above)"
+      fi
+    done
+    for url in "$@"; do
+      if ! curl -fsS -o /dev/null --max-time 2 "$url/ready" 2>/dev/null; then
+        all=0
+        break
+      fi
+    done
+    [[ "$all" -eq 1 ]] && return 0
+    if [[ $((SECONDS - start)) -ge "$READY_TIMEOUT" ]]; then
+      die "not every program answered /ready with 200 within ${READY_TIMEOUT}s (last waiting on $url)"
+    fi
+    sleep 1
+  done
+}
+
+cmd_run() {
+  prepare curl
+  trap run_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  start_stack
+  cd "$ROOT"
+  cargo build --workspace --bins
+
+  export DATABASE_URL="$DATABASE_URL_APP"
+  export REDIS_URL="$REDIS_URL_LOCAL"
+  local command_url query_url projector_url url
+  command_url="$(addr "${COMMAND_API_ADDR:-127.0.0.1:8081}")"
+  query_url="$(addr "${QUERY_API_ADDR:-127.0.0.1:8082}")"
+  projector_url="$(addr "${PROJECTOR_ADDR:-127.0.0.1:8083}")"
+  for url in "$command_url" "$query_url" "$projector_url"; do
+    if curl -fsS -o /dev/null --max-time 2 "$url/health" 2>/dev/null; then
+      die "something already answers on $url: stop it first (another deploy/local.sh run?)"
+    fi
+  done
+
+  log "applying migrations"
+  "$ROOT/target/debug/command-api" migrate
+
+  start_program command-api command
+  start_program projector projector
+  start_program query-api query
+  wait_ready "$command_url" "$projector_url" "$query_url"
+
+  local courses
+  courses="$("$PGBIN/psql" "$DATABASE_URL" -XtAq -c 'SELECT count(*) FROM courses')"
+  if [[ "$courses" == "0" ]]; then
+    log "loading demo data"
+    COMMAND_API_URL="$command_url" bash "$ROOT/deploy/demo-data.sh"
+  else
+    log "database already has $courses courses, demo data not loaded"
+  fi
+
+  printf 'ready: command-api %s  query-api %s  projector %s  (Ctrl-C stops everything)\n' \
+    "$command_url" "$query_url" "$projector_url"
+
+  # Returns when a program exits on its own; Ctrl-C and SIGTERM end the wait
+  # through the traps above.
+  local status=0
+  wait -n "${PIDS[@]}" || status=$?
+  log "a program exited (status $status), stopping the others"
+  [[ "$status" -eq 0 ]] && status=1
+  exit "$status"
+}
+
+usage() {
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+main() {
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    test) cmd_test ;;
+    run) cmd_run ;;
+    -h | --help | help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

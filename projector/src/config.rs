@@ -1,0 +1,108 @@
+//! Projector settings: every one a flag with an environment twin and a default.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// The projector: PostgreSQL logical replication (pgoutput) in, Redis views out.
+#[derive(Debug, Parser)]
+#[command(name = "projector", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; the daemon (`run`) when none is given.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Run the daemon: build views if needed, then stream changes (default).
+    Run,
+    /// Print the slot, its lag and retained WAL, the live generation and its watermark.
+    Status,
+    /// Drop the replication slot (for decommissioning; the next start rebuilds).
+    DropSlot,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL URL; the role needs REPLICATION and SELECT on the published tables.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:55432/courses"
+    )]
+    pub database_url: String,
+
+    /// Redis URL (`redis://host:port`, or `redis-cluster://host:port` for cluster mode).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
+    pub redis_url: String,
+
+    /// Namespace of every Redis key the projector writes.
+    #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
+    pub key_prefix: String,
+
+    /// Listen address of the health, readiness and metrics endpoints.
+    #[arg(
+        long = "addr",
+        env = "PROJECTOR_ADDR",
+        default_value = "127.0.0.1:8083"
+    )]
+    pub addr: SocketAddr,
+
+    /// Name of the logical replication slot (created on first start).
+    #[arg(long, env = "PROJECTOR_SLOT", default_value = "cqrs_projector", value_parser = parse_identifier)]
+    pub slot: String,
+
+    /// Name of the publication of the write model's tables (created on first start).
+    #[arg(long, env = "PROJECTOR_PUBLICATION", default_value = "cqrs_projector", value_parser = parse_identifier)]
+    pub publication: String,
+
+    /// Flush to Redis once this many row changes are buffered, even mid-transaction.
+    #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flush_max_changes: u32,
+
+    /// Longest a committed transaction waits to be grouped with others before the flush, in milliseconds.
+    #[arg(long, env = "PROJECTOR_FLUSH_LINGER_MS", default_value_t = 5)]
+    pub flush_linger_ms: u64,
+
+    /// Seconds between heartbeat messages emitted into the WAL so an idle slot keeps advancing.
+    #[arg(long, env = "PROJECTOR_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: u64,
+}
+
+impl Config {
+    /// Defaults with the given database, Redis and key prefix (for tests).
+    pub fn new(database_url: &str, redis_url: &str, key_prefix: &str) -> Self {
+        let mut cli = Cli::parse_from(["projector"]);
+        cli.config.database_url = database_url.to_owned();
+        cli.config.redis_url = redis_url.to_owned();
+        cli.config.key_prefix = key_prefix.to_owned();
+        cli.config
+    }
+
+    pub(crate) fn flush_linger(&self) -> Duration {
+        Duration::from_millis(self.flush_linger_ms)
+    }
+
+    pub(crate) fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+}
+
+/// Slot and publication names go into replication commands unquoted, so they
+/// are held to PostgreSQL's plain identifier form.
+fn parse_identifier(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("use 1 to 63 characters of a-z, 0-9 and _, not starting with a digit".into())
+    }
+}

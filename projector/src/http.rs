@@ -1,0 +1,63 @@
+//! The projector's ops endpoints: `/health`, `/ready`, `/metrics`.
+
+use std::{sync::atomic::Ordering::Relaxed, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+
+use crate::metrics::Metrics;
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/ready", get(ready))
+        .route("/metrics", get(render))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(metrics)
+}
+
+async fn ready(State(m): State<Arc<Metrics>>) -> Response {
+    if m.ready.load(Relaxed) && m.redis_up.load(Relaxed) && m.postgres_up.load(Relaxed) {
+        Json(serde_json::json!({"status": "ready", "generation": m.generation.load(Relaxed)}))
+            .into_response()
+    } else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the projector has not finished its initial build or lost PostgreSQL or Redis",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        r
+    }
+}
+
+async fn render(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}

@@ -1,0 +1,304 @@
+//! The projector: PostgreSQL logical replication in, Redis views out.
+//!
+//! Pipeline: `source` (slot, snapshot, replication connection) → `decode`
+//! (pgoutput → changes) → `projection` (stamped per-entity entries, view
+//! rendering) → `sink` (idempotent Redis writes) → `pipeline` (watermark and
+//! confirmation, which never pass what Redis acknowledged).
+
+mod config;
+mod decode;
+mod http;
+mod metrics;
+mod pipeline;
+mod projection;
+mod sink;
+mod source;
+
+use std::{
+    future::Future,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use anyhow::Context;
+pub use config::{Cli, Command, Config};
+use metrics::Metrics;
+use sink::Sink;
+use tokio::sync::watch;
+use views::{GenerationMarker, Keys, Lsn, VIEW_SCHEMA_VERSION};
+
+/// Runs the daemon until `shutdown` resolves: serves the ops endpoints, builds
+/// views when needed, and streams changes, reconnecting after failures.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "projector ops endpoints listening");
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let http_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let app = http::router(metrics.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop)
+            .await
+    });
+
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *stop_rx.borrow() {
+            break;
+        }
+        match cycle(&config, &metrics, &mut stop_rx).await {
+            Ok(()) => break,
+            Err(err) => {
+                metrics.ready.store(false, Relaxed);
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "projector failed; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_rx.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let _ = server.await;
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+/// One life of the replication connection: decide between resuming and
+/// rebuilding, then stream until shutdown (`Ok`) or a failure (`Err`).
+async fn cycle(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let keys = Keys::new(config.key_prefix.clone());
+    let sink = Sink::connect(&config.redis_url, keys)
+        .await
+        .context("connecting to Redis")?;
+    sink.check_no_eviction().await?;
+    metrics.redis_up.store(true, Relaxed);
+    let pg = Arc::new(source::connect(&config.database_url).await?);
+    metrics.postgres_up.store(true, Relaxed);
+    source::ensure_publication(&pg, &config.publication).await?;
+
+    let marker = sink.marker().await?;
+    let slot = source::slot_info(&pg, &config.slot).await?;
+    let resume_from = match (&marker, &slot) {
+        (Some(m), Some(s)) if m.schema == VIEW_SCHEMA_VERSION && s.wal_status != "lost" => {
+            let watermark = sink.watermark(m.generation).await?.unwrap_or_default();
+            if watermark >= s.confirmed_flush {
+                Some((m.generation, watermark))
+            } else {
+                tracing::warn!(generation = m.generation, %watermark, confirmed = %s.confirmed_flush,
+                    "redis holds less than the slot confirmed (restored or failed over?); rebuilding");
+                None
+            }
+        }
+        (Some(m), Some(s)) if s.wal_status == "lost" => {
+            tracing::error!(generation = m.generation, slot = %config.slot, "the replication slot was invalidated (WAL removed); creating a new slot and rebuilding");
+            None
+        }
+        (Some(m), Some(_)) => {
+            tracing::info!(
+                schema = m.schema,
+                current = VIEW_SCHEMA_VERSION,
+                "view schema changed; rebuilding"
+            );
+            None
+        }
+        (None, _) => {
+            tracing::info!("no live view generation in redis; building one");
+            None
+        }
+        (Some(_), None) => {
+            tracing::warn!(slot = %config.slot, "replication slot is missing; creating it and rebuilding");
+            None
+        }
+    };
+
+    let (repl, generation, applied) = match resume_from {
+        Some((generation, watermark)) => {
+            let repl =
+                pgwire_replication::ReplicationClient::connect(source::replication_config(config)?)
+                    .await
+                    .context("opening the replication connection")?;
+            tracing::info!(generation, %watermark, slot = %config.slot, "resuming replication");
+            (repl, generation, watermark)
+        }
+        None => {
+            if let Some(s) = &slot {
+                anyhow::ensure!(
+                    !s.active,
+                    "replication slot {} is in use by another process",
+                    config.slot
+                );
+                source::drop_slot(&pg, &config.slot).await?;
+            }
+            let generation = sink.next_generation().await?;
+            if let Some(m) = &marker {
+                // Readers keep the old generation, marked stale, meanwhile.
+                sink.set_marker(&GenerationMarker {
+                    building: Some(generation),
+                    ..m.clone()
+                })
+                .await?;
+            }
+            let (repl, consistent_point) =
+                source::create_slot_and_build(config, &sink, generation, metrics).await?;
+            sink.set_watermark(generation, consistent_point).await?;
+            sink.set_marker(&GenerationMarker {
+                generation,
+                schema: VIEW_SCHEMA_VERSION,
+                building: None,
+            })
+            .await?;
+            metrics.rebuilds.fetch_add(1, Relaxed);
+            tracing::info!(generation, %consistent_point, "generation is live");
+            if let Some(old) = marker.map(|m| m.generation).filter(|g| *g != generation) {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    match sink.delete_generation(old).await {
+                        Ok(n) => {
+                            tracing::info!(generation = old, keys = n, "deleted old generation")
+                        }
+                        Err(err) => {
+                            tracing::warn!(generation = old, error = %err, "could not delete old generation")
+                        }
+                    }
+                });
+            }
+            (repl, generation, consistent_point)
+        }
+    };
+    let mut repl = repl;
+    if !repl.is_running() {
+        anyhow::bail!("replication connection closed before streaming");
+    }
+    // A gated session (after a build) starts here; a plain one already did.
+    let _ = repl.start().await;
+    repl.wait_started().await.context("starting replication")?;
+    metrics.generation.store(generation, Relaxed);
+    metrics.ready.store(true, Relaxed);
+
+    let monitor = tokio::spawn(monitor(
+        pg.clone(),
+        sink.clone(),
+        config.slot.clone(),
+        config.heartbeat(),
+        metrics.clone(),
+    ));
+    let result = pipeline::Pipeline {
+        sink: &sink,
+        metrics,
+        generation,
+        max_changes: config.flush_max_changes as usize,
+        linger: config.flush_linger(),
+        applied,
+    }
+    .run(repl, stop)
+    .await;
+    monitor.abort();
+    result.map(|_| ())
+}
+
+/// Heartbeats into the WAL and slot statistics, every few seconds.
+async fn monitor(
+    pg: Arc<tokio_postgres::Client>,
+    sink: Sink,
+    slot: String,
+    heartbeat: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let mut stats = tokio::time::interval(Duration::from_secs(2));
+    let mut beat = tokio::time::interval(heartbeat);
+    loop {
+        tokio::select! {
+            _ = stats.tick() => {
+                match source::slot_info(&pg, &slot).await {
+                    Ok(Some(info)) => {
+                        metrics.postgres_up.store(true, Relaxed);
+                        metrics.retained_wal_bytes.store(info.retained_bytes, Relaxed);
+                        metrics.server_wal_lsn.fetch_max(info.current_wal.0, Relaxed);
+                        if info.wal_status == "lost" {
+                            tracing::error!(slot, "replication slot invalidated: its WAL was removed (max_slot_wal_keep_size); the projector will rebuild");
+                        }
+                    }
+                    Ok(None) => tracing::warn!(slot, "replication slot disappeared"),
+                    Err(err) => {
+                        metrics.postgres_up.store(false, Relaxed);
+                        tracing::warn!(error = %err, "postgres statistics query failed");
+                    }
+                }
+                let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
+                metrics.redis_up.store(up, Relaxed);
+            }
+            _ = beat.tick() => {
+                if let Err(err) = source::heartbeat(&pg).await {
+                    tracing::warn!(error = %err, "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// `projector status`: prints the slot, lag, retained WAL, generation and watermark as JSON.
+pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let pg = source::connect(&config.database_url).await?;
+    let slot = source::slot_info(&pg, &config.slot).await?;
+    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+    let marker = sink.marker().await?;
+    let watermark = match &marker {
+        Some(m) => sink.watermark(m.generation).await?,
+        None => None,
+    };
+    Ok(serde_json::json!({
+        "slot": config.slot,
+        "slot_exists": slot.is_some(),
+        "slot_active": slot.as_ref().map(|s| s.active),
+        "wal_status": slot.as_ref().map(|s| s.wal_status.clone()),
+        "confirmed_flush_lsn": slot.as_ref().map(|s| s.confirmed_flush.to_string()),
+        "current_wal_lsn": slot.as_ref().map(|s| s.current_wal.to_string()),
+        "lag_bytes": slot.as_ref().map(|s| s.current_wal.0.saturating_sub(s.confirmed_flush.0)),
+        "retained_wal_bytes": slot.as_ref().map(|s| s.retained_bytes),
+        "generation": marker.as_ref().map(|m| m.generation),
+        "building": marker.as_ref().and_then(|m| m.building),
+        "watermark": watermark.map(|w: Lsn| w.to_string()),
+    }))
+}
+
+/// `projector drop-slot`: drops the slot (the daemon must be stopped).
+pub async fn drop_slot(config: &Config) -> anyhow::Result<bool> {
+    let pg = source::connect(&config.database_url).await?;
+    match source::slot_info(&pg, &config.slot).await? {
+        None => Ok(false),
+        Some(s) => {
+            anyhow::ensure!(
+                !s.active,
+                "slot {} is in use: stop the projector first",
+                config.slot
+            );
+            source::drop_slot(&pg, &config.slot).await?;
+            Ok(true)
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Query API settings: every one a flag with an environment twin and a default.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+/// The storefront's read API: precomputed views from Redis, never PostgreSQL.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "query-api", version, about, long_about = None)]
+pub struct Config {
+    /// Redis URL (`redis://host:port`, or `redis-cluster://host:port` for cluster mode).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
+    pub redis_url: String,
+
+    /// Namespace of the Redis keys the projector writes.
+    #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
+    pub key_prefix: String,
+
+    /// Listen address.
+    #[arg(
+        long = "addr",
+        env = "QUERY_API_ADDR",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub addr: SocketAddr,
+
+    /// Bearer token guarding `/v1/ops/*` (those routes answer 401 when unset).
+    #[arg(long, env = "ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// Default wait for `X-Min-Lsn` when `X-Max-Wait-Ms` is absent, in milliseconds.
+    #[arg(long, env = "QUERY_DEFAULT_MAX_WAIT_MS", default_value_t = 1000)]
+    pub default_max_wait_ms: u64,
+
+    /// Most requests served at once; more are shed with 503 and `Retry-After`.
+    #[arg(long, env = "QUERY_CONCURRENCY_LIMIT", default_value_t = 4096)]
+    pub concurrency_limit: usize,
+
+    /// Longest a request may take before it is answered 503, in milliseconds.
+    #[arg(long, env = "QUERY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl Config {
+    /// Defaults on an ephemeral port for the given Redis and key prefix (tests).
+    pub fn for_tests(redis_url: &str, key_prefix: &str) -> Self {
+        let mut c = Config::parse_from(["query-api"]);
+        c.redis_url = redis_url.to_owned();
+        c.key_prefix = key_prefix.to_owned();
+        c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}

@@ -1,0 +1,59 @@
+//! The query API's error type: every variant maps to a SPEC status and code,
+//! with the JSON body `{"error": {"code", "message", "fields"?}}`.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+
+/// What went wrong with a read.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: unparseable path, query or header.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: no view for this id, or no such route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: wrong method on a known route.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// 503: the projection has not reached the asked LSN in time.
+    #[error("the projection has not reached the requested LSN yet")]
+    NotYetProjected,
+    /// 503: no view generation is live yet.
+    #[error("views are being built; try again shortly")]
+    Rebuilding,
+    /// 503: Redis is unreachable, or the service sheds load.
+    #[error("the service is temporarily unavailable")]
+    Unavailable,
+}
+
+impl From<fred::error::Error> for ApiError {
+    fn from(err: fred::error::Error) -> Self {
+        tracing::error!(error = %err, "redis error");
+        ApiError::Unavailable
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NotYetProjected => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_projected"),
+            ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "rebuilding"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        let error = serde_json::json!({"code": code, "message": self.to_string()});
+        let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

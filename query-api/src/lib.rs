@@ -1,0 +1,147 @@
+//! The storefront's read API: the last step of command → projector → query.
+//! It reads only Redis (never PostgreSQL, not even as a dependency) and
+//! serves the views the projector precomputed.
+
+mod config;
+mod error;
+mod metrics;
+mod routes;
+mod store;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{
+    error_handling::HandleErrorLayer,
+    extract::{MatchedPath, Request, State},
+    http::HeaderValue,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    BoxError, Router,
+};
+pub use config::Config;
+use error::ApiError;
+use tower::ServiceBuilder;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use views::Keys;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: store::Store,
+    pub config: Arc<Config>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// A bound, not yet running, query API.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Connects to Redis (in the background) and binds the listen address.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store =
+            store::Store::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        if config.admin_token.is_none() {
+            tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
+        }
+        let state = AppState {
+            store,
+            config: Arc::new(config),
+            metrics: Arc::new(metrics::Metrics::default()),
+        };
+        Ok(Self {
+            listener,
+            router: router(state),
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "query api listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let shed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|err: BoxError| async move {
+            if err.is::<tower::timeout::error::Elapsed>() {
+                tracing::warn!("request timed out");
+            } else {
+                tracing::warn!(error = %err, "request shed: over the concurrency limit");
+            }
+            ApiError::Unavailable
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.config.concurrency_limit,
+        ))
+        .timeout(state.config.request_timeout());
+
+    Router::new()
+        .route("/v1/courses/{id}", get(routes::course))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(shed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// One span per request carrying its request id; counts and times it.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), route = %route);
+    let method = request.method().clone();
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let status = response.status().as_u16();
+    state.metrics.record(&route, status, started.elapsed());
+    span.in_scope(|| {
+        tracing::debug!(%method, status, elapsed_us = started.elapsed().as_micros() as u64, "request served");
+    });
+    let mut response = response.into_response();
+    if !response.headers().contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+    }
+    response
+}

@@ -1,0 +1,95 @@
+//! The Redis value format of a view (SPEC "Redis data contract"): one format
+//! byte, then the payload. `0x00`: JSON as is; `0x01`: an LZ4 block of the
+//! JSON with its uncompressed length prepended as a little-endian u32.
+
+use std::borrow::Cow;
+
+/// Format byte of an uncompressed JSON view.
+pub const FORMAT_JSON: u8 = 0x00;
+/// Format byte of an LZ4-compressed JSON view.
+pub const FORMAT_LZ4: u8 = 0x01;
+/// JSON longer than this many bytes is stored compressed.
+pub const LZ4_THRESHOLD: usize = 1024;
+
+/// Why a stored value could not be turned back into JSON bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty view value")]
+    Empty,
+    #[error("unknown view format byte {0:#04x}")]
+    UnknownFormat(u8),
+    #[error("corrupt lz4 view: {0}")]
+    Lz4(#[from] lz4_flex::block::DecompressError),
+}
+
+/// Encodes view JSON into its Redis value: LZ4 over [`LZ4_THRESHOLD`] bytes.
+pub fn encode(json: &[u8]) -> Vec<u8> {
+    if json.len() > LZ4_THRESHOLD {
+        let compressed = lz4_flex::block::compress_prepend_size(json);
+        let mut out = Vec::with_capacity(compressed.len() + 1);
+        out.push(FORMAT_LZ4);
+        out.extend_from_slice(&compressed);
+        out
+    } else {
+        let mut out = Vec::with_capacity(json.len() + 1);
+        out.push(FORMAT_JSON);
+        out.extend_from_slice(json);
+        out
+    }
+}
+
+/// Decodes a Redis view value back to its JSON bytes (borrowed when stored raw).
+pub fn decode(value: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
+    match value.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&FORMAT_JSON, json)) => Ok(Cow::Borrowed(json)),
+        Some((&FORMAT_LZ4, block)) => Ok(Cow::Owned(lz4_flex::block::decompress_size_prepended(
+            block,
+        )?)),
+        Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_json_is_stored_as_is_behind_format_byte_zero() {
+        let json = br#"{"id":1}"#;
+        let value = encode(json);
+        assert_eq!(value[0], FORMAT_JSON);
+        assert_eq!(&value[1..], json);
+        assert_eq!(decode(&value).expect("decodes").as_ref(), json);
+    }
+
+    #[test]
+    fn json_of_exactly_the_threshold_is_not_compressed() {
+        let json = vec![b'a'; LZ4_THRESHOLD];
+        assert_eq!(encode(&json)[0], FORMAT_JSON);
+        let json = vec![b'a'; LZ4_THRESHOLD + 1];
+        assert_eq!(encode(&json)[0], FORMAT_LZ4);
+    }
+
+    #[test]
+    fn large_json_round_trips_through_lz4_with_prepended_size() {
+        let json: Vec<u8> = (0..5000u32)
+            .flat_map(|i| format!("{{\"k{i}\":{}}}", i * 7919 % 1013).into_bytes())
+            .collect();
+        let value = encode(&json);
+        assert_eq!(value[0], FORMAT_LZ4);
+        let declared = u32::from_le_bytes(value[1..5].try_into().expect("4 bytes"));
+        assert_eq!(declared as usize, json.len());
+        assert_eq!(decode(&value).expect("decodes").as_ref(), json.as_slice());
+    }
+
+    #[test]
+    fn unknown_format_and_empty_values_are_errors_not_panics() {
+        assert!(matches!(decode(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode(&[7, 1, 2]),
+            Err(DecodeError::UnknownFormat(7))
+        ));
+        assert!(decode(&[FORMAT_LZ4, 255, 255, 255, 255, 0]).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! The read model, shared by the projector (writer) and the query API (reader):
+//! the Redis key layout, the value codec and the shapes of the views.
+//!
+//! This crate is the only place that knows key names and value bytes, so the
+//! two sides of command → projector → query can never disagree on them.
+
+mod codec;
+mod keys;
+mod lsn;
+mod model;
+
+pub use codec::{decode, encode, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD};
+pub use keys::{Keys, DEFAULT_KEY_PREFIX};
+pub use lsn::{Lsn, ParseLsnError};
+pub use model::{CourseDetail, GenerationMarker, Sale, TopCompany, VIEW_SCHEMA_VERSION};
