@@ -92,6 +92,16 @@ impl Batch {
     }
 }
 
+/// A course's aggregates as the initial build reads them from the snapshot.
+#[derive(Debug, Clone)]
+pub struct CourseAggregate {
+    pub id: i64,
+    /// Row fields, `n` (active students) and `stamp`, as in the Redis hash.
+    pub fields: HashMap<String, String>,
+    /// Active students per company.
+    pub tallies: Vec<(String, i64)>,
+}
+
 /// Renders the course detail JSON from its aggregate hash and top companies.
 /// `None` while the course row itself has not been seen.
 pub fn render_course(

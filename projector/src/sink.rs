@@ -19,7 +19,7 @@ use fred::{prelude::*, types::scripts::Script};
 use futures_util::future::try_join_all;
 use views::{GenerationMarker, Keys, Lsn};
 
-use crate::projection::{render_course, top_five, Batch, Entry};
+use crate::projection::{render_course, top_five, Batch, CourseAggregate, Entry};
 
 /// Applies course entries newer than the stored stamp; returns the aggregate
 /// hash (flat) and the top five company tallies (flat, with scores).
@@ -276,10 +276,10 @@ impl Sink {
     pub async fn write_snapshot_courses(
         &self,
         generation: u64,
-        courses: &[(i64, HashMap<String, String>, Vec<(String, i64)>)],
+        courses: &[CourseAggregate],
     ) -> Result<(), SinkError> {
         let pipe = self.client.pipeline();
-        for (id, agg, tallies) in courses {
+        for CourseAggregate { id, fields: agg, tallies } in courses {
             let agg_key = self.keys.course_agg(generation, *id);
             let companies_key = self.keys.course_companies(generation, *id);
             let mut fields: Vec<(String, String)> =

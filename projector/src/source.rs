@@ -14,7 +14,11 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::{Client, NoTls};
 use views::Lsn;
 
-use crate::{config::Config, projection::SNAPSHOT_STAMP, sink::Sink};
+use crate::{
+    config::Config,
+    projection::{CourseAggregate, SNAPSHOT_STAMP},
+    sink::Sink,
+};
 
 /// The write model's tables the projector reads.
 const PUBLISHED_TABLES: &str =
@@ -261,7 +265,11 @@ async fn build_from_snapshot(
                 counts.get(&id).copied().unwrap_or(0).to_string(),
             );
             agg.insert("stamp".into(), SNAPSHOT_STAMP.to_owned());
-            chunk.push((id, agg, tallies.remove(&id).unwrap_or_default()));
+            chunk.push(CourseAggregate {
+                id,
+                fields: agg,
+                tallies: tallies.remove(&id).unwrap_or_default(),
+            });
         }
         sink.write_snapshot_courses(generation, &chunk).await?;
         built += chunk.len() as u64;
