@@ -4,24 +4,49 @@
 //! map (updated by every `Relation` message, so added columns are picked up
 //! mid-stream) and turns row tuples of the tables we project into [`Change`]s.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 
-/// A change to a projected entity, in commit order.
+use crate::projection::parse_pg_timestamp;
+
+/// A change to a projected entity, in commit order. `fields` hold the columns
+/// that were written, as text; unchanged TOAST columns are absent, so they
+/// never blank a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Columns of a course row that were written (unchanged TOAST columns are
-    /// absent, so they never blank a field).
-    CourseRow {
+    Course {
         id: i64,
         fields: Vec<(String, String)>,
     },
-    /// An active enrollment appeared (+1) or ended (-1) for a course.
+    /// An active enrollment appeared (+1) or ended (-1).
     Enrollment {
         course_id: i64,
+        user_id: i64,
         delta: i64,
         company: Option<String>,
+        event_id: Option<i64>,
+        /// Enrollment time in µs since the epoch (the library's order).
+        created_us: i64,
+    },
+    Event {
+        id: i64,
+        fields: Vec<(String, String)>,
+    },
+    /// A course joined an event (`seat_limit` `None`: unlimited).
+    EventCourse {
+        event_id: i64,
+        course_id: i64,
+        seat_limit: Option<i64>,
+    },
+    Order {
+        id: i64,
+        fields: Vec<(String, String)>,
+    },
+    OrderItem {
+        order_id: i64,
+        course_id: i64,
+        price_krw: i64,
     },
 }
 
@@ -32,7 +57,7 @@ pub enum DecodeError {
     Parse(String),
     #[error("change for relation {0} before its Relation message")]
     UnknownRelation(u32),
-    #[error("{table}: column {column} missing or not a number")]
+    #[error("{table}: column {column} missing or malformed")]
     BadColumn {
         table: &'static str,
         column: &'static str,
@@ -45,7 +70,25 @@ pub enum DecodeError {
 enum Table {
     Courses,
     Enrollments,
+    SaleEvents,
+    SaleEventCourses,
+    Orders,
+    OrderItems,
     Other,
+}
+
+impl Table {
+    fn of(name: &str) -> Self {
+        match name {
+            "courses" => Table::Courses,
+            "enrollments" => Table::Enrollments,
+            "sale_events" => Table::SaleEvents,
+            "sale_event_courses" => Table::SaleEventCourses,
+            "orders" => Table::Orders,
+            "order_items" => Table::OrderItems,
+            _ => Table::Other,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -56,7 +99,7 @@ struct Relation {
 }
 
 /// Course columns copied into the course aggregate (and so into its views).
-const COURSE_FIELDS: [&str; 7] = [
+pub const COURSE_FIELDS: [&str; 7] = [
     "title",
     "summary",
     "description_html",
@@ -65,6 +108,10 @@ const COURSE_FIELDS: [&str; 7] = [
     "price_krw",
     "created_at",
 ];
+/// Event columns copied into the event aggregate.
+pub const EVENT_FIELDS: [&str; 4] = ["name", "starts_at", "ends_at", "discount_percent"];
+/// Order columns copied into the order aggregate.
+pub const ORDER_FIELDS: [&str; 5] = ["user_id", "event_id", "status", "total_krw", "created_at"];
 
 /// Decodes the payloads of `XLogData` messages (Begin and Commit are parsed by
 /// the replication client before they get here).
@@ -82,14 +129,15 @@ impl Default for Decoder {
     }
 }
 
-/// A row as (column name → text value); NULLs and unchanged TOAST are absent.
+/// A row of a relation, read by column name.
 struct Row<'a> {
     relation: &'a Relation,
     tuple: &'a TupleData,
 }
 
 impl Row<'_> {
-    fn text(&self, column: &str) -> Option<std::borrow::Cow<'_, str>> {
+    /// The text of a column; `None` for NULL, unchanged TOAST or no such column.
+    fn text(&self, column: &str) -> Option<Cow<'_, str>> {
         let index = self.relation.columns.iter().position(|c| c == column)?;
         let data = self.tuple.get_column(index)?;
         if data.is_null() || data.is_unchanged() {
@@ -110,6 +158,30 @@ impl Row<'_> {
             .and_then(|t| t.parse().ok())
             .ok_or(DecodeError::BadColumn { table, column })
     }
+
+    fn opt_int(&self, column: &str) -> Option<i64> {
+        self.text(column).and_then(|t| t.parse().ok())
+    }
+
+    /// The written columns among `names` (NULL written as "").
+    fn fields(&self, names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .filter_map(|&name| {
+                let index = self.relation.columns.iter().position(|c| c == name)?;
+                let data = self.tuple.get_column(index)?;
+                if data.is_unchanged() {
+                    return None;
+                }
+                let value = if data.is_null() {
+                    Cow::Borrowed("")
+                } else {
+                    data.as_str()?
+                };
+                Some((name.to_owned(), value.into_owned()))
+            })
+            .collect()
+    }
 }
 
 impl Decoder {
@@ -127,33 +199,22 @@ impl Decoder {
                 columns,
                 ..
             } => {
-                let table = match &*relation_name {
-                    "courses" => Table::Courses,
-                    "enrollments" => Table::Enrollments,
-                    _ => Table::Other,
-                };
-                let columns = columns.iter().map(|c| c.name.to_string()).collect();
                 self.relations.insert(
                     relation_id,
                     Relation {
-                        table,
+                        table: Table::of(&relation_name),
                         name: relation_name.to_string(),
-                        columns,
+                        columns: columns.iter().map(|c| c.name.to_string()).collect(),
                     },
                 );
                 Ok(Vec::new())
             }
             LogicalReplicationMessage::Insert { relation_id, tuple } => {
                 let relation = self.relation(relation_id)?;
-                let row = Row {
+                upsert(&Row {
                     relation,
                     tuple: &tuple,
-                };
-                match relation.table {
-                    Table::Courses => Ok(vec![course_row(&row)?]),
-                    Table::Enrollments => Ok(enrollment(&row, 1)?.into_iter().collect()),
-                    Table::Other => Ok(Vec::new()),
-                }
+                })
             }
             LogicalReplicationMessage::Update {
                 relation_id,
@@ -166,33 +227,30 @@ impl Decoder {
                     relation,
                     tuple: &new_tuple,
                 };
-                match relation.table {
-                    Table::Courses => Ok(vec![course_row(&new)?]),
-                    Table::Enrollments => {
-                        // REPLICA IDENTITY FULL gives the old row, so the
-                        // change is exactly "old active" minus "new active".
-                        let mut changes = Vec::new();
-                        match old_tuple.as_ref() {
-                            Some(old) => changes.extend(enrollment(
-                                &Row {
-                                    relation,
-                                    tuple: old,
-                                },
-                                -1,
-                            )?),
-                            None => {
-                                tracing::warn!("enrollments update without its old row (replica identity is not full); assuming it revoked an active enrollment");
-                                if !new.is_null("revoked_at") {
-                                    changes.push(enrollment_unchecked(&new, -1)?);
-                                }
-                                return Ok(changes);
-                            }
-                        }
-                        changes.extend(enrollment(&new, 1)?);
-                        Ok(changes)
-                    }
-                    Table::Other => Ok(Vec::new()),
+                if relation.table != Table::Enrollments {
+                    return upsert(&new);
                 }
+                // REPLICA IDENTITY FULL gives the old row, so the change is
+                // exactly "new active" minus "old active".
+                let mut changes = Vec::new();
+                match old_tuple.as_ref() {
+                    Some(old) => changes.extend(enrollment(
+                        &Row {
+                            relation,
+                            tuple: old,
+                        },
+                        -1,
+                    )?),
+                    None => {
+                        tracing::warn!("enrollments update without its old row (replica identity is not full); assuming it revoked an active enrollment");
+                        if !new.is_null("revoked_at") {
+                            changes.push(enrollment_unchecked(&new, -1)?);
+                        }
+                        return Ok(changes);
+                    }
+                }
+                changes.extend(enrollment(&new, 1)?);
+                Ok(changes)
             }
             LogicalReplicationMessage::Delete {
                 relation_id,
@@ -210,13 +268,11 @@ impl Decoder {
                     )?
                     .into_iter()
                     .collect()),
-                    Table::Courses => {
-                        tracing::warn!(
-                            "a course row was deleted; its views are kept until the next rebuild"
-                        );
+                    Table::Other => Ok(Vec::new()),
+                    _ => {
+                        tracing::warn!(table = %relation.name, "a row was deleted; the write model never deletes it, so its views are kept until the next rebuild");
                         Ok(Vec::new())
                     }
-                    Table::Other => Ok(Vec::new()),
                 }
             }
             LogicalReplicationMessage::Truncate { relation_ids, .. } => {
@@ -240,13 +296,34 @@ impl Decoder {
     }
 }
 
-fn course_row(row: &Row<'_>) -> Result<Change, DecodeError> {
-    let id = row.int("courses", "id")?;
-    let fields = COURSE_FIELDS
-        .iter()
-        .filter_map(|&f| row.text(f).map(|v| (f.to_owned(), v.into_owned())))
-        .collect();
-    Ok(Change::CourseRow { id, fields })
+/// An inserted or updated row of a projected table.
+fn upsert(row: &Row<'_>) -> Result<Vec<Change>, DecodeError> {
+    Ok(match row.relation.table {
+        Table::Courses => vec![Change::Course {
+            id: row.int("courses", "id")?,
+            fields: row.fields(&COURSE_FIELDS),
+        }],
+        Table::Enrollments => enrollment(row, 1)?.into_iter().collect(),
+        Table::SaleEvents => vec![Change::Event {
+            id: row.int("sale_events", "id")?,
+            fields: row.fields(&EVENT_FIELDS),
+        }],
+        Table::SaleEventCourses => vec![Change::EventCourse {
+            event_id: row.int("sale_event_courses", "event_id")?,
+            course_id: row.int("sale_event_courses", "course_id")?,
+            seat_limit: row.opt_int("seat_limit"),
+        }],
+        Table::Orders => vec![Change::Order {
+            id: row.int("orders", "id")?,
+            fields: row.fields(&ORDER_FIELDS),
+        }],
+        Table::OrderItems => vec![Change::OrderItem {
+            order_id: row.int("order_items", "order_id")?,
+            course_id: row.int("order_items", "course_id")?,
+            price_krw: row.int("order_items", "price_krw")?,
+        }],
+        Table::Other => Vec::new(),
+    })
 }
 
 /// The enrollment's contribution with `sign`, if it is active.
@@ -258,12 +335,23 @@ fn enrollment(row: &Row<'_>, sign: i64) -> Result<Option<Change>, DecodeError> {
 }
 
 fn enrollment_unchecked(row: &Row<'_>, sign: i64) -> Result<Change, DecodeError> {
+    let created_us = row
+        .text("created_at")
+        .and_then(|t| parse_pg_timestamp(&t))
+        .map(|t| t.timestamp_micros())
+        .ok_or(DecodeError::BadColumn {
+            table: "enrollments",
+            column: "created_at",
+        })?;
     Ok(Change::Enrollment {
         course_id: row.int("enrollments", "course_id")?,
+        user_id: row.int("enrollments", "user_id")?,
         delta: sign,
         company: row
             .text("company")
             .filter(|c| !c.is_empty())
-            .map(|c| c.into_owned()),
+            .map(Cow::into_owned),
+        event_id: row.opt_int("event_id"),
+        created_us,
     })
 }

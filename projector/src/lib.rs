@@ -174,19 +174,13 @@ async fn cycle(
             .await?;
             metrics.rebuilds.fetch_add(1, Relaxed);
             tracing::info!(generation, %consistent_point, "generation is live");
-            if let Some(old) = marker.map(|m| m.generation).filter(|g| *g != generation) {
-                let sink = sink.clone();
-                tokio::spawn(async move {
-                    match sink.delete_generation(old).await {
-                        Ok(n) => {
-                            tracing::info!(generation = old, keys = n, "deleted old generation")
-                        }
-                        Err(err) => {
-                            tracing::warn!(generation = old, error = %err, "could not delete old generation")
-                        }
-                    }
-                });
-            }
+            let cleaner = sink.clone();
+            tokio::spawn(async move {
+                match cleaner.delete_other_generations(generation).await {
+                    Ok(n) => tracing::info!(keys = n, "deleted the keys of older generations"),
+                    Err(err) => tracing::warn!(error = %err, "could not delete older generations"),
+                }
+            });
             (repl, generation, consistent_point)
         }
     };
@@ -200,12 +194,15 @@ async fn cycle(
     metrics.generation.store(generation, Relaxed);
     metrics.ready.store(true, Relaxed);
 
+    let (lost_tx, lost_rx) = watch::channel(false);
     let monitor = tokio::spawn(monitor(
         pg.clone(),
         sink.clone(),
         config.slot.clone(),
         config.heartbeat(),
         metrics.clone(),
+        generation,
+        lost_tx,
     ));
     let result = pipeline::Pipeline {
         sink: &sink,
@@ -215,21 +212,26 @@ async fn cycle(
         linger: config.flush_linger(),
         applied,
     }
-    .run(repl, stop)
+    .run(repl, stop, lost_rx)
     .await;
     monitor.abort();
     result.map(|_| ())
 }
 
-/// Heartbeats into the WAL and slot statistics, every few seconds.
+/// Heartbeats into the WAL, slot statistics, and the watch on the
+/// generation marker: when Redis lost it (restart without persistence,
+/// FLUSHALL), `lost` fires within a second and the projector rebuilds.
 async fn monitor(
     pg: Arc<tokio_postgres::Client>,
     sink: Sink,
     slot: String,
     heartbeat: Duration,
     metrics: Arc<Metrics>,
+    generation: u64,
+    lost: watch::Sender<bool>,
 ) {
     let mut stats = tokio::time::interval(Duration::from_secs(2));
+    let mut marker = tokio::time::interval(Duration::from_millis(500));
     let mut beat = tokio::time::interval(heartbeat);
     loop {
         tokio::select! {
@@ -251,6 +253,16 @@ async fn monitor(
                 }
                 let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
                 metrics.redis_up.store(up, Relaxed);
+            }
+            _ = marker.tick() => {
+                match sink.marker().await {
+                    Ok(Some(m)) if m.generation == generation => {}
+                    Ok(found) => {
+                        tracing::error!(generation, found = ?found.map(|m| m.generation), "the live generation marker is gone from redis (data lost?); rebuilding");
+                        let _ = lost.send(true);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
+                }
             }
             _ = beat.tick() => {
                 if let Err(err) = source::heartbeat(&pg).await {

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub flush_micros: AtomicU64,
     pub last_applied_unix_ms: AtomicU64,
     pub rebuilds: AtomicU64,
-    pub snapshot_courses: AtomicU64,
+    pub snapshot_rows: AtomicU64,
 }
 
 impl Metrics {

@@ -50,6 +50,7 @@ impl Pipeline<'_> {
         mut self,
         mut repl: ReplicationClient,
         shutdown: &mut watch::Receiver<bool>,
+        mut lost: watch::Receiver<bool>,
     ) -> anyhow::Result<Stopped> {
         let mut decoder = Decoder::default();
         let mut batch = Batch::default();
@@ -70,6 +71,9 @@ impl Pipeline<'_> {
                     let _ = tokio::time::timeout(Duration::from_secs(3), repl.shutdown()).await;
                     tracing::info!(applied = %self.applied, "replication stopped after a final flush");
                     return Ok(Stopped::Shutdown);
+                }
+                _ = lost.wait_for(|l| *l) => {
+                    anyhow::bail!("the generation this stream writes is no longer live");
                 }
                 _ = tokio::time::sleep_until(linger), if deadline.is_some() => {
                     self.flush(&repl, &mut batch).await?;

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use views::{CourseDetail, Lsn, TopCompany};
+use views::{CourseCard, CourseDetail, EventView, Lsn, OrderItem, OrderView, Sale, TopCompany};
 
 use crate::decode::Change;
 
@@ -17,6 +17,7 @@ use crate::decode::Change;
 pub const SNAPSHOT_STAMP: &str = "000000000000000000000000";
 
 /// The stamp of change `index` of the transaction committed at `commit_lsn`.
+/// The initial build uses commit LSN zero, below every streamed change.
 pub fn stamp(commit_lsn: Lsn, index: u32) -> String {
     format!("{:016X}{index:08X}", commit_lsn.0)
 }
@@ -30,25 +31,48 @@ pub fn stamp_lsn(stamp: &str) -> Lsn {
         .unwrap_or_default()
 }
 
-/// One change to apply to a course aggregate, at its stamp.
+/// An entity with an aggregate hash and views of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entity {
+    Course(i64),
+    Event(i64),
+    Order(i64),
+}
+
+/// One change to apply to an entity's aggregate, at its stamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Row {
+    /// Set these hash fields.
+    Fields {
         stamp: String,
         fields: Vec<(String, String)>,
     },
+    /// Active enrollments of a course changed by `delta` (with its company
+    /// tally and, for an event's seat, the event's claimed count).
     Enroll {
         stamp: String,
         delta: i64,
         company: Option<String>,
+        event_id: Option<i64>,
     },
+}
+
+/// What a user's library does with a course.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibraryOp {
+    /// Enrolled at this time (µs).
+    Add(i64),
+    Remove,
 }
 
 /// Changes waiting for the next flush, grouped by entity, in commit order.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Course id → its entries, oldest first.
-    pub courses: BTreeMap<i64, Vec<Entry>>,
+    /// Entity → its entries, oldest first.
+    pub entities: BTreeMap<Entity, Vec<Entry>>,
+    /// (user, course) → the last library operation. Library writes are set
+    /// operations (add, remove), so replaying them in order converges.
+    pub library: BTreeMap<(i64, i64), LibraryOp>,
     /// Row changes buffered.
     pub changes: usize,
     /// End LSN of the last transaction whose changes are all in this batch
@@ -63,54 +87,152 @@ impl Batch {
     pub fn push(&mut self, stamp: String, change: Change) {
         self.changes += 1;
         match change {
-            Change::CourseRow { id, fields } => {
-                self.courses
-                    .entry(id)
-                    .or_default()
-                    .push(Entry::Row { stamp, fields });
-            }
+            Change::Course { id, fields } => self.fields(Entity::Course(id), stamp, fields),
+            Change::Event { id, fields } => self.fields(Entity::Event(id), stamp, fields),
+            Change::Order { id, fields } => self.fields(Entity::Order(id), stamp, fields),
             Change::Enrollment {
                 course_id,
+                user_id,
                 delta,
                 company,
+                event_id,
+                created_us,
             } => {
-                self.courses
-                    .entry(course_id)
+                let op = if delta > 0 {
+                    LibraryOp::Add(created_us)
+                } else {
+                    LibraryOp::Remove
+                };
+                self.library.insert((user_id, course_id), op);
+                self.entities
+                    .entry(Entity::Course(course_id))
                     .or_default()
                     .push(Entry::Enroll {
                         stamp,
                         delta,
                         company,
+                        event_id,
                     });
             }
+            Change::EventCourse {
+                event_id,
+                course_id,
+                seat_limit,
+            } => {
+                let limit = seat_limit
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into());
+                self.fields(
+                    Entity::Event(event_id),
+                    stamp.clone(),
+                    vec![(format!("course:{course_id}"), limit.clone())],
+                );
+                self.fields(
+                    Entity::Course(course_id),
+                    stamp,
+                    vec![(format!("ev:{event_id}"), limit)],
+                );
+            }
+            Change::OrderItem {
+                order_id,
+                course_id,
+                price_krw,
+            } => self.fields(
+                Entity::Order(order_id),
+                stamp,
+                vec![(format!("item:{course_id}"), price_krw.to_string())],
+            ),
+        }
+    }
+
+    fn fields(&mut self, entity: Entity, stamp: String, fields: Vec<(String, String)>) {
+        if !fields.is_empty() {
+            self.entities
+                .entry(entity)
+                .or_default()
+                .push(Entry::Fields { stamp, fields });
         }
     }
 
     /// Nothing to write and nothing to acknowledge.
     pub fn is_empty(&self) -> bool {
-        self.courses.is_empty() && self.commit_end.is_none()
+        self.entities.is_empty() && self.library.is_empty() && self.commit_end.is_none()
     }
 }
 
-/// A course's aggregates as the initial build reads them from the snapshot.
-#[derive(Debug, Clone)]
-pub struct CourseAggregate {
-    pub id: i64,
-    /// Row fields, `n` (active students) and `stamp`, as in the Redis hash.
-    pub fields: HashMap<String, String>,
-    /// Active students per company.
-    pub tallies: Vec<(String, i64)>,
+/// When and how much an event sells its courses for (events never change
+/// after they are created, so the projector may keep them in memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTerms {
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub discount_percent: i32,
 }
 
-/// Renders the course detail JSON from its aggregate hash and top companies.
-/// `None` while the course row itself has not been seen.
+impl EventTerms {
+    /// Reads the terms from an event aggregate.
+    pub fn from_agg(agg: &HashMap<String, String>) -> Option<Self> {
+        Some(EventTerms {
+            starts_at: parse_pg_timestamp(agg.get("starts_at")?)?,
+            ends_at: parse_pg_timestamp(agg.get("ends_at")?)?,
+            discount_percent: agg.get("discount_percent")?.parse().ok()?,
+        })
+    }
+}
+
+/// The events a course aggregate says it is sold by (`ev:<event id>`).
+pub fn course_event_ids(agg: &HashMap<String, String>) -> Vec<i64> {
+    agg.keys()
+        .filter_map(|k| k.strip_prefix("ev:")?.parse().ok())
+        .collect()
+}
+
+fn lsn_of(agg: &HashMap<String, String>) -> String {
+    stamp_lsn(
+        agg.get("stamp")
+            .map(String::as_str)
+            .unwrap_or(SNAPSHOT_STAMP),
+    )
+    .to_string()
+}
+
+/// Renders a course's detail and card JSON from its aggregate hash, its top
+/// companies and the terms of its events. `None` while the course row itself
+/// has not been seen.
 pub fn render_course(
     id: i64,
     agg: &HashMap<String, String>,
     top_companies: Vec<TopCompany>,
-) -> Option<Vec<u8>> {
+    events: &HashMap<i64, EventTerms>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let text = |k: &str| agg.get(k).cloned().unwrap_or_default();
-    let created_at = parse_pg_timestamp(agg.get("created_at")?)?;
+    let price_krw: i64 = agg.get("price_krw")?.parse().ok()?;
+    let mut sales: Vec<Sale> = course_event_ids(agg)
+        .into_iter()
+        .filter_map(|event_id| {
+            let terms = events.get(&event_id)?;
+            let seats_left = match agg.get(&format!("ev:{event_id}")).map(String::as_str) {
+                Some("-") | None => None,
+                Some(limit) => {
+                    let limit: i64 = limit.parse().ok()?;
+                    let claimed: i64 = agg
+                        .get(&format!("cl:{event_id}"))
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                    Some((limit - claimed).max(0))
+                }
+            };
+            Some(Sale {
+                event_id,
+                price_krw: price_krw * (100 - i64::from(terms.discount_percent)) / 100,
+                discount_percent: terms.discount_percent,
+                starts_at: terms.starts_at,
+                ends_at: terms.ends_at,
+                seats_left,
+            })
+        })
+        .collect();
+    sales.sort_by_key(|s| s.event_id);
     let detail = CourseDetail {
         id,
         title: text("title"),
@@ -118,19 +240,63 @@ pub fn render_course(
         description_html: text("description_html"),
         category: text("category"),
         instructor: text("instructor"),
-        price_krw: agg.get("price_krw")?.parse().ok()?,
-        sale: None,
+        price_krw,
         student_count: agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0),
         top_companies,
-        created_at,
-        lsn: stamp_lsn(
-            agg.get("stamp")
-                .map(String::as_str)
-                .unwrap_or(SNAPSHOT_STAMP),
-        )
-        .to_string(),
+        created_at: parse_pg_timestamp(agg.get("created_at")?)?,
+        lsn: lsn_of(agg),
+        sales,
     };
-    serde_json::to_vec(&detail).ok()
+    let card = CourseCard::from(&detail);
+    Some((
+        serde_json::to_vec(&detail).ok()?,
+        serde_json::to_vec(&card).ok()?,
+    ))
+}
+
+/// Renders an event view; `None` while the event row has not been seen.
+pub fn render_event(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
+    let terms = EventTerms::from_agg(agg)?;
+    let mut course_ids: Vec<i64> = agg
+        .keys()
+        .filter_map(|k| k.strip_prefix("course:")?.parse().ok())
+        .collect();
+    course_ids.sort_unstable();
+    serde_json::to_vec(&EventView {
+        id,
+        name: agg.get("name")?.clone(),
+        starts_at: terms.starts_at,
+        ends_at: terms.ends_at,
+        discount_percent: terms.discount_percent,
+        course_ids,
+        lsn: lsn_of(agg),
+    })
+    .ok()
+}
+
+/// Renders an order view; `None` while the order row has not been seen.
+pub fn render_order(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
+    let mut items: Vec<OrderItem> = agg
+        .iter()
+        .filter_map(|(k, v)| {
+            Some(OrderItem {
+                course_id: k.strip_prefix("item:")?.parse().ok()?,
+                price_krw: v.parse().ok()?,
+            })
+        })
+        .collect();
+    items.sort_by_key(|i| i.course_id);
+    serde_json::to_vec(&OrderView {
+        id,
+        user_id: agg.get("user_id")?.parse().ok()?,
+        status: agg.get("status")?.clone(),
+        total_krw: agg.get("total_krw")?.parse().ok()?,
+        items,
+        event_id: agg.get("event_id").and_then(|e| e.parse().ok()),
+        created_at: parse_pg_timestamp(agg.get("created_at")?)?,
+        lsn: lsn_of(agg),
+    })
+    .ok()
 }
 
 /// Orders company tallies as SPEC asks: most students first, ties by name.
@@ -161,7 +327,8 @@ mod tests {
         let a = stamp(Lsn(0x0FFF_FFFF), 5);
         let b = stamp(Lsn(0x1000_0000), 0);
         let c = stamp(Lsn(0x1000_0000), 1);
-        assert!(SNAPSHOT_STAMP < a.as_str() && a < b && b < c);
+        assert!(SNAPSHOT_STAMP < stamp(Lsn(0), 1).as_str());
+        assert!(stamp(Lsn(0), u32::MAX) < a && a < b && b < c);
         assert_eq!(stamp_lsn(&b), Lsn(0x1000_0000));
         assert_eq!(a.len(), SNAPSHOT_STAMP.len());
     }
@@ -186,5 +353,37 @@ mod tests {
         let t = parse_pg_timestamp("2026-11-21 21:30:00.123456+00").expect("parses");
         assert_eq!(t.to_rfc3339(), "2026-11-21T21:30:00.123456+00:00");
         assert!(parse_pg_timestamp("2026-11-21 21:30:00+00").is_some());
+    }
+
+    #[test]
+    fn a_course_sale_is_priced_down_and_counts_claimed_seats() {
+        let agg: HashMap<String, String> = [
+            ("title", "t"),
+            ("price_krw", "10001"),
+            ("created_at", "2026-11-21 21:30:00+00"),
+            ("n", "3"),
+            ("ev:4", "10"),
+            ("cl:4", "3"),
+            ("ev:5", "-"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let terms = EventTerms {
+            starts_at: parse_pg_timestamp("2026-11-21 20:00:00+00").expect("time"),
+            ends_at: parse_pg_timestamp("2026-11-22 20:00:00+00").expect("time"),
+            discount_percent: 33,
+        };
+        let events = HashMap::from([(4, terms.clone()), (5, terms)]);
+        let (detail, card) = render_course(1, &agg, Vec::new(), &events).expect("renders");
+        let detail: serde_json::Value = serde_json::from_slice(&detail).expect("json");
+        assert_eq!(
+            detail["sales"][0]["price_krw"], 6700,
+            "10001 * 67 / 100 rounded down"
+        );
+        assert_eq!(detail["sales"][0]["seats_left"], 7);
+        assert!(detail["sales"][1]["seats_left"].is_null());
+        let card: serde_json::Value = serde_json::from_slice(&card).expect("json");
+        assert!(card.get("description_html").is_none() && card.get("top_companies").is_none());
     }
 }

@@ -7,23 +7,32 @@
 //!
 //! Lua cannot decompress LZ4, so a course keeps its aggregates uncompressed
 //! (hash: row fields, active students `n`, `stamp`; sorted set: company
-//! tallies). Script one applies the entries newer than the stamp and always
+//! tallies); events and orders keep theirs likewise. Script one applies the
+//! entries newer than the stamp and always
 //! returns the aggregates; the projector renders the view; script two writes
 //! the encoded view only if its own stamp (`vstamp`) is older. A crash between
 //! the two is healed by the replay, because script one still returns the
 //! aggregates when it skips.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use fred::{prelude::*, types::scripts::Script};
 use futures_util::future::try_join_all;
 use views::{GenerationMarker, Keys, Lsn};
 
-use crate::projection::{render_course, top_five, Batch, CourseAggregate, Entry};
+use crate::projection::{
+    course_event_ids, parse_pg_timestamp, render_course, render_event, render_order, top_five,
+    Batch, Entity, Entry, EventTerms, LibraryOp,
+};
 
-/// Applies course entries newer than the stored stamp; returns the aggregate
-/// hash (flat) and the top five company tallies (flat, with scores).
-const APPLY_COURSE: &str = r#"
+/// Applies entries newer than the stored stamp; returns the aggregate hash
+/// (flat) and the top five company tallies (flat, with scores).
+/// Entries: `stamp 'f' n (field value)*n` or `stamp 'e' delta company event`.
+const APPLY: &str = r#"
 local agg, companies = KEYS[1], KEYS[2]
 local last = redis.call('HGET', agg, 'stamp') or ''
 local stored = last
@@ -39,16 +48,18 @@ while i <= #ARGV do
         local score = tonumber(redis.call('ZINCRBY', companies, -delta, company))
         if score >= 0 then redis.call('ZREM', companies, company) end
       end
+      if ARGV[i + 4] ~= '' then
+        redis.call('HINCRBY', agg, 'cl:' .. ARGV[i + 4], delta)
+      end
       last = stamp
     end
-    i = i + 4
+    i = i + 5
   else
     local n = tonumber(ARGV[i + 2])
     if stamp > last then
       for j = 0, n - 1 do
         redis.call('HSET', agg, ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j])
       end
-      redis.call('HSET', agg, 'exists', '1')
       last = stamp
     end
     i = i + 3 + 2 * n
@@ -58,12 +69,13 @@ if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
 return {redis.call('HGETALL', agg), redis.call('ZRANGE', companies, 0, 4, 'WITHSCORES')}
 "#;
 
-/// Writes a rendered view only if it is newer than the one stored.
-const WRITE_VIEW: &str = r#"
-local v = redis.call('HGET', KEYS[2], 'vstamp') or ''
+/// Writes rendered views (KEYS[2..]) only if they are newer than the ones
+/// stored, whose stamp is `vstamp` in the aggregate (KEYS[1]).
+const WRITE_VIEWS: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'vstamp') or ''
 if ARGV[1] > v then
-  redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('HSET', KEYS[2], 'vstamp', ARGV[1])
+  for j = 2, #KEYS do redis.call('SET', KEYS[j], ARGV[j]) end
+  redis.call('HSET', KEYS[1], 'vstamp', ARGV[1])
   return 1
 end
 return 0
@@ -84,7 +96,9 @@ pub struct Sink {
     client: Client,
     keys: Keys,
     apply: Script,
-    write_view: Script,
+    write_views: Script,
+    /// Terms of the events seen so far (events never change once created).
+    events: Arc<Mutex<HashMap<i64, EventTerms>>>,
 }
 
 impl Sink {
@@ -101,8 +115,9 @@ impl Sink {
         let sink = Self {
             client,
             keys,
-            apply: Script::from_lua(APPLY_COURSE),
-            write_view: Script::from_lua(WRITE_VIEW),
+            apply: Script::from_lua(APPLY),
+            write_views: Script::from_lua(WRITE_VIEWS),
+            events: Arc::new(Mutex::new(HashMap::new())),
         };
         sink.load_scripts().await?;
         Ok(sink)
@@ -114,7 +129,7 @@ impl Sink {
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
-        for script in [&self.apply, &self.write_view] {
+        for script in [&self.apply, &self.write_views] {
             let lua = script.lua().map(|s| s.to_string()).unwrap_or_default();
             if self.client.is_clustered() {
                 self.client.script_load_cluster::<(), _>(lua).await?;
@@ -151,9 +166,26 @@ impl Sink {
         Ok(())
     }
 
-    /// A fresh generation number.
+    /// A fresh generation number, never used before: at least the time in
+    /// milliseconds, so that even after Redis lost the counter a new
+    /// generation cannot collide with keys a stale writer left behind.
     pub async fn next_generation(&self) -> Result<u64, SinkError> {
-        Ok(self.client.incr(self.keys.generation_counter()).await?)
+        let counter: Option<u64> = self.client.get(self.keys.generation_counter()).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let generation = now_ms.max(counter.unwrap_or(0) + 1);
+        self.client
+            .set::<(), _, _>(
+                self.keys.generation_counter(),
+                generation,
+                None,
+                None,
+                false,
+            )
+            .await?;
+        Ok(generation)
     }
 
     /// The watermark of `generation`: every change up to it is applied.
@@ -176,38 +208,45 @@ impl Sink {
         Ok(())
     }
 
-    /// Deletes every key of a generation that is no longer live.
-    pub async fn delete_generation(&self, generation: u64) -> Result<u64, SinkError> {
-        let pattern = self.keys.generation_pattern(generation);
+    /// Deletes every view key and watermark of generations other than
+    /// `keep` (old generations after a switch, and whatever a writer left
+    /// after Redis lost its marker).
+    pub async fn delete_other_generations(&self, keep: u64) -> Result<u64, SinkError> {
+        let keep_prefix = self.keys.generation_prefix(keep);
+        let keep_watermark = self.keys.watermark(keep);
         let mut deleted = 0;
-        let mut cursor = "0".to_owned();
-        // Hand-written SCAN loop: fred's scan streams need an extra futures
-        // dependency for one loop (cluster deployments scan each primary).
-        loop {
-            let (next, keys): (String, Vec<String>) = self
-                .client
-                .custom(
-                    fred::cmd!("SCAN"),
-                    vec![
-                        cursor.clone(),
-                        "MATCH".into(),
-                        pattern.clone(),
-                        "COUNT".into(),
-                        "1000".into(),
-                    ],
-                )
-                .await?;
-            for key in keys {
-                deleted += self.client.unlink::<u64, _>(key).await?;
+        for pattern in [
+            self.keys.all_generations_pattern(),
+            self.keys.all_watermarks_pattern(),
+        ] {
+            let mut cursor = "0".to_owned();
+            // Hand-written SCAN loop: one loop does not warrant fred's scan
+            // streams (cluster deployments would scan each primary).
+            loop {
+                let (next, keys): (String, Vec<String>) = self
+                    .client
+                    .custom(
+                        fred::cmd!("SCAN"),
+                        vec![
+                            cursor.clone(),
+                            "MATCH".into(),
+                            pattern.clone(),
+                            "COUNT".into(),
+                            "1000".into(),
+                        ],
+                    )
+                    .await?;
+                for key in keys {
+                    if !key.starts_with(&keep_prefix) && key != keep_watermark {
+                        deleted += self.client.unlink::<u64, _>(key).await?;
+                    }
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
         }
-        self.client
-            .del::<(), _>(self.keys.watermark(generation))
-            .await?;
         Ok(deleted)
     }
 
@@ -232,110 +271,255 @@ impl Sink {
     }
 
     async fn apply_once(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
-        if batch.courses.is_empty() {
-            return Ok(());
-        }
+        let keys = &self.keys;
         // fred pipelines concurrent commands on one connection (and routes
-        // each to its cluster node), so issuing every script call at once
-        // costs about one round trip per node.
-        let replies = try_join_all(batch.courses.iter().map(|(&id, entries)| {
-            let keys = vec![
-                self.keys.course_agg(generation, id),
-                self.keys.course_companies(generation, id),
-            ];
+        // each to its cluster node), so issuing every call of a step at once
+        // costs about one round trip per node and step.
+        let replies = try_join_all(batch.entities.iter().map(|(entity, entries)| {
+            let (agg, aux) = match *entity {
+                Entity::Course(id) => (
+                    keys.course_agg(generation, id),
+                    keys.course_companies(generation, id),
+                ),
+                // Only courses tally companies; the second key just keeps the
+                // script's signature (same hash tag, never written).
+                Entity::Event(id) => (
+                    keys.event_agg(generation, id),
+                    format!("{}:none", keys.event_agg(generation, id)),
+                ),
+                Entity::Order(id) => (
+                    keys.order_agg(generation, id),
+                    format!("{}:none", keys.order_agg(generation, id)),
+                ),
+            };
             self.apply
-                .evalsha::<Value, _, _, _>(&self.client, keys, entry_args(entries))
+                .evalsha::<Value, _, _, _>(&self.client, vec![agg, aux], entry_args(entries))
         }))
         .await?;
+        let mut aggs = Vec::with_capacity(replies.len());
+        for (entity, reply) in batch.entities.keys().zip(replies) {
+            let (agg, top) = parse_apply_reply(reply)?;
+            if let Entity::Event(id) = entity {
+                if let Some(terms) = EventTerms::from_agg(&agg) {
+                    self.events
+                        .lock()
+                        .map_err(|_| SinkError::Reply("poisoned".into()))?
+                        .insert(*id, terms);
+                }
+            }
+            aggs.push((*entity, agg, top));
+        }
+        let events = self.event_terms(generation, &aggs).await?;
 
         let mut writes = Vec::new();
-        for ((&id, _), reply) in batch.courses.iter().zip(replies) {
-            let (agg, top) = parse_apply_reply(reply)?;
+        let mut rankings = Vec::new();
+        for (entity, agg, top) in &aggs {
+            if let Entity::Course(id) = entity {
+                rankings.push(self.rank(generation, *id, agg));
+            }
             let stamp = agg.get("stamp").cloned().unwrap_or_default();
             if agg.get("vstamp").is_some_and(|v| *v >= stamp) {
                 continue;
             }
-            let Some(json) = render_course(id, &agg, top_five(top)) else {
-                continue;
+            let (view_keys, values): (Vec<String>, Vec<Vec<u8>>) = match *entity {
+                Entity::Course(id) => {
+                    match render_course(id, agg, top_five(top.clone()), &events) {
+                        Some((detail, card)) => (
+                            vec![
+                                keys.course_agg(generation, id),
+                                keys.course_view(generation, id),
+                                keys.course_card(generation, id),
+                            ],
+                            vec![detail, card],
+                        ),
+                        None => continue,
+                    }
+                }
+                Entity::Event(id) => match render_event(id, agg) {
+                    Some(view) => (
+                        vec![
+                            keys.event_agg(generation, id),
+                            keys.event_view(generation, id),
+                        ],
+                        vec![view],
+                    ),
+                    None => continue,
+                },
+                Entity::Order(id) => match render_order(id, agg) {
+                    Some(view) => (
+                        vec![
+                            keys.order_agg(generation, id),
+                            keys.order_view(generation, id),
+                        ],
+                        vec![view],
+                    ),
+                    None => continue,
+                },
             };
-            let keys = vec![
-                self.keys.course_view(generation, id),
-                self.keys.course_agg(generation, id),
-            ];
-            let args: Vec<Value> = vec![stamp.into(), Value::Bytes(views::encode(&json).into())];
+            let mut args: Vec<Value> = vec![stamp.into()];
+            args.extend(
+                values
+                    .iter()
+                    .map(|json| Value::Bytes(views::encode(json).into())),
+            );
             writes.push(
-                self.write_view
-                    .evalsha::<Value, _, _, _>(&self.client, keys, args),
+                self.write_views
+                    .evalsha::<Value, _, _, _>(&self.client, view_keys, args),
             );
         }
-        try_join_all(writes).await?;
+        let library = batch
+            .library
+            .iter()
+            .map(|(&(user, course), op)| async move {
+                let key = keys.user_library(generation, user);
+                match op {
+                    LibraryOp::Add(at) => {
+                        self.client
+                            .zadd::<(), _, _>(
+                                key,
+                                None,
+                                None,
+                                false,
+                                false,
+                                (*at as f64, course.to_string()),
+                            )
+                            .await
+                    }
+                    LibraryOp::Remove => {
+                        self.client.zrem::<(), _, _>(key, course.to_string()).await
+                    }
+                }
+            });
+        let (w, r, l) = tokio::join!(
+            try_join_all(writes),
+            try_join_all(rankings),
+            try_join_all(library)
+        );
+        w?;
+        r?;
+        l?;
         Ok(())
     }
 
-    /// Writes a course built from the snapshot (a fresh generation: no stamps yet).
-    pub async fn write_snapshot_courses(
+    /// Terms of every event the courses in `aggs` are sold by: from memory,
+    /// else from the event aggregates in Redis (after a restart).
+    async fn event_terms(
         &self,
         generation: u64,
-        courses: &[CourseAggregate],
-    ) -> Result<(), SinkError> {
-        let pipe = self.client.pipeline();
-        for CourseAggregate { id, fields: agg, tallies } in courses {
-            let agg_key = self.keys.course_agg(generation, *id);
-            let companies_key = self.keys.course_companies(generation, *id);
-            let mut fields: Vec<(String, String)> =
-                agg.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            fields.push(("exists".into(), "1".into()));
-            fields.push((
-                "vstamp".into(),
-                agg.get("stamp").cloned().unwrap_or_default(),
-            ));
-            let _: () = pipe.hset(&agg_key, fields).await?;
-            let members: Vec<(f64, String)> = tallies
+        aggs: &[(Entity, HashMap<String, String>, Vec<(String, i64)>)],
+    ) -> Result<HashMap<i64, EventTerms>, SinkError> {
+        let wanted: BTreeSet<i64> = aggs
+            .iter()
+            .filter(|(e, _, _)| matches!(e, Entity::Course(_)))
+            .flat_map(|(_, agg, _)| course_event_ids(agg))
+            .collect();
+        let missing: Vec<i64> = {
+            let cache = self
+                .events
+                .lock()
+                .map_err(|_| SinkError::Reply("poisoned".into()))?;
+            wanted
                 .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(c, n)| (-(*n as f64), c.clone()))
-                .collect();
-            if !members.is_empty() {
-                let _: () = pipe
-                    .zadd(&companies_key, None, None, false, false, members)
-                    .await?;
-            }
-            if let Some(json) = render_course(*id, agg, top_five(tallies.clone())) {
-                let _: () = pipe
-                    .set(
-                        self.keys.course_view(generation, *id),
-                        Value::Bytes(views::encode(&json).into()),
-                        None,
-                        None,
-                        false,
-                    )
-                    .await?;
+                .copied()
+                .filter(|id| !cache.contains_key(id))
+                .collect()
+        };
+        let fetched = try_join_all(missing.iter().map(|&id| {
+            self.client
+                .hgetall::<HashMap<String, String>, _>(self.keys.event_agg(generation, id))
+        }))
+        .await?;
+        let mut cache = self
+            .events
+            .lock()
+            .map_err(|_| SinkError::Reply("poisoned".into()))?;
+        for (id, agg) in missing.into_iter().zip(fetched) {
+            if let Some(terms) = EventTerms::from_agg(&agg) {
+                cache.insert(id, terms);
             }
         }
-        let _: Vec<Value> = pipe.all().await?;
+        Ok(wanted
+            .into_iter()
+            .filter_map(|id| Some((id, cache.get(&id)?.clone())))
+            .collect())
+    }
+
+    /// Keeps the course's place in its category's rankings. Absolute writes
+    /// (scores set, not added), so replays converge.
+    async fn rank(
+        &self,
+        generation: u64,
+        id: i64,
+        agg: &HashMap<String, String>,
+    ) -> Result<(), SinkError> {
+        let (Some(category), Some(created)) = (
+            agg.get("category"),
+            agg.get("created_at").and_then(|c| parse_pg_timestamp(c)),
+        ) else {
+            return Ok(());
+        };
+        let n: f64 = agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0.0);
+        let member = views::ranking_member(id);
+        let keys = &self.keys;
+        tokio::try_join!(
+            self.client.zadd::<(), _, _>(
+                keys.category_popular(generation, category),
+                None,
+                None,
+                false,
+                false,
+                (-n, member.clone())
+            ),
+            self.client.zadd::<(), _, _>(
+                keys.category_newest(generation, category),
+                None,
+                None,
+                false,
+                false,
+                (created.timestamp_micros() as f64, member.clone())
+            ),
+        )?;
+        if let Some(old) = agg.get("rankcat").filter(|old| *old != category) {
+            tokio::try_join!(
+                self.client
+                    .zrem::<(), _, _>(keys.category_popular(generation, old), member.clone()),
+                self.client
+                    .zrem::<(), _, _>(keys.category_newest(generation, old), member.clone()),
+            )?;
+        }
+        if agg.get("rankcat") != Some(category) {
+            self.client
+                .hset::<(), _, _>(
+                    keys.course_agg(generation, id),
+                    ("rankcat", category.as_str()),
+                )
+                .await?;
+        }
         Ok(())
     }
 }
 
 /// Flattens entries into the script's arguments:
-/// `stamp 'e' delta company` or `stamp 'r' n (field value)*n`.
+/// `stamp 'e' delta company event` or `stamp 'f' n (field value)*n`.
 fn entry_args(entries: &[Entry]) -> Vec<String> {
-    let mut args = Vec::with_capacity(entries.len() * 4);
+    let mut args = Vec::with_capacity(entries.len() * 5);
     for entry in entries {
         match entry {
             Entry::Enroll {
                 stamp,
                 delta,
                 company,
+                event_id,
             } => {
                 args.push(stamp.clone());
                 args.push("e".into());
                 args.push(delta.to_string());
                 args.push(company.clone().unwrap_or_default());
+                args.push(event_id.map(|e| e.to_string()).unwrap_or_default());
             }
-            Entry::Row { stamp, fields } => {
+            Entry::Fields { stamp, fields } => {
                 args.push(stamp.clone());
-                args.push("r".into());
+                args.push("f".into());
                 args.push(fields.len().to_string());
                 for (k, v) in fields {
                     args.push(k.clone());

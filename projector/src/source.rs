@@ -7,25 +7,25 @@
 //! starts at the slot's consistent point, so the stream carries exactly the
 //! transactions the snapshot does not contain (nothing missed, nothing twice).
 
-use std::{collections::HashMap, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::{Client, NoTls};
 use views::Lsn;
 
+use futures_util::TryStreamExt;
+
 use crate::{
     config::Config,
-    projection::{CourseAggregate, SNAPSHOT_STAMP},
+    decode::{Change, COURSE_FIELDS, EVENT_FIELDS, ORDER_FIELDS},
+    projection::{parse_pg_timestamp, stamp, Batch, Entity, Entry, LibraryOp},
     sink::Sink,
 };
 
 /// The write model's tables the projector reads.
 const PUBLISHED_TABLES: &str =
-    "users, courses, sale_events, sale_event_courses, event_seats, orders, order_items, enrollments";
-
-/// Courses written to Redis per pipeline during the initial build.
-const SNAPSHOT_CHUNK: usize = 200;
+    "courses, sale_events, sale_event_courses, orders, order_items, enrollments";
 
 /// Opens an ordinary SQL connection, with UTC and ISO dates so text values
 /// read the same as the ones pgoutput sends.
@@ -191,7 +191,6 @@ async fn build_from_snapshot(
     snapshot: &str,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut pg = connect(&config.database_url).await?;
     let tx = pg
         .build_transaction()
@@ -207,88 +206,227 @@ async fn build_from_snapshot(
     .await
     .context("importing the slot's snapshot")?;
 
-    let mut tallies: HashMap<i64, Vec<(String, i64)>> = HashMap::new();
-    let mut counts: HashMap<i64, i64> = HashMap::new();
-    for row in tx
-        .query(
-            "SELECT course_id, coalesce(company, ''), count(*) FROM enrollments \
-              WHERE revoked_at IS NULL GROUP BY course_id, coalesce(company, '')",
-            &[],
-        )
-        .await?
-    {
-        let (course, company, n): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
-        *counts.entry(course).or_default() += n;
-        if !company.is_empty() {
-            tallies.entry(course).or_default().push((company, n));
-        }
-    }
-
-    // Courses in chunks by id (keyset paging), so memory stays bounded by the
-    // chunk size whatever the number of courses.
-    let mut after = 0i64;
-    let started = std::time::Instant::now();
-    let mut built = 0u64;
-    loop {
-        let rows = tx
-            .query(
-                "SELECT id, title, summary, description_html, category, instructor, \
-                        price_krw::text, created_at::text \
-                   FROM courses WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after, &(SNAPSHOT_CHUNK as i64)],
-            )
-            .await?;
-        if rows.is_empty() {
-            break;
-        }
-        let mut chunk = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: i64 = row.get(0);
-            after = id;
-            let mut agg: HashMap<String, String> = HashMap::new();
-            for (i, name) in [
-                "title",
-                "summary",
-                "description_html",
-                "category",
-                "instructor",
-                "price_krw",
-                "created_at",
-            ]
-            .iter()
-            .enumerate()
-            {
-                agg.insert((*name).to_owned(), row.get(i + 1));
-            }
-            agg.insert(
-                "n".into(),
-                counts.get(&id).copied().unwrap_or(0).to_string(),
-            );
-            agg.insert("stamp".into(), SNAPSHOT_STAMP.to_owned());
-            chunk.push(CourseAggregate {
-                id,
-                fields: agg,
-                tallies: tallies.remove(&id).unwrap_or_default(),
-            });
-        }
-        sink.write_snapshot_courses(generation, &chunk).await?;
-        built += chunk.len() as u64;
-        metrics.snapshot_courses.store(built, Relaxed);
-        if built % 5_000 < SNAPSHOT_CHUNK as u64 {
-            tracing::info!(
-                courses = built,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "initial build progress"
-            );
-        }
-    }
+    let mut build = SnapshotBuild {
+        sink,
+        generation,
+        batch: Batch::default(),
+        index: 0,
+        rows: 0,
+        max: config.flush_max_changes as usize,
+        started: std::time::Instant::now(),
+        metrics,
+    };
+    // Events first: course pages need their terms. Within a course, its row
+    // comes before its enrollments, so stamps rise in the order applied.
+    let events = "SELECT id::text, name, starts_at::text, ends_at::text, discount_percent::text FROM sale_events";
+    build
+        .each(&tx, events, |r| {
+            let fields = EVENT_FIELDS
+                .iter()
+                .enumerate()
+                .map(|(i, f)| ((*f).to_owned(), text(r, i + 1)))
+                .collect();
+            Ok(Change::Event {
+                id: int(r, 0)?,
+                fields,
+            })
+        })
+        .await?;
+    let links = "SELECT event_id::text, course_id::text, seat_limit::text FROM sale_event_courses";
+    build
+        .each(&tx, links, |r| {
+            Ok(Change::EventCourse {
+                event_id: int(r, 0)?,
+                course_id: int(r, 1)?,
+                seat_limit: r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
+            })
+        })
+        .await?;
+    let courses = "SELECT id::text, title, summary, description_html, category, instructor, price_krw::text, created_at::text FROM courses";
+    build
+        .each(&tx, courses, |r| {
+            let fields = COURSE_FIELDS
+                .iter()
+                .enumerate()
+                .map(|(i, f)| ((*f).to_owned(), text(r, i + 1)))
+                .collect();
+            Ok(Change::Course {
+                id: int(r, 0)?,
+                fields,
+            })
+        })
+        .await?;
+    // Active enrollments as aggregates: one entry per (course, company, event).
+    let tallies = "SELECT course_id::text, coalesce(company, ''), coalesce(event_id::text, ''), count(*)::text \
+                     FROM enrollments WHERE revoked_at IS NULL GROUP BY 1, 2, 3";
+    build
+        .entries(&tx, tallies, |r| {
+            let company = text(r, 1);
+            let event = text(r, 2);
+            Ok((
+                Entity::Course(int(r, 0)?),
+                Entry::Enroll {
+                    stamp: String::new(),
+                    delta: int(r, 3)?,
+                    company: (!company.is_empty()).then_some(company),
+                    event_id: event.parse().ok(),
+                },
+            ))
+        })
+        .await?;
+    let orders = "SELECT id::text, user_id::text, coalesce(event_id::text, ''), status, total_krw::text, created_at::text FROM orders";
+    build
+        .each(&tx, orders, |r| {
+            let fields = ORDER_FIELDS
+                .iter()
+                .enumerate()
+                .map(|(i, f)| ((*f).to_owned(), text(r, i + 1)))
+                .collect();
+            Ok(Change::Order {
+                id: int(r, 0)?,
+                fields,
+            })
+        })
+        .await?;
+    let items = "SELECT order_id::text, course_id::text, price_krw::text FROM order_items";
+    build
+        .each(&tx, items, |r| {
+            Ok(Change::OrderItem {
+                order_id: int(r, 0)?,
+                course_id: int(r, 1)?,
+                price_krw: int(r, 2)?,
+            })
+        })
+        .await?;
+    let libraries = "SELECT user_id::text, course_id::text, created_at::text FROM enrollments WHERE revoked_at IS NULL";
+    build.library(&tx, libraries).await?;
+    build.flush().await?;
     tx.commit().await?;
-    drop(pg);
     tracing::info!(
-        courses = built,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        rows = build.rows,
+        elapsed_ms = build.started.elapsed().as_millis() as u64,
         generation,
         "initial build done"
     );
     Ok(())
+}
+
+/// Streams snapshot rows into batches written through the same idempotent
+/// path as the live stream, with stamps below any streamed change. Memory is
+/// bounded by one batch, whatever the size of the tables.
+struct SnapshotBuild<'a> {
+    sink: &'a Sink,
+    generation: u64,
+    batch: Batch,
+    index: u32,
+    rows: u64,
+    max: usize,
+    started: std::time::Instant,
+    metrics: &'a crate::metrics::Metrics,
+}
+
+impl SnapshotBuild<'_> {
+    fn next_stamp(&mut self) -> String {
+        self.index += 1;
+        stamp(Lsn(0), self.index)
+    }
+
+    async fn rows(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+        mut each: impl FnMut(&mut Self, &tokio_postgres::Row) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let stream = tx
+            .query_raw(
+                sql,
+                std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+            )
+            .await?;
+        futures_util::pin_mut!(stream);
+        while let Some(row) = stream.try_next().await? {
+            each(self, &row)?;
+            self.rows += 1;
+            if self.batch.changes >= self.max {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn each(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+        change: impl Fn(&tokio_postgres::Row) -> anyhow::Result<Change>,
+    ) -> anyhow::Result<()> {
+        self.rows(tx, sql, |b, row| {
+            let change = change(row)?;
+            let stamp = b.next_stamp();
+            b.batch.push(stamp, change);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn entries(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+        entry: impl Fn(&tokio_postgres::Row) -> anyhow::Result<(Entity, Entry)>,
+    ) -> anyhow::Result<()> {
+        self.rows(tx, sql, |b, row| {
+            let (entity, mut entry) = entry(row)?;
+            let (Entry::Enroll { stamp, .. } | Entry::Fields { stamp, .. }) = &mut entry;
+            *stamp = b.next_stamp();
+            b.batch.changes += 1;
+            b.batch.entities.entry(entity).or_default().push(entry);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn library(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+    ) -> anyhow::Result<()> {
+        self.rows(tx, sql, |b, row| {
+            let at = parse_pg_timestamp(&text(row, 2)).context("enrollment created_at")?;
+            b.batch.library.insert(
+                (int(row, 0)?, int(row, 1)?),
+                LibraryOp::Add(at.timestamp_micros()),
+            );
+            b.batch.changes += 1;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.batch.changes == 0 {
+            return Ok(());
+        }
+        self.sink.apply(self.generation, &self.batch).await?;
+        self.batch = Batch::default();
+        self.metrics
+            .snapshot_rows
+            .store(self.rows, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            rows = self.rows,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "initial build progress"
+        );
+        Ok(())
+    }
+}
+
+fn text(row: &tokio_postgres::Row, i: usize) -> String {
+    row.get::<_, Option<String>>(i).unwrap_or_default()
+}
+
+fn int(row: &tokio_postgres::Row, i: usize) -> anyhow::Result<i64> {
+    text(row, i)
+        .parse()
+        .with_context(|| format!("snapshot column {i} is not an integer"))
 }

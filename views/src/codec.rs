@@ -20,7 +20,15 @@ pub enum DecodeError {
     UnknownFormat(u8),
     #[error("corrupt lz4 view: {0}")]
     Lz4(#[from] lz4_flex::block::DecompressError),
+    #[error("lz4 view declares {0} bytes, more than a view may hold")]
+    TooLarge(usize),
+    #[error("lz4 view declares {declared} bytes but holds {actual}")]
+    SizeMismatch { declared: usize, actual: usize },
 }
+
+/// The largest JSON a view may decompress to: a corrupt length prefix must
+/// not make a reader allocate gigabytes.
+pub const MAX_VIEW_BYTES: usize = 64 * 1024 * 1024;
 
 /// Encodes view JSON into its Redis value: LZ4 over [`LZ4_THRESHOLD`] bytes.
 pub fn encode(json: &[u8]) -> Vec<u8> {
@@ -43,9 +51,21 @@ pub fn decode(value: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
     match value.split_first() {
         None => Err(DecodeError::Empty),
         Some((&FORMAT_JSON, json)) => Ok(Cow::Borrowed(json)),
-        Some((&FORMAT_LZ4, block)) => Ok(Cow::Owned(lz4_flex::block::decompress_size_prepended(
-            block,
-        )?)),
+        Some((&FORMAT_LZ4, block)) => {
+            let (size, body) = block.split_at_checked(4).ok_or(DecodeError::Empty)?;
+            let declared = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+            if declared > MAX_VIEW_BYTES {
+                return Err(DecodeError::TooLarge(declared));
+            }
+            let json = lz4_flex::block::decompress(body, declared)?;
+            if json.len() != declared {
+                return Err(DecodeError::SizeMismatch {
+                    declared,
+                    actual: json.len(),
+                });
+            }
+            Ok(Cow::Owned(json))
+        }
         Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
     }
 }
@@ -91,5 +111,10 @@ mod tests {
             Err(DecodeError::UnknownFormat(7))
         ));
         assert!(decode(&[FORMAT_LZ4, 255, 255, 255, 255, 0]).is_err());
+        assert!(
+            decode(&[FORMAT_LZ4, 10, 0, 0, 0, 0]).is_err(),
+            "declares more than it holds"
+        );
+        assert!(decode(&[FORMAT_LZ4, 1]).is_err(), "truncated length");
     }
 }

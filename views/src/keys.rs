@@ -6,7 +6,21 @@
 //! {P}:g{N}:{c{ID}}:view          string  course detail view (format byte + payload)
 //! {P}:g{N}:{c{ID}}:agg           hash    course row fields, student count, stamp
 //! {P}:g{N}:{c{ID}}:companies     zset    company -> minus its active students
+//! {P}:g{N}:{c{ID}}:card          string  course card view
+//! {P}:g{N}:{e{ID}}:view          string  event view (meta and course ids)
+//! {P}:g{N}:{e{ID}}:agg           hash    event row fields, `course:<id>` -> seat limit
+//! {P}:g{N}:{o{ID}}:view          string  order view
+//! {P}:g{N}:{o{ID}}:agg           hash    order row fields, `item:<course id>` -> price
+//! {P}:g{N}:{u{ID}}:library       zset    course id -> enrollment time (µs); newest first
+//! {P}:g{N}:{k{HEX}}:popular      zset    course id (20 digits) -> minus students
+//! {P}:g{N}:{k{HEX}}:newest       zset    course id (20 digits) -> created_at (µs)
 //! ```
+//!
+//! `{HEX}` is the category name in lowercase hex, so any name makes a safe key.
+//! Ranking members are ids zero-padded to 20 digits so that Redis's tie order
+//! (member, lexicographic) is id order: `ZRANGE popular` is students
+//! descending then id ascending; `ZREVRANGE newest` is newest then id
+//! descending (SPEC's two sorts).
 //!
 //! `{P}` is `KEY_PREFIX`. Keys of one entity share the hash tag `{c<id>}` so a
 //! Lua script may touch them together in Redis Cluster. A generation `g{N}` is
@@ -49,9 +63,19 @@ impl Keys {
         format!("{}:meta:generation-counter", self.prefix)
     }
 
-    /// A pattern matching every key of generation `generation` (for deletion).
-    pub fn generation_pattern(&self, generation: u64) -> String {
-        format!("{}:g{generation}:*", self.prefix)
+    /// The prefix every key of generation `generation` starts with.
+    pub fn generation_prefix(&self, generation: u64) -> String {
+        format!("{}:g{generation}:", self.prefix)
+    }
+
+    /// A SCAN pattern matching the keys of every generation.
+    pub fn all_generations_pattern(&self) -> String {
+        format!("{}:g*", self.prefix)
+    }
+
+    /// A SCAN pattern matching the watermark of every generation.
+    pub fn all_watermarks_pattern(&self) -> String {
+        format!("{}:meta:g*:watermark", self.prefix)
     }
 
     /// The course detail view of course `id`.
@@ -68,6 +92,63 @@ impl Keys {
     pub fn course_companies(&self, generation: u64, id: i64) -> String {
         format!("{}:g{generation}:{{c{id}}}:companies", self.prefix)
     }
+
+    /// The course card view of course `id`.
+    pub fn course_card(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{c{id}}}:card", self.prefix)
+    }
+
+    /// The event view of event `id`.
+    pub fn event_view(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{e{id}}}:view", self.prefix)
+    }
+
+    /// The event aggregate hash.
+    pub fn event_agg(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{e{id}}}:agg", self.prefix)
+    }
+
+    /// The order view of order `id`.
+    pub fn order_view(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{o{id}}}:view", self.prefix)
+    }
+
+    /// The order aggregate hash.
+    pub fn order_agg(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{o{id}}}:agg", self.prefix)
+    }
+
+    /// A user's library: course ids scored by enrollment time.
+    pub fn user_library(&self, generation: u64, user_id: i64) -> String {
+        format!("{}:g{generation}:{{u{user_id}}}:library", self.prefix)
+    }
+
+    /// A category's courses by popularity.
+    pub fn category_popular(&self, generation: u64, category: &str) -> String {
+        format!(
+            "{}:g{generation}:{{k{}}}:popular",
+            self.prefix,
+            hex(category)
+        )
+    }
+
+    /// A category's courses by creation time.
+    pub fn category_newest(&self, generation: u64, category: &str) -> String {
+        format!(
+            "{}:g{generation}:{{k{}}}:newest",
+            self.prefix,
+            hex(category)
+        )
+    }
+}
+
+/// A ranking member for a course id: zero-padded so lexicographic is numeric.
+pub fn ranking_member(id: i64) -> String {
+    format!("{id:020}")
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -89,5 +170,7 @@ mod tests {
         assert_eq!(v, "shop:g3:{c42}:view");
         assert!(k.generation_marker().starts_with("shop:meta:"));
         assert!(k.watermark(3).starts_with("shop:meta:"));
+        assert_eq!(k.category_popular(1, "a{b}"), "shop:g1:{k617b627d}:popular");
+        assert!(ranking_member(9) < ranking_member(10));
     }
 }

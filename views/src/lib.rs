@@ -9,7 +9,12 @@ mod keys;
 mod lsn;
 mod model;
 
-pub use codec::{decode, encode, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD};
-pub use keys::{Keys, DEFAULT_KEY_PREFIX};
+pub use codec::{
+    decode, encode, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD, MAX_VIEW_BYTES,
+};
+pub use keys::{ranking_member, Keys, DEFAULT_KEY_PREFIX};
 pub use lsn::{Lsn, ParseLsnError};
-pub use model::{CourseDetail, GenerationMarker, Sale, TopCompany, VIEW_SCHEMA_VERSION};
+pub use model::{
+    pick_sale, serve_course, CourseCard, CourseDetail, EventView, GenerationMarker, OrderItem,
+    OrderView, Sale, ServeError, TopCompany, VIEW_SCHEMA_VERSION,
+};

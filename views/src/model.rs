@@ -1,11 +1,17 @@
-//! The shapes of the views, as the query API serves them (SPEC "Query API").
+//! The shapes of the views: as the projector stores them and as the query
+//! API serves them (SPEC "Query API").
+//!
+//! Course pages and cards depend on the clock (`sale` is the running event),
+//! so they are stored with every candidate sale in a trailing `"sales"` field
+//! and the reader picks by its own clock at request time ([`serve_course`]):
+//! a page is right the moment an event starts or ends, with no re-projection.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a view's shape changes, so a release rebuilds into a new
 /// generation instead of serving mixed shapes.
-pub const VIEW_SCHEMA_VERSION: u32 = 1;
+pub const VIEW_SCHEMA_VERSION: u32 = 2;
 
 /// The value of the generation marker: which generation readers use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +26,7 @@ pub struct GenerationMarker {
     pub building: Option<u64>,
 }
 
-/// The running sale of a course, as shown on its page.
+/// A sale of a course by one event (a candidate until the clock picks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sale {
     pub event_id: i64,
@@ -28,7 +34,24 @@ pub struct Sale {
     pub discount_percent: i32,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// `None`: no seat limit.
     pub seats_left: Option<i64>,
+}
+
+impl Sale {
+    /// Runs at `now` (window `[starts_at, ends_at)`).
+    pub fn is_running(&self, now: DateTime<Utc>) -> bool {
+        self.starts_at <= now && now < self.ends_at
+    }
+}
+
+/// SPEC: the running event with the lowest price and a seat left, ties to the
+/// lowest event id.
+pub fn pick_sale(candidates: &[Sale], now: DateTime<Utc>) -> Option<&Sale> {
+    candidates
+        .iter()
+        .filter(|s| s.is_running(now) && s.seats_left != Some(0))
+        .min_by_key(|s| (s.price_krw, s.event_id))
 }
 
 /// One company among a course's top five.
@@ -38,7 +61,7 @@ pub struct TopCompany {
     pub students: i64,
 }
 
-/// The course detail view: `GET /v1/courses/{id}`.
+/// The stored course detail view (`GET /v1/courses/{id}` once served).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CourseDetail {
     pub id: i64,
@@ -48,10 +71,191 @@ pub struct CourseDetail {
     pub category: String,
     pub instructor: String,
     pub price_krw: i64,
-    pub sale: Option<Sale>,
     pub student_count: i64,
     pub top_companies: Vec<TopCompany>,
     pub created_at: DateTime<Utc>,
     /// LSN of the last change reflected in this view, in `%X/%X` form.
     pub lsn: String,
+    /// Every event selling this course; must stay the last field.
+    pub sales: Vec<Sale>,
+}
+
+/// The stored course card: the detail without `description_html` and
+/// `top_companies`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CourseCard {
+    pub id: i64,
+    pub title: String,
+    pub summary: String,
+    pub category: String,
+    pub instructor: String,
+    pub price_krw: i64,
+    pub student_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub lsn: String,
+    /// Every event selling this course; must stay the last field.
+    pub sales: Vec<Sale>,
+}
+
+impl From<&CourseDetail> for CourseCard {
+    fn from(d: &CourseDetail) -> Self {
+        CourseCard {
+            id: d.id,
+            title: d.title.clone(),
+            summary: d.summary.clone(),
+            category: d.category.clone(),
+            instructor: d.instructor.clone(),
+            price_krw: d.price_krw,
+            student_count: d.student_count,
+            created_at: d.created_at,
+            lsn: d.lsn.clone(),
+            sales: d.sales.clone(),
+        }
+    }
+}
+
+/// The stored event view; the query API adds the cards of `course_ids`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: i64,
+    pub name: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub discount_percent: i32,
+    pub course_ids: Vec<i64>,
+    pub lsn: String,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub course_id: i64,
+    pub price_krw: i64,
+}
+
+/// The order view, stored as served (`GET /v1/orders/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: i64,
+    pub user_id: i64,
+    pub status: String,
+    pub total_krw: i64,
+    pub items: Vec<OrderItem>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub event_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub lsn: String,
+}
+
+/// A stored course view or card could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("stored course view has no trailing sales field")]
+pub struct ServeError;
+
+const SALES_FIELD: &[u8] = b",\"sales\":";
+
+/// Turns a stored course detail or card into the served JSON: the trailing
+/// `"sales":[...]` becomes `"sale":<the running pick or null>`. With
+/// `only_event`, just that event's sale counts (event pages).
+pub fn serve_course(
+    stored: &[u8],
+    now: DateTime<Utc>,
+    only_event: Option<i64>,
+) -> Result<Vec<u8>, ServeError> {
+    // The sales list is the last field and holds no `,"sales":` itself (its
+    // strings are timestamps), so the last occurrence is the field.
+    let at = stored
+        .windows(SALES_FIELD.len())
+        .rposition(|w| w == SALES_FIELD)
+        .ok_or(ServeError)?;
+    let list = stored
+        .get(at + SALES_FIELD.len()..stored.len().saturating_sub(1))
+        .ok_or(ServeError)?;
+    let sales: Vec<Sale> = serde_json::from_slice(list).map_err(|_| ServeError)?;
+    let pick = match only_event {
+        Some(event) => sales
+            .iter()
+            .find(|s| s.event_id == event && s.is_running(now)),
+        None => pick_sale(&sales, now),
+    };
+    let mut out = Vec::with_capacity(at + 200);
+    out.extend_from_slice(&stored[..at]);
+    out.extend_from_slice(b",\"sale\":");
+    serde_json::to_writer(&mut out, &pick).map_err(|_| ServeError)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, h, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn sale(event_id: i64, price_krw: i64, from: u32, to: u32, seats_left: Option<i64>) -> Sale {
+        Sale {
+            event_id,
+            price_krw,
+            discount_percent: 10,
+            starts_at: t(from),
+            ends_at: t(to),
+            seats_left,
+        }
+    }
+
+    #[test]
+    fn the_pick_is_the_cheapest_running_sale_with_a_seat_ties_to_the_lowest_event() {
+        let sales = [
+            sale(5, 100, 1, 3, None),
+            sale(4, 100, 1, 3, Some(2)),
+            sale(3, 50, 1, 3, Some(0)),
+            sale(2, 10, 5, 6, None),
+        ];
+        assert_eq!(pick_sale(&sales, t(2)).map(|s| s.event_id), Some(4));
+        assert_eq!(pick_sale(&sales, t(4)), None);
+    }
+
+    #[test]
+    fn the_window_is_half_open() {
+        let sales = [sale(1, 0, 20, 21, None)];
+        assert!(pick_sale(&sales, t(20)).is_some(), "starts at starts_at");
+        assert!(pick_sale(&sales, t(21)).is_none(), "over at ends_at");
+    }
+
+    #[test]
+    fn serving_replaces_the_trailing_sales_with_the_pick() {
+        let card = CourseCard {
+            id: 7,
+            title: "a \"sales\" title,\"sales\":[]".into(),
+            summary: String::new(),
+            category: "c".into(),
+            instructor: "i".into(),
+            price_krw: 1000,
+            student_count: 3,
+            created_at: t(1),
+            lsn: "0/1".into(),
+            sales: vec![sale(9, 500, 1, 3, Some(4))],
+        };
+        let stored = serde_json::to_vec(&card).expect("json");
+        let during: serde_json::Value =
+            serde_json::from_slice(&serve_course(&stored, t(2), None).expect("serves"))
+                .expect("json");
+        assert_eq!(during["sale"]["event_id"], 9);
+        assert_eq!(during["sale"]["seats_left"], 4);
+        assert!(during.get("sales").is_none());
+        assert_eq!(during["title"], card.title);
+        let after: serde_json::Value =
+            serde_json::from_slice(&serve_course(&stored, t(3), None).expect("serves"))
+                .expect("json");
+        assert!(after["sale"].is_null());
+        let other_event: serde_json::Value =
+            serde_json::from_slice(&serve_course(&stored, t(2), Some(8)).expect("serves"))
+                .expect("json");
+        assert!(other_event["sale"].is_null());
+    }
 }
