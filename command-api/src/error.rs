@@ -28,6 +28,15 @@ impl FieldErrors {
         }
     }
 
+    /// Moves the problem recorded under `from` to `to`, for a route whose
+    /// field has another name than the one the shared check used.
+    pub(crate) fn rename(mut self, from: &'static str, to: &'static str) -> Self {
+        if let Some(problem) = self.0.remove(from) {
+            self.0.insert(to, problem);
+        }
+        self
+    }
+
     /// A 422 naming a single field.
     pub(crate) fn single(field: &'static str, problem: impl Into<String>) -> ApiError {
         let mut errors = FieldErrors::default();

@@ -204,6 +204,29 @@ impl Stack {
         }
     }
 
+    /// The projector's process id, while it runs.
+    pub fn projector_pid(&self) -> Option<u32> {
+        self.projector.as_ref().and_then(|c| c.id())
+    }
+
+    /// The slot's `confirmed_flush_lsn`.
+    pub async fn slot_confirmed(&self) -> Result<views::Lsn> {
+        let row = self
+            .pg
+            .query_one(
+                "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await?;
+        Ok(row.get::<_, String>(0).parse()?)
+    }
+
+    /// Deletes every Redis key of this stack: what a Redis restart without
+    /// persistence (or FLUSHALL) does to it, without touching other tests.
+    pub async fn lose_redis_data(&self) -> Result<()> {
+        delete_prefix(&self.redis, &self.prefix).await
+    }
+
     /// The projector's `/metrics` text.
     pub async fn projector_metrics(&self) -> Result<String> {
         Ok(self
@@ -428,6 +451,10 @@ async fn cleanup_resources(db: &str, slot: &str, prefix: &str, redis: &Client) -
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await?;
+    delete_prefix(redis, prefix).await
+}
+
+async fn delete_prefix(redis: &Client, prefix: &str) -> Result<()> {
     let mut cursor = "0".to_owned();
     loop {
         let (next, keys): (String, Vec<String>) = redis

@@ -3,8 +3,11 @@
 //! in the concurrency budget.
 
 mod courses;
+mod enrollments;
+mod events;
 mod health;
 mod orders;
+mod reference;
 mod users;
 
 use std::sync::Arc;
@@ -61,12 +64,16 @@ pub(crate) fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/users", post(users::create))
         .route("/v1/courses", post(courses::create))
         .route("/v1/courses/{id}", patch(courses::update))
+        .route("/v1/events", post(events::create))
         .route("/v1/orders", post(orders::create))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/enrollments", post(enrollments::create))
         .route_layer(shed)
         // Probes and metrics stay outside the budget, so they answer under load.
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(reference::openapi))
         .route_layer(middleware::from_fn(metrics::tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -17,7 +17,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::db::commit_lsn;
 use crate::error::{violates, ApiError, FieldErrors};
-use crate::extract::{AppJson, IdempotencyKey};
+use crate::extract::{AppJson, IdempotencyKey, PathId};
 use crate::routes::{written, AppState};
 
 /// Most courses one order may hold.
@@ -41,10 +41,19 @@ struct CreateOrder {
 
 /// An order request whose shape and values passed the checks that need no
 /// database: 1 to 500 distinct positive course ids.
-struct NewOrder {
-    user_id: i64,
-    course_ids: Vec<i64>,
-    event_id: Option<i64>,
+pub(super) struct NewOrder {
+    pub(super) user_id: i64,
+    pub(super) course_ids: Vec<i64>,
+    pub(super) event_id: Option<i64>,
+}
+
+/// Which prices an order may have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pricing {
+    /// A checkout: any price.
+    Paid,
+    /// A direct enrollment: only where the price is 0.
+    FreeOnly,
 }
 
 impl TryFrom<CreateOrder> for NewOrder {
@@ -104,17 +113,19 @@ fn join(ids: &[i64]) -> String {
 
 /// The order as answered to the client, and as stored for replays.
 #[derive(Serialize)]
-struct Receipt {
-    id: i64,
+pub(super) struct Receipt {
+    pub(super) id: i64,
     user_id: i64,
     event_id: Option<i64>,
     status: &'static str,
     total_krw: i64,
     items: Vec<Item>,
     created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, sqlx::FromRow)]
 struct Item {
     course_id: i64,
     price_krw: i64,
@@ -231,7 +242,7 @@ async fn place(
         };
     }
 
-    let receipt = write_order(&mut tx, order).await?;
+    let receipt = write_order(&mut tx, order, Pricing::Paid).await?;
 
     sqlx::query(
         "UPDATE idempotency_keys SET response = $3, status_code = 201 \
@@ -275,8 +286,13 @@ struct OrderRow {
     created_at: DateTime<Utc>,
 }
 
-/// Validates the order against the database and writes it, inside `tx`.
-async fn write_order(tx: &mut PgConnection, order: &NewOrder) -> Result<Receipt, ApiError> {
+/// Validates the order against the database and writes it, inside `tx`:
+/// the order, its items, one enrollment per course, and the event seats.
+pub(super) async fn write_order(
+    tx: &mut PgConnection,
+    order: &NewOrder,
+    pricing: Pricing,
+) -> Result<Receipt, ApiError> {
     let user: Option<UserRow> = sqlx::query_as("SELECT company FROM users WHERE id = $1")
         .bind(order.user_id)
         .fetch_optional(&mut *tx)
@@ -385,6 +401,18 @@ async fn write_order(tx: &mut PgConnection, order: &NewOrder) -> Result<Receipt,
         .iter()
         .try_fold(0i64, |total, item| total.checked_add(item.price_krw))
         .ok_or_else(|| FieldErrors::single("course_ids", "the order total is too large"))?;
+    if pricing == Pricing::FreeOnly {
+        if let Some(item) = items.iter().find(|item| item.price_krw > 0) {
+            return Err(FieldErrors::single(
+                "course_ids",
+                format!(
+                    "course {} costs {} won here; only free courses, or courses of a running \
+                     100%-off event given by event_id, can be enrolled in directly",
+                    item.course_id, item.price_krw
+                ),
+            ));
+        }
+    }
 
     let created: OrderRow = sqlx::query_as(
         "INSERT INTO orders (user_id, event_id, status, total_krw) \
@@ -460,7 +488,81 @@ async fn write_order(tx: &mut PgConnection, order: &NewOrder) -> Result<Receipt,
         total_krw,
         items,
         created_at: created.created_at,
+        cancelled_at: None,
     })
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredOrder {
+    id: i64,
+    user_id: i64,
+    event_id: Option<i64>,
+    status: String,
+    total_krw: i64,
+    created_at: DateTime<Utc>,
+    cancelled_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/orders/{id}/cancel` → 200 with the cancelled order; 404 when
+/// there is none. A compensating action: the order's enrollments are revoked
+/// (insert-only facts get their `revoked_at`, once) and its event seats go
+/// back to the pool. Cancelling a cancelled order changes nothing.
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    // The row lock makes two concurrent cancels of one order take turns.
+    let order: Option<StoredOrder> = sqlx::query_as(
+        "SELECT id, user_id, event_id, status, total_krw, created_at, cancelled_at \
+         FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut order = order.ok_or_else(|| ApiError::NotFound(format!("there is no order {id}")))?;
+    if order.status != "cancelled" {
+        let cancelled_at: DateTime<Utc> = sqlx::query_scalar(
+            "UPDATE orders SET status = 'cancelled', cancelled_at = now() \
+             WHERE id = $1 RETURNING cancelled_at",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE enrollments SET revoked_at = now() \
+             WHERE order_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE event_seats SET order_id = NULL WHERE order_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        order.cancelled_at = Some(cancelled_at);
+        tracing::info!(order_id = id, "order cancelled");
+    }
+    let items: Vec<Item> = sqlx::query_as(
+        "SELECT course_id, price_krw FROM order_items WHERE order_id = $1 ORDER BY course_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let lsn = commit_lsn(&mut conn).await;
+    let receipt = Receipt {
+        id: order.id,
+        user_id: order.user_id,
+        event_id: order.event_id,
+        status: "cancelled",
+        total_krw: order.total_krw,
+        items,
+        created_at: order.created_at,
+        cancelled_at: order.cancelled_at,
+    };
+    Ok(written(StatusCode::OK, lsn, &receipt))
 }
 
 /// The sale price: `price * (100 - discount) / 100`, rounded down.

@@ -1,4 +1,5 @@
-//! `POST /v1/courses` and `PATCH /v1/courses/{id}`.
+//! Tests of the command side (command → projector → query): `POST /v1/courses`
+//! and `PATCH /v1/courses/{id}`.
 
 use serde_json::{json, Value};
 

@@ -1,4 +1,5 @@
-//! Every refusal is the SPEC's JSON error, whatever layer produced it.
+//! Tests of the command side (command → projector → query): every refusal is
+//! the SPEC's JSON error, whatever layer produced it.
 
 use serde_json::json;
 

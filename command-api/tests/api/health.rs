@@ -1,4 +1,5 @@
-//! `/health`, `/ready`, `/metrics`, and load shedding.
+//! Tests of the command side's (command → projector → query) probes, metrics
+//! and load shedding: `/health`, `/ready`, `/metrics`, request deadlines.
 
 use serde_json::json;
 
@@ -65,6 +66,12 @@ async fn metrics_count_requests_by_route_and_status() {
         .send()
         .await
         .expect("answered");
+    let _ = app
+        .client
+        .get(app.url("/v1/orders"))
+        .send()
+        .await
+        .expect("answered");
 
     let response = app
         .client
@@ -111,4 +118,44 @@ async fn a_request_past_its_deadline_is_503_unavailable() {
 
     assert!(response.headers().contains_key("retry-after"));
     assert_error(response, 503, "unavailable").await;
+}
+
+#[tokio::test]
+async fn the_api_reference_documents_every_route() {
+    let app = spawn_app().await;
+
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("answered");
+
+    assert_eq!(response.status(), 200);
+    let document: serde_json::Value = response.json().await.expect("the reference is JSON");
+    assert_eq!(document["openapi"], "3.1.0");
+    let routes = [
+        ("/v1/users", "post"),
+        ("/v1/courses", "post"),
+        ("/v1/courses/{id}", "patch"),
+        ("/v1/events", "post"),
+        ("/v1/orders", "post"),
+        ("/v1/orders/{id}/cancel", "post"),
+        ("/v1/enrollments", "post"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ];
+    for (path, method) in routes {
+        assert!(
+            document["paths"][path][method].is_object(),
+            "{method} {path} is documented"
+        );
+    }
+    // Nothing documented that the router does not serve.
+    assert_eq!(
+        document["paths"].as_object().map(|paths| paths.len()),
+        Some(routes.len())
+    );
 }

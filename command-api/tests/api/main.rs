@@ -3,6 +3,7 @@
 
 mod courses;
 mod errors;
+mod events;
 mod health;
 mod helpers;
 mod orders;

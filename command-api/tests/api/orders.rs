@@ -1,4 +1,5 @@
-//! `POST /v1/orders`: pricing, seats, enrollments and idempotency.
+//! Tests of the command side (command → projector → query): `POST /v1/orders`,
+//! its pricing, seats, enrollments and idempotency.
 
 use serde_json::{json, Value};
 
@@ -564,4 +565,34 @@ async fn expired_idempotency_keys_are_deleted_and_fresh_ones_kept() {
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_statement_past_the_statement_timeout_is_503_and_stores_nothing() {
+    let app = spawn_app_with(|config| {
+        config.db_statement_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let (user, rust, _) = shop(&app).await;
+    let mut holder = app.db.begin().await.expect("begin");
+    sqlx::query("INSERT INTO idempotency_keys (user_id, key, request) VALUES ($1, 'held', '{}')")
+        .bind(user)
+        .execute(&mut *holder)
+        .await
+        .expect("key held");
+
+    // The order's INSERT waits on the held key until PostgreSQL cancels it.
+    let started = std::time::Instant::now();
+    let response = app
+        .post_order("held", &json!({ "user_id": user, "course_ids": [rust] }))
+        .await;
+
+    // Well before the 10s request deadline: the statement timeout fired.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    assert!(response.headers().contains_key("retry-after"));
+    assert_error(response, 503, "unavailable").await;
+    holder.rollback().await.expect("rollback");
+    assert_eq!(app.count("SELECT count(*) FROM orders").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0);
 }

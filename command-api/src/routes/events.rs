@@ -1,0 +1,244 @@
+//! `POST /v1/events` on the command side (command → projector → query): a
+//! sale event, its courses, and one seat row per limited seat, which checkout
+//! later claims and the projector counts as seats left.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+
+use crate::auth::Admin;
+use crate::db::commit_lsn;
+use crate::error::{ApiError, FieldErrors};
+use crate::extract::AppJson;
+use crate::routes::{written, AppState};
+
+/// Longest event name accepted, in characters.
+const NAME_MAX_CHARS: usize = 200;
+/// Most courses one event may hold.
+const MAX_COURSES: usize = 1_000;
+/// Most seats one course may have in an event.
+const MAX_SEATS_PER_COURSE: i64 = 100_000;
+/// Most seat rows one event may create: they are written in one statement
+/// that must finish well inside the statement timeout.
+const MAX_SEATS_TOTAL: i64 = 200_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateEvent {
+    name: String,
+    starts_at: DateTime<FixedOffset>,
+    ends_at: DateTime<FixedOffset>,
+    discount_percent: i64,
+    courses: Vec<CreateEventCourse>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateEventCourse {
+    course_id: i64,
+    #[serde(default)]
+    seat_limit: Option<i64>,
+}
+
+/// An event that passed the checks that need no database.
+struct NewEvent {
+    name: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    discount_percent: i32,
+    course_ids: Vec<i64>,
+    /// `None`: unlimited seats.
+    seat_limits: Vec<Option<i32>>,
+}
+
+impl TryFrom<CreateEvent> for NewEvent {
+    type Error = ApiError;
+
+    fn try_from(request: CreateEvent) -> Result<Self, ApiError> {
+        let mut errors = FieldErrors::default();
+        let name = request.name.trim().to_owned();
+        if name.is_empty() {
+            errors.add("name", "must not be empty");
+        } else if name.chars().count() > NAME_MAX_CHARS {
+            errors.add(
+                "name",
+                format!("must be at most {NAME_MAX_CHARS} characters"),
+            );
+        }
+        let starts_at = request.starts_at.with_timezone(&Utc);
+        let ends_at = request.ends_at.with_timezone(&Utc);
+        if ends_at <= starts_at {
+            errors.add("ends_at", "must be after starts_at");
+        }
+        let discount_percent = i32::try_from(request.discount_percent)
+            .ok()
+            .filter(|percent| (0..=100).contains(percent));
+        if discount_percent.is_none() {
+            errors.add("discount_percent", "must be between 0 and 100");
+        }
+        if request.courses.len() > MAX_COURSES {
+            errors.add(
+                "courses",
+                format!("must hold at most {MAX_COURSES} courses"),
+            );
+        }
+        let mut seen = HashSet::with_capacity(request.courses.len());
+        let mut total_seats: i64 = 0;
+        let mut course_ids = Vec::with_capacity(request.courses.len());
+        let mut seat_limits = Vec::with_capacity(request.courses.len());
+        for course in &request.courses {
+            if course.course_id <= 0 {
+                errors.add("courses", "course ids are positive integers");
+            } else if !seen.insert(course.course_id) {
+                errors.add(
+                    "courses",
+                    format!("course {} is listed twice", course.course_id),
+                );
+            }
+            let limit = match course.seat_limit {
+                Some(limit) if !(0..=MAX_SEATS_PER_COURSE).contains(&limit) => {
+                    errors.add(
+                        "courses",
+                        format!("seat_limit must be between 0 and {MAX_SEATS_PER_COURSE}"),
+                    );
+                    None
+                }
+                Some(limit) => {
+                    total_seats += limit;
+                    i32::try_from(limit).ok()
+                }
+                None => None,
+            };
+            course_ids.push(course.course_id);
+            seat_limits.push(limit);
+        }
+        if total_seats > MAX_SEATS_TOTAL {
+            errors.add(
+                "courses",
+                format!("at most {MAX_SEATS_TOTAL} limited seats per event"),
+            );
+        }
+        errors.into_result()?;
+        Ok(NewEvent {
+            name,
+            starts_at,
+            ends_at,
+            discount_percent: discount_percent.unwrap_or_default(),
+            course_ids,
+            seat_limits,
+        })
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    name: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    discount_percent: i32,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct EventCourse {
+    course_id: i64,
+    seat_limit: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct Event {
+    #[serde(flatten)]
+    event: EventRow,
+    courses: Vec<EventCourse>,
+}
+
+/// `POST /v1/events` → 201 with the event and its courses.
+pub(super) async fn create(
+    _admin: Admin,
+    State(state): State<AppState>,
+    AppJson(request): AppJson<CreateEvent>,
+) -> Result<Response, ApiError> {
+    let event = NewEvent::try_from(request)?;
+    let mut conn = state.pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+
+    let known: Vec<i64> = sqlx::query_scalar("SELECT id FROM courses WHERE id = ANY($1)")
+        .bind(&event.course_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let known: HashSet<i64> = known.into_iter().collect();
+    let unknown: Vec<String> = event
+        .course_ids
+        .iter()
+        .filter(|id| !known.contains(id))
+        .map(i64::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(FieldErrors::single(
+            "courses",
+            format!("unknown course ids: {}", unknown.join(", ")),
+        ));
+    }
+
+    let created: EventRow = sqlx::query_as(
+        "INSERT INTO sale_events (name, starts_at, ends_at, discount_percent) \
+         VALUES ($1, $2, $3, $4) \
+         RETURNING id, name, starts_at, ends_at, discount_percent, created_at",
+    )
+    .bind(&event.name)
+    .bind(event.starts_at)
+    .bind(event.ends_at)
+    .bind(event.discount_percent)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO sale_event_courses (event_id, course_id, seat_limit) \
+         SELECT $1, c.course_id, c.seat_limit \
+         FROM UNNEST($2::bigint[], $3::integer[]) AS c(course_id, seat_limit)",
+    )
+    .bind(created.id)
+    .bind(&event.course_ids)
+    .bind(&event.seat_limits)
+    .execute(&mut *tx)
+    .await?;
+    // One row per seat, so buyers claim different rows instead of
+    // decrementing one shared counter.
+    sqlx::query(
+        "INSERT INTO event_seats (event_id, course_id, seat_no) \
+         SELECT $1, c.course_id, seat.no \
+         FROM UNNEST($2::bigint[], $3::integer[]) AS c(course_id, seat_limit) \
+         CROSS JOIN LATERAL generate_series(1, c.seat_limit) AS seat(no) \
+         WHERE c.seat_limit IS NOT NULL",
+    )
+    .bind(created.id)
+    .bind(&event.course_ids)
+    .bind(&event.seat_limits)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let lsn = commit_lsn(&mut conn).await;
+    let courses = event
+        .course_ids
+        .iter()
+        .zip(&event.seat_limits)
+        .map(|(course_id, seat_limit)| EventCourse {
+            course_id: *course_id,
+            seat_limit: *seat_limit,
+        })
+        .collect();
+    Ok(written(
+        StatusCode::CREATED,
+        lsn,
+        &Event {
+            event: created,
+            courses,
+        },
+    ))
+}
