@@ -231,7 +231,9 @@ start_postgres() {
   fi
   local waited=0
   until pg_answers; do
-    if ! pg_ours_running; then
+    # pg_ctl start returns before the postmaster has written its pid file,
+    # so only a server still absent after a couple of seconds has failed.
+    if [[ "$waited" -ge 2 ]] && ! pg_ours_running; then
       tail -n 20 "$log_file" >&2 || true
       die "postgresql exited during start-up, see $log_file"
     fi
