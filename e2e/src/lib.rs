@@ -494,7 +494,7 @@ fn created_id(a: &Answer) -> Result<i64> {
 }
 
 /// The projector binary built beside the test binary (`cargo build --workspace --bins`).
-fn projector_binary() -> Result<PathBuf> {
+pub fn projector_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("PROJECTOR_BIN") {
         return Ok(PathBuf::from(p));
     }

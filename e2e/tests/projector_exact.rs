@@ -392,3 +392,70 @@ async fn sigterm_flushes_and_confirms_before_exiting() -> anyhow::Result<()> {
     );
     stack.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_rebuild_switches_generations_while_reads_keep_succeeding() -> anyhow::Result<()>
+{
+    let mut stack = Stack::start().await?;
+    let (courses, users) = catalogue(&stack, 2, 4).await?;
+    for (i, user) in users.iter().enumerate() {
+        stack
+            .order(
+                &format!("r{i}"),
+                &json!({"user_id": user, "course_ids": [courses[0]]}),
+            )
+            .await?;
+    }
+    stack.start_projector().await?;
+    let path = format!("/v1/courses/{}", courses[0]);
+    let lsn = stack.current_lsn().await?;
+    assert_eq!(stack.get_fresh(&path, &lsn).await?.body["student_count"], 4);
+    let keys = views::Keys::new(stack.prefix.clone());
+    let marker = |raw: Option<String>| -> u64 {
+        raw.and_then(|r| serde_json::from_str::<views::GenerationMarker>(&r).ok())
+            .map(|m| m.generation)
+            .unwrap_or(0)
+    };
+    use fred::interfaces::KeysInterface;
+    let before = marker(stack.redis.get(keys.generation_marker()).await?);
+
+    let status = tokio::process::Command::new(e2e::projector_binary()?)
+        .arg("rebuild")
+        .env("REDIS_URL", &stack.redis_url)
+        .env("KEY_PREFIX", &stack.prefix)
+        .status()
+        .await?;
+    assert!(status.success());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = stack.get(&path).await?;
+        assert_eq!(
+            read.status,
+            StatusCode::OK,
+            "reads keep succeeding during a rebuild"
+        );
+        assert_eq!(read.body["student_count"], 4);
+        let now = marker(stack.redis.get(keys.generation_marker()).await?);
+        if now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new generation within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.wait_projector_ready(Duration::from_secs(30)).await?;
+    let more = stack
+        .order(
+            "r-after",
+            &json!({"user_id": users[0], "course_ids": [courses[1]]}),
+        )
+        .await?;
+    let page = stack
+        .get_fresh(
+            &format!("/v1/courses/{}", courses[1]),
+            more.header("x-commit-lsn"),
+        )
+        .await?;
+    assert_eq!(page.body["student_count"], 1);
+    stack.cleanup().await
+}

@@ -19,6 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: build views if needed, then stream changes (default).
     Run,
+    /// Build a fresh generation and switch readers to it (the running daemon
+    /// does it within a second; the live generation serves meanwhile).
+    Rebuild,
     /// Print the slot, its lag and retained WAL, the live generation and its watermark.
     Status,
     /// Drop the replication slot (for decommissioning; the next start rebuilds).

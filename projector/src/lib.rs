@@ -103,7 +103,12 @@ async fn cycle(
 
     let marker = sink.marker().await?;
     let slot = source::slot_info(&pg, &config.slot).await?;
+    let rebuild_requested = sink.take_rebuild_request().await?;
     let resume_from = match (&marker, &slot) {
+        _ if rebuild_requested => {
+            tracing::info!("a rebuild was requested; building a fresh generation while the live one keeps serving");
+            None
+        }
         (Some(m), Some(s)) if m.schema == VIEW_SCHEMA_VERSION && s.wal_status != "lost" => {
             let watermark = sink.watermark(m.generation).await?.unwrap_or_default();
             if watermark >= s.confirmed_flush {
@@ -255,6 +260,10 @@ async fn monitor(
                 metrics.redis_up.store(up, Relaxed);
             }
             _ = marker.tick() => {
+                if sink.rebuild_requested().await.unwrap_or(false) {
+                    tracing::info!("rebuild requested; stopping the stream to build a fresh generation");
+                    let _ = lost.send(true);
+                }
                 match sink.marker().await {
                     Ok(Some(m)) if m.generation == generation => {}
                     Ok(found) => {
@@ -296,6 +305,14 @@ pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
         "building": marker.as_ref().and_then(|m| m.building),
         "watermark": watermark.map(|w: Lsn| w.to_string()),
     }))
+}
+
+/// `projector rebuild`: asks the running daemon (or the next one to start)
+/// to build a fresh generation and switch readers to it.
+pub async fn request_rebuild(config: &Config) -> anyhow::Result<()> {
+    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+    sink.request_rebuild().await?;
+    Ok(())
 }
 
 /// `projector drop-slot`: drops the slot (the daemon must be stopped).

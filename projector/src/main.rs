@@ -19,6 +19,11 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
+        Command::Rebuild => {
+            projector::request_rebuild(&cli.config).await?;
+            println!("rebuild requested: the running projector builds a fresh generation now (or at its next start)");
+            Ok(())
+        }
         Command::DropSlot => {
             if projector::drop_slot(&cli.config).await? {
                 println!("dropped slot {}", cli.config.slot);

@@ -73,7 +73,7 @@ impl Pipeline<'_> {
                     return Ok(Stopped::Shutdown);
                 }
                 _ = lost.wait_for(|l| *l) => {
-                    anyhow::bail!("the generation this stream writes is no longer live");
+                    anyhow::bail!("stream stopped: its generation is no longer live or a rebuild was requested");
                 }
                 _ = tokio::time::sleep_until(linger), if deadline.is_some() => {
                     self.flush(&repl, &mut batch).await?;

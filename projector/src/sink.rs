@@ -166,6 +166,33 @@ impl Sink {
         Ok(())
     }
 
+    /// Asks the running daemon for a rebuild.
+    pub async fn request_rebuild(&self) -> Result<(), SinkError> {
+        let now = chrono::Utc::now().to_rfc3339();
+        self.client
+            .set::<(), _, _>(self.keys.rebuild_request(), now, None, None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a pending rebuild request, if any.
+    pub async fn take_rebuild_request(&self) -> Result<bool, SinkError> {
+        Ok(self
+            .client
+            .del::<u64, _>(self.keys.rebuild_request())
+            .await?
+            > 0)
+    }
+
+    /// A rebuild was asked for and not yet taken.
+    pub async fn rebuild_requested(&self) -> Result<bool, SinkError> {
+        Ok(self
+            .client
+            .exists::<u64, _>(self.keys.rebuild_request())
+            .await?
+            > 0)
+    }
+
     /// A fresh generation number, never used before: at least the time in
     /// milliseconds, so that even after Redis lost the counter a new
     /// generation cannot collide with keys a stale writer left behind.

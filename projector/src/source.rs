@@ -214,6 +214,8 @@ async fn build_from_snapshot(
         rows: 0,
         max: config.flush_max_changes as usize,
         started: std::time::Instant::now(),
+        last_log: std::time::Instant::now(),
+        terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         metrics,
     };
     // Events first: course pages need their terms. Within a course, its row
@@ -301,6 +303,9 @@ async fn build_from_snapshot(
     let libraries = "SELECT user_id::text, course_id::text, created_at::text FROM enrollments WHERE revoked_at IS NULL";
     build.library(&tx, libraries).await?;
     build.flush().await?;
+    if build.terminal {
+        eprintln!();
+    }
     tx.commit().await?;
     tracing::info!(
         rows = build.rows,
@@ -322,6 +327,9 @@ struct SnapshotBuild<'a> {
     rows: u64,
     max: usize,
     started: std::time::Instant,
+    last_log: std::time::Instant,
+    /// Standard error is a terminal: draw a progress line.
+    terminal: bool,
     metrics: &'a crate::metrics::Metrics,
 }
 
@@ -412,12 +420,31 @@ impl SnapshotBuild<'_> {
         self.metrics
             .snapshot_rows
             .store(self.rows, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            rows = self.rows,
-            elapsed_ms = self.started.elapsed().as_millis() as u64,
-            "initial build progress"
-        );
+        self.progress();
         Ok(())
+    }
+
+    /// A live progress line on a terminal; a log line every few seconds
+    /// otherwise (log files and journals do not want carriage returns).
+    fn progress(&mut self) {
+        let elapsed = self.started.elapsed();
+        let rate = self.rows as f64 / elapsed.as_secs_f64().max(0.001);
+        if self.terminal {
+            eprint!(
+                "\r\x1b[2Kinitial build: {} rows, {:.0} rows/s, {:.1} s",
+                self.rows,
+                rate,
+                elapsed.as_secs_f64()
+            );
+        } else if self.last_log.elapsed() >= std::time::Duration::from_secs(5) {
+            self.last_log = std::time::Instant::now();
+            tracing::info!(
+                rows = self.rows,
+                rows_per_sec = rate as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "initial build progress"
+            );
+        }
     }
 }
 

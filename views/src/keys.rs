@@ -3,6 +3,8 @@
 //! ```text
 //! {P}:meta:generation            string  JSON GenerationMarker: the live generation
 //! {P}:meta:g{N}:watermark        string  LSN text: every change up to it is applied in g{N}
+//! {P}:meta:generation-counter    string  the last generation number handed out
+//! {P}:meta:rebuild-requested     string  time a rebuild was asked for (`projector rebuild`)
 //! {P}:g{N}:{c{ID}}:view          string  course detail view (format byte + payload)
 //! {P}:g{N}:{c{ID}}:agg           hash    course row fields, student count, stamp
 //! {P}:g{N}:{c{ID}}:companies     zset    company -> minus its active students
@@ -56,6 +58,11 @@ impl Keys {
     /// The applied-LSN watermark of generation `generation`.
     pub fn watermark(&self, generation: u64) -> String {
         format!("{}:meta:g{generation}:watermark", self.prefix)
+    }
+
+    /// Set by `projector rebuild`: the daemon builds a fresh generation.
+    pub fn rebuild_request(&self) -> String {
+        format!("{}:meta:rebuild-requested", self.prefix)
     }
 
     /// The counter handing out generation numbers.
