@@ -200,6 +200,7 @@ async fn cycle(
     metrics.ready.store(true, Relaxed);
 
     let (lost_tx, lost_rx) = watch::channel(false);
+    let nudge = Arc::new(tokio::sync::Notify::new());
     let monitor = tokio::spawn(monitor(
         pg.clone(),
         sink.clone(),
@@ -208,6 +209,7 @@ async fn cycle(
         metrics.clone(),
         generation,
         lost_tx,
+        nudge.clone(),
     ));
     let result = pipeline::Pipeline {
         sink: &sink,
@@ -216,6 +218,7 @@ async fn cycle(
         max_changes: config.flush_max_changes as usize,
         linger: config.flush_linger(),
         applied,
+        nudge,
     }
     .run(repl, stop, lost_rx)
     .await;
@@ -234,7 +237,9 @@ async fn monitor(
     metrics: Arc<Metrics>,
     generation: u64,
     lost: watch::Sender<bool>,
+    nudge: Arc<tokio::sync::Notify>,
 ) {
+    let mut last_beat = tokio::time::Instant::now();
     let mut stats = tokio::time::interval(Duration::from_secs(2));
     let mut marker = tokio::time::interval(Duration::from_millis(500));
     let mut beat = tokio::time::interval(heartbeat);
@@ -273,7 +278,20 @@ async fn monitor(
                     Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
                 }
             }
+            // After applying transactions: a read-your-writes token is taken
+            // after its COMMIT and may lie past the commit record (other WAL
+            // in between); a heartbeat right away moves the watermark past
+            // it instead of waiting for the next keepalive.
+            _ = nudge.notified() => {
+                if last_beat.elapsed() >= Duration::from_millis(20) {
+                    last_beat = tokio::time::Instant::now();
+                    if let Err(err) = source::heartbeat(&pg).await {
+                        tracing::warn!(error = %err, "heartbeat failed");
+                    }
+                }
+            }
             _ = beat.tick() => {
+                last_beat = tokio::time::Instant::now();
                 if let Err(err) = source::heartbeat(&pg).await {
                     tracing::warn!(error = %err, "heartbeat failed");
                 }

@@ -38,6 +38,8 @@ pub struct Pipeline<'a> {
     pub linger: Duration,
     /// Watermark already stored for the generation.
     pub applied: Lsn,
+    /// Told after every flush that applied transactions (see `monitor`).
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 struct OpenTxn {
@@ -144,6 +146,7 @@ impl Pipeline<'_> {
             .flushed(batch.transactions, batch.changes as u64, took);
         if let Some(end) = batch.commit_end {
             self.advance(repl, end).await?;
+            self.nudge.notify_one();
         }
         *batch = Batch::default();
         Ok(())
