@@ -340,9 +340,12 @@ impl Sink {
 
         let mut writes = Vec::new();
         let mut rankings = Vec::new();
+        let mut indexes = Vec::new();
         for (entity, agg, top) in &aggs {
-            if let Entity::Course(id) = entity {
-                rankings.push(self.rank(generation, *id, agg));
+            match entity {
+                Entity::Course(id) => rankings.push(self.rank(generation, *id, agg)),
+                Entity::Event(id) => indexes.push(self.index_event(generation, *id, agg)),
+                Entity::Order(_) => {}
             }
             let stamp = agg.get("stamp").cloned().unwrap_or_default();
             if agg.get("vstamp").is_some_and(|v| *v >= stamp) {
@@ -417,13 +420,15 @@ impl Sink {
                     }
                 }
             });
-        let (w, r, l) = tokio::join!(
+        let (w, r, i, l) = tokio::join!(
             try_join_all(writes),
             try_join_all(rankings),
+            try_join_all(indexes),
             try_join_all(library)
         );
         w?;
         r?;
+        i?;
         l?;
         Ok(())
     }
@@ -469,6 +474,30 @@ impl Sink {
             .into_iter()
             .filter_map(|id| Some((id, cache.get(&id)?.clone())))
             .collect())
+    }
+
+    /// Keeps the event in the index readers pre-warm from (absolute write).
+    async fn index_event(
+        &self,
+        generation: u64,
+        id: i64,
+        agg: &HashMap<String, String>,
+    ) -> Result<(), SinkError> {
+        let Some(terms) = EventTerms::from_agg(agg) else {
+            return Ok(());
+        };
+        let ends = terms.ends_at.timestamp_micros() as f64;
+        self.client
+            .zadd::<(), _, _>(
+                self.keys.events_by_end(generation),
+                None,
+                None,
+                false,
+                false,
+                (ends, id.to_string()),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Keeps the course's place in its category's rankings. Absolute writes

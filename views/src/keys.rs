@@ -11,6 +11,7 @@
 //! {P}:g{N}:{c{ID}}:card          string  course card view
 //! {P}:g{N}:{e{ID}}:view          string  event view (meta and course ids)
 //! {P}:g{N}:{e{ID}}:agg           hash    event row fields, `course:<id>` -> seat limit
+//! {P}:g{N}:{events}:by-end       zset    event id -> ends_at (µs): events to pre-warm
 //! {P}:g{N}:{o{ID}}:view          string  order view
 //! {P}:g{N}:{o{ID}}:agg           hash    order row fields, `item:<course id>` -> price
 //! {P}:g{N}:{u{ID}}:library       zset    course id -> enrollment time (µs); newest first
@@ -113,6 +114,12 @@ impl Keys {
     /// The event aggregate hash.
     pub fn event_agg(&self, generation: u64, id: i64) -> String {
         format!("{}:g{generation}:{{e{id}}}:agg", self.prefix)
+    }
+
+    /// Every event by its end time (µs), so readers find the events that
+    /// have not ended (pre-warming).
+    pub fn events_by_end(&self, generation: u64) -> String {
+        format!("{}:g{generation}:{{events}}:by-end", self.prefix)
     }
 
     /// The order view of order `id`.
