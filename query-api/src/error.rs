@@ -1,6 +1,8 @@
 //! The query API's error type: every variant maps to a SPEC status and code,
 //! with the JSON body `{"error": {"code", "message", "fields"?}}`.
 
+use std::collections::BTreeMap;
+
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -13,6 +15,10 @@ pub enum ApiError {
     /// 400: unparseable path, query or header.
     #[error("{0}")]
     BadRequest(String),
+    /// 422: the parameters parse but their values are out of range; the
+    /// problem of each field by name.
+    #[error("the request's values are not valid")]
+    Validation(BTreeMap<&'static str, String>),
     /// 404: no view for this id, or no such route.
     #[error("{0}")]
     NotFound(String),
@@ -37,17 +43,30 @@ impl From<fred::error::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A stored value the query API cannot read: logged once, and the client
+    /// gets a 503 rather than wrong data or a panic.
+    pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, what, "corrupt value in redis");
+        ApiError::Unavailable
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotYetProjected => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_projected"),
             ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "rebuilding"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
-        let error = serde_json::json!({"code": code, "message": self.to_string()});
+        let mut error = serde_json::json!({"code": code, "message": self.to_string()});
+        if let ApiError::Validation(fields) = &self {
+            error["fields"] = serde_json::json!(fields);
+        }
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

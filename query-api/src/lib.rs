@@ -5,6 +5,7 @@
 mod config;
 mod error;
 mod metrics;
+mod params;
 mod routes;
 mod store;
 
@@ -16,7 +17,6 @@ use axum::{
     http::HeaderValue,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
     BoxError, Router,
 };
 pub use config::Config;
@@ -101,11 +101,7 @@ fn router(state: AppState) -> Router {
         ))
         .timeout(state.config.request_timeout());
 
-    Router::new()
-        .route("/v1/courses/{id}", get(routes::course))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
+    routes::router()
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(shed)

@@ -1,25 +1,86 @@
-//! Reads of the views in Redis, through the key layout of the `views` crate.
+//! Reads of the views in Redis, through the key layout of the `views` crate:
+//! the query end of command → projector → query.
 //!
-//! Each read is one pipeline: the generation marker, that generation's
-//! watermark and the view, so a response always knows which generation and
-//! which LSN it reflects.
+//! Every read is one pipeline, so one round trip per Redis node whatever the
+//! number of keys: the generation marker, that generation's watermark, the
+//! keys asked for, and the marker again. The closing marker proves the
+//! generation stayed live while its keys were read: the projector deletes a
+//! generation only after switching the marker away from it, so an unchanged
+//! marker means no key read was deleted in between. A list (a ranking, a
+//! library, an event) takes a second pipeline for its cards, closed by the
+//! marker the same way: two round trips whatever its length.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use bytes::Bytes;
-use fred::prelude::*;
-use views::{GenerationMarker, Keys, Lsn};
+use fred::{clients::Pipeline, prelude::*, types::Value};
+use views::{EventView, GenerationMarker, Keys, Lsn};
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    params::{Page, Sort},
+};
 
-/// A view as read, with what the response headers need.
-pub struct Read {
-    /// The view JSON, or `None` when there is no view for the id.
-    pub json: Option<Bytes>,
-    /// The watermark of the generation read.
-    pub projection_lsn: Lsn,
+/// Attempts before a read whose generation keeps moving gives up with 503.
+const ATTEMPTS: usize = 3;
+
+/// The state of the projection a read saw: what the response headers say.
+#[derive(Debug, Clone, Copy)]
+pub struct Projection {
+    generation: u64,
+    /// The watermark of the generation read: every change up to it is in
+    /// what was read (it is read before the views, which only move forward).
+    pub lsn: Lsn,
     /// A replacement generation is being built; this one may lag.
     pub stale: bool,
+}
+
+/// A list of course ids kept as a sorted set.
+#[derive(Debug, Clone, Copy)]
+pub enum List<'a> {
+    /// A category's courses in the given order.
+    Category(&'a str, Sort),
+    /// A user's library, newest enrollment first.
+    Library(i64),
+}
+
+/// A page of a list: the stored cards of its ids, in list order (ids whose
+/// card is missing are skipped), and the length of the whole list.
+pub struct ListPage {
+    pub cards: Vec<Bytes>,
+    pub total: u64,
+}
+
+/// An event view and the stored cards of its courses, in the event's order
+/// (courses without a card are skipped).
+pub struct EventPage {
+    pub event: EventView,
+    pub cards: Vec<Bytes>,
+}
+
+/// One command of a pipeline.
+enum Op {
+    Get(String),
+    /// `ZRANGE key start stop [REV]`.
+    Range {
+        key: String,
+        start: i64,
+        stop: i64,
+        rev: bool,
+    },
+    /// `ZCARD key`.
+    Count(String),
+}
+
+/// What one pipeline found.
+enum Attempt {
+    /// The generation asked for was live throughout: the results of the ops.
+    Read(Projection, Vec<Value>),
+    /// The live generation is another one (or changed meanwhile).
+    Moved(u64),
 }
 
 /// The Redis side of the query API.
@@ -27,8 +88,8 @@ pub struct Read {
 pub struct Store {
     client: Client,
     keys: Keys,
-    /// The generation last seen, so the view key can go in the same pipeline
-    /// as the marker; a changed marker costs one more round trip.
+    /// The generation last seen, so the keys can go in the same pipeline as
+    /// the marker; a changed marker costs one more round trip.
     generation: Arc<RwLock<Option<u64>>>,
 }
 
@@ -76,49 +137,274 @@ impl Store {
         Ok(raw.and_then(|r| r.parse().ok()).unwrap_or_default())
     }
 
-    /// Reads the course detail view of `id` from the live generation.
-    pub async fn course(&self, id: i64) -> Result<Read, ApiError> {
-        self.read(|keys, generation| keys.course_view(generation, id))
-            .await
+    /// The stored course detail view of `id` (JSON, with its candidate sales).
+    pub async fn course(&self, id: i64) -> Result<(Projection, Option<Bytes>), ApiError> {
+        self.one_view(|keys, g| keys.course_view(g, id)).await
     }
 
-    async fn read(&self, key: impl Fn(&Keys, u64) -> String) -> Result<Read, ApiError> {
-        let cached = self.generation.read().map(|g| *g).unwrap_or(None);
-        let mut generation = cached.unwrap_or(0);
-        for _ in 0..3 {
-            let pipe = self.client.pipeline();
-            let _: () = pipe.get(self.keys.generation_marker()).await?;
-            let _: () = pipe.get(self.keys.watermark(generation)).await?;
-            let _: () = pipe.get(key(&self.keys, generation)).await?;
-            let (marker, watermark, view): (Option<String>, Option<String>, Option<Bytes>) =
-                pipe.all().await?;
-            let marker: GenerationMarker = marker
-                .and_then(|m| serde_json::from_str(&m).ok())
-                .ok_or(ApiError::Rebuilding)?;
-            if marker.generation != generation {
-                generation = marker.generation;
-                if let Ok(mut g) = self.generation.write() {
-                    *g = Some(generation);
+    /// The order view of `id` (JSON, stored as served).
+    pub async fn order(&self, id: i64) -> Result<(Projection, Option<Bytes>), ApiError> {
+        self.one_view(|keys, g| keys.order_view(g, id)).await
+    }
+
+    /// The stored cards of `ids`, one entry per id asked (`None`: no card),
+    /// in one round trip; each distinct id is read once.
+    pub async fn cards(&self, ids: &[i64]) -> Result<(Projection, Vec<Option<Bytes>>), ApiError> {
+        let (distinct, slots) = distinct(ids);
+        let (projection, values) = self
+            .read(|keys, g| {
+                distinct
+                    .iter()
+                    .map(|id| Op::Get(keys.course_card(g, *id)))
+                    .collect()
+            })
+            .await?;
+        let cards = views_of(values, "course card")?;
+        Ok((
+            projection,
+            slots.into_iter().map(|i| cards[i].clone()).collect(),
+        ))
+    }
+
+    /// A page of a list and its total length: ids and length in one round
+    /// trip, their cards in a second.
+    pub async fn list(
+        &self,
+        list: List<'_>,
+        page: Page,
+    ) -> Result<(Projection, ListPage), ApiError> {
+        let (start, stop) = page.ranks();
+        let first = |keys: &Keys, g: u64| {
+            let (key, rev) = match list {
+                List::Category(category, Sort::Popular) => {
+                    (keys.category_popular(g, category), false)
                 }
-                continue;
-            }
-            let json = match view {
-                None => None,
-                Some(value) => Some(match views::decode(&value) {
-                    Ok(std::borrow::Cow::Borrowed(_)) => value.slice(1..),
-                    Ok(std::borrow::Cow::Owned(json)) => Bytes::from(json),
-                    Err(err) => {
-                        tracing::error!(error = %err, "corrupt view value in redis");
-                        return Err(ApiError::Unavailable);
-                    }
-                }),
+                List::Category(category, Sort::Newest) => (keys.category_newest(g, category), true),
+                List::Library(user) => (keys.user_library(g, user), true),
             };
-            return Ok(Read {
-                json,
-                projection_lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
-                stale: marker.building.is_some(),
-            });
+            vec![
+                Op::Range {
+                    key: key.clone(),
+                    start,
+                    stop,
+                    rev,
+                },
+                Op::Count(key),
+            ]
+        };
+        let (projection, (total, cards)) = self
+            .then_cards(first, |values| {
+                let mut values = values.into_iter();
+                let members: Vec<String> = convert(values.next(), "list")?;
+                let total = values.next().map(zcard).transpose()?.unwrap_or(0);
+                let ids = members
+                    .iter()
+                    .map(|m| {
+                        m.parse::<i64>()
+                            .map_err(|_| ApiError::corrupt("list member", m))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((total, ids))
+            })
+            .await?;
+        Ok((
+            projection,
+            ListPage {
+                cards: cards.into_iter().flatten().collect(),
+                total,
+            },
+        ))
+    }
+
+    /// An event view and its courses' cards: two round trips.
+    pub async fn event(&self, id: i64) -> Result<(Projection, Option<EventPage>), ApiError> {
+        let (projection, (event, cards)) = self
+            .then_cards(
+                |keys, g| vec![Op::Get(keys.event_view(g, id))],
+                |values| {
+                    let Some(json) = views_of(values, "event view")?.pop().flatten() else {
+                        return Ok((None, Vec::new()));
+                    };
+                    let event: EventView = serde_json::from_slice(&json)
+                        .map_err(|err| ApiError::corrupt("event view", err))?;
+                    let ids = event.course_ids.clone();
+                    Ok((Some(event), ids))
+                },
+            )
+            .await?;
+        let page = event.map(|event| EventPage {
+            event,
+            cards: cards.into_iter().flatten().collect(),
+        });
+        Ok((projection, page))
+    }
+
+    /// One view, decoded: one round trip.
+    async fn one_view(
+        &self,
+        key: impl Fn(&Keys, u64) -> String,
+    ) -> Result<(Projection, Option<Bytes>), ApiError> {
+        let (projection, values) = self.read(|keys, g| vec![Op::Get(key(keys, g))]).await?;
+        let view = views_of(values, "view")?.pop().flatten();
+        Ok((projection, view))
+    }
+
+    /// A first pipeline whose results name course ids (`ids_of` also returns
+    /// whatever else the caller needs from them), then one pipeline for those
+    /// courses' cards in the same generation. Starts over if the generation
+    /// moved in between.
+    async fn then_cards<T>(
+        &self,
+        first: impl Fn(&Keys, u64) -> Vec<Op>,
+        ids_of: impl Fn(Vec<Value>) -> Result<(T, Vec<i64>), ApiError>,
+    ) -> Result<(Projection, (T, Vec<Option<Bytes>>)), ApiError> {
+        for _ in 0..ATTEMPTS {
+            let (projection, values) = self.read(&first).await?;
+            let (found, ids) = ids_of(values)?;
+            if ids.is_empty() {
+                return Ok((projection, (found, Vec::new())));
+            }
+            let (distinct, slots) = distinct(&ids);
+            let cards = distinct
+                .iter()
+                .map(|id| Op::Get(self.keys.course_card(projection.generation, *id)))
+                .collect();
+            match self.attempt(projection.generation, cards).await? {
+                Attempt::Read(_, values) => {
+                    let cards = views_of(values, "course card")?;
+                    let cards = slots.into_iter().map(|i| cards[i].clone()).collect();
+                    return Ok((projection, (found, cards)));
+                }
+                Attempt::Moved(generation) => self.remember(generation),
+            }
         }
         Err(ApiError::Rebuilding)
     }
+
+    /// One pipeline of `ops` in the live generation, starting from the one
+    /// last seen; a moved marker costs another round trip.
+    async fn read(
+        &self,
+        ops: impl Fn(&Keys, u64) -> Vec<Op>,
+    ) -> Result<(Projection, Vec<Value>), ApiError> {
+        let mut generation = self
+            .generation
+            .read()
+            .map(|g| *g)
+            .unwrap_or(None)
+            .unwrap_or(0);
+        for _ in 0..ATTEMPTS {
+            match self
+                .attempt(generation, ops(&self.keys, generation))
+                .await?
+            {
+                Attempt::Read(projection, values) => return Ok((projection, values)),
+                Attempt::Moved(live) => {
+                    generation = live;
+                    self.remember(live);
+                }
+            }
+        }
+        Err(ApiError::Rebuilding)
+    }
+
+    fn remember(&self, generation: u64) {
+        if let Ok(mut g) = self.generation.write() {
+            *g = Some(generation);
+        }
+    }
+
+    /// Marker, watermark of `generation`, `ops`, marker: one round trip.
+    async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, ApiError> {
+        let pipe = self.client.pipeline();
+        let _: () = pipe.get(self.keys.generation_marker()).await?;
+        let _: () = pipe.get(self.keys.watermark(generation)).await?;
+        for op in ops {
+            queue(&pipe, op).await?;
+        }
+        let _: () = pipe.get(self.keys.generation_marker()).await?;
+        let mut values: Vec<Value> = pipe.all().await?;
+
+        let closing = marker(values.pop())?;
+        let mut values = values.into_iter();
+        let opening = marker(values.next())?;
+        let watermark: Option<String> = convert(values.next(), "watermark")?;
+        let (Some(opening), Some(closing)) = (opening, closing) else {
+            return Err(ApiError::Rebuilding);
+        };
+        if opening.generation != generation || closing.generation != generation {
+            return Ok(Attempt::Moved(closing.generation));
+        }
+        let projection = Projection {
+            generation,
+            lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
+            stale: closing.building.is_some(),
+        };
+        Ok(Attempt::Read(projection, values.collect()))
+    }
+}
+
+async fn queue(pipe: &Pipeline<Client>, op: Op) -> Result<(), fred::error::Error> {
+    match op {
+        Op::Get(key) => pipe.get(key).await,
+        Op::Count(key) => pipe.zcard(key).await,
+        Op::Range {
+            key,
+            start,
+            stop,
+            rev,
+        } => pipe.zrange(key, start, stop, None, rev, None, false).await,
+    }
+}
+
+/// The distinct ids in first-seen order, and for each id asked the index of
+/// its distinct id.
+fn distinct(ids: &[i64]) -> (Vec<i64>, Vec<usize>) {
+    let mut index = HashMap::with_capacity(ids.len());
+    let mut distinct = Vec::with_capacity(ids.len());
+    let slots = ids
+        .iter()
+        .map(|id| {
+            *index.entry(*id).or_insert_with(|| {
+                distinct.push(*id);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, slots)
+}
+
+fn convert<T: FromValue>(value: Option<Value>, what: &str) -> Result<T, ApiError> {
+    value
+        .unwrap_or(Value::Null)
+        .convert()
+        .map_err(|err| ApiError::corrupt(what, err))
+}
+
+fn marker(value: Option<Value>) -> Result<Option<GenerationMarker>, ApiError> {
+    let raw: Option<String> = convert(value, "generation marker")?;
+    raw.map(|r| serde_json::from_str(&r).map_err(|err| ApiError::corrupt("generation marker", err)))
+        .transpose()
+}
+
+fn zcard(value: Value) -> Result<u64, ApiError> {
+    convert(Some(value), "list length")
+}
+
+/// Stored view values decoded to their JSON (`None`: no such key).
+fn views_of(values: Vec<Value>, what: &str) -> Result<Vec<Option<Bytes>>, ApiError> {
+    values
+        .into_iter()
+        .map(|value| {
+            let Some(value) = convert::<Option<Bytes>>(Some(value), what)? else {
+                return Ok(None);
+            };
+            match views::decode(&value) {
+                // Raw JSON: share the buffer instead of copying it.
+                Ok(std::borrow::Cow::Borrowed(_)) => Ok(Some(value.slice(1..))),
+                Ok(std::borrow::Cow::Owned(json)) => Ok(Some(Bytes::from(json))),
+                Err(err) => Err(ApiError::corrupt(what, err)),
+            }
+        })
+        .collect()
 }

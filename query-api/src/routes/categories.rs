@@ -1,0 +1,75 @@
+//! `GET /v1/categories/{category}/courses`: a category's cards, most popular
+//! or newest first, a page at a time.
+
+use axum::{extract::State, http::HeaderMap, response::Response};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{answer, json, serve_card, wait_for_min_lsn};
+use crate::{
+    error::ApiError,
+    params::{parse_sorted_page, PathText, QueryParams},
+    store::List,
+    AppState,
+};
+
+/// Cards per page unless `limit` says otherwise.
+const DEFAULT_LIMIT: i64 = 20;
+
+/// `{"courses":[card...],"total"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CategoryPage {
+    #[schema(value_type = Vec<super::reference::CourseCard>)]
+    courses: Vec<Box<RawValue>>,
+    /// Courses in the category, all pages together.
+    total: u64,
+}
+
+/// `GET /v1/categories/{category}/courses?sort=popular|newest&limit=&offset=`.
+/// An unknown category is an empty list, not a 404.
+#[utoipa::path(
+    get,
+    path = "/v1/categories/{category}/courses",
+    operation_id = "list_category_courses",
+    tag = "categories",
+    params(
+        ("category" = String, Path, description = "The category name, percent-encoded"),
+        ("sort" = Option<String>, Query, description = "`popular` (students descending, then id ascending; the default) or `newest` (created_at descending, then id descending)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Cards per page (default 20)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Cards to skip (default 0)"),
+        super::reference::FreshnessQuery,
+        super::reference::FreshnessHeaders
+    ),
+    responses(
+        (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = CategoryPage, headers(
+                ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
+                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
+            )),
+        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        (status = 422, description = "`limit` outside 1..=100, negative `offset` or unknown `sort` (in `fields`)", body = super::reference::ErrorBody),
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+    )
+)]
+pub(super) async fn courses(
+    State(state): State<AppState>,
+    PathText(category): PathText,
+    params: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (sort, page) = parse_sorted_page(&params, DEFAULT_LIMIT)?;
+    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let (projection, list) = state
+        .store
+        .list(List::Category(&category, sort), page)
+        .await?;
+    let now = chrono::Utc::now();
+    let body = CategoryPage {
+        courses: list
+            .cards
+            .iter()
+            .map(|card| serve_card(card, now, None))
+            .collect::<Result<_, _>>()?,
+        total: list.total,
+    };
+    Ok(answer(&projection, &headers, None, json(&body)?))
+}

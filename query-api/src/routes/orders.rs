@@ -1,0 +1,56 @@
+//! `GET /v1/orders/{id}`: an order as checkout wrote it.
+
+use axum::{extract::State, http::HeaderMap, response::Response};
+use serde::Deserialize;
+
+use super::{answer, missing, wait_for_min_lsn};
+use crate::{
+    error::ApiError,
+    params::{PathId, QueryParams},
+    AppState,
+};
+
+/// `GET /v1/orders/{id}`: the stored view is served as is.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    operation_id = "get_order",
+    tag = "orders",
+    params(
+        ("id" = i64, Path, description = "The order id, a positive integer"),
+        super::reference::FreshnessQuery,
+        super::reference::FreshnessHeaders,
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` held: 304 while it is current")
+    ),
+    responses(
+        (status = 200, description = "The order", body = super::reference::Order, headers(
+                ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
+                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
+                ("ETag" = String, description = "Changes whenever the response body would"),
+            )),
+        (status = 304, description = "The `ETag` in `If-None-Match` is current"),
+        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        (status = 404, description = "No view for this order", body = super::reference::ErrorBody),
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+    )
+)]
+pub(super) async fn order(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    params: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let (projection, stored) = state.store.order(id).await?;
+    let Some(stored) = stored else {
+        return Ok(missing(&projection, format!("order {id} has no view")));
+    };
+    #[derive(Deserialize)]
+    struct Stamp {
+        lsn: String,
+    }
+    let stamp: Stamp =
+        serde_json::from_slice(&stored).map_err(|err| ApiError::corrupt("order view", err))?;
+    let etag = format!("\"{id}-{}\"", stamp.lsn);
+    Ok(answer(&projection, &headers, Some(etag), stored))
+}

@@ -1,0 +1,286 @@
+//! The query side's API reference (command → projector → query): an OpenAPI
+//! document generated from the handlers and their body types, served at
+//! `GET /openapi.json`.
+//!
+//! The served course shapes are built by `views::serve_course` from stored
+//! JSON, not from a Rust type of this crate, so they are described here by
+//! mirror types; a test serves a stored view and checks that the mirror
+//! reads it exactly (no field missing, none unknown).
+
+#![allow(dead_code)] // The mirror types are described, never built outside tests.
+
+use axum::{
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// `GET /openapi.json`.
+pub(super) async fn openapi() -> Response {
+    match Reference::openapi().to_json() {
+        Ok(json) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "could not render the openapi document");
+            crate::error::ApiError::Unavailable.into_response()
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "query-api",
+        description = "The storefront's reads: views precomputed by the projector, served from Redis only. \
+Every read answers `X-Projection-Lsn` (the LSN up to which every change was applied when the data was read) \
+and, while a replacement view generation is built, `X-View-Stale: true`. Read-your-writes: send the \
+`X-Commit-Lsn` of a write as `X-Min-Lsn` (or `?min_lsn=`) and the read waits, at most `X-Max-Wait-Ms` \
+(default 1000, at most 5000), until the projection has reached it; else 503 `not_yet_projected`. \
+Errors are `{\"error\": {\"code\", \"message\", \"fields\"?}}`; every 503 carries `Retry-After`."
+    ),
+    paths(
+        super::courses::detail,
+        super::courses::cards,
+        super::categories::courses,
+        super::events::event,
+        super::users::library,
+        super::orders::order,
+    ),
+    components(schemas(ErrorBody, ErrorDetail))
+)]
+struct Reference;
+
+/// The read-your-writes parameters every read endpoint takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub(super) struct FreshnessHeaders {
+    /// Answer only from data at least this fresh: an `X-Commit-Lsn` of the
+    /// command API, e.g. `0/16B3748`.
+    #[param(rename = "X-Min-Lsn")]
+    min_lsn: Option<String>,
+    /// How long to wait for `X-Min-Lsn`, in milliseconds (default 1000, at most 5000).
+    #[param(rename = "X-Max-Wait-Ms")]
+    max_wait_ms: Option<u64>,
+}
+
+/// The query twin of `X-Min-Lsn`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct FreshnessQuery {
+    /// Same as the `X-Min-Lsn` header (the header wins when both are given).
+    min_lsn: Option<String>,
+}
+
+/// Every error body.
+#[derive(ToSchema)]
+pub(super) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(ToSchema)]
+pub(super) struct ErrorDetail {
+    /// `bad_request`, `not_found`, `method_not_allowed`, `validation_failed`,
+    /// `unavailable`, `not_yet_projected` or `rebuilding`.
+    code: String,
+    /// A human sentence.
+    message: String,
+    /// Only for `validation_failed`: the problem of each field, by name.
+    fields: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A course card: the course page without `description_html` and `top_companies`.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CourseCard {
+    id: i64,
+    title: String,
+    summary: String,
+    category: String,
+    instructor: String,
+    /// The list price, in KRW.
+    price_krw: i64,
+    /// The running sale for this course (on an event page: that event's,
+    /// while it runs), by the query API's clock; null if none.
+    sale: Option<Sale>,
+    /// Active (not revoked) enrollments.
+    student_count: i64,
+    created_at: DateTime<Utc>,
+    /// The LSN of the last change reflected in this card.
+    lsn: String,
+}
+
+/// A course page.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CourseDetail {
+    id: i64,
+    title: String,
+    summary: String,
+    description_html: String,
+    category: String,
+    instructor: String,
+    /// The list price, in KRW.
+    price_krw: i64,
+    /// The running event with the lowest price for this course and a seat
+    /// left (ties to the lowest event id), by the query API's clock; null if none.
+    sale: Option<Sale>,
+    /// Active (not revoked) enrollments.
+    student_count: i64,
+    /// The five companies with the most actively enrolled students, ties by name.
+    top_companies: Vec<TopCompany>,
+    created_at: DateTime<Utc>,
+    /// The LSN of the last change reflected in this view.
+    lsn: String,
+}
+
+/// A course's price in a running sale event.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Sale {
+    event_id: i64,
+    /// `price_krw * (100 - discount_percent) / 100`, rounded down.
+    price_krw: i64,
+    discount_percent: i32,
+    starts_at: DateTime<Utc>,
+    /// The sale runs in `[starts_at, ends_at)`.
+    ends_at: DateTime<Utc>,
+    /// Seats left for this course in the event; null when unlimited.
+    seats_left: Option<i64>,
+}
+
+/// One company among a course's top five.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TopCompany {
+    company: String,
+    students: i64,
+}
+
+/// An order.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Order {
+    id: i64,
+    user_id: i64,
+    /// `completed` or `cancelled`.
+    status: String,
+    total_krw: i64,
+    items: Vec<OrderItem>,
+    /// The sale event the order was placed through, if any.
+    #[serde(default)]
+    event_id: Option<i64>,
+    created_at: DateTime<Utc>,
+    /// The LSN of the last change reflected in this view.
+    lsn: String,
+}
+
+/// One line of an order.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OrderItem {
+    course_id: i64,
+    price_krw: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, hour, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn stored_detail() -> views::CourseDetail {
+        views::CourseDetail {
+            id: 7,
+            title: "t".into(),
+            summary: "s".into(),
+            description_html: "<p>d</p>".into(),
+            category: "c".into(),
+            instructor: "i".into(),
+            price_krw: 1000,
+            student_count: 2,
+            top_companies: vec![views::TopCompany {
+                company: "Acme".into(),
+                students: 2,
+            }],
+            created_at: at(1),
+            lsn: "0/1".into(),
+            sales: vec![views::Sale {
+                event_id: 3,
+                price_krw: 500,
+                discount_percent: 50,
+                starts_at: at(1),
+                ends_at: at(3),
+                seats_left: Some(4),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_documented_course_shapes_are_exactly_what_is_served() {
+        let detail = stored_detail();
+        let card = views::CourseCard::from(&detail);
+        for now in [at(2), at(4)] {
+            let served =
+                views::serve_course(&serde_json::to_vec(&detail).expect("json"), now, None)
+                    .expect("serves");
+            serde_json::from_slice::<CourseDetail>(&served).expect("the detail as documented");
+            let served = views::serve_course(&serde_json::to_vec(&card).expect("json"), now, None)
+                .expect("serves");
+            serde_json::from_slice::<CourseCard>(&served).expect("the card as documented");
+        }
+    }
+
+    #[test]
+    fn the_documented_order_shape_is_exactly_what_is_stored() {
+        let order = views::OrderView {
+            id: 1,
+            user_id: 2,
+            status: "completed".into(),
+            total_krw: 500,
+            items: vec![views::OrderItem {
+                course_id: 7,
+                price_krw: 500,
+            }],
+            event_id: Some(3),
+            created_at: at(2),
+            lsn: "0/2".into(),
+        };
+        let stored = serde_json::to_vec(&order).expect("json");
+        serde_json::from_slice::<Order>(&stored).expect("the order as documented");
+    }
+
+    #[test]
+    fn the_document_lists_every_read_route() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&Reference::openapi().to_json().expect("renders")).expect("json");
+        for path in [
+            "/v1/courses",
+            "/v1/courses/{id}",
+            "/v1/categories/{category}/courses",
+            "/v1/events/{id}",
+            "/v1/users/{id}/courses",
+            "/v1/orders/{id}",
+        ] {
+            assert!(
+                doc["paths"][path]["get"].is_object(),
+                "{path} is documented"
+            );
+        }
+        let cards = &doc["components"]["schemas"]["CourseCard"]["properties"];
+        assert!(cards["sale"].is_object() && cards.get("description_html").is_none());
+    }
+}

@@ -1,0 +1,72 @@
+//! `GET /v1/users/{id}/courses`: a user's library, newest enrollment first.
+
+use axum::{extract::State, http::HeaderMap, response::Response};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{answer, json, serve_card, wait_for_min_lsn};
+use crate::{
+    error::ApiError,
+    params::{parse_page, PathId, QueryParams},
+    store::List,
+    AppState,
+};
+
+/// Cards per page unless `limit` says otherwise.
+const DEFAULT_LIMIT: i64 = 50;
+
+/// `{"user_id","courses":[card...],"total"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Library {
+    user_id: i64,
+    #[schema(value_type = Vec<super::reference::CourseCard>)]
+    courses: Vec<Box<RawValue>>,
+    /// Active enrollments, all pages together.
+    total: u64,
+}
+
+/// `GET /v1/users/{id}/courses?limit=&offset=`. A user with no enrollment
+/// (or no such user: the read side cannot tell) gets an empty list.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/courses",
+    operation_id = "list_user_courses",
+    tag = "users",
+    params(
+        ("id" = i64, Path, description = "The user id, a positive integer"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Cards per page (default 50)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Cards to skip (default 0)"),
+        super::reference::FreshnessQuery,
+        super::reference::FreshnessHeaders
+    ),
+    responses(
+        (status = 200, description = "A page of the user's active courses, newest enrollment first, and their number; empty for a user with none", body = Library, headers(
+                ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
+                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
+            )),
+        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        (status = 422, description = "`limit` outside 1..=100 or negative `offset` (in `fields`)", body = super::reference::ErrorBody),
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+    )
+)]
+pub(super) async fn library(
+    State(state): State<AppState>,
+    PathId(user_id): PathId,
+    params: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let page = parse_page(&params, DEFAULT_LIMIT)?;
+    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let (projection, list) = state.store.list(List::Library(user_id), page).await?;
+    let now = chrono::Utc::now();
+    let body = Library {
+        user_id,
+        courses: list
+            .cards
+            .iter()
+            .map(|card| serve_card(card, now, None))
+            .collect::<Result<_, _>>()?,
+        total: list.total,
+    };
+    Ok(answer(&projection, &headers, None, json(&body)?))
+}
