@@ -411,12 +411,12 @@ impl Sink {
                                 None,
                                 false,
                                 false,
-                                (*at as f64, course.to_string()),
+                                (*at as f64, views::ranking_member(course)),
                             )
                             .await
                     }
                     LibraryOp::Remove => {
-                        self.client.zrem::<(), _, _>(key, course.to_string()).await
+                        self.client.zrem::<(), _, _>(key, views::ranking_member(course)).await
                     }
                 }
             });

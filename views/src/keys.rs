@@ -14,14 +14,14 @@
 //! {P}:g{N}:{events}:by-end       zset    event id -> ends_at (µs): events to pre-warm
 //! {P}:g{N}:{o{ID}}:view          string  order view
 //! {P}:g{N}:{o{ID}}:agg           hash    order row fields, `item:<course id>` -> price
-//! {P}:g{N}:{u{ID}}:library       zset    course id -> enrollment time (µs); newest first
+//! {P}:g{N}:{u{ID}}:library       zset    course id (20 digits) -> enrollment time (µs); newest first
 //! {P}:g{N}:{k{HEX}}:popular      zset    course id (20 digits) -> minus students
 //! {P}:g{N}:{k{HEX}}:newest       zset    course id (20 digits) -> created_at (µs)
 //! ```
 //!
 //! `{HEX}` is the category name in lowercase hex, so any name makes a safe key.
-//! Ranking members are ids zero-padded to 20 digits so that Redis's tie order
-//! (member, lexicographic) is id order: `ZRANGE popular` is students
+//! Ranking and library members are ids zero-padded to 20 digits so that
+//! Redis's tie order (member, lexicographic) is id order: `ZRANGE popular` is students
 //! descending then id ascending; `ZREVRANGE newest` is newest then id
 //! descending (SPEC's two sorts).
 //!
