@@ -763,7 +763,9 @@ async fn query_api_through(
     proxy: &SlowRedis,
     prefix: &str,
 ) -> anyhow::Result<(String, oneshot::Sender<()>)> {
-    let config = query_api::Config::for_tests(&format!("redis://{}", proxy.addr), prefix);
+    let mut config = query_api::Config::for_tests(&format!("redis://{}", proxy.addr), prefix);
+    // No pre-warming: its refreshes would cross the proxy during the count.
+    config.prewarm_window = Duration::ZERO;
     let app = query_api::Application::build(config).await?;
     let url = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();

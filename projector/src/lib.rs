@@ -201,16 +201,19 @@ async fn cycle(
 
     let (lost_tx, lost_rx) = watch::channel(false);
     let nudge = Arc::new(tokio::sync::Notify::new());
-    let monitor = tokio::spawn(monitor(
-        pg.clone(),
-        sink.clone(),
-        config.slot.clone(),
-        config.heartbeat(),
-        metrics.clone(),
-        generation,
-        lost_tx,
-        nudge.clone(),
-    ));
+    let monitor = tokio::spawn(
+        Monitor {
+            pg: pg.clone(),
+            sink: sink.clone(),
+            slot: config.slot.clone(),
+            heartbeat: config.heartbeat(),
+            metrics: metrics.clone(),
+            generation,
+            lost: lost_tx,
+            nudge: nudge.clone(),
+        }
+        .run(),
+    );
     let result = pipeline::Pipeline {
         sink: &sink,
         metrics,
@@ -229,71 +232,88 @@ async fn cycle(
 /// Heartbeats into the WAL, slot statistics, and the watch on the
 /// generation marker: when Redis lost it (restart without persistence,
 /// FLUSHALL), `lost` fires within a second and the projector rebuilds.
-async fn monitor(
+struct Monitor {
     pg: Arc<tokio_postgres::Client>,
     sink: Sink,
     slot: String,
     heartbeat: Duration,
     metrics: Arc<Metrics>,
+    /// The generation the stream writes.
     generation: u64,
+    /// Fired when that generation is no longer live or a rebuild is asked for.
     lost: watch::Sender<bool>,
+    /// Told after each flush that applied transactions.
     nudge: Arc<tokio::sync::Notify>,
-) {
-    let mut last_beat = tokio::time::Instant::now();
-    let mut stats = tokio::time::interval(Duration::from_secs(2));
-    let mut marker = tokio::time::interval(Duration::from_millis(500));
-    let mut beat = tokio::time::interval(heartbeat);
-    loop {
-        tokio::select! {
-            _ = stats.tick() => {
-                match source::slot_info(&pg, &slot).await {
-                    Ok(Some(info)) => {
-                        metrics.postgres_up.store(true, Relaxed);
-                        metrics.retained_wal_bytes.store(info.retained_bytes, Relaxed);
-                        metrics.server_wal_lsn.fetch_max(info.current_wal.0, Relaxed);
-                        if info.wal_status == "lost" {
-                            tracing::error!(slot, "replication slot invalidated: its WAL was removed (max_slot_wal_keep_size); the projector will rebuild");
+}
+
+impl Monitor {
+    async fn run(self) {
+        let Monitor {
+            pg,
+            sink,
+            slot,
+            heartbeat,
+            metrics,
+            generation,
+            lost,
+            nudge,
+        } = self;
+        let mut last_beat = tokio::time::Instant::now();
+        let mut stats = tokio::time::interval(Duration::from_secs(2));
+        let mut marker = tokio::time::interval(Duration::from_millis(500));
+        let mut beat = tokio::time::interval(heartbeat);
+        loop {
+            tokio::select! {
+                _ = stats.tick() => {
+                    match source::slot_info(&pg, &slot).await {
+                        Ok(Some(info)) => {
+                            metrics.postgres_up.store(true, Relaxed);
+                            metrics.retained_wal_bytes.store(info.retained_bytes, Relaxed);
+                            metrics.server_wal_lsn.fetch_max(info.current_wal.0, Relaxed);
+                            if info.wal_status == "lost" {
+                                tracing::error!(slot, "replication slot invalidated: its WAL was removed (max_slot_wal_keep_size); the projector will rebuild");
+                            }
+                        }
+                        Ok(None) => tracing::warn!(slot, "replication slot disappeared"),
+                        Err(err) => {
+                            metrics.postgres_up.store(false, Relaxed);
+                            tracing::warn!(error = %err, "postgres statistics query failed");
                         }
                     }
-                    Ok(None) => tracing::warn!(slot, "replication slot disappeared"),
-                    Err(err) => {
-                        metrics.postgres_up.store(false, Relaxed);
-                        tracing::warn!(error = %err, "postgres statistics query failed");
-                    }
+                    let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
+                    metrics.redis_up.store(up, Relaxed);
                 }
-                let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
-                metrics.redis_up.store(up, Relaxed);
-            }
-            _ = marker.tick() => {
-                if sink.rebuild_requested().await.unwrap_or(false) {
-                    tracing::info!("rebuild requested; stopping the stream to build a fresh generation");
-                    let _ = lost.send(true);
-                }
-                match sink.marker().await {
-                    Ok(Some(m)) if m.generation == generation => {}
-                    Ok(found) => {
-                        tracing::error!(generation, found = ?found.map(|m| m.generation), "the live generation marker is gone from redis (data lost?); rebuilding");
+                _ = marker.tick() => {
+                    if sink.rebuild_requested().await.unwrap_or(false) {
+                        tracing::info!("rebuild requested; stopping the stream to build a fresh generation");
                         let _ = lost.send(true);
                     }
-                    Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
+                    match sink.marker().await {
+                        Ok(Some(m)) if m.generation == generation => {}
+                        Ok(found) => {
+                            tracing::error!(generation, found = ?found.map(|m| m.generation), "the live generation marker is gone from redis (data lost?); rebuilding");
+                            let _ = lost.send(true);
+                        }
+                        Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
+                    }
                 }
-            }
-            // After applying transactions: a read-your-writes token is taken
-            // after its COMMIT and may lie past the commit record (other WAL
-            // in between); a heartbeat right away moves the watermark past
-            // it instead of waiting for the next keepalive.
-            _ = nudge.notified() => {
-                if last_beat.elapsed() >= Duration::from_millis(20) {
+                // After applying transactions: a read-your-writes token is taken
+                // after its COMMIT and may lie past the commit record (other WAL
+                // in between); a heartbeat right away moves the watermark past
+                // it instead of waiting for the next keepalive.
+                _ = nudge.notified() => {
+                    if last_beat.elapsed() >= Duration::from_millis(20) {
+                        last_beat = tokio::time::Instant::now();
+                        if let Err(err) = source::heartbeat(&pg).await {
+                            tracing::warn!(error = %err, "heartbeat failed");
+                        }
+                    }
+                }
+                _ = beat.tick() => {
                     last_beat = tokio::time::Instant::now();
                     if let Err(err) = source::heartbeat(&pg).await {
                         tracing::warn!(error = %err, "heartbeat failed");
                     }
-                }
-            }
-            _ = beat.tick() => {
-                last_beat = tokio::time::Instant::now();
-                if let Err(err) = source::heartbeat(&pg).await {
-                    tracing::warn!(error = %err, "heartbeat failed");
                 }
             }
         }

@@ -416,7 +416,9 @@ impl Sink {
                             .await
                     }
                     LibraryOp::Remove => {
-                        self.client.zrem::<(), _, _>(key, views::ranking_member(course)).await
+                        self.client
+                            .zrem::<(), _, _>(key, views::ranking_member(course))
+                            .await
                     }
                 }
             });
@@ -438,7 +440,7 @@ impl Sink {
     async fn event_terms(
         &self,
         generation: u64,
-        aggs: &[(Entity, HashMap<String, String>, Vec<(String, i64)>)],
+        aggs: &[EntityAggregates],
     ) -> Result<HashMap<i64, EventTerms>, SinkError> {
         let wanted: BTreeSet<i64> = aggs
             .iter()
@@ -588,6 +590,10 @@ fn entry_args(entries: &[Entry]) -> Vec<String> {
 }
 
 type AggReply = (HashMap<String, String>, Vec<(String, i64)>);
+
+/// An entity with its aggregate hash and top company tallies, as script one
+/// returned them.
+type EntityAggregates = (Entity, HashMap<String, String>, Vec<(String, i64)>);
 
 fn parse_apply_reply(reply: Value) -> Result<AggReply, SinkError> {
     let bad = |what: &str| SinkError::Reply(what.to_owned());

@@ -36,6 +36,17 @@ pub struct Config {
     #[arg(long, env = "QUERY_CONCURRENCY_LIMIT", default_value_t = 4096)]
     pub concurrency_limit: usize,
 
+    /// How long before a sale event starts its views are pre-warmed in
+    /// process (`600`, `600s`, `10m`, `1h`); they are kept until it ends.
+    /// `0` turns pre-warming off.
+    #[arg(long, env = "PREWARM_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub prewarm_window: Duration,
+
+    /// How often the pre-warmed views are read again, in milliseconds (a
+    /// change reaches them within this much after the projector applied it).
+    #[arg(long, env = "PREWARM_REFRESH_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=900))]
+    pub prewarm_refresh_ms: u64,
+
     /// Longest a request may take before it is answered 503, in milliseconds.
     #[arg(long, env = "QUERY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
@@ -51,7 +62,41 @@ impl Config {
         c
     }
 
+    pub(crate) fn prewarm_refresh(&self) -> Duration {
+        Duration::from_millis(self.prewarm_refresh_ms)
+    }
+
     pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// `600`, `600s`, `10m` or `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 600s, 10m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} is not a duration like 600s, 10m or 1h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("600"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// problem of each field by name.
     #[error("the request's values are not valid")]
     Validation(BTreeMap<&'static str, String>),
+    /// 401: a guarded route without the right admin token (or none configured).
+    #[error("this route needs the admin token (Authorization: Bearer <token>)")]
+    Unauthorized,
     /// 404: no view for this id, or no such route.
     #[error("{0}")]
     NotFound(String),
@@ -57,6 +60,7 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotYetProjected => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_projected"),

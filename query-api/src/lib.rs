@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod metrics;
 mod params;
+mod prewarm;
 mod routes;
 mod store;
 
@@ -39,13 +40,19 @@ pub(crate) struct AppState {
 pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
+    warm: (Arc<prewarm::Prewarm>, std::time::Duration),
 }
 
 impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store =
-            store::Store::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+        let store = store::Store::connect(
+            &config.redis_url,
+            Keys::new(config.key_prefix.clone()),
+            config.prewarm_window,
+        )
+        .await?;
+        let warm = (store.warm().clone(), config.prewarm_refresh());
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         if config.admin_token.is_none() {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
@@ -58,6 +65,7 @@ impl Application {
         Ok(Self {
             listener,
             router: router(state),
+            warm,
         })
     }
 
@@ -79,9 +87,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "query api listening");
-        axum::serve(self.listener, self.router)
+        let (warm, every) = self.warm;
+        let refresher = (!warm.is_off()).then(|| tokio::spawn(warm.run(every)));
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        if let Some(refresher) = refresher {
+            refresher.abort();
+        }
+        served
     }
 }
 

@@ -12,8 +12,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
+
+use tokio::sync::OnceCell;
 
 use bytes::Bytes;
 use fred::{clients::Pipeline, prelude::*, types::Value};
@@ -22,6 +24,7 @@ use views::{EventView, GenerationMarker, Keys, Lsn};
 use crate::{
     error::ApiError,
     params::{Page, Sort},
+    prewarm::Prewarm,
 };
 
 /// Attempts before a read whose generation keeps moving gives up with 503.
@@ -91,11 +94,22 @@ pub struct Store {
     /// The generation last seen, so the keys can go in the same pipeline as
     /// the marker; a changed marker costs one more round trip.
     generation: Arc<RwLock<Option<u64>>>,
+    /// Pre-warmed sale-event views.
+    warm: Arc<Prewarm>,
+    /// Course reads under way, so concurrent misses share one Redis read.
+    inflight: Arc<Mutex<HashMap<i64, Arc<CourseRead>>>>,
 }
+
+/// The shared outcome of one course read (`Err(true)`: no live generation).
+type CourseRead = OnceCell<Result<(Projection, Option<Bytes>), bool>>;
 
 impl Store {
     /// Connects to Redis (`redis://` or `redis-cluster://`).
-    pub async fn connect(url: &str, keys: Keys) -> Result<Self, fred::error::Error> {
+    pub async fn connect(
+        url: &str,
+        keys: Keys,
+        prewarm_window: std::time::Duration,
+    ) -> Result<Self, fred::error::Error> {
         let config = fred::prelude::Config::from_url(url)?;
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
@@ -110,10 +124,26 @@ impl Store {
         // answers instead of refusing to start.
         client.connect();
         Ok(Self {
+            warm: Arc::new(Prewarm::new(client.clone(), keys.clone(), prewarm_window)),
             client,
             keys,
             generation: Arc::new(RwLock::new(None)),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// The pre-warmed views of running and imminent sale events.
+    pub fn warm(&self) -> &Arc<Prewarm> {
+        &self.warm
+    }
+
+    /// The projection state of a warm hit.
+    fn warm_projection(hit: &crate::prewarm::Hit) -> Projection {
+        Projection {
+            generation: hit.generation,
+            lsn: hit.lsn,
+            stale: hit.stale,
+        }
     }
 
     /// Redis answers a PING.
@@ -137,9 +167,47 @@ impl Store {
         Ok(raw.and_then(|r| r.parse().ok()).unwrap_or_default())
     }
 
-    /// The stored course detail view of `id` (JSON, with its candidate sales).
-    pub async fn course(&self, id: i64) -> Result<(Projection, Option<Bytes>), ApiError> {
-        self.one_view(|keys, g| keys.course_view(g, id)).await
+    /// The stored course detail view of `id` (JSON, with its candidate
+    /// sales). `cached`: a pre-warmed copy may answer, and concurrent reads
+    /// of one course share one Redis read; a caller that waited for its
+    /// `X-Min-Lsn` passes `false` and reads Redis itself.
+    pub async fn course(
+        &self,
+        id: i64,
+        cached: bool,
+    ) -> Result<(Projection, Option<Bytes>), ApiError> {
+        if !cached {
+            return self.one_view(|keys, g| keys.course_view(g, id)).await;
+        }
+        if let Some(hit) = self.warm.get_all(|keys, g| vec![keys.course_view(g, id)]) {
+            return Ok((Self::warm_projection(&hit), hit.json.into_iter().next()));
+        }
+        // Coalesce concurrent misses: the first reader reads, the others
+        // await its answer.
+        let cell = {
+            let mut inflight = self.inflight.lock().map_err(|_| ApiError::Unavailable)?;
+            inflight.entry(id).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                self.one_view(|keys, g| keys.course_view(g, id))
+                    .await
+                    .map_err(|err| matches!(err, ApiError::Rebuilding))
+            })
+            .await
+            .clone();
+        if let Ok(mut inflight) = self.inflight.lock() {
+            if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&id);
+            }
+        }
+        result.map_err(|rebuilding| {
+            if rebuilding {
+                ApiError::Rebuilding
+            } else {
+                ApiError::Unavailable
+            }
+        })
     }
 
     /// The order view of `id` (JSON, stored as served).
@@ -149,7 +217,22 @@ impl Store {
 
     /// The stored cards of `ids`, one entry per id asked (`None`: no card),
     /// in one round trip; each distinct id is read once.
-    pub async fn cards(&self, ids: &[i64]) -> Result<(Projection, Vec<Option<Bytes>>), ApiError> {
+    pub async fn cards(
+        &self,
+        ids: &[i64],
+        cached: bool,
+    ) -> Result<(Projection, Vec<Option<Bytes>>), ApiError> {
+        if cached {
+            if let Some(hit) = self
+                .warm
+                .get_all(|keys, g| ids.iter().map(|id| keys.course_card(g, *id)).collect())
+            {
+                return Ok((
+                    Self::warm_projection(&hit),
+                    hit.json.into_iter().map(Some).collect(),
+                ));
+            }
+        }
         let (distinct, slots) = distinct(ids);
         let (projection, values) = self
             .read(|keys, g| {
@@ -216,8 +299,18 @@ impl Store {
         ))
     }
 
-    /// An event view and its courses' cards: two round trips.
-    pub async fn event(&self, id: i64) -> Result<(Projection, Option<EventPage>), ApiError> {
+    /// An event view and its courses' cards: two round trips, or none when
+    /// the event is pre-warmed (and `cached`).
+    pub async fn event(
+        &self,
+        id: i64,
+        cached: bool,
+    ) -> Result<(Projection, Option<EventPage>), ApiError> {
+        if cached {
+            if let Some(page) = self.warm_event(id) {
+                return Ok(page);
+            }
+        }
         let (projection, (event, cards)) = self
             .then_cards(
                 |keys, g| vec![Op::Get(keys.event_view(g, id))],
@@ -237,6 +330,28 @@ impl Store {
             cards: cards.into_iter().flatten().collect(),
         });
         Ok((projection, page))
+    }
+
+    fn warm_event(&self, id: i64) -> Option<(Projection, Option<EventPage>)> {
+        let hit = self.warm.get_all(|keys, g| vec![keys.event_view(g, id)])?;
+        let event: EventView = serde_json::from_slice(hit.json.first()?).ok()?;
+        let cards = self
+            .warm
+            .get_all(|keys, g| {
+                event
+                    .course_ids
+                    .iter()
+                    .map(|c| keys.course_card(g, *c))
+                    .collect()
+            })
+            .filter(|cards| cards.generation == hit.generation)?;
+        Some((
+            Self::warm_projection(&hit),
+            Some(EventPage {
+                event,
+                cards: cards.json,
+            }),
+        ))
     }
 
     /// One view, decoded: one round trip.

@@ -42,8 +42,8 @@ pub(super) async fn detail(
     params: QueryParams,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, stored) = state.store.course(id).await?;
+    let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let (projection, stored) = state.store.course(id, !waited).await?;
     let Some(stored) = stored else {
         return Ok(missing(&projection, format!("course {id} has no view")));
     };
@@ -90,8 +90,8 @@ pub(super) async fn cards(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&params)?;
-    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, stored) = state.store.cards(&ids).await?;
+    let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let (projection, stored) = state.store.cards(&ids, !waited).await?;
     let now = chrono::Utc::now();
     let mut body = Cards {
         courses: Vec::with_capacity(ids.len()),

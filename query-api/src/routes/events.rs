@@ -58,8 +58,8 @@ pub(super) async fn event(
     params: QueryParams,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, page) = state.store.event(id).await?;
+    let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let (projection, page) = state.store.event(id, !waited).await?;
     let Some(page) = page else {
         return Ok(missing(&projection, format!("event {id} has no view")));
     };

@@ -40,6 +40,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/events/{id}", get(events::event))
         .route("/v1/users/{id}/courses", get(users::library))
         .route("/v1/orders/{id}", get(orders::order))
+        .route("/v1/ops/prewarm", get(ops::prewarm))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -53,7 +54,7 @@ async fn wait_for_min_lsn(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let header = headers
         .get("x-min-lsn")
         .map(|v| {
@@ -62,7 +63,7 @@ async fn wait_for_min_lsn(
         })
         .transpose()?;
     let Some(raw) = header.or(query) else {
-        return Ok(());
+        return Ok(false);
     };
     let min: Lsn = raw
         .trim()
@@ -80,7 +81,7 @@ async fn wait_for_min_lsn(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
         if state.store.projection_lsn().await? >= min {
-            return Ok(());
+            return Ok(true);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::NotYetProjected);

@@ -53,6 +53,7 @@ Errors are `{\"error\": {\"code\", \"message\", \"fields\"?}}`; every 503 carrie
         super::events::event,
         super::users::library,
         super::orders::order,
+        super::ops::prewarm,
     ),
     components(schemas(ErrorBody, ErrorDetail))
 )]
