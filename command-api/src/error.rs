@@ -8,9 +8,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
 /// Problems with individual fields of a request, by field name.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[schema(value_type = BTreeMap<String, String>)]
 pub(crate) struct FieldErrors(BTreeMap<&'static str, String>);
 
 impl FieldErrors {
@@ -35,6 +37,15 @@ impl FieldErrors {
             self.0.insert(to, problem);
         }
         self
+    }
+
+    /// Records a problem if `value` holds a NUL character, which a
+    /// PostgreSQL `text` column cannot store: refused here as a 422 rather
+    /// than by the database as an error.
+    pub(crate) fn storable(&mut self, field: &'static str, value: &str) {
+        if value.contains('\0') {
+            self.add(field, "must not contain the NUL character");
+        }
     }
 
     /// A 422 naming a single field.
@@ -103,18 +114,67 @@ fn describe_courses(ids: &[i64]) -> String {
     format!("course(s) {}", list.join(", "))
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The body of every 4xx and 5xx answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'static str,
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    code: ErrorCode,
+    /// A sentence for people; never database text.
     message: String,
+    /// Only for `validation_failed`: what is wrong with each field.
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a FieldErrors>,
+    fields: Option<FieldErrors>,
 }
+
+/// What went wrong, for programs: one code per status of the contract.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    EmailTaken,
+    AlreadyEnrolled,
+    SoldOut,
+    IdempotencyKeyReused,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    IdempotencyKeyRequired,
+    Unavailable,
+    Internal,
+}
+
+/// The refusals every route with a JSON body can answer, as the API
+/// reference lists them (the values are built by [`ApiError`]).
+#[derive(IntoResponses)]
+#[expect(dead_code, reason = "only described in the API reference")]
+pub(crate) enum BodyRefused {
+    /// `bad_request`: the body is not JSON, or does not match the schema's types.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `payload_too_large`: the body is over the limit (256 KiB by default).
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// `unsupported_media_type`: the body is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+}
+
+/// `unavailable`: the database is out of reach, a statement or the request
+/// timed out, or the service sheds load. Retry after `Retry-After` seconds.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
+)]
+#[expect(dead_code, reason = "only described in the API reference")]
+pub(crate) struct Unavailable(ErrorBody);
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
@@ -122,35 +182,45 @@ const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
-            ApiError::AlreadyEnrolled(_) => (StatusCode::CONFLICT, "already_enrolled"),
-            ApiError::SoldOut(_) => (StatusCode::CONFLICT, "sold_out"),
-            ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
             }
-            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::EmailTaken => (StatusCode::CONFLICT, ErrorCode::EmailTaken),
+            ApiError::AlreadyEnrolled(_) => (StatusCode::CONFLICT, ErrorCode::AlreadyEnrolled),
+            ApiError::SoldOut(_) => (StatusCode::CONFLICT, ErrorCode::SoldOut),
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::CONFLICT, ErrorCode::IdempotencyKeyReused)
+            }
+            ApiError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
+            ApiError::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::ValidationFailed,
+            ),
             ApiError::IdempotencyKeyRequired => (
                 StatusCode::PRECONDITION_REQUIRED,
-                "idempotency_key_required",
+                ErrorCode::IdempotencyKeyRequired,
             ),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Database(err) if is_transient(err) => {
                 tracing::warn!(error = %err, "database unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             ApiError::Database(err) => {
                 tracing::error!(error = %err, "database error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
             ApiError::Internal(err) => {
                 tracing::error!(error = %err, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         };
         // Database and internal details stay in the log; the client gets a sentence.
@@ -163,7 +233,7 @@ impl IntoResponse for ApiError {
             ApiError::Database(_) => "the database is unavailable, retry shortly".to_owned(),
             other => other.to_string(),
         };
-        let fields = match &self {
+        let fields = match self {
             ApiError::Validation(fields) => Some(fields),
             _ => None,
         };
@@ -190,8 +260,9 @@ impl IntoResponse for ApiError {
 }
 
 /// Errors that go away by themselves: the pool is exhausted, the server is
-/// unreachable or shutting down, a statement timed out, a serialization
-/// conflict. A client should retry them, so they are 503, not 500.
+/// unreachable, shutting down or refusing connections, a statement timed out,
+/// a serialization conflict. A client should retry them, so they are 503, not
+/// 500, and nothing a client sends can cause them.
 fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
@@ -203,9 +274,13 @@ fn is_transient(err: &sqlx::Error) -> bool {
             // 08: connection exception; 53: insufficient resources; 57: operator
             // intervention (statement timeout, shutdown); 40001/40P01:
             // serialization failure and deadlock; 55P03: lock not available.
+            // 28 (authorization) and 3D000 (no such database) only happen
+            // while connecting: the database is not there for us right now.
             code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57")
+                || code.starts_with("28")
+                || code == "3D000"
                 || code == "40001"
                 || code == "40P01"
                 || code == "55P03"

@@ -15,4 +15,11 @@ mod routes;
 mod startup;
 
 pub use config::Config;
+
+/// Statements of the write paths, exposed so that tests can `EXPLAIN`
+/// exactly what the handlers run.
+#[doc(hidden)]
+pub mod statements {
+    pub use crate::routes::orders::COURSE_PRICES;
+}
 pub use startup::{migrate, Application};

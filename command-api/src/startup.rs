@@ -44,8 +44,10 @@ impl Application {
             admin_token,
             metrics: Arc::new(Metrics::default()),
             max_connections: config.db_pool_size,
+            // Filled in by `routes::router`, from the routes it serves.
+            openapi: Default::default(),
         };
-        let router = routes::router(state, &config);
+        let router = routes::router(state, &config).context("cannot render the API reference")?;
         Ok(Application {
             listener,
             router,

@@ -7,10 +7,11 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::{Postgres, QueryBuilder};
+use utoipa::ToSchema;
 
 use crate::auth::Admin;
 use crate::db::commit_lsn;
-use crate::error::{ApiError, FieldErrors};
+use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::{AppJson, PathId};
 use crate::routes::{written, AppState};
 
@@ -29,7 +30,8 @@ pub(super) const PRICE_MAX_KRW: i64 = 1_000_000_000_000;
 const COURSE_COLUMNS: &str = "id, title, summary, description_html, category, instructor, \
                               price_krw, created_at, updated_at";
 
-#[derive(Serialize, sqlx::FromRow)]
+/// A course as stored, with its HTML.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Course {
     id: i64,
     title: String,
@@ -42,32 +44,50 @@ struct Course {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize)]
+/// A new course.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateCourse {
+    /// 1 to 200 characters after trimming.
+    #[schema(example = "Rust from scratch")]
     title: String,
+    /// At most 2,000 characters.
     summary: String,
+    /// The course page's HTML; tens of KB is normal.
     description_html: String,
+    /// 1 to 100 characters after trimming.
+    #[schema(example = "programming")]
     category: String,
+    /// 1 to 200 characters after trimming.
     instructor: String,
+    /// List price in KRW, 0 (free) to 10^12.
+    #[schema(example = 55000, minimum = 0, maximum = 1_000_000_000_000_i64)]
     price_krw: i64,
 }
 
-/// A partial update. `Some(None)` is an explicit `null`, which no column takes.
-#[derive(Deserialize)]
+/// A partial update: any subset of the course's fields, each under the same
+/// rules as at creation. A field sent as `null` is refused (422).
+// `Some(None)` is that explicit `null`; `None` is a field left out.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateCourse {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
     title: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
     summary: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
     description_html: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
     category: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
     instructor: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_i64)]
     price_krw: Option<Option<i64>>,
 }
 
@@ -109,6 +129,7 @@ fn required_text(
     max_chars: usize,
 ) -> String {
     let value = value.trim().to_owned();
+    errors.storable(field, &value);
     if value.is_empty() {
         errors.add(field, "must not be empty");
     } else if value.chars().count() > max_chars {
@@ -118,12 +139,18 @@ fn required_text(
 }
 
 fn summary_text(errors: &mut FieldErrors, value: String) -> String {
+    errors.storable("summary", &value);
     if value.chars().count() > SUMMARY_MAX_CHARS {
         errors.add(
             "summary",
             format!("must be at most {SUMMARY_MAX_CHARS} characters"),
         );
     }
+    value
+}
+
+fn html_text(errors: &mut FieldErrors, value: String) -> String {
+    errors.storable("description_html", &value);
     value
 }
 
@@ -165,7 +192,7 @@ impl TryFrom<CreateCourse> for CourseChanges {
                 TITLE_MAX_CHARS,
             )),
             summary: Some(summary_text(&mut errors, request.summary)),
-            description_html: Some(request.description_html),
+            description_html: Some(html_text(&mut errors, request.description_html)),
             category: Some(required_text(
                 &mut errors,
                 "category",
@@ -199,7 +226,7 @@ impl TryFrom<UpdateCourse> for CourseChanges {
         let changes = CourseChanges {
             title: title.map(|v| required_text(&mut errors, "title", v, TITLE_MAX_CHARS)),
             summary: summary.map(|v| summary_text(&mut errors, v)),
-            description_html,
+            description_html: description_html.map(|v| html_text(&mut errors, v)),
             category: category
                 .map(|v| required_text(&mut errors, "category", v, CATEGORY_MAX_CHARS)),
             instructor: instructor
@@ -211,7 +238,23 @@ impl TryFrom<UpdateCourse> for CourseChanges {
     }
 }
 
-/// `POST /v1/courses` → 201 with the course.
+/// Create a course.
+#[utoipa::path(
+    post,
+    path = "/v1/courses",
+    operation_id = "create_course",
+    tag = "courses",
+    request_body = CreateCourse,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The new course.", body = Course,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 401, description = "`unauthorized`: an admin token is configured and was not sent.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `fields`.", body = ErrorBody),
+        BodyRefused,
+        Unavailable,
+    )
+)]
 pub(super) async fn create(
     _admin: Admin,
     State(state): State<AppState>,
@@ -237,11 +280,29 @@ pub(super) async fn create(
     Ok(written(StatusCode::CREATED, lsn, &created))
 }
 
-/// `PATCH /v1/courses/{id}` → 200 with the course; 404 when there is none.
+/// Change some fields of a course.
 ///
 /// Only the given columns are written: an UPDATE that leaves
 /// `description_html` out keeps its TOASTed value untouched, which the
 /// projector sees as "unchanged" instead of re-reading tens of KB.
+#[utoipa::path(
+    patch,
+    path = "/v1/courses/{id}",
+    operation_id = "update_course",
+    tag = "courses",
+    params(("id" = i64, Path, minimum = 1, description = "The course id.")),
+    request_body = UpdateCourse,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The course after the change.", body = Course,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 401, description = "`unauthorized`: an admin token is configured and was not sent.", body = ErrorBody),
+        (status = 404, description = "`not_found`: there is no such course.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `fields`.", body = ErrorBody),
+        BodyRefused,
+        Unavailable,
+    )
+)]
 pub(super) async fn update(
     _admin: Admin,
     State(state): State<AppState>,

@@ -9,23 +9,28 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use utoipa::ToSchema;
 
 use crate::db::commit_lsn;
-use crate::error::{ApiError, FieldErrors};
+use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
 use crate::routes::orders::{write_order, NewOrder, Pricing};
 use crate::routes::{written, AppState};
 
-#[derive(Deserialize)]
+/// A direct enrollment.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateEnrollment {
     user_id: i64,
     course_id: i64,
+    /// A running 100%-off event of the course; claims one of its seats.
     #[serde(default)]
     event_id: Option<i64>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// An enrollment as stored: an insert-only fact, revoked only by cancelling
+/// its order.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Enrollment {
     id: i64,
     user_id: i64,
@@ -36,9 +41,27 @@ struct Enrollment {
     created_at: DateTime<Utc>,
 }
 
-/// `POST /v1/enrollments` → 201 with the enrollment; 422 when the course is
-/// not free for this user (a paid course, or an event that is not running or
-/// not 100% off).
+/// Enroll without checkout, where the price is 0.
+///
+/// Allowed for a free course, or in a running 100%-off event given by
+/// `event_id` (which claims one of its seats, like an order); anything else
+/// is 422. Written as a free order of one course, so cancelling that order
+/// revokes it.
+#[utoipa::path(
+    post,
+    path = "/v1/enrollments",
+    operation_id = "create_enrollment",
+    tag = "enrollments",
+    request_body = CreateEnrollment,
+    responses(
+        (status = 201, description = "The enrollment.", body = Enrollment,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 409, description = "`already_enrolled`, or `sold_out`: no seat left in the event.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `fields`: unknown user, course or event, an event that is not running, or a price above 0.", body = ErrorBody),
+        BodyRefused,
+        Unavailable,
+    )
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     AppJson(request): AppJson<CreateEnrollment>,

@@ -7,13 +7,14 @@ use std::collections::HashSet;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use utoipa::ToSchema;
 
 use crate::auth::Admin;
 use crate::db::commit_lsn;
-use crate::error::{ApiError, FieldErrors};
+use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
 use crate::routes::{written, AppState};
 
@@ -27,21 +28,33 @@ const MAX_SEATS_PER_COURSE: i64 = 100_000;
 /// that must finish well inside the statement timeout.
 const MAX_SEATS_TOTAL: i64 = 200_000;
 
-#[derive(Deserialize)]
+/// A new sale event. It runs in the half-open window `[starts_at, ends_at)`;
+/// during it its courses sell at `price_krw * (100 - discount_percent) / 100`,
+/// rounded down.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateEvent {
+    /// 1 to 200 characters after trimming.
+    #[schema(example = "Spring sale")]
     name: String,
+    /// RFC 3339 with offset; stored and returned in UTC, to the microsecond.
     starts_at: DateTime<FixedOffset>,
+    /// After `starts_at`.
     ends_at: DateTime<FixedOffset>,
+    #[schema(minimum = 0, maximum = 100, example = 50)]
     discount_percent: i64,
+    /// At most 1,000 distinct courses and 200,000 limited seats in all.
     courses: Vec<CreateEventCourse>,
 }
 
-#[derive(Deserialize)]
+/// A course of an event.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateEventCourse {
     course_id: i64,
+    /// Seats sold through the event (0 to 100,000); absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100_000)]
     seat_limit: Option<i64>,
 }
 
@@ -62,6 +75,7 @@ impl TryFrom<CreateEvent> for NewEvent {
     fn try_from(request: CreateEvent) -> Result<Self, ApiError> {
         let mut errors = FieldErrors::default();
         let name = request.name.trim().to_owned();
+        errors.storable("name", &name);
         if name.is_empty() {
             errors.add("name", "must not be empty");
         } else if name.chars().count() > NAME_MAX_CHARS {
@@ -70,8 +84,8 @@ impl TryFrom<CreateEvent> for NewEvent {
                 format!("must be at most {NAME_MAX_CHARS} characters"),
             );
         }
-        let starts_at = request.starts_at.with_timezone(&Utc);
-        let ends_at = request.ends_at.with_timezone(&Utc);
+        let starts_at = event_time(&mut errors, "starts_at", request.starts_at);
+        let ends_at = event_time(&mut errors, "ends_at", request.ends_at);
         if ends_at <= starts_at {
             errors.add("ends_at", "must be after starts_at");
         }
@@ -135,7 +149,24 @@ impl TryFrom<CreateEvent> for NewEvent {
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// A time as PostgreSQL will store it: in UTC, to the microsecond (so that
+/// `ends_at > starts_at` is checked on the stored values), within years
+/// 1 to 9999 (so that no time is out of the database's range).
+fn event_time(
+    errors: &mut FieldErrors,
+    field: &'static str,
+    value: DateTime<FixedOffset>,
+) -> DateTime<Utc> {
+    let value = value.with_timezone(&Utc).trunc_subsecs(6);
+    if !(1..=9999).contains(&value.year()) {
+        errors.add(field, "must be between the years 1 and 9999");
+    }
+    value
+}
+
+/// An event as stored.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = SaleEvent)]
 struct EventRow {
     id: i64,
     name: String,
@@ -145,20 +176,42 @@ struct EventRow {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize)]
+/// A course of an event as stored.
+#[derive(Serialize, ToSchema)]
 struct EventCourse {
     course_id: i64,
+    /// `null`: unlimited.
     seat_limit: Option<i32>,
 }
 
-#[derive(Serialize)]
+/// An event with its courses.
+#[derive(Serialize, ToSchema)]
 struct Event {
     #[serde(flatten)]
     event: EventRow,
     courses: Vec<EventCourse>,
 }
 
-/// `POST /v1/events` → 201 with the event and its courses.
+/// Create a sale event.
+///
+/// Each limited seat becomes a row that checkout claims, so buyers never
+/// contend on one counter.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    operation_id = "create_event",
+    tag = "events",
+    request_body = CreateEvent,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The new event and its courses.", body = Event,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 401, description = "`unauthorized`: an admin token is configured and was not sent.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `fields` (an unknown course is one).", body = ErrorBody),
+        BodyRefused,
+        Unavailable,
+    )
+)]
 pub(super) async fn create(
     _admin: Admin,
     State(state): State<AppState>,

@@ -8,26 +8,48 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Unavailable};
 use crate::routes::AppState;
 
 /// How long `/ready` waits for PostgreSQL before it says 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `GET /health`: 200 while the process runs.
-pub(super) async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// The answer of a probe.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Probe {
+    /// `ok` for `/health`, `ready` for `/ready`.
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
-/// `GET /ready`: 200 when PostgreSQL answers `SELECT 1` in time, else 503.
-pub(super) async fn ready(
-    State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// Liveness: 200 while the process runs.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "ops",
+    responses((status = 200, description = "The process runs.", body = Probe))
+)]
+pub(super) async fn health() -> Json<Probe> {
+    Json(Probe { status: "ok" })
+}
+
+/// Readiness: 200 when PostgreSQL answers `SELECT 1` within a second, else 503.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "ops",
+    responses(
+        (status = 200, description = "PostgreSQL answers.", body = Probe),
+        Unavailable,
+    )
+)]
+pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Probe>, ApiError> {
     let probe = sqlx::query("SELECT 1").execute(&state.pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
-        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Ok(_)) => Ok(Json(Probe { status: "ready" })),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "not ready: postgresql unreachable");
             Err(ApiError::Unavailable("postgresql is unreachable"))
@@ -39,7 +61,16 @@ pub(super) async fn ready(
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics: requests by route and status, latency, shed load, pool usage.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.",
+            body = String, content_type = "text/plain; version=0.0.4")
+    )
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(&state.pool, state.max_connections);
     let mut response = body.into_response();

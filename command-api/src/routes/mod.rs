@@ -6,17 +6,17 @@ mod courses;
 mod enrollments;
 mod events;
 mod health;
-mod orders;
+pub(crate) mod orders;
 mod reference;
 mod users;
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
 use axum::{middleware, BoxError, Json, Router};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -26,6 +26,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -42,15 +45,22 @@ pub(crate) struct AppState {
     pub(crate) admin_token: Option<Arc<str>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) max_connections: u32,
+    /// The API reference, rendered once from the routes that are served.
+    pub(crate) openapi: Bytes,
 }
 
-/// The whole application as one service.
-pub(crate) fn router(state: AppState, config: &Config) -> Router {
+/// The whole application as one service. Fails only if the API reference
+/// cannot be rendered.
+pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, serde_json::Error> {
     // Load shedding for the API routes: over the global budget a request is
     // refused at once (503) rather than queued until everything times out.
     // One semaphore for all routes, not one per route.
+    let shed_metrics = state.metrics.clone();
     let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(overloaded))
+        .layer(HandleErrorLayer::new(move |err: BoxError| {
+            let metrics = shed_metrics.clone();
+            async move { overloaded(&metrics, err) }
+        }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(
             config.concurrency_limit as usize,
@@ -60,21 +70,27 @@ pub(crate) fn router(state: AppState, config: &Config) -> Router {
     let body_limit = usize::try_from(config.body_limit_bytes).unwrap_or(usize::MAX);
     let metrics = state.metrics.clone();
 
-    Router::new()
-        .route("/v1/users", post(users::create))
-        .route("/v1/courses", post(courses::create))
-        .route("/v1/courses/{id}", patch(courses::update))
-        .route("/v1/events", post(events::create))
-        .route("/v1/orders", post(orders::create))
-        .route("/v1/orders/{id}/cancel", post(orders::cancel))
-        .route("/v1/enrollments", post(enrollments::create))
+    // Each route is registered together with its annotation, so the API
+    // reference lists exactly the routes served, with their methods.
+    let (routes, document) = OpenApiRouter::with_openapi(reference::ApiDoc::openapi())
+        .routes(routes!(users::create))
+        .routes(routes!(courses::create))
+        .routes(routes!(courses::update))
+        .routes(routes!(events::create))
+        .routes(routes!(orders::create))
+        .routes(routes!(orders::cancel))
+        .routes(routes!(enrollments::create))
         .route_layer(shed)
         // Probes and metrics stay outside the budget, so they answer under load.
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(reference::openapi))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(reference::openapi))
         .route_layer(middleware::from_fn(metrics::tag_route))
+        .split_for_parts();
+    state.openapi = Bytes::from(document.to_json()?);
+
+    Ok(routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -95,7 +111,7 @@ pub(crate) fn router(state: AppState, config: &Config) -> Router {
                     metrics::count_requests,
                 ))
                 .layer(CatchPanicLayer::custom(panicked)),
-        )
+        ))
 }
 
 /// One span per request, carrying its id so every log line of it can be found.
@@ -122,11 +138,13 @@ pub(crate) fn written<T: Serialize>(status: StatusCode, lsn: Option<String>, bod
     response
 }
 
-async fn overloaded(err: BoxError) -> ApiError {
+fn overloaded(metrics: &Metrics, err: BoxError) -> ApiError {
     if err.is::<tower::timeout::error::Elapsed>() {
+        metrics.count_timeout();
         tracing::warn!("request timed out");
         ApiError::Unavailable("the request took too long, retry shortly")
     } else if err.is::<tower::load_shed::error::Overloaded>() {
+        metrics.count_shed();
         tracing::warn!("request shed: concurrency limit reached");
         ApiError::Unavailable("the service is overloaded, retry shortly")
     } else {

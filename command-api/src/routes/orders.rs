@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection};
+use utoipa::ToSchema;
 
 use crate::db::commit_lsn;
-use crate::error::{violates, ApiError, FieldErrors};
+use crate::error::{violates, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::{AppJson, IdempotencyKey, PathId};
 use crate::routes::{written, AppState};
 
@@ -26,15 +27,25 @@ const MAX_COURSES: usize = 500;
 /// Marks a response that repeats the stored answer of an earlier request.
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
+/// The prices of an order's courses: one statement with one array parameter
+/// whatever the cart's size, so it stays one primary-key index lookup where a
+/// growing `IN (...)` list would be planned anew and could fall back to a
+/// scan. Heavy columns stay out: only ids and prices.
+pub const COURSE_PRICES: &str = "SELECT id, price_krw FROM courses WHERE id = ANY($1)";
+
 /// Tries of one request when its key row disappears between the conflict and
 /// the read (the expiry job deleted it): then the key is free again.
 const ATTEMPTS: usize = 3;
 
-#[derive(Deserialize)]
+/// A checkout.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateOrder {
     user_id: i64,
+    /// 1 to 500 distinct course ids.
+    #[schema(min_items = 1, max_items = 500)]
     course_ids: Vec<i64>,
+    /// A running sale event: its courses are priced and seated by it.
     #[serde(default)]
     event_id: Option<i64>,
 }
@@ -112,20 +123,35 @@ fn join(ids: &[i64]) -> String {
 }
 
 /// The order as answered to the client, and as stored for replays.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Order)]
 pub(super) struct Receipt {
     pub(super) id: i64,
     user_id: i64,
     event_id: Option<i64>,
-    status: &'static str,
+    status: OrderStatus,
+    /// The sum of the items' prices.
     total_krw: i64,
+    /// In the order the course ids were given.
     items: Vec<Item>,
     created_at: DateTime<Utc>,
+    /// Only on a cancelled order.
     #[serde(skip_serializing_if = "Option::is_none")]
     cancelled_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// Where an order stands. Payment is out of scope: an order completes when
+/// it is written.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum OrderStatus {
+    Completed,
+    Cancelled,
+}
+
+/// A course of an order and the price paid for it.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = OrderItem)]
 struct Item {
     course_id: i64,
     price_krw: i64,
@@ -143,8 +169,38 @@ enum Placed {
     KeyVanished,
 }
 
-/// `POST /v1/orders` → 201 with the order; 200 with the stored answer and
-/// `Idempotent-Replayed: true` for a retry of a request that succeeded.
+/// Place an order: checkout.
+///
+/// One transaction prices the courses (by the event's window and discount
+/// where `event_id` names a running event), claims event seats, and enrolls
+/// the user in every course: all or nothing. A retry with the same key and
+/// the same body (compared as parsed JSON) answers the stored order with 200
+/// and `Idempotent-Replayed: true`, and creates nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    operation_id = "place_order",
+    tag = "orders",
+    params((
+        "Idempotency-Key" = String, Header,
+        description = "1 to 128 visible ASCII characters, scoped per user, kept at least 24 hours."
+    )),
+    request_body = CreateOrder,
+    responses(
+        (status = 201, description = "The order, completed.", body = Receipt,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 200, description = "A replay: the stored answer to the first request with this key and body.", body = Receipt,
+            headers(
+                ("Idempotent-Replayed" = String, description = "`true`."),
+                ("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit.")
+            )),
+        (status = 409, description = "`already_enrolled`, `sold_out` (the whole order is refused), or `idempotency_key_reused` (the key was used with another body).", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `fields`: unknown user or courses, repeated or too many courses, an event that is not running.", body = ErrorBody),
+        (status = 428, description = "`idempotency_key_required`.", body = ErrorBody),
+        BodyRefused,
+        Unavailable,
+    )
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     IdempotencyKey(key): IdempotencyKey,
@@ -297,12 +353,10 @@ pub(super) async fn write_order(
         .bind(order.user_id)
         .fetch_optional(&mut *tx)
         .await?;
-    // Heavy columns stay out: only ids and prices.
-    let courses: Vec<CourseRow> =
-        sqlx::query_as("SELECT id, price_krw FROM courses WHERE id = ANY($1)")
-            .bind(&order.course_ids)
-            .fetch_all(&mut *tx)
-            .await?;
+    let courses: Vec<CourseRow> = sqlx::query_as(COURSE_PRICES)
+        .bind(&order.course_ids)
+        .fetch_all(&mut *tx)
+        .await?;
     let event: Option<EventRow> = match order.event_id {
         Some(event_id) => {
             // The database clock decides whether the sale runs: [starts_at, ends_at).
@@ -484,7 +538,7 @@ pub(super) async fn write_order(
         id: created.id,
         user_id: order.user_id,
         event_id: order.event_id,
-        status: "completed",
+        status: OrderStatus::Completed,
         total_krw,
         items,
         created_at: created.created_at,
@@ -503,10 +557,26 @@ struct StoredOrder {
     cancelled_at: Option<DateTime<Utc>>,
 }
 
-/// `POST /v1/orders/{id}/cancel` → 200 with the cancelled order; 404 when
-/// there is none. A compensating action: the order's enrollments are revoked
-/// (insert-only facts get their `revoked_at`, once) and its event seats go
-/// back to the pool. Cancelling a cancelled order changes nothing.
+/// Cancel an order.
+///
+/// A compensating action, in one transaction: the order's enrollments are
+/// revoked (insert-only facts get their `revoked_at`, once), its event seats
+/// go back to the event, and the order is marked cancelled. Cancelling a
+/// cancelled order changes nothing and answers the same.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    operation_id = "cancel_order",
+    tag = "orders",
+    params(("id" = i64, Path, minimum = 1, description = "The order id.")),
+    responses(
+        (status = 200, description = "The order, cancelled.", body = Receipt,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 400, description = "`bad_request`: the id is not a positive integer.", body = ErrorBody),
+        (status = 404, description = "`not_found`: there is no such order.", body = ErrorBody),
+        Unavailable,
+    )
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -556,7 +626,7 @@ pub(super) async fn cancel(
         id: order.id,
         user_id: order.user_id,
         event_id: order.event_id,
-        status: "cancelled",
+        status: OrderStatus::Cancelled,
         total_krw: order.total_krw,
         items,
         created_at: order.created_at,
@@ -573,8 +643,26 @@ fn discounted(price_krw: i64, discount_percent: i64) -> i64 {
 }
 
 /// Claims one free seat of `event_id` for each course, for `order_id`, in one
-/// statement. Seats are rows: each buyer locks a free one and skips those
-/// others hold, so no row is hot and no seat is sold twice.
+/// statement.
+///
+/// Seats are rows, not a counter. A `seats_left = seats_left - 1` on one row
+/// per (event, course) would queue every buyer of a hot course on that row's
+/// lock and leave a dead tuple per sale. Instead `POST /v1/events` writes one
+/// row per seat, and a buyer locks the first free one with
+/// `FOR UPDATE SKIP LOCKED`: rows that other buyers hold are skipped, not
+/// waited on, so N buyers take N different rows side by side.
+///
+/// No oversell: a seat is claimed by setting its `order_id` under its row
+/// lock, inside the buyer's transaction. A seat whose claim has committed no
+/// longer passes `order_id IS NULL` when PostgreSQL re-checks it under the
+/// lock, and a row holds one order. Fewer seats than courses means
+/// `sold_out`, and the rollback releases whatever this buyer took.
+/// Cancelling an order sets its seats' `order_id` back to NULL (see
+/// [`cancel`]), which puts them back on sale.
+///
+/// The price of not waiting: a buyer who finds every free seat locked by
+/// transactions still in flight hears `sold_out`, even if one of them later
+/// rolls back. That is the true answer at that instant, and it never blocks.
 async fn claim_seats(
     tx: &mut PgConnection,
     event_id: i64,

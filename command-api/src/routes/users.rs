@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::db::commit_lsn;
-use crate::error::{violates, ApiError, FieldErrors};
+use crate::error::{violates, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
 use crate::routes::{written, AppState};
 
@@ -17,12 +18,19 @@ const EMAIL_MAX_LEN: usize = 254;
 /// Longest name or company accepted, in characters.
 const NAME_MAX_CHARS: usize = 200;
 
-#[derive(Deserialize)]
+/// A new buyer.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateUser {
+    /// Unique, compared case-insensitively; at most 254 bytes.
+    #[schema(example = "minjun@example.com")]
     email: String,
+    /// 1 to 200 characters after trimming.
+    #[schema(example = "Kim Min-jun")]
     name: String,
+    /// Where the user works (at most 200 characters); blank counts as none.
     #[serde(default)]
+    #[schema(example = "Acme")]
     company: Option<String>,
 }
 
@@ -51,6 +59,7 @@ impl TryFrom<CreateUser> for NewUser {
             _ => errors.add("email", "must be an email address such as name@example.com"),
         }
         let name = request.name.trim().to_owned();
+        errors.storable("name", &name);
         if name.is_empty() {
             errors.add("name", "must not be empty");
         } else if name.chars().count() > NAME_MAX_CHARS {
@@ -63,6 +72,9 @@ impl TryFrom<CreateUser> for NewUser {
             .company
             .map(|company| company.trim().to_owned())
             .filter(|company| !company.is_empty());
+        if let Some(company) = &company {
+            errors.storable("company", company);
+        }
         if company
             .as_ref()
             .is_some_and(|company| company.chars().count() > NAME_MAX_CHARS)
@@ -81,7 +93,8 @@ impl TryFrom<CreateUser> for NewUser {
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// A buyer as stored.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct User {
     id: i64,
     email: String,
@@ -90,8 +103,25 @@ struct User {
     created_at: DateTime<Utc>,
 }
 
-/// `POST /v1/users` → 201 with the user; 409 `email_taken` when the email
-/// (case-insensitively) belongs to someone else.
+/// Create a user.
+///
+/// 409 `email_taken` when the email, compared case-insensitively, belongs to
+/// someone else.
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    operation_id = "create_user",
+    tag = "users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "The new user.", body = User,
+            headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
+        (status = 409, description = "`email_taken`.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `fields`.", body = ErrorBody),
+        BodyRefused,
+        Unavailable,
+    )
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     AppJson(request): AppJson<CreateUser>,

@@ -1,9 +1,12 @@
-//! Tests of the command side's (command → projector → query) probes, metrics
-//! and load shedding: `/health`, `/ready`, `/metrics`, request deadlines.
+//! Tests of the command side's (command → projector → query) ops surface:
+//! `/health`, `/ready`, `/metrics`, load shedding, request deadlines, the
+//! request id in every log line, and the generated API reference.
 
-use serde_json::json;
+use std::sync::Arc;
 
-use crate::helpers::{assert_error, spawn_app, spawn_app_with};
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, CapturedLogs};
 
 #[tokio::test]
 async fn health_and_ready_are_200_with_a_reachable_database() {
@@ -57,31 +60,14 @@ async fn ready_is_503_with_retry_after_when_postgresql_is_unreachable() {
 }
 
 #[tokio::test]
-async fn metrics_count_requests_by_route_and_status() {
+async fn metrics_count_requests_by_route_and_status_with_latency_and_pool_usage() {
     let app = spawn_app().await;
     app.create_user("a@example.com", None).await;
-    let _ = app
-        .client
-        .get(app.url("/nowhere"))
-        .send()
-        .await
-        .expect("answered");
-    let _ = app
-        .client
-        .get(app.url("/v1/orders"))
-        .send()
-        .await
-        .expect("answered");
+    let _ = app.get("/nowhere").await;
+    let _ = app.get("/v1/orders").await;
 
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("answered");
+    let text = app.metrics().await;
 
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("text");
     assert!(
         text.contains(r#"command_api_requests_total{route="/v1/users",status="201"} 1"#),
         "{text}"
@@ -94,15 +80,88 @@ async fn metrics_count_requests_by_route_and_status() {
         text.contains(r#"command_api_requests_total{route="/v1/orders",status="405"} 1"#),
         "{text}"
     );
-    assert!(text.contains("command_api_db_pool_connections "), "{text}");
+    // The latency histogram: cumulative buckets ending in +Inf, sum and count.
     assert!(
-        text.contains("command_api_db_pool_idle_connections "),
+        text.contains("# TYPE command_api_request_duration_seconds histogram"),
         "{text}"
     );
+    assert!(
+        text.contains(
+            r#"command_api_request_duration_seconds_bucket{route="/v1/users",le="+Inf"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"command_api_request_duration_seconds_count{route="/v1/users"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"command_api_request_duration_seconds_sum{route="/v1/users"} "#),
+        "{text}"
+    );
+    assert!(text.contains("command_api_requests_shed_total 0"), "{text}");
+    assert!(
+        text.contains("command_api_request_timeouts_total 0"),
+        "{text}"
+    );
+    for gauge in [
+        "command_api_db_pool_connections ",
+        "command_api_db_pool_idle_connections ",
+        "command_api_db_pool_in_use_connections ",
+        "command_api_db_pool_max_connections 16",
+    ] {
+        assert!(text.contains(gauge), "{gauge} in {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_concurrency_limit_requests_are_shed_with_503_and_counted() {
+    let app = Arc::new(spawn_app_with(|config| config.concurrency_limit = 1).await);
+    let user = app.create_user("a@example.com", None).await;
+    let course = app.create_course("Rust from scratch", 10_000).await;
+    let holder = app.hold_key(user, "held").await;
+    // This order holds the whole budget while it waits on the held key.
+    let waiting = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.post_order("held", &json!({ "user_id": user, "course_ids": [course] }))
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    app.wait_for_a_lock_wait().await;
+
+    let shed = app
+        .post_json(
+            "/v1/users",
+            &json!({ "email": "b@example.com", "name": "B" }),
+        )
+        .await;
+
+    assert!(shed.headers().contains_key("retry-after"));
+    assert_error(shed, 503, "unavailable").await;
+    // Probes and metrics are outside the budget.
+    assert_eq!(app.get("/ready").await.status(), 200);
+    let text = app.metrics().await;
+    assert!(text.contains("command_api_requests_shed_total 1"), "{text}");
+    assert!(
+        text.contains(r#"command_api_requests_total{route="/v1/users",status="503"} 1"#),
+        "{text}"
+    );
+    let in_use: u32 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("command_api_db_pool_in_use_connections "))
+        .and_then(|value| value.parse().ok())
+        .expect("the in-use gauge");
+    assert!(in_use >= 1, "the waiting order holds a connection: {text}");
+    holder.rollback().await.expect("rollback");
+    assert_eq!(waiting.await.expect("task"), 201);
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
 }
 
 #[tokio::test]
-async fn a_request_past_its_deadline_is_503_unavailable() {
+async fn a_request_past_its_deadline_is_503_unavailable_and_counted() {
     let app = spawn_app_with(|config| {
         config.request_timeout = std::time::Duration::from_millis(1);
     })
@@ -118,23 +177,29 @@ async fn a_request_past_its_deadline_is_503_unavailable() {
 
     assert!(response.headers().contains_key("retry-after"));
     assert_error(response, 503, "unavailable").await;
+    let text = app.metrics().await;
+    assert!(
+        text.contains("command_api_request_timeouts_total 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
-async fn the_api_reference_documents_every_route() {
+async fn the_api_reference_is_generated_and_lists_exactly_the_served_routes() {
     let app = spawn_app().await;
 
-    let response = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.get("/openapi.json").await;
 
     assert_eq!(response.status(), 200);
-    let document: serde_json::Value = response.json().await.expect("the reference is JSON");
-    assert_eq!(document["openapi"], "3.1.0");
-    let routes = [
+    let document: Value = response.json().await.expect("the reference is JSON");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        document["openapi"]
+    );
+    let served = [
         ("/v1/users", "post"),
         ("/v1/courses", "post"),
         ("/v1/courses/{id}", "patch"),
@@ -147,15 +212,178 @@ async fn the_api_reference_documents_every_route() {
         ("/metrics", "get"),
         ("/openapi.json", "get"),
     ];
-    for (path, method) in routes {
+    let mut documented: Vec<(String, String)> = Vec::new();
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for method in item.as_object().expect("a path item").keys() {
+            documented.push((path.clone(), method.clone()));
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<(String, String)> = served
+        .iter()
+        .map(|(path, method)| (path.to_string(), method.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // Every documented operation is served, and nothing else on its path.
+    for (path, method) in &documented {
+        let url = app.url(&path.replace("{id}", "1"));
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let answer = app
+            .client
+            .request(method.clone(), &url)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("answered");
+        assert_ne!(answer.status(), 405, "{method} {path} is served");
+        let body: Value = answer.json().await.unwrap_or_default();
+        assert_ne!(
+            body["error"]["message"], "no route matches this path",
+            "{method} {path} is served"
+        );
+        let other = app.client.delete(&url).send().await.expect("answered");
+        assert_eq!(other.status(), 405, "only the documented method on {path}");
+    }
+
+    // Operations are named uniquely, and every schema they use is defined.
+    let mut operation_ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().into_iter().flat_map(|ops| ops.values()))
+        .map(|operation| operation["operationId"].as_str().expect("an operationId"))
+        .collect();
+    operation_ids.sort_unstable();
+    let count = operation_ids.len();
+    operation_ids.dedup();
+    assert_eq!(operation_ids.len(), count, "{operation_ids:?}");
+    let schemas = &document["components"]["schemas"];
+    let text = document.to_string();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap_or_default();
+        assert!(schemas[name].is_object(), "schema {name} is defined");
+    }
+    // The error codes of the contract, as an enum of the error schema.
+    let codes = schemas["ErrorCode"]["enum"]
+        .as_array()
+        .expect("error codes");
+    for code in [
+        "bad_request",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "email_taken",
+        "already_enrolled",
+        "sold_out",
+        "idempotency_key_reused",
+        "payload_too_large",
+        "unsupported_media_type",
+        "validation_failed",
+        "idempotency_key_required",
+        "unavailable",
+    ] {
+        assert!(codes.contains(&json!(code)), "{code} in {codes:?}");
+    }
+    // The order route documents its header and its answers.
+    let place_order = &document["paths"]["/v1/orders"]["post"];
+    assert_eq!(place_order["parameters"][0]["name"], "Idempotency-Key");
+    for status in [
+        "200", "201", "400", "409", "413", "415", "422", "428", "503",
+    ] {
         assert!(
-            document["paths"][path][method].is_object(),
-            "{method} {path} is documented"
+            place_order["responses"][status].is_object(),
+            "{status} of POST /v1/orders"
         );
     }
-    // Nothing documented that the router does not serve.
-    assert_eq!(
-        document["paths"].as_object().map(|paths| paths.len()),
-        Some(routes.len())
-    );
+}
+
+// A current-thread runtime: the server and the test run on this thread, so
+// this thread's captured lines are every line the server logs.
+#[tokio::test(flavor = "current_thread")]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    let logs = CapturedLogs::start();
+    let app = spawn_app_with(|config| {
+        config.db_statement_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    for _ in 0..500 {
+        if logs
+            .lines()
+            .iter()
+            .any(|line| line.contains("command api listening"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let course = app.create_course("Rust from scratch", 10_000).await;
+    logs.clear();
+    let send = |request: reqwest::RequestBuilder, id: &str| {
+        request.header("x-request-id", format!("log-{id}")).send()
+    };
+    let user = json!({ "email": "a@example.com", "name": "A" });
+
+    // Successes, refusals, a replay, a cancel, and a database failure.
+    let created = send(app.client.post(app.url("/v1/users")).json(&user), "user")
+        .await
+        .expect("answered");
+    let user_id = created.json::<Value>().await.expect("json")["id"].clone();
+    let order = json!({ "user_id": user_id, "course_ids": [course] });
+    let orders = app.url("/v1/orders");
+    let key = |request: reqwest::RequestBuilder, key: &str| request.header("Idempotency-Key", key);
+    let placed = send(key(app.client.post(&orders), "k1").json(&order), "order")
+        .await
+        .expect("answered");
+    let order_id = placed.json::<Value>().await.expect("json")["id"].clone();
+    send(key(app.client.post(&orders), "k1").json(&order), "replay")
+        .await
+        .expect("answered");
+    send(app.client.post(app.url("/v1/users")).json(&user), "taken")
+        .await
+        .expect("answered");
+    send(app.client.get(app.url("/nowhere")), "unknown")
+        .await
+        .expect("answered");
+    send(
+        app.client
+            .post(app.url(&format!("/v1/orders/{order_id}/cancel"))),
+        "cancel",
+    )
+    .await
+    .expect("answered");
+    let holder = app
+        .hold_key(user_id.as_i64().expect("user id"), "held")
+        .await;
+    let timed_out = send(key(app.client.post(&orders), "held").json(&order), "held")
+        .await
+        .expect("answered");
+    assert_eq!(timed_out.status(), 503);
+    holder.rollback().await.expect("rollback");
+
+    let lines = logs.lines();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.contains("request{request_id=log-"),
+            "without a request id: {line}"
+        );
+    }
+    let line_of = |id: &str, needle: &str| {
+        lines
+            .iter()
+            .any(|line| line.contains(&format!("request_id=log-{id} ")) && line.contains(needle))
+    };
+    for id in [
+        "user", "order", "replay", "taken", "unknown", "cancel", "held",
+    ] {
+        assert!(
+            line_of(id, "finished processing request"),
+            "{id}: {lines:#?}"
+        );
+    }
+    assert!(line_of("order", "order placed"), "{lines:#?}");
+    assert!(line_of("replay", "order replayed"), "{lines:#?}");
+    assert!(line_of("cancel", "order cancelled"), "{lines:#?}");
+    assert!(line_of("held", "database unavailable"), "{lines:#?}");
 }

@@ -1,7 +1,8 @@
 //! Test harness of the command side (command → projector → query): a fresh
 //! PostgreSQL database per test, migrated, and the real app on a free port.
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use command_api::{Application, Config};
 use serde_json::{json, Value};
@@ -10,7 +11,8 @@ use tokio::sync::oneshot;
 
 const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/postgres";
 
-fn admin_url() -> String {
+/// The URL of the test server's maintenance database (`TEST_DATABASE_URL`).
+pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
 }
 
@@ -31,79 +33,119 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-fn init_logs() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-                .with_test_writer()
-                .try_init();
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static CAPTURED: RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { RefCell::new(None) };
+}
+
+/// The writer of the tests' one global subscriber: this thread's capture
+/// if a test set one, else the test output when `TEST_LOG` is set, else
+/// nowhere.
+struct TestLogWriter;
+
+impl std::io::Write for TestLogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let captured = CAPTURED.with(|captured| {
+            captured.borrow().as_ref().map(|buffer| {
+                buffer
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .extend_from_slice(bytes);
+            })
+        });
+        if captured.is_none() && std::env::var_os("TEST_LOG").is_some() {
+            print!("{}", String::from_utf8_lossy(bytes));
         }
-    });
-}
+        Ok(bytes.len())
+    }
 
-/// The running app, its database, and an HTTP client.
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    /// A pool on the test's own database, for arranging and asserting.
-    pub db: PgPool,
-    database: String,
-    shutdown: Option<oneshot::Sender<()>>,
-}
-
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
-}
-
-/// Starts the app after `configure` has adjusted the test configuration.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    init_logs();
-    let admin_url = admin_url();
-    let database = format!("cmd_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .expect("the test PostgreSQL server is reachable (TEST_DATABASE_URL)");
-    admin
-        .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
-        .await
-        .expect("the test database is created");
-    let _ = admin.close().await;
-
-    let database_url = with_database(&admin_url, &database);
-    command_api::migrate(&database_url)
-        .await
-        .expect("the migrations apply");
-
-    let mut config = Config::for_tests(&database_url);
-    configure(&mut config);
-    let app = Application::build(config).await.expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-
-    let db = PgPool::connect(&database_url)
-        .await
-        .expect("the test database is reachable");
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        database,
-        shutdown: Some(shutdown),
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-impl Drop for TestApp {
-    /// Stops the server and drops the database, even when the test panicked.
+/// One global subscriber for the whole test binary, set before any test
+/// logs. (A per-test `set_default` would race with other test threads over
+/// each call site's cached interest, and sometimes lose spans.)
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_ansi(false)
+            .with_writer(|| TestLogWriter)
+            .try_init();
+    });
+}
+
+/// The log lines written on this thread while the value lives. Under a
+/// current-thread runtime that is everything the app logs.
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn start() -> CapturedLogs {
+        init_logs();
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        CAPTURED.with(|captured| *captured.borrow_mut() = Some(buffer.clone()));
+        CapturedLogs(buffer)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().expect("not poisoned");
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().expect("not poisoned").clear();
+    }
+}
+
+impl Drop for CapturedLogs {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        let database = self.database.clone();
+        CAPTURED.with(|captured| captured.borrow_mut().take());
+    }
+}
+
+/// A fresh, migrated database of its own, dropped (with its connections)
+/// when the value is dropped, even when the test panicked.
+pub struct TestDatabase {
+    pub url: String,
+    /// A pool on the database, for arranging and asserting.
+    pub db: PgPool,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        init_logs();
+        let admin_url = admin_url();
+        let name = format!("cmd_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("the test PostgreSQL server is reachable (TEST_DATABASE_URL)");
+        admin
+            .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await
+            .expect("the test database is created");
+        let _ = admin.close().await;
+
+        let url = with_database(&admin_url, &name);
+        command_api::migrate(&url)
+            .await
+            .expect("the migrations apply");
+        let db = PgPool::connect(&url)
+            .await
+            .expect("the test database is reachable");
+        TestDatabase { url, db, name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
         let admin_url = admin_url();
         // Dropping needs async I/O, and Drop is sync: use a runtime of its own.
         let dropped = std::thread::spawn(move || {
@@ -115,13 +157,57 @@ impl Drop for TestApp {
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
                     let _ = admin
                         .execute(AssertSqlSafe(format!(
-                            r#"DROP DATABASE IF EXISTS "{database}" WITH (FORCE)"#
+                            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
                         )))
                         .await;
                 }
             });
         });
         let _ = dropped.join();
+    }
+}
+
+/// The running app, its database, and an HTTP client.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A pool on the test's own database, for arranging and asserting.
+    pub db: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// Declared last: dropped after the server was told to stop.
+    _database: TestDatabase,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app after `configure` has adjusted the test configuration.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let database = TestDatabase::create().await;
+    let mut config = Config::for_tests(&database.url);
+    configure(&mut config);
+    let app = Application::build(config).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db: database.db.clone(),
+        shutdown: Some(shutdown),
+        _database: database,
+    }
+}
+
+impl Drop for TestApp {
+    /// Tells the server to stop; the database goes after it.
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
     }
 }
 
@@ -228,12 +314,75 @@ impl TestApp {
         event_id
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
+    pub async fn cancel_order(&self, order_id: i64) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/orders/{order_id}/cancel")))
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("text")
+    }
+
+    /// Starts a transaction that holds `key` of `user` uncommitted, as an
+    /// attempt in flight would: an order with that key waits on it.
+    pub async fn hold_key(
+        &self,
+        user: i64,
+        key: &str,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut holder = self.db.begin().await.expect("begin");
+        sqlx::query("INSERT INTO idempotency_keys (user_id, key, request) VALUES ($1, $2, '{}')")
+            .bind(user)
+            .bind(key)
+            .execute(&mut *holder)
+            .await
+            .expect("key held");
+        holder
+    }
+
+    /// Returns once a backend of the test database waits on a lock.
+    pub async fn wait_for_a_lock_wait(&self) {
+        wait_for_a_lock_wait(&self.db).await;
+    }
+
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.db)
             .await
             .expect("count query")
     }
+}
+
+/// Returns once a backend of the database behind `db` waits on a lock.
+pub async fn wait_for_a_lock_wait(db: &PgPool) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no request ever waited on the held lock");
 }
 
 pub fn course_body(title: &str, price_krw: i64) -> Value {
