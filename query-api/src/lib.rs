@@ -46,10 +46,12 @@ pub struct Application {
 impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(metrics::Metrics::default());
         let store = store::Store::connect(
             &config.redis_url,
             Keys::new(config.key_prefix.clone()),
             config.prewarm_window,
+            metrics.clone(),
         )
         .await?;
         let warm = (store.warm().clone(), config.prewarm_refresh());
@@ -60,7 +62,7 @@ impl Application {
         let state = AppState {
             store,
             config: Arc::new(config),
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics,
         };
         Ok(Self {
             listener,

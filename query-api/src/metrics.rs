@@ -19,6 +19,35 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    redis: Mutex<Histogram>,
+}
+
+impl Histogram {
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    /// Writes the histogram's series; `labels` is `key="value",` or empty.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}le=\"{bound}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let labels = labels.trim_end_matches(',');
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
 }
 
 impl Metrics {
@@ -28,15 +57,14 @@ impl Metrics {
             *r.entry((route.to_owned(), status)).or_default() += 1;
         }
         if let Ok(mut l) = self.latency.lock() {
-            let h = l.entry(route.to_owned()).or_default();
-            let secs = took.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.sum += secs;
-            h.count += 1;
+            l.entry(route.to_owned()).or_default().observe(took);
+        }
+    }
+
+    /// Records one round trip to Redis (a pipeline, answered).
+    pub fn record_redis(&self, took: Duration) {
+        if let Ok(mut h) = self.redis.lock() {
+            h.observe(took);
         }
     }
 
@@ -55,25 +83,16 @@ impl Metrics {
         out.push_str("# HELP query_api_request_duration_seconds Request latency, by route.\n# TYPE query_api_request_duration_seconds histogram\n");
         if let Ok(l) = self.latency.lock() {
             for (route, h) in l.iter() {
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "query_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}", h.counts[i]);
-                }
-                let _ = writeln!(
-                    out,
-                    "query_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    out,
-                    "query_api_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "query_api_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                    h.count
+                h.write(
+                    &mut out,
+                    "query_api_request_duration_seconds",
+                    &format!("route=\"{route}\","),
                 );
             }
+        }
+        out.push_str("# HELP query_api_redis_roundtrip_seconds Time of one pipeline to Redis, sent to answered.\n# TYPE query_api_redis_roundtrip_seconds histogram\n");
+        if let Ok(h) = self.redis.lock() {
+            h.write(&mut out, "query_api_redis_roundtrip_seconds", "");
         }
         out
     }

@@ -96,6 +96,8 @@ pub struct Store {
     generation: Arc<RwLock<Option<u64>>>,
     /// Pre-warmed sale-event views.
     warm: Arc<Prewarm>,
+    /// Where Redis round trips are timed.
+    metrics: Arc<crate::metrics::Metrics>,
     /// Course reads under way, so concurrent misses share one Redis read.
     inflight: Arc<Mutex<HashMap<i64, Arc<CourseRead>>>>,
 }
@@ -109,6 +111,7 @@ impl Store {
         url: &str,
         keys: Keys,
         prewarm_window: std::time::Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
         let config = fred::prelude::Config::from_url(url)?;
         let client = Builder::from_config(config)
@@ -129,6 +132,7 @@ impl Store {
             keys,
             generation: Arc::new(RwLock::new(None)),
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
         })
     }
 
@@ -438,7 +442,9 @@ impl Store {
             queue(&pipe, op).await?;
         }
         let _: () = pipe.get(self.keys.generation_marker()).await?;
+        let sent = std::time::Instant::now();
         let mut values: Vec<Value> = pipe.all().await?;
+        self.metrics.record_redis(sent.elapsed());
 
         let closing = marker(values.pop())?;
         let mut values = values.into_iter();
