@@ -8,6 +8,7 @@
 #   bash deploy/local.sh test   up, build, run the whole test suite, stop again
 #   bash deploy/local.sh run    up, build, migrate, run the three programs in
 #                               the foreground with demo data; Ctrl-C stops all
+#   bash deploy/local.sh bench  up, release build, run benches/ (--smoke: seconds)
 #
 # See deploy/README.md for the layout of the stack directory.
 set -euo pipefail
@@ -415,6 +416,8 @@ cmd_test() {
   local status=0
   cargo build --workspace --bins || status=$?
   if [[ "$status" -eq 0 ]]; then
+    # The outage test stops and starts PostgreSQL: only ever our own.
+    if pg_ours_running; then export TEST_PG_CONTROL="$ROOT/deploy/local.sh"; fi
     TEST_DATABASE_URL="$DATABASE_URL_TEST" TEST_REDIS_URL="$REDIS_URL_LOCAL" \
       cargo test --workspace || status=$?
   fi
@@ -543,8 +546,39 @@ cmd_run() {
   exit "$status"
 }
 
+# ---------------------------------------------------------------------------
+# bench
+# ---------------------------------------------------------------------------
+
+# Runs every benchmark scenario against the stack (README: Benchmarks) and
+# writes the report to benches/results/; extra arguments go to the bench
+# binary (--smoke for the seconds-long version). Stops what it started.
+cmd_bench() {
+  prepare
+  trap stop_started EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  start_stack
+  cd "$ROOT"
+  cargo build --release --bins
+  "$ROOT/target/release/bench" --database-url "$DATABASE_URL_TEST" \
+    --redis-url "$REDIS_URL_LOCAL" "$@"
+}
+
+# pg-stop / pg-start: stop and start this project's own PostgreSQL cluster
+# (for the test that proves reads survive a PostgreSQL outage).
+cmd_pg() {
+  PGBIN="$(newest_pg_bin)" || die "no PostgreSQL server binaries under /usr/lib/postgresql"
+  choose_stack_dir
+  [[ -f "$(pg_data)/PG_VERSION" ]] || die "no project cluster in $(pg_data)"
+  case "$1" in
+    stop) as_pg "$PGBIN/pg_ctl" -D "$(pg_data)" -m fast -w stop >/dev/null ;;
+    start) as_pg "$PGBIN/pg_ctl" -D "$(pg_data)" -l "$(pg_log)" -w start >/dev/null 9>&- ;;
+  esac
+}
+
 usage() {
-  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -553,6 +587,9 @@ main() {
     down) cmd_down ;;
     test) cmd_test ;;
     run) cmd_run ;;
+    bench) shift; cmd_bench "$@" ;;
+    pg-stop) cmd_pg stop ;;
+    pg-start) cmd_pg start ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
   esac
