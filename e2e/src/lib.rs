@@ -340,6 +340,26 @@ impl Stack {
         created_id(&a)
     }
 
+    /// `courses` small courses and `users` users, most of them naming one of
+    /// a few companies; returns their ids.
+    pub async fn catalogue(&self, courses: usize, users: usize) -> Result<(Vec<i64>, Vec<i64>)> {
+        let mut c = Vec::new();
+        for i in 0..courses {
+            c.push(
+                self.course(&format!("Course {i}"), &format!("<p>course {i}</p>"), 1000)
+                    .await?,
+            );
+        }
+        let mut u = Vec::new();
+        for i in 0..users {
+            let company = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"]
+                .get(i % 7)
+                .copied();
+            u.push(self.user(&format!("user{i}@example.com"), company).await?);
+        }
+        Ok((c, u))
+    }
+
     /// The raw Redis value of a course view in the live generation.
     pub async fn raw_course_view(&self, id: i64) -> Result<Option<Vec<u8>>> {
         let keys = views::Keys::new(self.prefix.clone());

@@ -8,29 +8,6 @@ use e2e::Stack;
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn catalogue(
-    stack: &Stack,
-    courses: usize,
-    users: usize,
-) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
-    let mut c = Vec::new();
-    for i in 0..courses {
-        c.push(
-            stack
-                .course(&format!("Course {i}"), &format!("<p>course {i}</p>"), 1000)
-                .await?,
-        );
-    }
-    let mut u = Vec::new();
-    for i in 0..users {
-        let company = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"]
-            .get(i % 7)
-            .copied();
-        u.push(stack.user(&format!("user{i}@example.com"), company).await?);
-    }
-    Ok((c, u))
-}
-
 /// Writes orders (and cancels every third) from `tasks` concurrent writers
 /// until `stop` is set or `per_task` orders each; returns the last commit LSN.
 fn writers(
@@ -119,7 +96,7 @@ async fn assert_views_equal_tables(stack: &Stack) -> anyhow::Result<()> {
 async fn the_initial_build_under_concurrent_orders_loses_and_doubles_nothing() -> anyhow::Result<()>
 {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 6, 160).await?;
+    let (courses, users) = stack.catalogue(6, 160).await?;
     let tasks = writers(&stack, &courses, &users, 8, "handoff");
     // The slot and its snapshot are taken while eight writers commit.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -135,7 +112,7 @@ async fn the_initial_build_under_concurrent_orders_loses_and_doubles_nothing() -
 async fn twenty_sigkills_while_orders_and_cancels_stream_in_leave_every_view_exact(
 ) -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 5, 240).await?;
+    let (courses, users) = stack.catalogue(5, 240).await?;
     stack.start_projector().await?;
     let tasks = writers(&stack, &courses, &users, 4, "kill");
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -190,7 +167,7 @@ async fn twenty_sigkills_while_orders_and_cancels_stream_in_leave_every_view_exa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_column_mid_stream_does_not_break_the_stream() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 2, 6).await?;
+    let (courses, users) = stack.catalogue(2, 6).await?;
     stack.start_projector().await?;
     stack
         .order(
@@ -315,7 +292,7 @@ async fn one_transaction_of_200000_enrollments_is_applied_with_bounded_memory() 
 async fn when_redis_loses_the_views_reads_say_rebuilding_until_a_new_generation_is_live(
 ) -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 1, 3).await?;
+    let (courses, users) = stack.catalogue(1, 3).await?;
     let order = stack
         .order(
             "k1",
@@ -366,7 +343,7 @@ async fn when_redis_loses_the_views_reads_say_rebuilding_until_a_new_generation_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_and_confirms_before_exiting() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 1, 5).await?;
+    let (courses, users) = stack.catalogue(1, 5).await?;
     stack.start_projector().await?;
     let mut last = String::new();
     for (i, user) in users.iter().enumerate() {
@@ -397,7 +374,7 @@ async fn sigterm_flushes_and_confirms_before_exiting() -> anyhow::Result<()> {
 async fn a_requested_rebuild_switches_generations_while_reads_keep_succeeding() -> anyhow::Result<()>
 {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 2, 4).await?;
+    let (courses, users) = stack.catalogue(2, 4).await?;
     for (i, user) in users.iter().enumerate() {
         stack
             .order(

@@ -7,32 +7,6 @@ use e2e::Stack;
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// Course ids and user ids of a small catalogue.
-async fn catalogue(
-    stack: &Stack,
-    courses: usize,
-    users: usize,
-) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
-    let mut c = Vec::new();
-    for i in 0..courses {
-        c.push(
-            stack
-                .course(
-                    &format!("Course {i}"),
-                    &format!("<p>course {i}</p>"),
-                    1000 * i as i64,
-                )
-                .await?,
-        );
-    }
-    let mut u = Vec::new();
-    for i in 0..users {
-        let company = ["Acme", "Globex", "Initech"].get(i % 4).copied();
-        u.push(stack.user(&format!("user{i}@example.com"), company).await?);
-    }
-    Ok((c, u))
-}
-
 /// Orders for users `users`, each buying a few of the courses; returns the last commit LSN.
 async fn orders(
     stack: &Stack,
@@ -89,7 +63,7 @@ async fn assert_views_equal_tables(stack: &Stack, lsn: &str) -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_stay_exact_across_a_graceful_stop_and_a_sigkill() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let (courses, users) = catalogue(&stack, 4, 60).await?;
+    let (courses, users) = stack.catalogue(4, 60).await?;
 
     // Batch 1 is in the snapshot of the initial build.
     orders(&stack, &courses, &users[0..10], "a").await?;
