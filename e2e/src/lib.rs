@@ -227,15 +227,13 @@ impl Stack {
         delete_prefix(&self.redis, &self.prefix).await
     }
 
-    /// The projector's `/metrics` text.
-    pub async fn projector_metrics(&self) -> Result<String> {
-        Ok(self
-            .http
-            .get(format!("http://{}/metrics", self.projector_addr))
-            .send()
-            .await?
-            .text()
-            .await?)
+    /// GET from the projector's ops endpoints.
+    pub async fn projector_get(&self, path: &str) -> Result<Answer> {
+        self.send(
+            self.http
+                .get(format!("http://{}{path}", self.projector_addr)),
+        )
+        .await
     }
 
     /// SIGTERM, then waits for a clean exit.

@@ -358,6 +358,36 @@ async fn sigterm_flushes_and_confirms_before_exiting() -> anyhow::Result<()> {
     stack
         .get_fresh(&format!("/v1/courses/{}", courses[0]), &last)
         .await?;
+    // The ops surface: metrics of the SPEC, a request id, JSON errors.
+    let metrics = stack.projector_get("/metrics").await?;
+    assert!(!metrics.header("x-request-id").is_empty());
+    let text = String::from_utf8_lossy(&metrics.raw);
+    for name in [
+        "projector_applied_lsn",
+        "projector_lag_bytes",
+        "projector_retained_wal_bytes",
+        "projector_transactions_applied_total",
+        "projector_changes_applied_total",
+        "projector_redis_flush_seconds_total",
+        "projector_seconds_since_last_transaction",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
+    let applied = text
+        .lines()
+        .find_map(|l| l.strip_prefix("projector_applied_lsn "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        applied as u64 >= last.parse::<views::Lsn>()?.0,
+        "applied LSN behind the last read token"
+    );
+    let unknown = stack.projector_get("/nope").await?;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["error"]["code"], "not_found");
     stack.stop_projector().await?;
     let confirmed = stack.slot_confirmed().await?;
     let commit: views::Lsn = last.parse()?;

@@ -10,6 +10,8 @@ use axum::{
     Json, Router,
 };
 
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
 use crate::metrics::Metrics;
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
@@ -28,6 +30,8 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(metrics)
 }
 

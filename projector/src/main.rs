@@ -3,8 +3,8 @@
 use clap::Parser;
 use projector::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Settings are parsed (and refused) before the runtime starts.
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -13,6 +13,13 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => projector::run(cli.config, shutdown_signal()).await,
         Command::Status => {

@@ -3,8 +3,8 @@
 use clap::Parser;
 use query_api::{Application, Config};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Settings are parsed (and refused) before the runtime starts.
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -13,6 +13,13 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("query api stopped");
