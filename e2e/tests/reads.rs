@@ -206,6 +206,56 @@ async fn a_hundred_and_twenty_five_cards_cost_one_round_trip_to_redis() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_one_course_share_one_redis_read() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let course = stack.course("Popular", "<p>p</p>", 1000).await?;
+    let lsn = stack.current_lsn().await?;
+    stack.start_projector().await?;
+    ok(
+        stack
+            .get_fresh(&format!("/v1/courses/{course}"), &lsn)
+            .await?,
+        "fresh",
+    );
+
+    const DELAY: Duration = Duration::from_millis(300);
+    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
+    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
+    let url = format!("{query}/v1/courses/{course}");
+    ok(
+        stack.send(stack.http.get(&url)).await?,
+        "warm-up: learns the live generation",
+    );
+
+    let before = proxy.commands();
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let http = stack.http.clone();
+            let url = url.clone();
+            tokio::spawn(async move { http.get(url).send().await?.bytes().await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.await??);
+    }
+    let sent = proxy.commands_since(&before);
+
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every reader got the same page"
+    );
+    // One read is one pipeline of four GETs (marker, watermark, view,
+    // marker); twenty uncoalesced readers would send eighty.
+    let gets = sent.get("GET").copied().unwrap_or(0);
+    assert!(
+        gets <= 8,
+        "twenty concurrent misses sent {gets} GETs: {sent:?}"
+    );
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_category_lists_its_courses_by_popularity_or_novelty_a_page_at_a_time(
 ) -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
