@@ -65,8 +65,9 @@ async fn an_order_returns_201_with_items_total_and_a_commit_lsn() {
         .await,
         2
     );
-    // The commit LSN is at or after the order's commit.
-    let current: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+    // The commit LSN is at or after the order's commit: not past the insert
+    // position read afterwards (the write position may lag it).
+    let current: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
         .fetch_one(&app.db)
         .await
         .expect("lsn");
