@@ -221,14 +221,24 @@ impl Stack {
         Ok(row.get::<_, String>(0).parse()?)
     }
 
-    /// Deletes every Redis key of this stack: what a Redis restart without
-    /// persistence (or FLUSHALL) does to it, without touching other tests.
-    /// The generation marker goes first, in one step, as FLUSHALL would take
-    /// it: from then on nothing is live.
+    /// Deletes every Redis key of this stack at once, as a Redis restart
+    /// without persistence (or FLUSHALL) would, without touching other
+    /// tests: one script, so no writer can slip in between.
     pub async fn lose_redis_data(&self) -> Result<()> {
-        let marker = views::Keys::new(self.prefix.clone()).generation_marker();
-        let _: i64 = self.redis.del(marker).await?;
-        delete_prefix(&self.redis, &self.prefix).await
+        const DELETE_ALL: &str = "local keys = redis.call('KEYS', ARGV[1]) \
+            for i = 1, #keys, 1000 do \
+              redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys))) \
+            end \
+            return #keys";
+        let _: i64 = self
+            .redis
+            .eval(
+                DELETE_ALL,
+                Vec::<String>::new(),
+                vec![format!("{}:*", self.prefix)],
+            )
+            .await?;
+        Ok(())
     }
 
     /// GET from the projector's ops endpoints.
