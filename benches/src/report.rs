@@ -1,0 +1,713 @@
+//! The report: everything measured (JSON), the ratios that matter against
+//! their goals, and a Markdown page that opens with those ratios, the
+//! machine and the command that reproduces it, with the plots beside it.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    scale::Scale,
+    scenarios::{
+        freshness::Freshness, reads::CartComparison, storage::Storage, stream::Stream, Subject,
+    },
+    seed::Seeded,
+    tools::{Machine, Pgbench, Profile, RedisBench},
+};
+
+/// About the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// The report's name: the local date, `YYYY-MM-DD` (with `-smoke` for smoke runs).
+    pub name: String,
+    pub started_at: String,
+    pub duration_s: f64,
+    /// The command that reproduces the run.
+    pub command: String,
+    pub machine: Machine,
+    pub scale: Scale,
+    /// Where the course descriptions came from.
+    pub corpus: String,
+    /// `/proc/loadavg` when the run started and when it ended: how busy the
+    /// shared machine was besides the run.
+    #[serde(default)]
+    pub load_before: String,
+    #[serde(default)]
+    pub load_after: String,
+}
+
+/// Seconds some set-up steps took.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub seed_s: f64,
+    pub initial_build_s: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub seeded: Option<Seeded>,
+    pub timings: Timings,
+    pub storage: Option<Storage>,
+    pub redis_benchmark: Vec<RedisBench>,
+    /// Bytes of the hot course page as the query API answers it (and the bare endpoint).
+    pub hot_page_bytes: usize,
+    pub reads: Vec<Subject>,
+    pub cart: Option<CartComparison>,
+    pub orders: Vec<Subject>,
+    pub pgbench: Option<Pgbench>,
+    pub freshness: Vec<Freshness>,
+    pub stream: Option<Stream>,
+    /// Where the CPU went on the paths behind the ratios (perf).
+    #[serde(default)]
+    pub profiles: Vec<Profile>,
+    pub ratios: Vec<Ratio>,
+    pub notes: Vec<String>,
+    /// Scenarios that failed, with why.
+    pub errors: Vec<String>,
+}
+
+/// One ratio of the issue's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub key: String,
+    pub name: String,
+    /// `None` when a scenario it needs did not run.
+    pub value: Option<f64>,
+    /// The goal as written (`≥ 0.8`), or `reported` for context rows.
+    pub goal: String,
+    pub met: Option<bool>,
+    /// The two figures it divides.
+    pub detail: String,
+}
+
+impl Results {
+    pub fn read(&self, key: &str) -> Option<&Subject> {
+        self.reads.iter().find(|s| s.key == key)
+    }
+
+    pub fn order(&self, key: &str) -> Option<&Subject> {
+        self.orders.iter().find(|s| s.key == key)
+    }
+}
+
+fn rps(s: Option<&Subject>) -> Option<f64> {
+    s.map(Subject::max_rps).filter(|v| *v > 0.0)
+}
+
+/// The ratios the report opens with.
+pub fn ratios(r: &Results) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    let mut push =
+        |key: &str, name: &str, num: Option<f64>, den: Option<f64>, goal: &str, detail: String| {
+            let value = match (num, den) {
+                (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+                _ => None,
+            };
+            let met = value.and_then(|v| {
+                if let Some(t) = goal.strip_prefix("≥ ") {
+                    t.parse::<f64>().ok().map(|t| v >= t)
+                } else if let Some(t) = goal.strip_prefix("≤ ") {
+                    t.parse::<f64>().ok().map(|t| v <= t)
+                } else {
+                    None
+                }
+            });
+            out.push(Ratio {
+                key: key.to_owned(),
+                name: name.to_owned(),
+                value,
+                goal: goal.to_owned(),
+                met,
+                detail,
+            });
+        };
+    let f = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
+    let (bare, hot, random) = (
+        rps(r.read("bare")),
+        rps(r.read("hot")),
+        rps(r.read("random")),
+    );
+    let (pg_count, pg_companies) = (rps(r.read("pg_count")), rps(r.read("pg_companies")));
+    push(
+        "hot_over_bare",
+        "warmed hot read RPS / bare axum RPS",
+        hot,
+        bare,
+        "≥ 0.8",
+        format!("{} / {} req/s", f(hot), f(bare)),
+    );
+    push(
+        "redis_over_bare",
+        "Redis-path read RPS / bare axum RPS",
+        random,
+        bare,
+        "≥ 0.5",
+        format!("{} / {} req/s", f(random), f(bare)),
+    );
+    push(
+        "redis_over_pg",
+        "Redis-path read RPS / PostgreSQL-path read RPS (page with student count)",
+        random,
+        pg_count,
+        "≥ 15",
+        format!("{} / {} req/s", f(random), f(pg_count)),
+    );
+    push(
+        "redis_over_pg_companies",
+        "Redis-path read RPS / PostgreSQL-path read RPS (page with top companies)",
+        random,
+        pg_companies,
+        "reported",
+        format!("{} / {} req/s", f(random), f(pg_companies)),
+    );
+    let (cart, single) = match &r.cart {
+        Some(c) => (Some(c.cart.latency.p50_ms), Some(c.single.latency.p50_ms)),
+        None => (None, None),
+    };
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
+    push(
+        "cart_over_single",
+        "125-id cart latency / single read latency (p50, same rate)",
+        cart,
+        single,
+        "≤ 2",
+        format!(
+            "{} / {} ms at {:.0} req/s",
+            ms(cart),
+            ms(single),
+            r.cart.as_ref().map(|c| c.rate).unwrap_or(0.0)
+        ),
+    );
+    let (hot_o, spread_o) = (rps(r.order("cqrs_hot")), rps(r.order("cqrs_spread")));
+    push(
+        "hot_over_spread_orders",
+        "hot-course orders/s / spread orders/s",
+        hot_o,
+        spread_o,
+        "≥ 0.9",
+        format!("{} / {} orders/s", f(hot_o), f(spread_o)),
+    );
+    let (mono_hot, mono_spread) = (
+        rps(r.order("monolith_hot")),
+        rps(r.order("monolith_spread")),
+    );
+    push(
+        "monolith_hot_over_spread_orders",
+        "monolith path: hot-course orders/s / spread orders/s",
+        mono_hot,
+        mono_spread,
+        "reported",
+        format!(
+            "{} / {} orders/s (expected about 0.2)",
+            f(mono_hot),
+            f(mono_spread)
+        ),
+    );
+    let pgbench = r.pgbench.as_ref().map(|p| p.tps);
+    push(
+        "endpoint_over_pgbench",
+        "order endpoint orders/s / pgbench same SQL",
+        spread_o,
+        pgbench,
+        "≥ 0.6",
+        format!("{} / {} orders/s", f(spread_o), f(pgbench)),
+    );
+    let (proj, recv) = match &r.stream {
+        Some(s) => (
+            Some(s.projector_changes_per_s),
+            Some(s.recvlogical_changes_per_s),
+        ),
+        None => (None, None),
+    };
+    push(
+        "projector_over_recvlogical",
+        "projector changes/s / pg_recvlogical changes/s",
+        proj,
+        recv,
+        "≥ 0.7",
+        format!("{} / {} changes/s", f(proj), f(recv)),
+    );
+    // A rate at which no order got through has no lag to report.
+    let top = r
+        .freshness
+        .iter()
+        .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))
+        .filter(|t| t.orders > 0);
+    push(
+        "freshness_p99",
+        "freshness p99 at 1,000 orders/s (ms)",
+        top.map(|t| t.p99_ms),
+        Some(1.0),
+        "≤ 50",
+        match top {
+            Some(t) => format!(
+                "p99 {:.1} ms at {:.0} orders/s offered ({:.0} achieved)",
+                t.p99_ms, t.offered_rps, t.achieved_rps
+            ),
+            None => "–".into(),
+        },
+    );
+    let lz4 = r.storage.as_ref().map(|s| s.view_ratio);
+    push(
+        "lz4_over_raw",
+        "LZ4 bytes / raw bytes, course view with 10 KB of real HTML",
+        lz4,
+        Some(1.0),
+        "≤ 0.55",
+        match &r.storage {
+            Some(s) => format!(
+                "{:.0} / {:.0} bytes per view (mean of {})",
+                s.mean_view_stored_bytes, s.mean_view_raw_bytes, s.views
+            ),
+            None => "–".into(),
+        },
+    );
+    out
+}
+
+/// Share of a profile's samples taken by a process or library whose name
+/// contains `name` (0 when there is no such profile or line).
+fn share(r: &Results, profile: &str, name: &str) -> f64 {
+    r.profiles
+        .iter()
+        .filter(|p| p.what.contains(profile))
+        .flat_map(|p| p.dsos.iter())
+        .filter(|(_, n)| n.contains(name))
+        .map(|(pct, _)| *pct)
+        .sum()
+}
+
+/// "In the profile of ..., the kernel takes N% and the hottest symbols are
+/// ...": the evidence for an analysis, or nothing when it was not profiled.
+fn profile_sentence(r: &Results, profile: &str) -> String {
+    let Some(p) = r.profiles.iter().find(|p| p.what.contains(profile)) else {
+        return String::new();
+    };
+    let kernel: f64 = p
+        .dsos
+        .iter()
+        .filter(|(_, n)| n.contains("kernel"))
+        .map(|(v, _)| v)
+        .sum();
+    let hottest: Vec<String> = p
+        .symbols
+        .iter()
+        .take(5)
+        .map(|(v, n)| format!("`{n}` {v:.1}%"))
+        .collect();
+    format!(
+        "In the profile ({}), the kernel's socket work takes {kernel:.0}% of the samples and the hottest symbols \
+         are {}: no single hot spot, a spread per-request cost. ",
+        p.what,
+        hottest.join(", ")
+    )
+}
+
+/// Why a goal is missed and what would close the gap: the analysis behind
+/// each ratio, from the profiles (`perf`) of this code on this machine and
+/// the figures of the same run; shown only where a goal is missed.
+fn analysis(key: &str, r: &Results) -> Option<String> {
+    let rps = |k: &str| r.read(k).map(Subject::max_rps).unwrap_or(0.0);
+    let redis_get = r
+        .redis_benchmark
+        .iter()
+        .find(|b| b.what.contains("view"))
+        .map(|b| b.rps)
+        .unwrap_or(0.0);
+    let served_warm = r
+        .notes
+        .iter()
+        .any(|n| n.contains("in-process cache hits") && !n.contains(" 0 in-process"));
+    Some(match key {
+        "hot_over_bare" => format!(
+            "The bare endpoint writes a prepared buffer. The query API, for every hot read, {}picks the running \
+             sale from the stored page's sales list (a JSON parse with timestamp parsing), copies the page into its \
+             served form, and parses the whole served page again with serde_json to build its ETag; its \
+             per-request metrics take a mutex. {}{}Closing the gap: keep the served bytes and their ETag per view \
+             and sale window in the in-process cache (recomputed when the view changes or a sale starts or ends), \
+             so a warmed read is a lookup and a socket write.",
+            if served_warm {
+                ""
+            } else {
+                "makes the same Redis round trip as any read (one pipeline: marker, watermark, key, marker), \
+                 decompresses the LZ4 block, "
+            },
+            profile_sentence(r, "hot course"),
+            if served_warm {
+                "The pre-warmed copy saves the Redis round trip, not this per-request serving work. "
+            } else {
+                "Pre-warming did not serve these reads (no cache hits were counted), so the warmed read measured the Redis path. "
+            }
+        ),
+        "redis_over_bare" => format!(
+            "Every read is one pipelined Redis round trip, an LZ4 decompression of a ~5 KB block, the sale pick and \
+             a full serde_json parse of the served page for its ETag. Redis, the query API and the load generator \
+             share the two cores; redis-benchmark alone reached {redis_get:.0} GET/s of the same value. {}Closing \
+             the gap: derive the ETag from the stored view's stamp without parsing the page, serve the page without \
+             the intermediate copy, and drop the metrics mutex.",
+            profile_sentence(r, "random course")
+        ),
+        "redis_over_pg" => format!(
+            "The monolith's page here is one primary-key read (the 10 KB description comes out of TOAST) with \
+             `student_count` kept on the row, all in shared buffers: cheap, so the Redis path is {:.1}x faster rather \
+             than 15x. The expected gap shows on the aggregate page of a hot course ({:.0} req/s for the monolith's \
+             hot course with top companies, {:.0}x below the Redis path) and grows when reads compete with writes on \
+             the primary, which this read-only phase does not do. Closing it is on the Redis path (see above).",
+            rps("random") / rps("pg_count").max(1.0),
+            rps("pg_companies_hot"),
+            rps("random") / rps("pg_companies_hot").max(1.0)
+        ),
+        "cart_over_single" => "The 125 cards come in one MGET (or from the pre-warmed copies), but each is then served on its own: \
+             `views::serve_course` scans and parses its sales list, the result is checked again as a `RawValue`, and \
+             the list is serialised once more, about 125 times the per-card work of a single read, which is most of \
+             the p50 difference. Closing the gap: store cards with their sale candidates apart from the card bytes \
+             (or precompute the pick per sale window) and splice stored bytes into the response without re-parsing."
+            .to_owned(),
+        "hot_over_spread_orders" => "Every hot order inserts into the same leaf pages of `enrollments_course_idx` \
+             (all keys equal) and of the partial unique index, so the inserts contend on buffer locks; there is no \
+             shared row, so the gap stays small. Closing it: an index that spreads equal keys (a hash index, or a \
+             key with the enrollment id first)."
+            .to_owned(),
+        "endpoint_over_pgbench" => format!(
+            "pgbench runs the same statements from a thin C client; the command API adds HTTP and JSON handling, a \
+             pool checkout, nine round trips to PostgreSQL per order plus one for the commit LSN, and it and the load \
+             generator take CPU from PostgreSQL on the same two cores (whole-machine order profile: PostgreSQL \
+             {:.0}%, the API's and the generator's runtime threads {:.0}%). Closing the gap: fewer round trips \
+             (the order's inserts in one statement with data-modifying CTEs, or pipelined execution) and the commit \
+             LSN from the same round trip as the COMMIT.",
+            share(r, "orders", "postgres"),
+            share(r, "orders", "tokio")
+        ),
+        "projector_over_recvlogical" => format!(
+            "pg_recvlogical throws the decoded stream away; the projector turns it into views before it confirms. In \
+             the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% (the Lua scripts that apply the \
+             stamped changes) and PostgreSQL's decoding {:.0}%; the projector's own samples are led by \
+             `lz4_flex` compression, memmove and JSON string escaping: for every course an enrollment touched, \
+             the apply script returns the course's whole aggregate hash, its 10 KB of HTML included, and the \
+             projector re-renders, re-escapes and re-compresses the full page and writes it back, although only \
+             the counts changed. Closing the gap: keep the counts and company tallies in a small view of their own (merged at \
+             read time) so a 10 KB page is rewritten only when the course row changes, and group more transactions \
+             per flush while a backlog is being drained.",
+            share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
+            share(r, "projector draining", "redis"),
+            share(r, "projector draining", "postgres")
+        ),
+        "freshness_p99" => {
+            let top = r
+                .freshness
+                .iter()
+                .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))?;
+            let low = r.freshness.first()?;
+            let alone = r.order("cqrs_spread").map(Subject::max_rps).unwrap_or(0.0);
+            format!(
+                "At {:.0} orders/s offered the whole pipeline (load generator, command API, PostgreSQL, projector, \
+                 Redis) shares two cores: with the projector and Redis busy beside it, the command API answered \
+                 {:.0} orders/s (alone, {alone:.0}), so orders queue and the lag's tail is the projector catching \
+                 up with what it competes with for CPU. At {:.0} orders/s the lag is p50 {:.1} ms, p99 {:.1} ms; the \
+                 tail comes in stalls of 100 to 300 ms in which nothing becomes visible and then everything at once \
+                 (the stripes in the freshness plot), whose cause this run did not pin down (the machine is shared, \
+                 and the projector's flushes re-render whole pages). The projector's cost per change is the row \
+                 above's (the full 10 KB page re-rendered for every enrollment), so the same change closes most of \
+                 the gap; the rest needs the programs off the database's machine.",
+                top.offered_rps, top.achieved_rps, low.offered_rps, low.p50_ms, low.p99_ms
+            )
+        }
+        "lz4_over_raw" => "LZ4's fast mode finds fewer matches in prose than in markup; LZ4 HC or zstd would store \
+             fewer bytes at more CPU per write."
+            .to_owned(),
+        _ => return None,
+    })
+}
+
+/// Writes `<name>.md`, `<name>.json` and the plots into `dir`.
+pub fn write(r: &Results, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let name = &r.meta.name;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(r)?,
+    )?;
+    let plots = crate::plot::all(r, dir)?;
+    std::fs::write(dir.join(format!("{name}.md")), markdown(r, &plots))?;
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// The Markdown page.
+pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
+    let mut md = String::new();
+    let m = &r.meta;
+    let _ = writeln!(md, "# Benchmark report: {}\n", m.name);
+    let _ = writeln!(
+        md,
+        "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; PostgreSQL {}, Redis {}. \
+         The machine is shared and small, so absolute figures drift from run to run; \
+         the ratios, measured side by side in one run, are what hold.\n",
+        m.machine.cores,
+        m.machine.cpu,
+        m.machine.memory_gib,
+        m.machine.kernel,
+        m.machine.postgres,
+        m.machine.redis
+    );
+    let _ = writeln!(
+        md,
+        "Reproduce: `{}` (scale `{}`, {:.0} s, started {}).\n",
+        m.command, m.scale.name, m.duration_s, m.started_at
+    );
+    if m.scale.name != "full" {
+        let _ = writeln!(md, "**This is a smoke run: tiny data and sub-second phases. It proves the harness works; its figures say nothing about speed.**\n");
+    }
+    let _ = writeln!(md, "## The ratios\n");
+    let _ = writeln!(md, "| ratio | measured | goal | met | from |");
+    let _ = writeln!(md, "|---|---:|---|---|---|");
+    for ratio in &r.ratios {
+        let met = match ratio.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            ratio.name,
+            fmt_opt(ratio.value, 2),
+            ratio.goal,
+            met,
+            ratio.detail
+        );
+    }
+    let _ = writeln!(md);
+    if !r.errors.is_empty() {
+        let _ = writeln!(md, "**Scenarios that failed** (their ratios are blank):\n");
+        for e in &r.errors {
+            let _ = writeln!(md, "- {}", e.replace('\n', " "));
+        }
+        let _ = writeln!(md);
+    }
+    for note in &r.notes {
+        let _ = writeln!(md, "- {note}");
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(md);
+    }
+
+    let _ = writeln!(md, "## Data\n");
+    let _ = writeln!(md, "Course descriptions: {}.", m.corpus);
+    if let Some(s) = &r.seeded {
+        let _ = writeln!(
+            md,
+            "{} users ({} with a company, {} distinct companies), {} courses (mean description {:.0} bytes), \
+             {} enrollments ({} on the hot course), one running sale event over {} courses; database {:.0} MB. \
+             Seeded in {:.0} s; the projector's initial build took {:.0} s.\n",
+            s.users, s.users_with_company, s.companies, s.courses, s.mean_description_bytes,
+            s.enrollments, s.hot_course_enrollments, m.scale.cart_size, s.database_mb,
+            r.timings.seed_s, r.timings.initial_build_s
+        );
+    }
+    let _ = writeln!(md, "## Reads\n");
+    let _ = writeln!(
+        md,
+        "Each subject: throughput at saturation ({} connections), measured in {} rounds of {:.1} s (after {:.1} s of \
+         warm-up each) with the subjects taking turns, the median round counting; then latency on a fixed schedule \
+         at 50% and 90% of that maximum for {:.1} s (open loop: a late answer delays no later request, and latency \
+         counts from when a request was due). The hot course page is {} bytes.\n",
+        m.scale.read_connections, m.scale.rounds, m.scale.round.as_secs_f64(), m.scale.warmup.as_secs_f64(),
+        m.scale.rate_phase.as_secs_f64(), r.hot_page_bytes
+    );
+    subjects_table(&mut md, &r.reads);
+    let behind = r
+        .reads
+        .iter()
+        .chain(&r.orders)
+        .filter(|s| s.at_90.as_ref().is_some_and(|p| p.errors > 0))
+        .count();
+    if behind > 0 {
+        let _ = writeln!(
+            md,
+            "At 90% of the median maximum, {behind} subject(s) fell behind the schedule (requests unsent when \
+             the phase ended count as failed): the schedule asked for more than the service sustained during that \
+             phase (on this shared machine the load besides the run varies from round to round), so those 90% tails \
+             show queueing behind the schedule.\n"
+        );
+    }
+    if let Some(c) = &r.cart {
+        let _ = writeln!(
+            md,
+            "Cart against single read, both at {:.0} req/s: cart p50 {:.2} ms, p99 {:.2} ms; single p50 {:.2} ms, p99 {:.2} ms.\n",
+            c.rate, c.cart.latency.p50_ms, c.cart.latency.p99_ms, c.single.latency.p50_ms, c.single.latency.p99_ms
+        );
+    }
+    if !r.redis_benchmark.is_empty() {
+        let _ = writeln!(
+            md,
+            "redis-benchmark, GET of the stored values themselves (Redis's own ceiling):\n"
+        );
+        let _ = writeln!(md, "| value | bytes | req/s | p50 ms | p99 ms | max ms |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        for b in &r.redis_benchmark {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} |",
+                b.what, b.value_bytes, b.rps, b.p50_ms, b.p99_ms, b.max_ms
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "## Orders\n");
+    let _ = writeln!(
+        md,
+        "One course per order, a fresh user per order, through `POST /v1/orders` with an `Idempotency-Key`; \
+         the monolith runs the same transaction plus `UPDATE courses SET student_count = student_count + 1` \
+         on a database of its own. The projector is stopped during these phases (the write path alone is measured; \
+         the freshness scenario runs the whole pipeline).\n"
+    );
+    subjects_table(&mut md, &r.orders);
+    if let Some(p) = &r.pgbench {
+        let _ = writeln!(
+            md,
+            "pgbench, the same SQL prepared, {} clients, a round after each round of the others: {:.0} transactions/s \
+             (median; rounds {}), mean latency {:.2} ms ({} transactions).\n",
+            p.clients,
+            p.tps,
+            p.rounds.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", "),
+            p.latency_avg_ms,
+            p.transactions
+        );
+    }
+    let _ = writeln!(md, "## Freshness: commit to visible\n");
+    if !r.freshness.is_empty() {
+        let _ = writeln!(md, "| offered orders/s | achieved | orders | failed | p50 ms | p95 ms | p99 ms | max ms | not seen |");
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for f in &r.freshness {
+            let _ = writeln!(
+                md,
+                "| {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                f.offered_rps,
+                f.achieved_rps,
+                f.orders,
+                f.errors,
+                f.p50_ms,
+                f.p95_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.unseen
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nFailed: orders without an answer, or still unsent when the phase ended because the command API fell \
+             behind the schedule. Lag from the moment the client had the order's `X-Commit-Lsn` to the first time the projection's \
+             watermark in Redis (polled every millisecond) was at or past it.\n"
+        );
+    }
+    let _ = writeln!(md, "## Projector against pg_recvlogical\n");
+    if let Some(s) = &r.stream {
+        let _ = writeln!(
+            md,
+            "A backlog of {} row changes in {} checkout transactions ({:.0} MB of WAL), drained from two slots \
+             created at the same point: pg_recvlogical (pgoutput, output discarded) in {:.2} s ({:.0} changes/s); \
+             the projector (decode, project, write Redis, confirm) in {:.2} s ({:.0} changes/s).\n",
+            s.changes, s.transactions, s.wal_mb, s.recvlogical_s, s.recvlogical_changes_per_s, s.projector_s, s.projector_changes_per_s
+        );
+    }
+    let _ = writeln!(md, "## Bytes per view in Redis\n");
+    if let Some(s) = &r.storage {
+        let _ = writeln!(
+            md,
+            "{} course views with a mean description of {:.0} bytes of HTML: {:.0} bytes of JSON stored as {:.0} bytes \
+             (ratio {:.3}; LZ4 block, `lz4_flex` fast mode). The hot course's view is {} bytes, `MEMORY USAGE` {} bytes. \
+             Cards (under 1 KB, stored as JSON): {:.0} bytes raw, {:.0} stored.\n",
+            s.views, s.mean_description_bytes, s.mean_view_raw_bytes, s.mean_view_stored_bytes, s.view_ratio,
+            s.hot_view_stored_bytes, s.hot_view_memory_usage, s.mean_card_raw_bytes, s.mean_card_stored_bytes
+        );
+    }
+    if !plots.is_empty() {
+        let _ = writeln!(md, "## Plots\n");
+        for (file, caption) in plots {
+            let _ = writeln!(md, "{caption}\n\n![{caption}]({file})\n");
+        }
+    }
+    if !r.profiles.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Profiles\n\nperf (499 Hz, call graphs) on the paths behind the ratios, sampled in extra runs after the measured ones, so the measurements are not perturbed. Shares are of all samples taken.\n"
+        );
+        for p in &r.profiles {
+            let _ = writeln!(md, "**{}**\n", p.what);
+            let _ = writeln!(md, "| share | where |\n|---:|---|");
+            for (pct, name) in &p.dsos {
+                let _ = writeln!(md, "| {pct:.1}% | {} |", name.replace('|', "\\|"));
+            }
+            let _ = writeln!(md, "\nHottest symbols:\n\n| share | symbol |\n|---:|---|");
+            for (pct, name) in p.symbols.iter().take(15) {
+                let _ = writeln!(md, "| {pct:.1}% | `{}` |", name.replace('|', "\\|"));
+            }
+            let _ = writeln!(md);
+        }
+    }
+    let missed: Vec<&Ratio> = r.ratios.iter().filter(|x| x.met == Some(false)).collect();
+    let _ = writeln!(md, "## Closing note\n");
+    if missed.is_empty() && r.errors.is_empty() {
+        let _ = writeln!(md, "Every goal is met in this run.");
+    } else {
+        for ratio in missed {
+            let _ = writeln!(
+                md,
+                "- **{}: {} against {}.** {}",
+                ratio.name,
+                fmt_opt(ratio.value, 2),
+                ratio.goal,
+                analysis(&ratio.key, r).unwrap_or_default()
+            );
+        }
+    }
+    md
+}
+
+fn subjects_table(md: &mut String, subjects: &[Subject]) {
+    if subjects.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| subject | max req/s (median) | rounds | errors | at 50%: p50 / p99 / max ms | at 90%: p50 / p99 / max ms |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---|---|");
+    for s in subjects {
+        let at = |p: &Option<crate::load::Phase>| match p {
+            Some(p) => format!(
+                "{:.2} / {:.2} / {:.2} ({:.0} req/s{})",
+                p.latency.p50_ms,
+                p.latency.p99_ms,
+                p.latency.max_ms,
+                p.achieved_rps,
+                if p.errors > 0 {
+                    format!(", {} failed or unsent", p.errors)
+                } else {
+                    String::new()
+                }
+            ),
+            None => "–".to_owned(),
+        };
+        let rounds: Vec<String> = s.rounds.iter().map(|v| format!("{v:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {} | {} |",
+            s.label,
+            s.saturation.achieved_rps,
+            rounds.join(", "),
+            s.saturation.errors,
+            at(&s.at_50),
+            at(&s.at_90)
+        );
+    }
+    let _ = writeln!(md);
+}

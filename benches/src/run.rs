@@ -1,0 +1,520 @@
+//! One run, start to end: seed the databases, start the programs and the
+//! baselines, measure every scenario side by side, stop everything, drop
+//! every database, slot and key prefix the run made, and write the report.
+//! A scenario that fails is recorded in the report and the run goes on.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::AtomicI64, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use sqlx::{Connection, PgConnection};
+
+use crate::{
+    corpus::Corpus,
+    load,
+    report::{self, Meta, Results, Timings},
+    scale::Scale,
+    scenarios::{
+        freshness, orders,
+        reads::{self, ReadTargets},
+        storage, stream, Ctx,
+    },
+    seed,
+    stack::{self, free_addr, Env, Program},
+    tools::{self, Machine},
+};
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub smoke: bool,
+    /// A scaled-down full run (ignored with `smoke`).
+    pub quick: bool,
+    /// Profile the paths behind the ratios with perf (never in smoke runs).
+    pub profile: bool,
+    /// Where the report goes.
+    pub out_dir: PathBuf,
+    /// Any database of the PostgreSQL server (`.../postgres`).
+    pub database_url: String,
+    pub redis_url: String,
+    /// Directory of the workspace's program binaries.
+    pub bin_dir: PathBuf,
+    /// The `bench` binary (it serves the baselines).
+    pub bench_exe: PathBuf,
+    /// The HTML books to cut descriptions from (default: the toolchain's).
+    pub corpus_dir: Option<PathBuf>,
+    /// The command line printed as the way to reproduce the run.
+    pub command: String,
+}
+
+/// Runs everything and writes the report; the results say what failed.
+pub async fn run(options: Options) -> Result<Results> {
+    let scale = if options.smoke {
+        Scale::smoke()
+    } else if options.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    let pid = std::process::id();
+    let env = Env {
+        admin_url: options.database_url.clone(),
+        redis_url: options.redis_url.clone(),
+        bin_dir: options.bin_dir.clone(),
+        bench_exe: options.bench_exe.clone(),
+        log_dir: std::env::temp_dir().join(format!("benches-{pid}")),
+        run: format!("bench_{pid}"),
+    };
+    for dead in stack::dead_runs(&env).await? {
+        tracing::info!(prefix = %dead, "dropping what an earlier run left behind");
+        stack::drop_everything(&env, &dead).await?;
+    }
+    let started = Instant::now();
+    let now = chrono::Local::now();
+    let mut machine = Machine::read();
+    machine.postgres = postgres_version(&env).await.unwrap_or_default();
+    machine.redis = redis_version(&env).await.unwrap_or_default();
+    let name = match scale.name.as_str() {
+        "full" => now.format("%Y-%m-%d").to_string(),
+        other => format!("{}-{other}", now.format("%Y-%m-%d")),
+    };
+    let mut results = Results {
+        meta: Meta {
+            name,
+            started_at: now.to_rfc3339(),
+            duration_s: 0.0,
+            command: options.command.clone(),
+            machine,
+            scale: scale.clone(),
+            corpus: String::new(),
+            load_before: load_average(),
+            load_after: String::new(),
+        },
+        seeded: None,
+        timings: Timings::default(),
+        storage: None,
+        redis_benchmark: Vec::new(),
+        hot_page_bytes: 0,
+        reads: Vec::new(),
+        cart: None,
+        orders: Vec::new(),
+        pgbench: None,
+        freshness: Vec::new(),
+        stream: None,
+        profiles: Vec::new(),
+        ratios: Vec::new(),
+        notes: Vec::new(),
+        errors: Vec::new(),
+    };
+    let ctx = Ctx {
+        next_user: Arc::new(AtomicI64::new(scale.enrolled_pool() + 1)),
+        profile: options.profile && !options.smoke && tools::perf_works().await,
+        env,
+        scale,
+    };
+    tracing::info!(logs = %ctx.env.log_dir.display(), scale = ctx.scale.name, "benchmark run starting");
+    if let Err(err) = scenarios(&ctx, &options, &mut results).await {
+        results.errors.push(format!("{err:#}"));
+    }
+    if let Err(err) = stack::drop_everything(&ctx.env, &format!("{}_", ctx.env.run)).await {
+        results.errors.push(format!("cleaning up: {err:#}"));
+    }
+    let used = ctx.next_user.load(std::sync::atomic::Ordering::Relaxed) - 1;
+    if used > ctx.scale.users {
+        results.notes.push(format!(
+            "orders ran out of fresh users ({used} needed, {} seeded): later orders failed",
+            ctx.scale.users
+        ));
+    }
+    results.meta.duration_s = started.elapsed().as_secs_f64();
+    results.meta.load_after = load_average();
+    results.ratios = report::ratios(&results);
+    report::write(&results, &options.out_dir)?;
+    Ok(results)
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn postgres_version(env: &Env) -> Result<String> {
+    let mut admin = env.admin().await?;
+    Ok(sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut admin)
+        .await?)
+}
+
+async fn redis_version(env: &Env) -> Result<String> {
+    let redis = env.redis().await?;
+    let info: String = {
+        use fred::prelude::*;
+        redis.info(Some(fred::types::InfoKind::Server)).await?
+    };
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned())
+}
+
+/// Records the outcome of one scenario: its value, or its error.
+fn record<T>(results: &mut Results, what: &str, outcome: Result<T>) -> Option<T> {
+    match outcome {
+        Ok(v) => Some(v),
+        Err(err) => {
+            tracing::error!(
+                scenario = what,
+                error = format!("{err:#}"),
+                "scenario failed"
+            );
+            results.errors.push(format!("{what}: {err:#}"));
+            None
+        }
+    }
+}
+
+fn projector_env(
+    ctx: &Ctx,
+    url: &str,
+    prefix: &str,
+    addr: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", url.to_owned()),
+        ("REDIS_URL", ctx.env.redis_url.clone()),
+        ("KEY_PREFIX", prefix.to_owned()),
+        ("PROJECTOR_ADDR", addr.to_string()),
+        ("PROJECTOR_SLOT", ctx.env.name("cqrs")),
+        ("PROJECTOR_PUBLICATION", "bench_cqrs".to_owned()),
+        ("PROJECTOR_HEARTBEAT_SECS", "1".to_owned()),
+    ]
+}
+
+async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Result<()> {
+    let env = &ctx.env;
+    let build_limit = Duration::from_secs(1800);
+
+    // Data: the write model, a copy of its catalogue for the stream
+    // scenario (taken before any enrollment), and the monolith's copy.
+    let seeding = Instant::now();
+    let corpus = Corpus::load(options.corpus_dir.as_deref());
+    results.meta.corpus = corpus.source.clone();
+    let (cqrs, stream_db, mono) = (env.name("cqrs"), env.name("stream"), env.name("mono"));
+    let cqrs_url = stack::create_database(env, &cqrs).await?;
+    seed::migrate(&cqrs_url, &env.bin_dir).await?;
+    tracing::info!("seeding users and courses");
+    seed::users_and_courses(&cqrs_url, &ctx.scale, &corpus).await?;
+    drop(corpus);
+    stack::copy_database(env, &cqrs, &stream_db).await?;
+    tracing::info!("seeding enrollments");
+    seed::enrollments(&cqrs_url, &ctx.scale).await?;
+    let mono_url = stack::copy_database(env, &cqrs, &mono).await?;
+    seed::monolith(&mono_url).await?;
+    results.timings.seed_s = seeding.elapsed().as_secs_f64();
+    results.seeded = Some(seed::describe(&cqrs_url).await?);
+
+    // The read side: the projector builds the views, the query API serves
+    // them; the monolith serves its copy.
+    let prefix = env.name("cqrs");
+    tracing::info!("initial build");
+    let building = Instant::now();
+    let projector_addr = free_addr()?;
+    let mut projector = Program::workspace(
+        env,
+        "projector",
+        "projector",
+        &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
+        projector_addr,
+    )?;
+    projector.wait_ok("/ready", build_limit).await?;
+    results.timings.initial_build_s = building.elapsed().as_secs_f64();
+    let query_addr = free_addr()?;
+    let mut query = Program::workspace(
+        env,
+        "query-api",
+        "query-api",
+        &[
+            ("REDIS_URL", env.redis_url.clone()),
+            ("KEY_PREFIX", prefix.clone()),
+            ("QUERY_API_ADDR", query_addr.to_string()),
+        ],
+        query_addr,
+    )?;
+    query.wait_ok("/ready", Duration::from_secs(60)).await?;
+    let mono_addr = free_addr()?;
+    let mut monolith = Program::spawn(
+        env,
+        "monolith",
+        &env.bench_exe,
+        &[
+            "serve-monolith",
+            "--addr",
+            &mono_addr.to_string(),
+            "--database-url",
+            &mono_url,
+        ],
+        &[],
+        mono_addr,
+    )?;
+    monolith.wait_ok("/health", Duration::from_secs(60)).await?;
+
+    // Bytes per view, and Redis's own ceiling for GETs of those values.
+    tracing::info!("bytes per view");
+    if let Some((storage, hot_view, hot_card)) =
+        record(results, "bytes per view", storage::run(ctx, &prefix).await)
+    {
+        results.storage = Some(storage);
+        for (what, value) in [
+            ("course view (LZ4)", hot_view),
+            ("course card (JSON)", hot_card),
+        ] {
+            let outcome = storage::redis_benchmark(ctx, what, &value).await;
+            if let Some(b) = record(results, "redis-benchmark", outcome) {
+                results.redis_benchmark.push(b);
+            }
+        }
+    }
+
+    // Reads, with the bare endpoint answering the hot page's very bytes.
+    let (status, page) = load::get(query_addr, "/v1/courses/1").await?;
+    anyhow::ensure!(
+        status == 200,
+        "the query API answered {status} for the hot course"
+    );
+    results.hot_page_bytes = page.len();
+    let page_file = env.log_dir.join("hot-page.json");
+    std::fs::create_dir_all(&env.log_dir)?;
+    std::fs::write(&page_file, &page)?;
+    let bare_addr = free_addr()?;
+    let page_arg = page_file.to_string_lossy().into_owned();
+    let mut bare = Program::spawn(
+        env,
+        "bare",
+        &env.bench_exe,
+        &[
+            "serve-bare",
+            "--addr",
+            &bare_addr.to_string(),
+            "--body",
+            &page_arg,
+        ],
+        &[],
+        bare_addr,
+    )?;
+    bare.wait_ok("/health", Duration::from_secs(30)).await?;
+    let before = cache_hits(query_addr).await;
+    let targets = ReadTargets {
+        query: query_addr,
+        bare: bare_addr,
+        monolith: mono_addr,
+    };
+    if let Some((subjects, cart)) = record(results, "reads", reads::run(ctx, &targets).await) {
+        results.reads = subjects;
+        results.cart = Some(cart);
+    }
+    match (before, cache_hits(query_addr).await) {
+        (Some(a), Some(b)) => results.notes.push(format!(
+            "The query API counted {:.0} in-process cache hits during the reads.",
+            b - a
+        )),
+        _ => results.notes.push(
+            "The query API exposes no in-process cache counters yet (pre-warming has not landed): \
+             the \"warmed\" hot read took the same Redis path as every other read, and will improve when pre-warm lands."
+                .to_owned(),
+        ),
+    }
+    if ctx.profile {
+        let outcome = profile_load(
+            ctx,
+            query.pid(),
+            "query API process, hot course read at saturation",
+            query_addr,
+            Arc::new(|_| load::get_request("/v1/courses/1")),
+            ctx.scale.read_connections,
+        )
+        .await;
+        if let Some(p) = record(results, "profile (reads)", outcome) {
+            results.profiles.push(p);
+        }
+        let courses = ctx.scale.courses as u64;
+        let outcome = profile_load(
+            ctx,
+            query.pid(),
+            "query API process, random course reads (Redis path) at saturation",
+            query_addr,
+            Arc::new(move |n| {
+                load::get_request(&format!(
+                    "/v1/courses/{}",
+                    1 + crate::scenarios::mix(n) % courses
+                ))
+            }),
+            ctx.scale.read_connections,
+        )
+        .await;
+        if let Some(p) = record(results, "profile (reads)", outcome) {
+            results.profiles.push(p);
+        }
+    }
+    bare.stop().await?;
+    query.stop().await?;
+
+    // Orders: the write path alone (the projector catches up afterwards).
+    projector.stop().await?;
+    let command_addr = free_addr()?;
+    let mut command = Program::workspace(
+        env,
+        "command-api",
+        "command-api",
+        &[
+            ("DATABASE_URL", cqrs_url.clone()),
+            ("COMMAND_API_ADDR", command_addr.to_string()),
+        ],
+        command_addr,
+    )?;
+    command.wait_ok("/ready", Duration::from_secs(60)).await?;
+    tracing::info!("orders");
+    if let Some((subjects, pgbench)) = record(
+        results,
+        "orders",
+        orders::run(ctx, command_addr, mono_addr, &cqrs).await,
+    ) {
+        results.orders = subjects;
+        results.pgbench = pgbench;
+    }
+    monolith.stop().await?;
+    if ctx.profile {
+        let courses = ctx.scale.courses as u64;
+        let outcome = profile_load(
+            ctx,
+            None,
+            "whole machine, orders spread through the command API at saturation",
+            command_addr,
+            orders::order_requests(
+                ctx.next_user.clone(),
+                Arc::new(move |n| 1 + (crate::scenarios::mix(n) % courses) as i64),
+            ),
+            ctx.scale.order_connections,
+        )
+        .await;
+        if let Some(p) = record(results, "profile (orders)", outcome) {
+            results.profiles.push(p);
+        }
+    }
+
+    // Freshness: the whole pipeline, once the projector has caught up.
+    let projector_addr = free_addr()?;
+    let mut projector = Program::workspace(
+        env,
+        "projector",
+        "projector",
+        &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
+        projector_addr,
+    )?;
+    projector.wait_ok("/ready", build_limit).await?;
+    let caught_up = async {
+        let mut conn = PgConnection::connect(&cqrs_url).await?;
+        let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        let redis = env.redis().await?;
+        let reached =
+            freshness::wait_for_watermark(&redis, &prefix, now.parse()?, build_limit).await?;
+        anyhow::ensure!(reached, "the projector did not catch up with the orders");
+        Ok(())
+    };
+    if record(results, "freshness (catching up)", caught_up.await).is_some() {
+        tracing::info!("freshness");
+        if let Some(f) = record(
+            results,
+            "freshness",
+            freshness::run(ctx, command_addr, &prefix).await,
+        ) {
+            results.freshness = f;
+        }
+    }
+    command.stop().await?;
+    projector.stop().await?;
+
+    // The projector against the decode ceiling, in a database of its own.
+    tracing::info!("projector against pg_recvlogical");
+    if let Some((stream, profile)) = record(
+        results,
+        "projector against pg_recvlogical",
+        stream::run(ctx, &stream_db).await,
+    ) {
+        results.stream = Some(stream);
+        results.profiles.extend(profile);
+    }
+    Ok(())
+}
+
+/// Seconds each profile samples.
+const PROFILE_SECONDS: u64 = 6;
+
+/// Saturates `addr` with `make` while perf samples `pid` (or the machine).
+async fn profile_load(
+    ctx: &Ctx,
+    pid: Option<u32>,
+    what: &str,
+    addr: SocketAddr,
+    make: load::MakeRequest,
+    connections: usize,
+) -> Result<tools::Profile> {
+    tracing::info!(what, "profiling");
+    let spec = load::Spec {
+        label: format!("profile: {what}"),
+        mode: load::Mode::Saturate { connections },
+        warmup: Duration::from_millis(500),
+        duration: Duration::from_secs(PROFILE_SECONDS),
+        capture: None,
+    };
+    let (_, profile) = tools::profile_while(
+        pid,
+        PROFILE_SECONDS,
+        what,
+        &ctx.env.log_dir,
+        load::run(addr, make, &spec),
+    )
+    .await?;
+    Ok(profile)
+}
+
+/// The query API's in-process cache hits so far, when it counts them.
+async fn cache_hits(addr: SocketAddr) -> Option<f64> {
+    let (status, body) = load::get(addr, "/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let hits: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            name.contains("hit") && (name.contains("cache") || name.contains("prewarm"))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!hits.is_empty()).then(|| hits.iter().sum())
+}
+
+/// The directory of the running executable's sibling binaries.
+pub fn sibling_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    Ok(exe
+        .parent()
+        .context("the bench binary has no directory")?
+        .to_path_buf())
+}

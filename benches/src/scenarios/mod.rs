@@ -1,0 +1,161 @@
+//! The scenarios, each next to its baseline: reads (the HTTP ceiling, the
+//! Redis path, the PostgreSQL path), orders (spread, hot, the monolith,
+//! pgbench), freshness, the projector against pg_recvlogical, and what a
+//! view costs in Redis.
+
+pub mod freshness;
+pub mod orders;
+pub mod reads;
+pub mod storage;
+pub mod stream;
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicI64, Arc},
+};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    load::{self, MakeRequest, Mode, Phase, Spec},
+    scale::Scale,
+    stack::Env,
+};
+
+/// What every scenario gets.
+pub struct Ctx {
+    pub env: Env,
+    pub scale: Scale,
+    /// The next user to place an order: one fresh user per order, so no
+    /// order meets an enrollment it would conflict with.
+    pub next_user: Arc<AtomicI64>,
+    /// Profile the paths behind the ratios with perf (full runs, when perf works).
+    pub profile: bool,
+}
+
+/// One thing measured at saturation and, optionally, at 50% and 90% of
+/// that maximum on a fixed schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subject {
+    /// Stable key the ratios refer to.
+    pub key: String,
+    /// What it is, for people.
+    pub label: String,
+    /// The median round at saturation.
+    pub saturation: Phase,
+    /// Throughput of every saturation round, in the order run.
+    pub rounds: Vec<f64>,
+    pub at_50: Option<Phase>,
+    pub at_90: Option<Phase>,
+}
+
+impl Subject {
+    /// Throughput at saturation (the median round).
+    pub fn max_rps(&self) -> f64 {
+        self.saturation.achieved_rps
+    }
+}
+
+/// What a subject sends where, and how.
+#[derive(Clone)]
+pub struct Target {
+    pub key: String,
+    pub label: String,
+    pub addr: SocketAddr,
+    pub make: MakeRequest,
+    /// Connections at saturation.
+    pub connections: usize,
+    /// Also measure latency at 50% and 90% of the maximum.
+    pub rates: bool,
+}
+
+/// One saturation round of `target`.
+pub async fn saturate(ctx: &Ctx, target: &Target, round: usize) -> Result<Phase> {
+    tracing::info!(key = %target.key, round, "saturation");
+    Ok(load::run(
+        target.addr,
+        target.make.clone(),
+        &Spec {
+            label: format!("{}: saturation", target.label),
+            mode: Mode::Saturate {
+                connections: target.connections,
+            },
+            warmup: ctx.scale.warmup,
+            duration: ctx.scale.round,
+            capture: None,
+        },
+    )
+    .await?
+    .phase)
+}
+
+/// The median of `rounds` (by throughput) and every round's throughput.
+pub fn median(mut rounds: Vec<Phase>) -> Result<(Phase, Vec<f64>)> {
+    let all: Vec<f64> = rounds.iter().map(|p| p.achieved_rps).collect();
+    rounds.sort_by(|a, b| a.achieved_rps.total_cmp(&b.achieved_rps));
+    let mid = rounds.len() / 2;
+    let phase = rounds
+        .into_iter()
+        .nth(mid)
+        .ok_or_else(|| anyhow::anyhow!("no saturation round ran"))?;
+    Ok((phase, all))
+}
+
+/// Saturation rounds of every target, the targets taking turns; then, for
+/// targets that ask for it, latency at 50% and 90% of the median maximum.
+pub async fn measure_all(ctx: &Ctx, targets: &[Target]) -> Result<Vec<Subject>> {
+    let mut rounds: Vec<Vec<Phase>> = vec![Vec::new(); targets.len()];
+    for round in 0..ctx.scale.rounds.max(1) {
+        for (i, target) in targets.iter().enumerate() {
+            rounds[i].push(saturate(ctx, target, round).await?);
+        }
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for (target, rounds) in targets.iter().zip(rounds) {
+        let (saturation, all) = median(rounds)?;
+        let (at_50, at_90) = if target.rates {
+            let at_50 = at_rate(ctx, target, saturation.achieved_rps * 0.5, "50% of max").await?;
+            let at_90 = at_rate(ctx, target, saturation.achieved_rps * 0.9, "90% of max").await?;
+            (Some(at_50), Some(at_90))
+        } else {
+            (None, None)
+        };
+        out.push(Subject {
+            key: target.key.clone(),
+            label: target.label.clone(),
+            saturation,
+            rounds: all,
+            at_50,
+            at_90,
+        });
+    }
+    Ok(out)
+}
+
+/// `target` on a fixed schedule of `rate` requests per second.
+pub async fn at_rate(ctx: &Ctx, target: &Target, rate: f64, what: &str) -> Result<Phase> {
+    let rate = rate.max(1.0);
+    tracing::info!(key = %target.key, rate = rate as u64, "fixed rate");
+    Ok(load::run(
+        target.addr,
+        target.make.clone(),
+        &Spec {
+            label: format!("{}: {what}", target.label),
+            mode: Mode::Rate {
+                per_second: rate,
+                connections: ctx.scale.rate_connections,
+            },
+            warmup: ctx.scale.warmup,
+            duration: ctx.scale.rate_phase,
+            capture: None,
+        },
+    )
+    .await?
+    .phase)
+}
+
+/// A well-mixed pseudo-random number for request `n` (the same every run).
+pub fn mix(n: u64) -> u64 {
+    crate::corpus::SplitMix(n ^ 0xA5A5_5A5A).next_u64()
+}

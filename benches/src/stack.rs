@@ -1,0 +1,367 @@
+//! The processes under test and the resources each scenario owns: the
+//! programs and baselines run as child processes on free loopback ports;
+//! databases, replication slots and Redis key prefixes are named after this
+//! run (`bench_<pid>_...`) and dropped at the end, and leftovers of runs that
+//! died are dropped at the start (a leaked slot makes PostgreSQL keep WAL
+//! forever).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use fred::prelude::*;
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+
+/// Where the programs, the local stack and the logs are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Any database of the server (`.../postgres`): databases are created from it.
+    pub admin_url: String,
+    pub redis_url: String,
+    /// Directory of `command-api`, `query-api` and `projector`.
+    pub bin_dir: PathBuf,
+    /// The `bench` binary, which also serves the baselines.
+    pub bench_exe: PathBuf,
+    /// Child processes' output goes here, one file each.
+    pub log_dir: PathBuf,
+    /// Prefix of every name this run creates.
+    pub run: String,
+}
+
+impl Env {
+    /// The URL of database `name` on the same server.
+    pub fn database_url(&self, name: &str) -> String {
+        let (base, _) = self
+            .admin_url
+            .rsplit_once('/')
+            .unwrap_or((&self.admin_url, ""));
+        format!("{base}/{name}")
+    }
+
+    /// A name for this run: `bench_<pid>_<what>`.
+    pub fn name(&self, what: &str) -> String {
+        format!("{}_{what}", self.run)
+    }
+
+    /// host and port of the PostgreSQL server, for the command-line tools.
+    pub fn pg_host_port(&self) -> (String, u16) {
+        let rest = self
+            .admin_url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or(&self.admin_url);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let hostport = hostport
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or(hostport);
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(5432)),
+            None => (hostport.to_owned(), 5432),
+        }
+    }
+
+    /// The user of the PostgreSQL URL (`postgres` when it names none).
+    pub fn pg_user(&self) -> String {
+        let rest = self
+            .admin_url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or(&self.admin_url);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        match authority.rsplit_once('@') {
+            Some((user, _)) => user.split(':').next().unwrap_or("postgres").to_owned(),
+            None => "postgres".to_owned(),
+        }
+    }
+
+    /// host and port of Redis.
+    pub fn redis_host_port(&self) -> (String, u16) {
+        let rest = self
+            .redis_url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or(&self.redis_url);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let hostport = hostport
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or(hostport);
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(6379)),
+            None => (hostport.to_owned(), 6379),
+        }
+    }
+
+    /// A connection to the admin database.
+    pub async fn admin(&self) -> Result<PgConnection> {
+        PgConnection::connect(&self.admin_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to {}: is the local stack up (bash deploy/local.sh up)?",
+                    self.admin_url
+                )
+            })
+    }
+
+    /// A Redis client.
+    pub async fn redis(&self) -> Result<Client> {
+        let client = Builder::from_config(Config::from_url(&self.redis_url)?).build()?;
+        client.init().await.context("connecting to Redis")?;
+        Ok(client)
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, read, released).
+pub fn free_addr() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A child process serving HTTP on `addr`.
+pub struct Program {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Program {
+    /// Starts `exe args` with `envs`; output goes to `<log_dir>/<name>.log`.
+    pub fn spawn(
+        env: &Env,
+        name: &str,
+        exe: &Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+        addr: SocketAddr,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&env.log_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.log_dir.join(format!("{name}.log")))?;
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        Ok(Program {
+            name: name.to_owned(),
+            addr,
+            child,
+        })
+    }
+
+    /// One of the workspace's programs from `bin_dir`.
+    pub fn workspace(
+        env: &Env,
+        name: &str,
+        binary: &str,
+        envs: &[(&str, String)],
+        addr: SocketAddr,
+    ) -> Result<Self> {
+        let exe = env.bin_dir.join(binary);
+        if !exe.exists() {
+            bail!(
+                "{} is missing: build the programs first (cargo build --release --bins)",
+                exe.display()
+            );
+        }
+        Self::spawn(env, name, &exe, &[], envs, addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits until `path` answers 200.
+    pub async fn wait_ok(&mut self, path: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let url = format!("http://{}{path}", self.addr);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited before it answered {path} ({status}); see its log",
+                    self.name
+                );
+            }
+            if let Ok((200, _)) = crate::load::get(self.addr, path).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer {url} with 200 within {timeout:?}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then up to 20 s for a clean exit, then SIGKILL.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                tracing::warn!(program = %self.name, "did not stop within 20 s of SIGTERM; killing it");
+                self.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates database `name` (dropping a leftover of the same name first).
+pub async fn create_database(env: &Env, name: &str) -> Result<String> {
+    let mut admin = env.admin().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("creating database {name}"))?;
+    Ok(env.database_url(name))
+}
+
+/// Creates database `name` as a file-level copy of `template` (which must
+/// have no open connections).
+pub async fn copy_database(env: &Env, template: &str, name: &str) -> Result<String> {
+    let mut admin = env.admin().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {template}"
+    )))
+    .execute(&mut admin)
+    .await
+    .with_context(|| format!("copying database {template} to {name}"))?;
+    Ok(env.database_url(name))
+}
+
+/// Drops every slot, database and key prefix whose name starts with
+/// `prefix` (this run's, at its end; a dead run's, at the start).
+pub async fn drop_everything(env: &Env, prefix: &str) -> Result<()> {
+    let mut admin = env.admin().await?;
+    let pattern = format!("{}%", prefix.replace('_', "\\_"));
+    let slots: Vec<(String, bool, Option<i32>)> = sqlx::query_as(
+        "SELECT slot_name::text, active, active_pid FROM pg_replication_slots WHERE slot_name LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_all(&mut admin)
+    .await?;
+    for (slot, active, pid) in slots {
+        if active {
+            if let Some(pid) = pid {
+                // A consumer of a dead run (pg_recvlogical) may still hold it.
+                let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut admin)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if let Err(err) = sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&slot)
+            .execute(&mut admin)
+            .await
+        {
+            tracing::warn!(slot, error = %err, "could not drop replication slot");
+        }
+    }
+    let databases: Vec<String> =
+        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE $1")
+            .bind(&pattern)
+            .fetch_all(&mut admin)
+            .await?;
+    for db in databases {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("dropping database {db}"))?;
+    }
+    let redis = env.redis().await?;
+    delete_keys(&redis, &format!("{prefix}*")).await?;
+    Ok(())
+}
+
+/// Names of earlier runs whose process is gone: `bench_<pid>` prefixes.
+pub async fn dead_runs(env: &Env) -> Result<Vec<String>> {
+    let mut admin = env.admin().await?;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'bench\\_%' \
+         UNION SELECT datname::text FROM pg_database WHERE datname LIKE 'bench\\_%'",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    let mut runs: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            let pid: u32 = n.strip_prefix("bench_")?.split('_').next()?.parse().ok()?;
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            (!alive).then(|| format!("bench_{pid}_"))
+        })
+        .collect();
+    runs.sort();
+    runs.dedup();
+    Ok(runs)
+}
+
+/// Deletes the keys matching `pattern` (SCAN + UNLINK, never KEYS).
+pub async fn delete_keys(redis: &Client, pattern: &str) -> Result<u64> {
+    let mut cursor = "0".to_owned();
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) = redis
+            .custom(
+                fred::cmd!("SCAN"),
+                vec![
+                    cursor.clone(),
+                    "MATCH".into(),
+                    pattern.to_owned(),
+                    "COUNT".into(),
+                    "5000".into(),
+                ],
+            )
+            .await?;
+        if !keys.is_empty() {
+            deleted += keys.len() as u64;
+            let _: i64 = redis.custom(fred::cmd!("UNLINK"), keys).await?;
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(deleted)
+}

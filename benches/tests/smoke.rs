@@ -1,0 +1,155 @@
+//! The smoke run of every scenario, so the harness never rots: `bench
+//! --smoke` against the local stack (tiny data, sub-second phases), then a
+//! check that each scenario produced numbers. It asserts nothing about
+//! speed: a slow or busy machine passes, a broken scenario fails.
+//!
+//! Needs the local stack (`bash deploy/local.sh up`; `deploy/local.sh test`
+//! starts it) and the programs built beside this test
+//! (`cargo build --workspace --bins`, which `deploy/local.sh test` runs first).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+fn out_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("benches-smoke-{}", std::process::id()))
+}
+
+/// `target/<profile>`: where cargo put the workspace's program binaries.
+fn bin_dir() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    exe.parent().map(PathBuf::from).unwrap_or_default()
+}
+
+fn number(v: &Value, path: &str) -> f64 {
+    let mut at = v;
+    for part in path.split('.') {
+        at = match part.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[part],
+        };
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {at}"))
+}
+
+#[test]
+fn every_scenario_produces_numbers_in_a_smoke_run() {
+    let out = out_dir();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bench"));
+    command
+        .arg("--smoke")
+        .arg("--out")
+        .arg(&out)
+        .arg("--bin-dir")
+        .arg(bin_dir());
+    if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+        command.arg("--database-url").arg(url);
+    }
+    if let Ok(url) = std::env::var("TEST_REDIS_URL") {
+        command.arg("--redis-url").arg(url);
+    }
+    let output = command.output().expect("the bench binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench --smoke failed ({}):\n{}\n{stderr}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let json = std::fs::read_dir(&out)
+        .expect("the report directory exists")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON summary was written");
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).expect("readable")).expect("JSON");
+    assert_eq!(
+        r["errors"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        r["errors"]
+    );
+
+    // Reads: every subject answered at saturation and on the schedule.
+    let reads = r["reads"].as_array().expect("reads");
+    let keys: Vec<&str> = reads.iter().filter_map(|s| s["key"].as_str()).collect();
+    for key in ["bare", "hot", "random", "pg_count", "pg_companies", "cart"] {
+        assert!(keys.contains(&key), "read subject {key} missing: {keys:?}");
+    }
+    for s in reads {
+        assert!(
+            number(s, "saturation.ok") > 0.0,
+            "{} answered nothing",
+            s["key"]
+        );
+        assert_eq!(
+            number(s, "saturation.errors"),
+            0.0,
+            "{} had errors",
+            s["key"]
+        );
+        if !s["at_90"].is_null() {
+            assert!(
+                number(s, "at_90.ok") > 0.0,
+                "{} answered nothing on the schedule",
+                s["key"]
+            );
+            assert!(number(s, "at_90.latency.p50_ms") > 0.0);
+        }
+    }
+    assert!(number(&r, "cart.cart.latency.p50_ms") > 0.0);
+    assert!(number(&r, "cart.single.latency.p50_ms") > 0.0);
+
+    // Orders, pgbench, freshness, the stream, bytes per view, redis-benchmark.
+    let orders = r["orders"].as_array().expect("orders");
+    assert_eq!(orders.len(), 4, "spread and hot, command API and monolith");
+    for s in orders {
+        assert!(
+            number(s, "saturation.ok") > 0.0,
+            "{} placed no order",
+            s["key"]
+        );
+        assert_eq!(
+            number(s, "saturation.errors"),
+            0.0,
+            "{} had failed orders",
+            s["key"]
+        );
+    }
+    assert!(number(&r, "pgbench.tps") > 0.0);
+    let freshness = r["freshness"].as_array().expect("freshness");
+    assert_eq!(freshness.len(), 3);
+    for f in freshness {
+        assert!(number(f, "orders") > 0.0);
+        assert_eq!(number(f, "unseen"), 0.0, "every order became visible");
+        assert!(number(f, "max_ms") >= number(f, "p50_ms"));
+    }
+    assert!(number(&r, "stream.changes") > 0.0);
+    assert!(number(&r, "stream.recvlogical_changes_per_s") > 0.0);
+    assert!(number(&r, "stream.projector_changes_per_s") > 0.0);
+    let ratio = number(&r, "storage.view_ratio");
+    assert!(
+        ratio > 0.0 && ratio < 1.0,
+        "LZ4 stores fewer bytes than raw: {ratio}"
+    );
+    assert_eq!(r["redis_benchmark"].as_array().map(Vec::len), Some(2));
+
+    // Every ratio of the table has a value, and the report and plots exist.
+    for ratio in r["ratios"].as_array().expect("ratios") {
+        assert!(
+            ratio["value"].as_f64().is_some(),
+            "ratio without a value: {ratio}"
+        );
+    }
+    let name = r["meta"]["name"].as_str().expect("name");
+    let md = std::fs::read_to_string(out.join(format!("{name}.md"))).expect("the Markdown report");
+    assert!(md.contains("## The ratios"));
+    for plot in ["throughput", "latency", "timeline", "freshness"] {
+        let png = out.join(format!("{name}-{plot}.png"));
+        let bytes = std::fs::read(&png).unwrap_or_else(|_| panic!("{} missing", png.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", png.display());
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
