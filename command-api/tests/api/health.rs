@@ -121,16 +121,7 @@ async fn over_the_concurrency_limit_requests_are_shed_with_503_and_counted() {
     let course = app.create_course("Rust from scratch", 10_000).await;
     let holder = app.hold_key(user, "held").await;
     // This order holds the whole budget while it waits on the held key.
-    let waiting = tokio::spawn({
-        let app = app.clone();
-        async move {
-            app.post_order("held", &json!({ "user_id": user, "course_ids": [course] }))
-                .await
-                .status()
-                .as_u16()
-        }
-    });
-    app.wait_for_a_lock_wait().await;
+    let waiting = app.order_waiting_on_held_key(user, course).await;
 
     let shed = app
         .post_json(

@@ -359,6 +359,26 @@ impl TestApp {
         wait_for_a_lock_wait(&self.db).await;
     }
 
+    /// Sends an order of `course` for `user` with the key `held` (which
+    /// `hold_key` holds) and returns once it waits on that key: it then holds
+    /// its connection and its place in the concurrency budget. The task
+    /// yields the order's status once the holder lets go.
+    pub async fn order_waiting_on_held_key(
+        self: &Arc<Self>,
+        user: i64,
+        course: i64,
+    ) -> tokio::task::JoinHandle<u16> {
+        let app = self.clone();
+        let waiting = tokio::spawn(async move {
+            app.post_order("held", &json!({ "user_id": user, "course_ids": [course] }))
+                .await
+                .status()
+                .as_u16()
+        });
+        self.wait_for_a_lock_wait().await;
+        waiting
+    }
+
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.db)

@@ -514,44 +514,11 @@ async fn a_malformed_idempotency_key_is_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_waits_for_a_concurrent_holder_of_its_key_and_proceeds_when_it_rolls_back() {
-    let app = std::sync::Arc::new(spawn_app_with(|config| config.concurrency_limit = 1).await);
+    let app = std::sync::Arc::new(spawn_app().await);
     let (user, rust, _) = shop(&app).await;
     // Another attempt with the same key is in flight: its row is not committed.
-    let mut holder = app.db.begin().await.expect("begin");
-    sqlx::query("INSERT INTO idempotency_keys (user_id, key, request) VALUES ($1, 'held', '{}')")
-        .bind(user)
-        .execute(&mut *holder)
-        .await
-        .expect("key held");
-
-    let waiting = tokio::spawn({
-        let app = app.clone();
-        async move {
-            app.post_order("held", &json!({ "user_id": user, "course_ids": [rust] }))
-                .await
-                .status()
-                .as_u16()
-        }
-    });
-    app.wait_for_a_lock_wait().await;
-
-    // The order holds the only slot of the concurrency budget: more work is
-    // shed at once instead of queueing; probes stay outside the budget.
-    let shed = app
-        .post_json(
-            "/v1/users",
-            &json!({ "email": "b@example.com", "name": "B" }),
-        )
-        .await;
-    assert!(shed.headers().contains_key("retry-after"));
-    assert_error(shed, 503, "unavailable").await;
-    let health = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(health.status(), 200);
+    let holder = app.hold_key(user, "held").await;
+    let waiting = app.order_waiting_on_held_key(user, rust).await;
 
     holder.rollback().await.expect("rollback");
     assert_eq!(waiting.await.expect("task"), 201);

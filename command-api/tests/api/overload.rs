@@ -28,16 +28,7 @@ async fn when_every_pooled_connection_is_busy_a_request_is_503_after_the_acquire
     let course = app.create_course("Rust from scratch", 10_000).await;
     let holder = app.hold_key(user, "held").await;
     // This order takes the only connection and waits on the held key.
-    let waiting = tokio::spawn({
-        let app = app.clone();
-        async move {
-            app.post_order("held", &json!({ "user_id": user, "course_ids": [course] }))
-                .await
-                .status()
-                .as_u16()
-        }
-    });
-    app.wait_for_a_lock_wait().await;
+    let waiting = app.order_waiting_on_held_key(user, course).await;
 
     let refused = app
         .post_json(
