@@ -50,52 +50,22 @@ impl Env {
 
     /// host and port of the PostgreSQL server, for the command-line tools.
     pub fn pg_host_port(&self) -> (String, u16) {
-        let rest = self
-            .admin_url
-            .split_once("://")
-            .map(|(_, r)| r)
-            .unwrap_or(&self.admin_url);
-        let hostport = rest.split('/').next().unwrap_or(rest);
-        let hostport = hostport
-            .rsplit_once('@')
-            .map(|(_, h)| h)
-            .unwrap_or(hostport);
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(5432)),
-            None => (hostport.to_owned(), 5432),
-        }
+        let (_, host, port) = authority(&self.admin_url, 5432);
+        (host, port)
     }
 
     /// The user of the PostgreSQL URL (`postgres` when it names none).
     pub fn pg_user(&self) -> String {
-        let rest = self
-            .admin_url
-            .split_once("://")
-            .map(|(_, r)| r)
-            .unwrap_or(&self.admin_url);
-        let authority = rest.split('/').next().unwrap_or(rest);
-        match authority.rsplit_once('@') {
-            Some((user, _)) => user.split(':').next().unwrap_or("postgres").to_owned(),
-            None => "postgres".to_owned(),
-        }
+        authority(&self.admin_url, 5432)
+            .0
+            .map(|user| user.split(':').next().unwrap_or("postgres").to_owned())
+            .unwrap_or_else(|| "postgres".to_owned())
     }
 
     /// host and port of Redis.
     pub fn redis_host_port(&self) -> (String, u16) {
-        let rest = self
-            .redis_url
-            .split_once("://")
-            .map(|(_, r)| r)
-            .unwrap_or(&self.redis_url);
-        let hostport = rest.split('/').next().unwrap_or(rest);
-        let hostport = hostport
-            .rsplit_once('@')
-            .map(|(_, h)| h)
-            .unwrap_or(hostport);
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(6379)),
-            None => (hostport.to_owned(), 6379),
-        }
+        let (_, host, port) = authority(&self.redis_url, 6379);
+        (host, port)
     }
 
     /// A connection to the admin database.
@@ -364,4 +334,41 @@ pub async fn delete_keys(redis: &Client, pattern: &str) -> Result<u64> {
         cursor = next;
     }
     Ok(deleted)
+}
+
+/// The user info (if any), host and port (`default_port` when absent) of a
+/// `scheme://[user[:password]@]host[:port][/...]` URL.
+fn authority(url: &str, default_port: u16) -> (Option<String>, String, u16) {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((user, hostport)) => (Some(user.to_owned()), hostport),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(default_port)),
+        None => (hostport.to_owned(), default_port),
+    };
+    (user, host, port)
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::authority;
+
+    #[test]
+    fn urls_split_into_user_host_and_port() {
+        assert_eq!(
+            authority("postgres://postgres@127.0.0.1:55432/postgres", 5432),
+            (Some("postgres".into()), "127.0.0.1".into(), 55432)
+        );
+        assert_eq!(
+            authority("redis://localhost", 6379),
+            (None, "localhost".into(), 6379)
+        );
+        assert_eq!(
+            authority("postgres://u:p@db/x", 5432),
+            (Some("u:p".into()), "db".into(), 5432)
+        );
+    }
 }
