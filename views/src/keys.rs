@@ -5,7 +5,8 @@
 //! {P}:meta:g{N}:watermark        string  LSN text: every change up to it is applied in g{N}
 //! {P}:meta:generation-counter    string  the last generation number handed out
 //! {P}:meta:rebuild-requested     string  time a rebuild was asked for (`projector rebuild`)
-//! {P}:g{N}:{c{ID}}:view          string  course detail view (format byte + payload)
+//! {P}:g{N}:{c{ID}}:view          string  course page: the row's fields (format byte + payload)
+//! {P}:g{N}:{c{ID}}:stats         string  course stats: students, top companies, sales, lsn
 //! {P}:g{N}:{c{ID}}:agg           hash    course row fields, student count, stamp
 //! {P}:g{N}:{c{ID}}:companies     zset    company -> minus its active students
 //! {P}:g{N}:{c{ID}}:card          string  course card view
@@ -86,9 +87,16 @@ impl Keys {
         format!("{}:meta:g*:watermark", self.prefix)
     }
 
-    /// The course detail view of course `id`.
+    /// The course page of course `id`: the fields of its row, rewritten only
+    /// when the row changes (the served detail is this plus the stats).
     pub fn course_view(&self, generation: u64, id: i64) -> String {
         format!("{}:g{generation}:{{c{id}}}:view", self.prefix)
+    }
+
+    /// The course stats of course `id`: what enrollments and seats change
+    /// (small, so an enrollment never rewrites the page's HTML).
+    pub fn course_stats(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{c{id}}}:stats", self.prefix)
     }
 
     /// The course aggregate hash (row fields, active student count, stamp).
@@ -172,12 +180,13 @@ mod tests {
     #[test]
     fn entity_keys_share_one_hash_tag_and_the_prefix() {
         let k = Keys::new("shop");
-        let (v, a, c) = (
+        let (v, s, a, c) = (
             k.course_view(3, 42),
+            k.course_stats(3, 42),
             k.course_agg(3, 42),
             k.course_companies(3, 42),
         );
-        for key in [&v, &a, &c] {
+        for key in [&v, &s, &a, &c] {
             assert!(key.starts_with("shop:"), "{key}");
             assert!(key.contains("{c42}"), "{key}");
         }

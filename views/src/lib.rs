@@ -15,6 +15,6 @@ pub use codec::{
 pub use keys::{ranking_member, Keys, DEFAULT_KEY_PREFIX};
 pub use lsn::{Lsn, ParseLsnError};
 pub use model::{
-    pick_sale, serve_course, CourseCard, CourseDetail, EventView, GenerationMarker, OrderItem,
-    OrderView, Sale, ServeError, TopCompany, VIEW_SCHEMA_VERSION,
+    pick_sale, serve_course, serve_course_page, CourseCard, CoursePage, CourseStats, EventView,
+    GenerationMarker, OrderItem, OrderView, Sale, ServeError, TopCompany, VIEW_SCHEMA_VERSION,
 };

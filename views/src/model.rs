@@ -2,16 +2,22 @@
 //! API serves them (SPEC "Query API").
 //!
 //! Course pages and cards depend on the clock (`sale` is the running event),
-//! so they are stored with every candidate sale in a trailing `"sales"` field
-//! and the reader picks by its own clock at request time ([`serve_course`]):
-//! a page is right the moment an event starts or ends, with no re-projection.
+//! so course stats and cards are stored with every candidate sale in a
+//! trailing `"sales"` field and the reader picks by its own clock at request
+//! time ([`serve_course`]): a page is right the moment an event starts or
+//! ends, with no re-projection.
+//!
+//! A course's detail is stored in two parts under one hash tag: the page
+//! (the row's fields, with the heavy HTML) and the stats (students, top
+//! companies, sales, lsn), joined at read time ([`serve_course_page`]), so
+//! the stream of enrollments rewrites a few hundred bytes, not the page.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a view's shape changes, so a release rebuilds into a new
 /// generation instead of serving mixed shapes.
-pub const VIEW_SCHEMA_VERSION: u32 = 2;
+pub const VIEW_SCHEMA_VERSION: u32 = 3;
 
 /// The value of the generation marker: which generation readers use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,9 +67,12 @@ pub struct TopCompany {
     pub students: i64,
 }
 
-/// The stored course detail view (`GET /v1/courses/{id}` once served).
+/// The stored course page: the fields of the course row. Rewritten only when
+/// the row changes, so the 10 KB of HTML is never re-rendered, re-compressed
+/// or re-sent because somebody enrolled; the served detail is this page
+/// joined with the course's [`CourseStats`] ([`serve_course_page`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CourseDetail {
+pub struct CoursePage {
     pub id: i64,
     pub title: String,
     pub summary: String,
@@ -71,10 +80,17 @@ pub struct CourseDetail {
     pub category: String,
     pub instructor: String,
     pub price_krw: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The stored course stats: what enrollments and seat claims change. Small
+/// (stored as plain JSON), rewritten at every change of the course.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CourseStats {
     pub student_count: i64,
     pub top_companies: Vec<TopCompany>,
-    pub created_at: DateTime<Utc>,
-    /// LSN of the last change reflected in this view, in `%X/%X` form.
+    /// LSN of the last change reflected in the page and the stats, in
+    /// `%X/%X` form (the stats are rewritten whenever the page is).
     pub lsn: String,
     /// Every event selling this course; must stay the last field.
     pub sales: Vec<Sale>,
@@ -97,19 +113,20 @@ pub struct CourseCard {
     pub sales: Vec<Sale>,
 }
 
-impl From<&CourseDetail> for CourseCard {
-    fn from(d: &CourseDetail) -> Self {
+impl CourseCard {
+    /// The card of a course page and its stats.
+    pub fn new(page: &CoursePage, stats: &CourseStats) -> Self {
         CourseCard {
-            id: d.id,
-            title: d.title.clone(),
-            summary: d.summary.clone(),
-            category: d.category.clone(),
-            instructor: d.instructor.clone(),
-            price_krw: d.price_krw,
-            student_count: d.student_count,
-            created_at: d.created_at,
-            lsn: d.lsn.clone(),
-            sales: d.sales.clone(),
+            id: page.id,
+            title: page.title.clone(),
+            summary: page.summary.clone(),
+            category: page.category.clone(),
+            instructor: page.instructor.clone(),
+            price_krw: page.price_krw,
+            student_count: stats.student_count,
+            created_at: page.created_at,
+            lsn: stats.lsn.clone(),
+            sales: stats.sales.clone(),
         }
     }
 }
@@ -147,9 +164,9 @@ pub struct OrderView {
     pub lsn: String,
 }
 
-/// A stored course view or card could not be served.
+/// A stored course view, stats or card could not be served.
 #[derive(Debug, thiserror::Error)]
-#[error("stored course view has no trailing sales field")]
+#[error("stored course view is not a JSON object with a trailing sales field")]
 pub struct ServeError;
 
 const SALES_FIELD: &[u8] = b",\"sales\":";
@@ -183,6 +200,26 @@ pub fn serve_course(
     out.extend_from_slice(b",\"sale\":");
     serde_json::to_writer(&mut out, &pick).map_err(|_| ServeError)?;
     out.push(b'}');
+    Ok(out)
+}
+
+/// Turns a stored course page and its stats into the served course detail
+/// (`GET /v1/courses/{id}`): the page's fields, then the stats with `sale`
+/// picked by the clock `now`. Neither part is parsed beyond the stats' small
+/// sales list: the page is joined as the bytes it is stored as.
+pub fn serve_course_page(
+    page: &[u8],
+    stats: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Vec<u8>, ServeError> {
+    let served_stats = serve_course(stats, now, None)?;
+    let (Some(b'}'), Some(b'{')) = (page.last(), served_stats.first()) else {
+        return Err(ServeError);
+    };
+    let mut out = Vec::with_capacity(page.len() + served_stats.len());
+    out.extend_from_slice(&page[..page.len() - 1]);
+    out.push(b',');
+    out.extend_from_slice(&served_stats[1..]);
     Ok(out)
 }
 
@@ -257,5 +294,44 @@ mod tests {
             serde_json::from_slice(&serve_course(&stored, t(2), Some(8)).expect("serves"))
                 .expect("json");
         assert!(other_event["sale"].is_null());
+    }
+
+    #[test]
+    fn a_page_is_served_as_its_fields_then_its_stats_with_the_sale_picked() {
+        let page = CoursePage {
+            id: 7,
+            title: "t".into(),
+            summary: "s".into(),
+            description_html: "<p>\"sales\":[]}</p>".into(),
+            category: "c".into(),
+            instructor: "i".into(),
+            price_krw: 1000,
+            created_at: t(1),
+        };
+        let stats = CourseStats {
+            student_count: 3,
+            top_companies: vec![TopCompany {
+                company: "acme".into(),
+                students: 2,
+            }],
+            lsn: "0/1A".into(),
+            sales: vec![sale(9, 500, 1, 3, Some(4))],
+        };
+        let served = serve_course_page(
+            &serde_json::to_vec(&page).expect("json"),
+            &serde_json::to_vec(&stats).expect("json"),
+            t(2),
+        )
+        .expect("serves");
+        let served: serde_json::Value = serde_json::from_slice(&served).expect("json");
+        assert_eq!(served["description_html"], page.description_html);
+        assert_eq!(served["student_count"], 3);
+        assert_eq!(served["top_companies"][0]["company"], "acme");
+        assert_eq!(served["lsn"], "0/1A");
+        assert_eq!(served["sale"]["event_id"], 9);
+        assert!(served.get("sales").is_none());
+        assert!(serve_course_page(b"[]", b"{}", t(2)).is_err());
+        let card = CourseCard::new(&page, &stats);
+        assert_eq!((card.student_count, card.lsn.as_str()), (3, "0/1A"));
     }
 }
