@@ -372,16 +372,17 @@ impl Stack {
         Ok((c, u))
     }
 
-    /// The raw Redis value of a course view in the live generation.
-    pub async fn raw_course_view(&self, id: i64) -> Result<Option<Vec<u8>>> {
+    /// The raw Redis value of the key `key` names in the live generation
+    /// (for example `|k, g| k.course_view(g, id)`).
+    pub async fn raw_view(
+        &self,
+        key: impl Fn(&views::Keys, u64) -> String,
+    ) -> Result<Option<Vec<u8>>> {
         let keys = views::Keys::new(self.prefix.clone());
         let marker: Option<String> = self.redis.get(keys.generation_marker()).await?;
         let marker: views::GenerationMarker =
             serde_json::from_str(&marker.context("no live generation")?)?;
-        Ok(self
-            .redis
-            .get(keys.course_view(marker.generation, id))
-            .await?)
+        Ok(self.redis.get(key(&keys, marker.generation)).await?)
     }
 
     /// Active enrollments per course, as the tables say.

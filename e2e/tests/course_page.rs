@@ -93,10 +93,10 @@ async fn a_course_page_shows_its_large_description_and_the_exact_student_count(
         .await?;
     assert_eq!(small.body["student_count"], 3);
 
-    // The Redis value is LZ4 (format byte 0x01) and decodes to the JSON served;
-    // the small one is stored raw (0x00).
+    // The stored page is LZ4 (format byte 0x01), its stats raw JSON (0x00),
+    // and the two served together are the response; a small page is raw.
     let raw = stack
-        .raw_course_view(course)
+        .raw_view(|k, g| k.course_view(g, course))
         .await?
         .expect("course view in redis");
     assert_eq!(raw[0], views::FORMAT_LZ4);
@@ -106,13 +106,22 @@ async fn a_course_page_shows_its_large_description_and_the_exact_student_count(
         raw.len(),
         page.raw.len()
     );
-    let served = views::serve_course(&views::decode(&raw)?, chrono::Utc::now(), None)?;
+    let stats = stack
+        .raw_view(|k, g| k.course_stats(g, course))
+        .await?
+        .expect("course stats in redis");
+    assert_eq!(stats[0], views::FORMAT_JSON);
+    let served = views::serve_course_page(
+        &views::decode(&raw)?,
+        &views::decode(&stats)?,
+        chrono::Utc::now(),
+    )?;
     assert!(
         served == page.raw,
         "the stored view, served, differs from the response"
     );
     let raw_small = stack
-        .raw_course_view(other)
+        .raw_view(|k, g| k.course_view(g, other))
         .await?
         .expect("small view in redis");
     assert_eq!(raw_small[0], views::FORMAT_JSON);
@@ -127,6 +136,29 @@ async fn a_course_page_shows_its_large_description_and_the_exact_student_count(
         )
         .await?;
     assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+
+    // Another enrollment changes the stats, never the stored page (its
+    // 10 KB are not rewritten for a count).
+    let late = stack.user("late@example.com", Some("Globex")).await?;
+    let order = stack
+        .order("k-late", &json!({"user_id": late, "course_ids": [course]}))
+        .await?;
+    assert_eq!(order.status, StatusCode::CREATED);
+    let counted = stack
+        .get_fresh(
+            &format!("/v1/courses/{course}"),
+            order.header("x-commit-lsn"),
+        )
+        .await?;
+    assert_eq!(counted.body["student_count"], 7);
+    assert_eq!(counted.body["top_companies"][1]["students"], 2);
+    assert_ne!(counted.body["lsn"], page.body["lsn"]);
+    assert_ne!(counted.header("etag"), page.header("etag"));
+    let raw_after = stack
+        .raw_view(|k, g| k.course_view(g, course))
+        .await?
+        .expect("course view in redis");
+    assert!(raw_after == raw, "an enrollment rewrote the stored page");
 
     // An update that leaves the large column alone keeps it (unchanged TOAST).
     let patch = stack
@@ -154,7 +186,7 @@ async fn a_course_page_shows_its_large_description_and_the_exact_student_count(
         renamed.body["description_html"].as_str(),
         Some(html.as_str())
     );
-    assert_eq!(renamed.body["student_count"], 6);
+    assert_eq!(renamed.body["student_count"], 7);
 
     stack.cleanup().await
 }

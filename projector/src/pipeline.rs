@@ -47,6 +47,19 @@ struct OpenTxn {
     next_index: u32,
 }
 
+/// What a finished flush applied.
+struct Flushed {
+    took: Duration,
+    transactions: u64,
+    changes: u64,
+    /// The watermark it stored, if it moved.
+    watermark: Option<Lsn>,
+}
+
+/// The flush under way: at most one at a time, since per-entity stamps make
+/// a later flush skip what an earlier one had not applied yet.
+type InFlight = tokio::task::JoinHandle<Result<Flushed, crate::sink::SinkError>>;
+
 impl Pipeline<'_> {
     pub async fn run(
         mut self,
@@ -58,6 +71,12 @@ impl Pipeline<'_> {
         let mut batch = Batch::default();
         let mut txn: Option<OpenTxn> = None;
         let mut deadline: Option<Instant> = None;
+        // The stream keeps being received and decoded while the previous
+        // batch is written to Redis: one flush in flight, the next batch
+        // growing meanwhile (so a backlog drains in larger flushes).
+        let mut inflight: Option<InFlight> = None;
+        // The linger ran out while a flush was in flight: flush when it ends.
+        let mut due = false;
         self.metrics.applied_lsn.store(self.applied.0, Relaxed);
 
         loop {
@@ -65,7 +84,11 @@ impl Pipeline<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    self.flush(&repl, &mut batch).await?;
+                    if let Some(flight) = inflight.take() {
+                        self.finished(&repl, flight.await).await?;
+                    }
+                    let flight = self.start_flush(&mut batch);
+                    self.finished(&repl, flight.await).await?;
                     repl.update_applied_lsn(WireLsn(self.applied.0));
                     // Let the last standby status update go out: without it the
                     // server would replay everything after the previous one.
@@ -75,11 +98,26 @@ impl Pipeline<'_> {
                     return Ok(Stopped::Shutdown);
                 }
                 _ = lost.wait_for(|l| *l) => {
+                    if let Some(flight) = inflight.take() {
+                        flight.abort();
+                    }
                     anyhow::bail!("stream stopped: its generation is no longer live or a rebuild was requested");
                 }
+                done = async { inflight.as_mut().expect("guarded by the condition").await }, if inflight.is_some() => {
+                    inflight = None;
+                    self.finished(&repl, done).await?;
+                    if due || batch.changes >= self.max_changes {
+                        due = false;
+                        inflight = Some(self.start_flush(&mut batch));
+                    }
+                }
                 _ = tokio::time::sleep_until(linger), if deadline.is_some() => {
-                    self.flush(&repl, &mut batch).await?;
                     deadline = None;
+                    if inflight.is_none() {
+                        inflight = Some(self.start_flush(&mut batch));
+                    } else {
+                        due = true;
+                    }
                 }
                 event = repl.recv() => {
                     let event = event.context("replication stream failed")?
@@ -99,31 +137,34 @@ impl Pipeline<'_> {
                                 open.next_index += 1;
                             }
                             if batch.changes >= self.max_changes {
-                                // Large transaction: apply what we have; stamps
-                                // let a replay resume exactly after it.
-                                self.flush(&repl, &mut batch).await?;
+                                // A full batch (or a large transaction: stamps
+                                // let a replay resume exactly after it) waits
+                                // for the flush in flight, which bounds memory
+                                // to two batches.
+                                if let Some(flight) = inflight.take() {
+                                    self.finished(&repl, flight.await).await?;
+                                }
+                                inflight = Some(self.start_flush(&mut batch));
                                 deadline = None;
+                                due = false;
                             }
                         }
                         ReplicationEvent::Commit { end_lsn, .. } => {
                             txn = None;
                             batch.commit_end = Some(Lsn(end_lsn.0));
                             batch.transactions += 1;
-                            if batch.changes >= self.max_changes {
-                                self.flush(&repl, &mut batch).await?;
-                                deadline = None;
-                            } else if deadline.is_none() {
+                            if deadline.is_none() && !due {
                                 deadline = Some(Instant::now() + self.linger);
                             }
                         }
                         ReplicationEvent::KeepAlive { wal_end, .. } => {
                             self.metrics.server_wal_lsn.fetch_max(wal_end.0, Relaxed);
-                            if txn.is_none() && batch.is_empty() {
+                            if txn.is_none() && batch.is_empty() && inflight.is_none() {
                                 self.advance(&repl, Lsn(wal_end.0)).await?;
                             }
                         }
                         ReplicationEvent::Message { transactional: false, lsn, .. } => {
-                            if txn.is_none() && batch.is_empty() {
+                            if txn.is_none() && batch.is_empty() && inflight.is_none() {
                                 self.advance(&repl, Lsn(lsn.0)).await?;
                             }
                         }
@@ -135,20 +176,57 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Applies the batch, then moves the watermark and the confirmed LSN to
-    /// the last transaction it completed.
-    async fn flush(&mut self, repl: &ReplicationClient, batch: &mut Batch) -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+    /// Starts applying the batch (leaving an empty one in its place); the
+    /// flush stores the watermark of the last transaction it completed once
+    /// Redis has acknowledged every change up to it.
+    fn start_flush(&self, batch: &mut Batch) -> InFlight {
+        let batch = std::mem::take(batch);
+        let sink = self.sink.clone();
+        let generation = self.generation;
+        let applied = self.applied;
+        tokio::spawn(async move {
+            if batch.is_empty() {
+                return Ok(Flushed {
+                    took: Duration::ZERO,
+                    transactions: 0,
+                    changes: 0,
+                    watermark: None,
+                });
+            }
+            let took = sink.apply(generation, &batch).await?;
+            let watermark = batch.commit_end.filter(|end| *end > applied);
+            if let Some(end) = watermark {
+                sink.set_watermark(generation, end).await?;
+            }
+            Ok(Flushed {
+                took,
+                transactions: batch.transactions,
+                changes: batch.changes as u64,
+                watermark,
+            })
+        })
+    }
+
+    /// Takes a finished flush's outcome: counts it and confirms its watermark
+    /// to PostgreSQL (never before Redis acknowledged it: the flush stored it
+    /// only after its writes were answered).
+    async fn finished(
+        &mut self,
+        repl: &ReplicationClient,
+        done: Result<Result<Flushed, crate::sink::SinkError>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        let flushed = done.context("flush task failed")??;
+        if flushed.changes > 0 || flushed.transactions > 0 {
+            self.metrics
+                .flushed(flushed.transactions, flushed.changes, flushed.took);
         }
-        let took = self.sink.apply(self.generation, batch).await?;
-        self.metrics
-            .flushed(batch.transactions, batch.changes as u64, took);
-        if let Some(end) = batch.commit_end {
-            self.advance(repl, end).await?;
+        if let Some(end) = flushed.watermark {
+            debug_assert!(end > self.applied, "watermarks only move forward");
+            self.applied = end;
+            self.metrics.applied_lsn.store(end.0, Relaxed);
+            repl.update_applied_lsn(WireLsn(end.0));
             self.nudge.notify_one();
         }
-        *batch = Batch::default();
         Ok(())
     }
 

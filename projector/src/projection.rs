@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use views::{CourseCard, CourseDetail, EventView, Lsn, OrderItem, OrderView, Sale, TopCompany};
+use views::{
+    CourseCard, CoursePage, CourseStats, EventView, Lsn, OrderItem, OrderView, Sale, TopCompany,
+};
 
 use crate::decode::Change;
 
@@ -55,6 +57,18 @@ pub enum Entry {
         company: Option<String>,
         event_id: Option<i64>,
     },
+}
+
+impl Entry {
+    /// The change sets a column the stored course page shows.
+    pub fn touches_page(&self) -> bool {
+        match self {
+            Entry::Fields { fields, .. } => fields
+                .iter()
+                .any(|(name, _)| PAGE_FIELDS.contains(&name.as_str())),
+            Entry::Enroll { .. } => false,
+        }
+    }
 }
 
 /// What a user's library does with a course.
@@ -196,15 +210,38 @@ fn lsn_of(agg: &HashMap<String, String>) -> String {
     .to_string()
 }
 
-/// Renders a course's detail and card JSON from its aggregate hash, its top
-/// companies and the terms of its events. `None` while the course row itself
-/// has not been seen.
+/// The course row's columns that the stored page shows: a change to any of
+/// them rewrites the page; every other change rewrites only stats and card.
+pub const PAGE_FIELDS: [&str; 7] = [
+    "title",
+    "summary",
+    "description_html",
+    "category",
+    "instructor",
+    "price_krw",
+    "created_at",
+];
+
+/// A course rendered from its aggregates: the page (only when asked for),
+/// the stats and the card, as JSON.
+#[derive(Debug)]
+pub struct RenderedCourse {
+    pub page: Option<Vec<u8>>,
+    pub stats: Vec<u8>,
+    pub card: Vec<u8>,
+}
+
+/// Renders a course from its aggregate hash, its top companies and the terms
+/// of its events: the stats and card always, the page when `with_page` (the
+/// aggregate then holds `description_html`). `None` while the course row
+/// itself has not been seen.
 pub fn render_course(
     id: i64,
     agg: &HashMap<String, String>,
     top_companies: Vec<TopCompany>,
     events: &HashMap<i64, EventTerms>,
-) -> Option<(Vec<u8>, Vec<u8>)> {
+    with_page: bool,
+) -> Option<RenderedCourse> {
     let text = |k: &str| agg.get(k).cloned().unwrap_or_default();
     let price_krw: i64 = agg.get("price_krw")?.parse().ok()?;
     let mut sales: Vec<Sale> = course_event_ids(agg)
@@ -233,25 +270,38 @@ pub fn render_course(
         })
         .collect();
     sales.sort_by_key(|s| s.event_id);
-    let detail = CourseDetail {
+    let page = CoursePage {
         id,
         title: text("title"),
         summary: text("summary"),
-        description_html: text("description_html"),
+        // Filled only when the page is written: the aggregate carries the
+        // HTML only then (an enrollment never moves 10 KB out of Redis).
+        description_html: if with_page {
+            text("description_html")
+        } else {
+            String::new()
+        },
         category: text("category"),
         instructor: text("instructor"),
         price_krw,
+        created_at: parse_pg_timestamp(agg.get("created_at")?)?,
+    };
+    let stats = CourseStats {
         student_count: agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0),
         top_companies,
-        created_at: parse_pg_timestamp(agg.get("created_at")?)?,
         lsn: lsn_of(agg),
         sales,
     };
-    let card = CourseCard::from(&detail);
-    Some((
-        serde_json::to_vec(&detail).ok()?,
-        serde_json::to_vec(&card).ok()?,
-    ))
+    let card = CourseCard::new(&page, &stats);
+    Some(RenderedCourse {
+        page: if with_page {
+            Some(serde_json::to_vec(&page).ok()?)
+        } else {
+            None
+        },
+        stats: serde_json::to_vec(&stats).ok()?,
+        card: serde_json::to_vec(&card).ok()?,
+    })
 }
 
 /// Renders an event view; `None` while the event row has not been seen.
@@ -375,15 +425,23 @@ mod tests {
             discount_percent: 33,
         };
         let events = HashMap::from([(4, terms.clone()), (5, terms)]);
-        let (detail, card) = render_course(1, &agg, Vec::new(), &events).expect("renders");
-        let detail: serde_json::Value = serde_json::from_slice(&detail).expect("json");
+        let rendered = render_course(1, &agg, Vec::new(), &events, false).expect("renders");
+        assert!(rendered.page.is_none(), "the page only when asked for");
+        let stats: serde_json::Value = serde_json::from_slice(&rendered.stats).expect("json");
         assert_eq!(
-            detail["sales"][0]["price_krw"], 6700,
+            stats["sales"][0]["price_krw"], 6700,
             "10001 * 67 / 100 rounded down"
         );
-        assert_eq!(detail["sales"][0]["seats_left"], 7);
-        assert!(detail["sales"][1]["seats_left"].is_null());
-        let card: serde_json::Value = serde_json::from_slice(&card).expect("json");
+        assert_eq!(stats["sales"][0]["seats_left"], 7);
+        assert!(stats["sales"][1]["seats_left"].is_null());
+        assert_eq!(stats["student_count"], 3);
+        let card: serde_json::Value = serde_json::from_slice(&rendered.card).expect("json");
         assert!(card.get("description_html").is_none() && card.get("top_companies").is_none());
+        assert_eq!(card["sales"], stats["sales"]);
+        let with_page = render_course(1, &agg, Vec::new(), &events, true).expect("renders");
+        let page: serde_json::Value =
+            serde_json::from_slice(&with_page.page.expect("asked for")).expect("json");
+        assert_eq!(page["title"], "t");
+        assert!(page.get("student_count").is_none() && page.get("sales").is_none());
     }
 }

@@ -30,13 +30,15 @@ use crate::projection::{
 };
 
 /// Applies entries newer than the stored stamp; returns the aggregate hash
-/// (flat) and the top five company tallies (flat, with scores).
-/// Entries: `stamp 'f' n (field value)*n` or `stamp 'e' delta company event`.
+/// (flat; `description_html` only when ARGV[1] is `1`) and the top five
+/// company tallies (flat, with scores).
+/// Entries, from ARGV[2]: `stamp 'f' n (field value)*n` or
+/// `stamp 'e' delta company event`.
 const APPLY: &str = r#"
 local agg, companies = KEYS[1], KEYS[2]
 local last = redis.call('HGET', agg, 'stamp') or ''
 local stored = last
-local i = 1
+local i = 2
 while i <= #ARGV do
   local stamp, kind = ARGV[i], ARGV[i + 1]
   if kind == 'e' then
@@ -66,7 +68,18 @@ while i <= #ARGV do
   end
 end
 if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
-return {redis.call('HGETALL', agg), redis.call('ZRANGE', companies, 0, 4, 'WITHSCORES')}
+local all = redis.call('HGETALL', agg)
+local out = all
+if ARGV[1] ~= '1' then
+  out = {}
+  for j = 1, #all, 2 do
+    if all[j] ~= 'description_html' then
+      out[#out + 1] = all[j]
+      out[#out + 1] = all[j + 1]
+    end
+  end
+end
+return {out, redis.call('ZRANGE', companies, 0, 4, 'WITHSCORES')}
 "#;
 
 /// Writes rendered views (KEYS[2..]) only if they are newer than the ones
@@ -301,8 +314,9 @@ impl Sink {
         let keys = &self.keys;
         // fred pipelines concurrent commands on one connection (and routes
         // each to its cluster node), so issuing every call of a step at once
-        // costs about one round trip per node and step.
-        let replies = try_join_all(batch.entities.iter().map(|(entity, entries)| {
+        // costs about one round trip per node and step. Library writes need
+        // nothing from the aggregates, so they go in the first step.
+        let applies = try_join_all(batch.entities.iter().map(|(entity, entries)| {
             let (agg, aux) = match *entity {
                 Entity::Course(id) => (
                     keys.course_agg(generation, id),
@@ -319,12 +333,19 @@ impl Sink {
                     format!("{}:none", keys.order_agg(generation, id)),
                 ),
             };
-            self.apply
-                .evalsha::<Value, _, _, _>(&self.client, vec![agg, aux], entry_args(entries))
-        }))
-        .await?;
+            let with_page = entries.iter().any(Entry::touches_page);
+            self.apply.evalsha::<Value, _, _, _>(
+                &self.client,
+                vec![agg, aux],
+                entry_args(with_page, entries),
+            )
+        }));
+        let (replies, library) = tokio::join!(applies, self.library(generation, batch));
+        let replies = replies?;
+        library?;
+
         let mut aggs = Vec::with_capacity(replies.len());
-        for (entity, reply) in batch.entities.keys().zip(replies) {
+        for ((entity, entries), reply) in batch.entities.iter().zip(replies) {
             let (agg, top) = parse_apply_reply(reply)?;
             if let Entity::Event(id) = entity {
                 if let Some(terms) = EventTerms::from_agg(&agg) {
@@ -334,16 +355,17 @@ impl Sink {
                         .insert(*id, terms);
                 }
             }
-            aggs.push((*entity, agg, top));
+            let with_page = entries.iter().any(Entry::touches_page);
+            aggs.push((*entity, agg, top, with_page));
         }
         let events = self.event_terms(generation, &aggs).await?;
 
         let mut writes = Vec::new();
         let mut rankings = Vec::new();
         let mut indexes = Vec::new();
-        for (entity, agg, top) in &aggs {
+        for (entity, agg, top, with_page) in &aggs {
             match entity {
-                Entity::Course(id) => rankings.push(self.rank(generation, *id, agg)),
+                Entity::Course(id) => rankings.push(self.rank(generation, *id, agg, *with_page)),
                 Entity::Event(id) => indexes.push(self.index_event(generation, *id, agg)),
                 Entity::Order(_) => {}
             }
@@ -353,17 +375,22 @@ impl Sink {
             }
             let (view_keys, values): (Vec<String>, Vec<Vec<u8>>) = match *entity {
                 Entity::Course(id) => {
-                    match render_course(id, agg, top_five(top.clone()), &events) {
-                        Some((detail, card)) => (
-                            vec![
-                                keys.course_agg(generation, id),
-                                keys.course_view(generation, id),
-                                keys.course_card(generation, id),
-                            ],
-                            vec![detail, card],
-                        ),
-                        None => continue,
+                    let Some(course) =
+                        render_course(id, agg, top_five(top.clone()), &events, *with_page)
+                    else {
+                        continue;
+                    };
+                    let mut view_keys = vec![
+                        keys.course_agg(generation, id),
+                        keys.course_stats(generation, id),
+                        keys.course_card(generation, id),
+                    ];
+                    let mut values = vec![course.stats, course.card];
+                    if let Some(page) = course.page {
+                        view_keys.push(keys.course_view(generation, id));
+                        values.push(page);
                     }
+                    (view_keys, values)
                 }
                 Entity::Event(id) => match render_event(id, agg) {
                     Some(view) => (
@@ -397,41 +424,44 @@ impl Sink {
                     .evalsha::<Value, _, _, _>(&self.client, view_keys, args),
             );
         }
-        let library = batch
-            .library
-            .iter()
-            .map(|(&(user, course), op)| async move {
-                let key = keys.user_library(generation, user);
-                match op {
-                    LibraryOp::Add(at) => {
-                        self.client
-                            .zadd::<(), _, _>(
-                                key,
-                                None,
-                                None,
-                                false,
-                                false,
-                                (*at as f64, views::ranking_member(course)),
-                            )
-                            .await
-                    }
-                    LibraryOp::Remove => {
-                        self.client
-                            .zrem::<(), _, _>(key, views::ranking_member(course))
-                            .await
-                    }
-                }
-            });
-        let (w, r, i, l) = tokio::join!(
+        let (w, r, i) = tokio::join!(
             try_join_all(writes),
             try_join_all(rankings),
             try_join_all(indexes),
-            try_join_all(library)
         );
         w?;
         r?;
         i?;
-        l?;
+        Ok(())
+    }
+
+    /// Applies the batch's library operations (set operations, so replays
+    /// converge).
+    async fn library(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
+        let keys = &self.keys;
+        try_join_all(batch.library.iter().map(|(&(user, course), op)| async move {
+            let key = keys.user_library(generation, user);
+            match op {
+                LibraryOp::Add(at) => {
+                    self.client
+                        .zadd::<(), _, _>(
+                            key,
+                            None,
+                            None,
+                            false,
+                            false,
+                            (*at as f64, views::ranking_member(course)),
+                        )
+                        .await
+                }
+                LibraryOp::Remove => {
+                    self.client
+                        .zrem::<(), _, _>(key, views::ranking_member(course))
+                        .await
+                }
+            }
+        }))
+        .await?;
         Ok(())
     }
 
@@ -444,8 +474,8 @@ impl Sink {
     ) -> Result<HashMap<i64, EventTerms>, SinkError> {
         let wanted: BTreeSet<i64> = aggs
             .iter()
-            .filter(|(e, _, _)| matches!(e, Entity::Course(_)))
-            .flat_map(|(_, agg, _)| course_event_ids(agg))
+            .filter(|(e, ..)| matches!(e, Entity::Course(_)))
+            .flat_map(|(_, agg, ..)| course_event_ids(agg))
             .collect();
         let missing: Vec<i64> = {
             let cache = self
@@ -503,12 +533,14 @@ impl Sink {
     }
 
     /// Keeps the course's place in its category's rankings. Absolute writes
-    /// (scores set, not added), so replays converge.
+    /// (scores set, not added), so replays converge. The newest ranking and
+    /// the category move only with the row (`row_changed`).
     async fn rank(
         &self,
         generation: u64,
         id: i64,
         agg: &HashMap<String, String>,
+        row_changed: bool,
     ) -> Result<(), SinkError> {
         let (Some(category), Some(created)) = (
             agg.get("category"),
@@ -519,24 +551,29 @@ impl Sink {
         let n: f64 = agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0.0);
         let member = views::ranking_member(id);
         let keys = &self.keys;
-        tokio::try_join!(
-            self.client.zadd::<(), _, _>(
+        self.client
+            .zadd::<(), _, _>(
                 keys.category_popular(generation, category),
                 None,
                 None,
                 false,
                 false,
-                (-n, member.clone())
-            ),
-            self.client.zadd::<(), _, _>(
+                (-n, member.clone()),
+            )
+            .await?;
+        if !row_changed {
+            return Ok(());
+        }
+        self.client
+            .zadd::<(), _, _>(
                 keys.category_newest(generation, category),
                 None,
                 None,
                 false,
                 false,
-                (created.timestamp_micros() as f64, member.clone())
-            ),
-        )?;
+                (created.timestamp_micros() as f64, member.clone()),
+            )
+            .await?;
         if let Some(old) = agg.get("rankcat").filter(|old| *old != category) {
             tokio::try_join!(
                 self.client
@@ -557,10 +594,12 @@ impl Sink {
     }
 }
 
-/// Flattens entries into the script's arguments:
-/// `stamp 'e' delta company event` or `stamp 'f' n (field value)*n`.
-fn entry_args(entries: &[Entry]) -> Vec<String> {
-    let mut args = Vec::with_capacity(entries.len() * 5);
+/// Flattens entries into the script's arguments: whether to return the
+/// page's HTML, then `stamp 'e' delta company event` or
+/// `stamp 'f' n (field value)*n` each.
+fn entry_args(with_page: bool, entries: &[Entry]) -> Vec<String> {
+    let mut args = Vec::with_capacity(1 + entries.len() * 5);
+    args.push(if with_page { "1" } else { "0" }.to_owned());
     for entry in entries {
         match entry {
             Entry::Enroll {
@@ -592,8 +631,8 @@ fn entry_args(entries: &[Entry]) -> Vec<String> {
 type AggReply = (HashMap<String, String>, Vec<(String, i64)>);
 
 /// An entity with its aggregate hash and top company tallies, as script one
-/// returned them.
-type EntityAggregates = (Entity, HashMap<String, String>, Vec<(String, i64)>);
+/// returned them, and whether its page is rewritten.
+type EntityAggregates = (Entity, HashMap<String, String>, Vec<(String, i64)>, bool);
 
 fn parse_apply_reply(reply: Value) -> Result<AggReply, SinkError> {
     let bad = |what: &str| SinkError::Reply(what.to_owned());

@@ -35,7 +35,7 @@ pub struct WarmEvent {
     pub event_id: i64,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
-    /// Views held for it: the event view, and the detail and card of each course.
+    /// Views held for it: the event view, and the page, stats and card of each course.
     pub entries: usize,
 }
 
@@ -208,13 +208,14 @@ impl Prewarm {
             keys.push(key);
             for &course in &event.course_ids {
                 keys.push(self.keys.course_view(generation, course));
+                keys.push(self.keys.course_stats(generation, course));
                 keys.push(self.keys.course_card(generation, course));
             }
             events.push(WarmEvent {
                 event_id: event.id,
                 starts_at: event.starts_at,
                 ends_at: event.ends_at,
-                entries: 1 + 2 * event.course_ids.len(),
+                entries: 1 + 3 * event.course_ids.len(),
             });
         }
 

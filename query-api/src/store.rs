@@ -181,10 +181,14 @@ impl Store {
         cached: bool,
     ) -> Result<(Projection, Option<Bytes>), ApiError> {
         if !cached {
-            return self.one_view(|keys, g| keys.course_view(g, id)).await;
+            return self.course_parts(id).await;
         }
-        if let Some(hit) = self.warm.get_all(|keys, g| vec![keys.course_view(g, id)]) {
-            return Ok((Self::warm_projection(&hit), hit.json.into_iter().next()));
+        if let Some(hit) = self
+            .warm
+            .get_all(|keys, g| vec![keys.course_view(g, id), keys.course_stats(g, id)])
+        {
+            let stored = join_course(hit.json.first().cloned(), hit.json.get(1).cloned());
+            return Ok((Self::warm_projection(&hit), stored));
         }
         // Coalesce concurrent misses: the first reader reads, the others
         // await its answer.
@@ -194,7 +198,7 @@ impl Store {
         };
         let result = cell
             .get_or_init(|| async {
-                self.one_view(|keys, g| keys.course_view(g, id))
+                self.course_parts(id)
                     .await
                     .map_err(|err| matches!(err, ApiError::Rebuilding))
             })
@@ -212,6 +216,20 @@ impl Store {
                 ApiError::Unavailable
             }
         })
+    }
+
+    /// A course's page and stats, read in one round trip and joined.
+    async fn course_parts(&self, id: i64) -> Result<(Projection, Option<Bytes>), ApiError> {
+        let (projection, values) = self
+            .read(|keys, g| {
+                vec![
+                    Op::Get(keys.course_view(g, id)),
+                    Op::Get(keys.course_stats(g, id)),
+                ]
+            })
+            .await?;
+        let mut parts = views_of(values, "course view")?.into_iter();
+        Ok((projection, join_course(parts.next().flatten(), parts.next().flatten())))
     }
 
     /// The order view of `id` (JSON, stored as served).
@@ -510,6 +528,17 @@ fn marker(value: Option<Value>) -> Result<Option<GenerationMarker>, ApiError> {
 
 fn zcard(value: Value) -> Result<u64, ApiError> {
     convert(Some(value), "list length")
+}
+
+/// A course page and its stats as one stored detail (the page's fields, then
+/// the stats with their trailing candidate sales); `None` unless both exist.
+fn join_course(page: Option<Bytes>, stats: Option<Bytes>) -> Option<Bytes> {
+    let (page, stats) = (page?, stats?);
+    let mut joined = Vec::with_capacity(page.len() + stats.len());
+    joined.extend_from_slice(page.strip_suffix(b"}")?);
+    joined.push(b',');
+    joined.extend_from_slice(stats.strip_prefix(b"{")?);
+    Some(Bytes::from(joined))
 }
 
 /// Stored view values decoded to their JSON (`None`: no such key).
