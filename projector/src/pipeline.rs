@@ -159,13 +159,13 @@ impl Pipeline<'_> {
                         }
                         ReplicationEvent::KeepAlive { wal_end, .. } => {
                             self.metrics.server_wal_lsn.fetch_max(wal_end.0, Relaxed);
-                            if txn.is_none() && batch.is_empty() && inflight.is_none() {
-                                self.advance(&repl, Lsn(wal_end.0)).await?;
+                            if txn.is_none() {
+                                self.passed(&repl, &mut batch, &inflight, &mut deadline, Lsn(wal_end.0)).await?;
                             }
                         }
                         ReplicationEvent::Message { transactional: false, lsn, .. } => {
-                            if txn.is_none() && batch.is_empty() && inflight.is_none() {
-                                self.advance(&repl, Lsn(lsn.0)).await?;
+                            if txn.is_none() {
+                                self.passed(&repl, &mut batch, &inflight, &mut deadline, Lsn(lsn.0)).await?;
                             }
                         }
                         ReplicationEvent::Message { .. } => {}
@@ -226,6 +226,31 @@ impl Pipeline<'_> {
             self.metrics.applied_lsn.store(end.0, Relaxed);
             repl.update_applied_lsn(WireLsn(end.0));
             self.nudge.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The stream is past `lsn` outside any transaction (a keepalive, a
+    /// heartbeat): once what was received is applied, the watermark may move
+    /// there. At once when nothing is pending; else with the pending batch,
+    /// so a read-your-writes token just past a commit is reached by the next
+    /// flush even while orders keep streaming in.
+    async fn passed(
+        &mut self,
+        repl: &ReplicationClient,
+        batch: &mut Batch,
+        inflight: &Option<InFlight>,
+        deadline: &mut Option<Instant>,
+        lsn: Lsn,
+    ) -> anyhow::Result<()> {
+        if batch.is_empty() && inflight.is_none() {
+            return self.advance(repl, lsn).await;
+        }
+        if lsn > self.applied && batch.commit_end.is_none_or(|end| end < lsn) {
+            batch.commit_end = Some(lsn);
+            if deadline.is_none() {
+                *deadline = Some(Instant::now() + self.linger);
+            }
         }
         Ok(())
     }

@@ -90,7 +90,8 @@ pub struct Batch {
     /// Row changes buffered.
     pub changes: usize,
     /// End LSN of the last transaction whose changes are all in this batch
-    /// (or in earlier flushes): what the flush lets us acknowledge.
+    /// (or in earlier flushes), or a later position the stream passed
+    /// outside any transaction: what the flush lets us acknowledge.
     pub commit_end: Option<Lsn>,
     /// Transactions completed in this batch.
     pub transactions: u64,

@@ -20,7 +20,11 @@ use std::{
     time::Instant,
 };
 
-use fred::{prelude::*, types::scripts::Script};
+use fred::{
+    clients::Pipeline,
+    prelude::*,
+    types::{scripts::Script, ClusterHash, CustomCommand},
+};
 use futures_util::future::try_join_all;
 use views::{GenerationMarker, Keys, Lsn};
 
@@ -59,8 +63,10 @@ while i <= #ARGV do
   else
     local n = tonumber(ARGV[i + 2])
     if stamp > last then
-      for j = 0, n - 1 do
-        redis.call('HSET', agg, ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j])
+      if n > 0 then
+        local pairs = {}
+        for j = 0, 2 * n - 1 do pairs[j + 1] = ARGV[i + 3 + j] end
+        redis.call('HSET', agg, unpack(pairs))
       end
       last = stamp
     end
@@ -87,7 +93,12 @@ return {out, redis.call('ZRANGE', companies, 0, 4, 'WITHSCORES')}
 const WRITE_VIEWS: &str = r#"
 local v = redis.call('HGET', KEYS[1], 'vstamp') or ''
 if ARGV[1] > v then
-  for j = 2, #KEYS do redis.call('SET', KEYS[j], ARGV[j]) end
+  local pairs = {}
+  for j = 2, #KEYS do
+    pairs[#pairs + 1] = KEYS[j]
+    pairs[#pairs + 1] = ARGV[j]
+  end
+  redis.call('MSET', unpack(pairs))
   redis.call('HSET', KEYS[1], 'vstamp', ARGV[1])
   return 1
 end
@@ -312,11 +323,12 @@ impl Sink {
 
     async fn apply_once(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
         let keys = &self.keys;
-        // fred pipelines concurrent commands on one connection (and routes
-        // each to its cluster node), so issuing every call of a step at once
-        // costs about one round trip per node and step. Library writes need
-        // nothing from the aggregates, so they go in the first step.
-        let applies = try_join_all(batch.entities.iter().map(|(entity, entries)| {
+        // Each step is one explicit pipeline: one round trip per node and
+        // step, and far less client work per command than as many separate
+        // futures. Library writes need nothing from the aggregates, so they
+        // go in the first step.
+        let first = self.client.pipeline();
+        for (entity, entries) in &batch.entities {
             let (agg, aux) = match *entity {
                 Entity::Course(id) => (
                     keys.course_agg(generation, id),
@@ -334,15 +346,29 @@ impl Sink {
                 ),
             };
             let with_page = entries.iter().any(Entry::touches_page);
-            self.apply.evalsha::<Value, _, _, _>(
-                &self.client,
-                vec![agg, aux],
-                entry_args(with_page, entries),
-            )
-        }));
-        let (replies, library) = tokio::join!(applies, self.library(generation, batch));
-        let replies = replies?;
-        library?;
+            let args = entry_args(with_page, entries)
+                .into_iter()
+                .map(Value::from)
+                .collect();
+            queue_script(&first, &self.apply, vec![agg, aux], args).await?;
+        }
+        for (&(user, course), op) in &batch.library {
+            let key = keys.user_library(generation, user);
+            let member = views::ranking_member(course);
+            let _: () = match op {
+                LibraryOp::Add(at) => {
+                    first
+                        .zadd(key, None, None, false, false, (*at as f64, member))
+                        .await?
+                }
+                LibraryOp::Remove => first.zrem(key, member).await?,
+            };
+        }
+        let mut replies: Vec<Value> = first.all().await?;
+        replies.truncate(batch.entities.len());
+        if replies.len() != batch.entities.len() {
+            return Err(SinkError::Reply("fewer replies than scripts".into()));
+        }
 
         let mut aggs = Vec::with_capacity(replies.len());
         for ((entity, entries), reply) in batch.entities.iter().zip(replies) {
@@ -360,13 +386,14 @@ impl Sink {
         }
         let events = self.event_terms(generation, &aggs).await?;
 
-        let mut writes = Vec::new();
-        let mut rankings = Vec::new();
-        let mut indexes = Vec::new();
+        let second = self.client.pipeline();
         for (entity, agg, top, with_page) in &aggs {
             match entity {
-                Entity::Course(id) => rankings.push(self.rank(generation, *id, agg, *with_page)),
-                Entity::Event(id) => indexes.push(self.index_event(generation, *id, agg)),
+                Entity::Course(id) => {
+                    self.rank(&second, generation, *id, agg, *with_page)
+                        .await?
+                }
+                Entity::Event(id) => self.index_event(&second, generation, *id, agg).await?,
                 Entity::Order(_) => {}
             }
             let stamp = agg.get("stamp").cloned().unwrap_or_default();
@@ -419,49 +446,9 @@ impl Sink {
                     .iter()
                     .map(|json| Value::Bytes(views::encode(json).into())),
             );
-            writes.push(
-                self.write_views
-                    .evalsha::<Value, _, _, _>(&self.client, view_keys, args),
-            );
+            queue_script(&second, &self.write_views, view_keys, args).await?;
         }
-        let (w, r, i) = tokio::join!(
-            try_join_all(writes),
-            try_join_all(rankings),
-            try_join_all(indexes),
-        );
-        w?;
-        r?;
-        i?;
-        Ok(())
-    }
-
-    /// Applies the batch's library operations (set operations, so replays
-    /// converge).
-    async fn library(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
-        let keys = &self.keys;
-        try_join_all(batch.library.iter().map(|(&(user, course), op)| async move {
-            let key = keys.user_library(generation, user);
-            match op {
-                LibraryOp::Add(at) => {
-                    self.client
-                        .zadd::<(), _, _>(
-                            key,
-                            None,
-                            None,
-                            false,
-                            false,
-                            (*at as f64, views::ranking_member(course)),
-                        )
-                        .await
-                }
-                LibraryOp::Remove => {
-                    self.client
-                        .zrem::<(), _, _>(key, views::ranking_member(course))
-                        .await
-                }
-            }
-        }))
-        .await?;
+        let _: Value = second.all().await?;
         Ok(())
     }
 
@@ -511,6 +498,7 @@ impl Sink {
     /// Keeps the event in the index readers pre-warm from (absolute write).
     async fn index_event(
         &self,
+        pipe: &Pipeline<Client>,
         generation: u64,
         id: i64,
         agg: &HashMap<String, String>,
@@ -519,24 +507,24 @@ impl Sink {
             return Ok(());
         };
         let ends = terms.ends_at.timestamp_micros() as f64;
-        self.client
-            .zadd::<(), _, _>(
-                self.keys.events_by_end(generation),
-                None,
-                None,
-                false,
-                false,
-                (ends, id.to_string()),
-            )
-            .await?;
+        pipe.zadd::<(), _, _>(
+            self.keys.events_by_end(generation),
+            None,
+            None,
+            false,
+            false,
+            (ends, id.to_string()),
+        )
+        .await?;
         Ok(())
     }
 
-    /// Keeps the course's place in its category's rankings. Absolute writes
-    /// (scores set, not added), so replays converge. The newest ranking and
-    /// the category move only with the row (`row_changed`).
+    /// Queues the course's place in its category's rankings. Absolute
+    /// writes (scores set, not added), so replays converge. The newest
+    /// ranking and the category move only with the row (`row_changed`).
     async fn rank(
         &self,
+        pipe: &Pipeline<Client>,
         generation: u64,
         id: i64,
         agg: &HashMap<String, String>,
@@ -551,47 +539,60 @@ impl Sink {
         let n: f64 = agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0.0);
         let member = views::ranking_member(id);
         let keys = &self.keys;
-        self.client
-            .zadd::<(), _, _>(
-                keys.category_popular(generation, category),
-                None,
-                None,
-                false,
-                false,
-                (-n, member.clone()),
-            )
-            .await?;
+        pipe.zadd::<(), _, _>(
+            keys.category_popular(generation, category),
+            None,
+            None,
+            false,
+            false,
+            (-n, member.clone()),
+        )
+        .await?;
         if !row_changed {
             return Ok(());
         }
-        self.client
-            .zadd::<(), _, _>(
-                keys.category_newest(generation, category),
-                None,
-                None,
-                false,
-                false,
-                (created.timestamp_micros() as f64, member.clone()),
-            )
-            .await?;
+        pipe.zadd::<(), _, _>(
+            keys.category_newest(generation, category),
+            None,
+            None,
+            false,
+            false,
+            (created.timestamp_micros() as f64, member.clone()),
+        )
+        .await?;
         if let Some(old) = agg.get("rankcat").filter(|old| *old != category) {
-            tokio::try_join!(
-                self.client
-                    .zrem::<(), _, _>(keys.category_popular(generation, old), member.clone()),
-                self.client
-                    .zrem::<(), _, _>(keys.category_newest(generation, old), member.clone()),
-            )?;
+            pipe.zrem::<(), _, _>(keys.category_popular(generation, old), member.clone())
+                .await?;
+            pipe.zrem::<(), _, _>(keys.category_newest(generation, old), member)
+                .await?;
         }
         if agg.get("rankcat") != Some(category) {
-            self.client
-                .hset::<(), _, _>(
-                    keys.course_agg(generation, id),
-                    ("rankcat", category.as_str()),
-                )
-                .await?;
+            pipe.hset::<(), _, _>(
+                keys.course_agg(generation, id),
+                ("rankcat", category.as_str()),
+            )
+            .await?;
         }
         Ok(())
     }
+}
+
+/// Queues `EVALSHA` of `script` on a pipeline (fred 10's pipelines have no
+/// script interface), routed in a cluster by its first key.
+async fn queue_script(
+    pipe: &Pipeline<Client>,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<Value>,
+) -> Result<(), SinkError> {
+    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(script.sha1().clone().into());
+    all.push((keys.len() as i64).into());
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args);
+    let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
+    pipe.custom::<(), _>(evalsha, all).await?;
+    Ok(())
 }
 
 /// Flattens entries into the script's arguments: whether to return the
