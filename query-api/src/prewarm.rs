@@ -27,6 +27,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fred::{prelude::*, types::Key};
@@ -76,6 +77,8 @@ struct Ready<T> {
 struct WarmSet {
     generation: u64,
     lsn: Lsn,
+    /// `lsn` as the `X-Projection-Lsn` value, made once per refresh.
+    lsn_header: Option<HeaderValue>,
     stale: bool,
     events: Vec<WarmEvent>,
     /// Every view read, by kind and id (no key string built per request).
@@ -103,6 +106,7 @@ pub struct Hit<T> {
     pub value: T,
     pub generation: u64,
     pub lsn: Lsn,
+    pub lsn_header: Option<HeaderValue>,
     pub stale: bool,
 }
 
@@ -202,6 +206,7 @@ impl Prewarm {
                     value,
                     generation: set.generation,
                     lsn: set.lsn,
+                    lsn_header: set.lsn_header.clone(),
                     stale: set.stale,
                 })
             }
@@ -301,9 +306,11 @@ impl Prewarm {
             .collect();
         let values = self.read_all(keys).await?;
         let same_generation = previous.generation == generation;
+        let lsn: Lsn = watermark.and_then(|w| w.parse().ok()).unwrap_or_default();
         let mut set = WarmSet {
             generation,
-            lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
+            lsn,
+            lsn_header: HeaderValue::try_from(lsn.to_string()).ok(),
             stale: marker.building.is_some(),
             events,
             event_views,

@@ -44,12 +44,14 @@ use crate::{
 const ATTEMPTS: usize = 3;
 
 /// The state of the projection a read saw: what the response headers say.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Projection {
     generation: u64,
     /// The watermark of the generation read: every change up to it is in
     /// what was read (it is read before the views, which only move forward).
     pub lsn: Lsn,
+    /// `lsn` as a header value, when made ahead (pre-warmed reads).
+    pub lsn_header: Option<axum::http::HeaderValue>,
     /// A replacement generation is being built; this one may lag.
     pub stale: bool,
 }
@@ -158,6 +160,7 @@ impl Store {
         Projection {
             generation: hit.generation,
             lsn: hit.lsn,
+            lsn_header: hit.lsn_header.clone(),
             stale: hit.stale,
         }
     }
@@ -483,6 +486,7 @@ impl Store {
         let projection = Projection {
             generation,
             lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
+            lsn_header: None,
             stale: closing.building.is_some(),
         };
         Ok(Attempt::Read(projection, values.collect()))

@@ -1,9 +1,9 @@
 //! `GET /v1/categories/{category}/courses`: a category's cards, most popular
 //! or newest first, a page at a time.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
+use axum::{extract::State, response::Response};
 
-use super::{answer, wait_for_min_lsn};
+use super::{answer, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_sorted_page, PathText, QueryParams},
@@ -44,7 +44,7 @@ pub(super) async fn courses(
     State(state): State<AppState>,
     PathText(category): PathText,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let (sort, page) = parse_sorted_page(&params, DEFAULT_LIMIT)?;
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;

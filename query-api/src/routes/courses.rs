@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use axum::{extract::State, http::HeaderMap, response::Response};
+use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn};
+use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_ids, PathId, QueryParams},
@@ -41,7 +41,7 @@ pub(super) async fn detail(
     State(state): State<AppState>,
     PathId(id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let now = chrono::Utc::now();
@@ -78,7 +78,7 @@ pub(super) async fn detail(
 pub(super) async fn cards(
     State(state): State<AppState>,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&params)?;
     let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;

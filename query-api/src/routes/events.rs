@@ -1,9 +1,9 @@
 //! `GET /v1/events/{id}`: a sale event and the cards of its courses, each
 //! priced by this event while it runs.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
+use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn};
+use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{PathId, QueryParams},
@@ -39,7 +39,7 @@ pub(super) async fn event(
     State(state): State<AppState>,
     PathId(id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let now = chrono::Utc::now();

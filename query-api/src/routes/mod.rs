@@ -16,7 +16,8 @@ mod users;
 use std::time::Duration;
 
 use axum::{
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    extract::FromRequestParts,
+    http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Router,
@@ -56,6 +57,30 @@ pub(crate) fn router() -> Router<AppState> {
         .route(ready, get(ops::ready))
         .route(metrics, get(ops::metrics))
         .route(openapi, get(reference::openapi))
+}
+
+/// The request headers a read looks at (`X-Min-Lsn`, `X-Max-Wait-Ms`,
+/// `If-None-Match`), taken alone: copying the whole map, as the `HeaderMap`
+/// extractor does, was a cost of every read.
+pub(crate) struct ReadHeaders(pub HeaderMap);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // An empty map does not allocate; most reads send none of these.
+        let mut taken = HeaderMap::new();
+        for name in [
+            HeaderName::from_static("x-min-lsn"),
+            HeaderName::from_static("x-max-wait-ms"),
+            header::IF_NONE_MATCH,
+        ] {
+            for value in parts.headers.get_all(&name) {
+                taken.append(name.clone(), value.clone());
+            }
+        }
+        Ok(ReadHeaders(taken))
+    }
 }
 
 /// Read-your-writes: waits until the projection has reached the caller's
@@ -139,7 +164,11 @@ fn missing(projection: &Projection, message: String) -> Response {
 /// `X-View-Stale`.
 fn freshness(projection: &Projection, mut response: Response) -> Response {
     let headers = response.headers_mut();
-    if let Ok(lsn) = HeaderValue::from_str(&projection.lsn.to_string()) {
+    let lsn = match &projection.lsn_header {
+        Some(lsn) => Some(lsn.clone()),
+        None => HeaderValue::try_from(projection.lsn.to_string()).ok(),
+    };
+    if let Some(lsn) = lsn {
         headers.insert("x-projection-lsn", lsn);
     }
     if projection.stale {

@@ -1,8 +1,8 @@
 //! `GET /v1/orders/{id}`: an order as checkout wrote it.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
+use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn};
+use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{PathId, QueryParams},
@@ -37,7 +37,7 @@ pub(super) async fn order(
     State(state): State<AppState>,
     PathId(id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let (projection, stored) = state.store.order(id).await?;

@@ -1,8 +1,8 @@
 //! `GET /v1/users/{id}/courses`: a user's library, newest enrollment first.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
+use axum::{extract::State, response::Response};
 
-use super::{answer, wait_for_min_lsn};
+use super::{answer, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_page, PathId, QueryParams},
@@ -42,7 +42,7 @@ pub(super) async fn library(
     State(state): State<AppState>,
     PathId(user_id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let page = parse_page(&params, DEFAULT_LIMIT)?;
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
