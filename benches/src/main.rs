@@ -29,6 +29,11 @@ struct Cli {
     #[arg(long)]
     no_profile: bool,
 
+    /// Run only these scenarios (repeatable or comma-separated, e.g.
+    /// `--only reads,storage`); every scenario when absent.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO")]
+    only: Vec<benches::run::Scenario>,
+
     /// Directory the report (Markdown, JSON, PNG) is written to.
     #[arg(long, env = "BENCH_OUT", default_value = "benches/results")]
     out: PathBuf,
@@ -138,13 +143,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(dir) => dir,
         None => benches::run::sibling_dir()?,
     };
-    let command = if cli.smoke {
+    let mut command = if cli.smoke {
         "bash deploy/local.sh bench --smoke"
     } else if cli.quick {
         "bash deploy/local.sh bench --quick"
     } else {
         "bash deploy/local.sh bench"
-    };
+    }
+    .to_owned();
+    if !cli.only.is_empty() {
+        let names: Vec<&str> = cli.only.iter().map(|s| s.name()).collect();
+        command.push_str(&format!(" --only {}", names.join(",")));
+    }
     let results = benches::run(benches::Options {
         smoke: cli.smoke,
         quick: cli.quick,
@@ -155,7 +165,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         bin_dir,
         bench_exe,
         corpus_dir: cli.corpus_dir,
-        command: command.to_owned(),
+        command,
+        only: cli.only,
     })
     .await?;
     let report = cli.out.join(format!("{}.md", results.meta.name));

@@ -28,6 +28,34 @@ use crate::{
     tools::{self, Machine},
 };
 
+/// A scenario a run can be limited to (`bench --only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Reads: the hot, random and cart reads against bare axum and the monolith.
+    Reads,
+    /// Orders through the command API against the monolith and pgbench.
+    Orders,
+    /// Commit to visible, through the whole pipeline.
+    Freshness,
+    /// The projector against pg_recvlogical on one change stream.
+    Stream,
+    /// Bytes per view, and redis-benchmark on the stored values.
+    Storage,
+}
+
+impl Scenario {
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Reads => "reads",
+            Scenario::Orders => "orders",
+            Scenario::Freshness => "freshness",
+            Scenario::Stream => "stream",
+            Scenario::Storage => "storage",
+        }
+    }
+}
+
 /// What to run and where.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -49,6 +77,15 @@ pub struct Options {
     pub corpus_dir: Option<PathBuf>,
     /// The command line printed as the way to reproduce the run.
     pub command: String,
+    /// Run only these scenarios (empty: all of them).
+    pub only: Vec<Scenario>,
+}
+
+impl Options {
+    /// `scenario` is part of this run.
+    fn wants(&self, scenario: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&scenario)
+    }
 }
 
 /// Runs everything and writes the report; the results say what failed.
@@ -78,10 +115,15 @@ pub async fn run(options: Options) -> Result<Results> {
     let mut machine = Machine::read();
     machine.postgres = postgres_version(&env).await.unwrap_or_default();
     machine.redis = redis_version(&env).await.unwrap_or_default();
-    let name = match scale.name.as_str() {
+    let mut name = match scale.name.as_str() {
         "full" => now.format("%Y-%m-%d").to_string(),
         other => format!("{}-{other}", now.format("%Y-%m-%d")),
     };
+    // A partial run must not overwrite the report of a whole one.
+    for scenario in &options.only {
+        name.push('-');
+        name.push_str(scenario.name());
+    }
     let mut results = Results {
         meta: Meta {
             name,
@@ -117,6 +159,13 @@ pub async fn run(options: Options) -> Result<Results> {
         scale,
     };
     tracing::info!(logs = %ctx.env.log_dir.display(), scale = ctx.scale.name, "benchmark run starting");
+    if !options.only.is_empty() {
+        let names: Vec<&str> = options.only.iter().map(|s| s.name()).collect();
+        results.notes.push(format!(
+            "Only these scenarios ran (`--only {}`); the other figures are absent.",
+            names.join(",")
+        ));
+    }
     if let Err(err) = scenarios(&ctx, &options, &mut results).await {
         results.errors.push(format!("{err:#}"));
     }
@@ -204,6 +253,12 @@ fn projector_env(
 async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Result<()> {
     let env = &ctx.env;
     let build_limit = Duration::from_secs(1800);
+    let wants = |s| options.wants(s);
+    // What the chosen scenarios need running.
+    let views_needed =
+        wants(Scenario::Reads) || wants(Scenario::Storage) || wants(Scenario::Freshness);
+    let monolith_needed = wants(Scenario::Reads) || wants(Scenario::Orders);
+    let command_needed = wants(Scenario::Orders) || wants(Scenario::Freshness);
 
     // Data: the write model, a copy of its catalogue for the stream
     // scenario (taken before any enrollment), and the monolith's copy.
@@ -216,29 +271,202 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     tracing::info!("seeding users and courses");
     seed::users_and_courses(&cqrs_url, &ctx.scale, &corpus).await?;
     drop(corpus);
-    stack::copy_database(env, &cqrs, &stream_db).await?;
+    if wants(Scenario::Stream) {
+        stack::copy_database(env, &cqrs, &stream_db).await?;
+    }
     tracing::info!("seeding enrollments");
     seed::enrollments(&cqrs_url, &ctx.scale).await?;
-    let mono_url = stack::copy_database(env, &cqrs, &mono).await?;
-    seed::monolith(&mono_url).await?;
+    let mono_url = if monolith_needed {
+        let url = stack::copy_database(env, &cqrs, &mono).await?;
+        seed::monolith(&url).await?;
+        Some(url)
+    } else {
+        None
+    };
     results.timings.seed_s = seeding.elapsed().as_secs_f64();
     results.seeded = Some(seed::describe(&cqrs_url).await?);
 
     // The read side: the projector builds the views, the query API serves
     // them; the monolith serves its copy.
     let prefix = env.name("cqrs");
-    tracing::info!("initial build");
-    let building = Instant::now();
-    let projector_addr = free_addr()?;
-    let mut projector = Program::workspace(
-        env,
-        "projector",
-        "projector",
-        &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
-        projector_addr,
-    )?;
-    projector.wait_ok("/ready", build_limit).await?;
-    results.timings.initial_build_s = building.elapsed().as_secs_f64();
+    let mut projector = None;
+    if views_needed {
+        tracing::info!("initial build");
+        let building = Instant::now();
+        let projector_addr = free_addr()?;
+        let mut started = Program::workspace(
+            env,
+            "projector",
+            "projector",
+            &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
+            projector_addr,
+        )?;
+        started.wait_ok("/ready", build_limit).await?;
+        results.timings.initial_build_s = building.elapsed().as_secs_f64();
+        projector = Some(started);
+    }
+    let mut monolith = None;
+    if let Some(mono_url) = &mono_url {
+        let mono_addr = free_addr()?;
+        let mut started = Program::spawn(
+            env,
+            "monolith",
+            &env.bench_exe,
+            &[
+                "serve-monolith",
+                "--addr",
+                &mono_addr.to_string(),
+                "--database-url",
+                mono_url,
+            ],
+            &[],
+            mono_addr,
+        )?;
+        started.wait_ok("/health", Duration::from_secs(60)).await?;
+        monolith = Some(started);
+    }
+
+    // Bytes per view, and Redis's own ceiling for GETs of those values.
+    if wants(Scenario::Storage) {
+        tracing::info!("bytes per view");
+        if let Some((storage, hot_view, hot_card)) =
+            record(results, "bytes per view", storage::run(ctx, &prefix).await)
+        {
+            results.storage = Some(storage);
+            for (what, value) in [
+                ("course view (LZ4)", hot_view),
+                ("course card (JSON)", hot_card),
+            ] {
+                let outcome = storage::redis_benchmark(ctx, what, &value).await;
+                if let Some(b) = record(results, "redis-benchmark", outcome) {
+                    results.redis_benchmark.push(b);
+                }
+            }
+        }
+    }
+
+    if let (true, Some(monolith)) = (wants(Scenario::Reads), &monolith) {
+        let outcome = reads_scenario(ctx, results, &prefix, monolith.addr).await;
+        record(results, "reads", outcome);
+    }
+
+    // Orders: the write path alone (the projector catches up afterwards).
+    if let Some(projector) = projector.take() {
+        projector.stop().await?;
+    }
+    let mut command = None;
+    if command_needed {
+        let command_addr = free_addr()?;
+        let mut started = Program::workspace(
+            env,
+            "command-api",
+            "command-api",
+            &[
+                ("DATABASE_URL", cqrs_url.clone()),
+                ("COMMAND_API_ADDR", command_addr.to_string()),
+            ],
+            command_addr,
+        )?;
+        started.wait_ok("/ready", Duration::from_secs(60)).await?;
+        command = Some(started);
+    }
+    if let (true, Some(command), Some(monolith)) = (wants(Scenario::Orders), &command, &monolith) {
+        tracing::info!("orders");
+        if let Some((subjects, pgbench)) = record(
+            results,
+            "orders",
+            orders::run(ctx, command.addr, monolith.addr, &cqrs).await,
+        ) {
+            results.orders = subjects;
+            results.pgbench = pgbench;
+        }
+    }
+    if let Some(monolith) = monolith {
+        monolith.stop().await?;
+    }
+    if let (true, true, Some(command)) = (ctx.profile, wants(Scenario::Orders), &command) {
+        let courses = ctx.scale.courses as u64;
+        let outcome = profile_load(
+            ctx,
+            None,
+            "whole machine, orders spread through the command API at saturation",
+            command.addr,
+            orders::order_requests(
+                ctx.next_user.clone(),
+                Arc::new(move |n| 1 + (crate::scenarios::mix(n) % courses) as i64),
+            ),
+            ctx.scale.order_connections,
+        )
+        .await;
+        if let Some(p) = record(results, "profile (orders)", outcome) {
+            results.profiles.push(p);
+        }
+    }
+
+    // Freshness: the whole pipeline, once the projector has caught up.
+    if let (true, Some(command)) = (wants(Scenario::Freshness), &command) {
+        let projector_addr = free_addr()?;
+        let mut projector = Program::workspace(
+            env,
+            "projector",
+            "projector",
+            &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
+            projector_addr,
+        )?;
+        projector.wait_ok("/ready", build_limit).await?;
+        let caught_up = async {
+            let mut conn = PgConnection::connect(&cqrs_url).await?;
+            let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+            let redis = env.redis().await?;
+            let reached =
+                freshness::wait_for_watermark(&redis, &prefix, now.parse()?, build_limit).await?;
+            anyhow::ensure!(reached, "the projector did not catch up with the orders");
+            Ok(())
+        };
+        if record(results, "freshness (catching up)", caught_up.await).is_some() {
+            tracing::info!("freshness");
+            if let Some(f) = record(
+                results,
+                "freshness",
+                freshness::run(ctx, command.addr, &prefix).await,
+            ) {
+                results.freshness = f;
+            }
+        }
+        projector.stop().await?;
+    }
+    if let Some(command) = command {
+        command.stop().await?;
+    }
+
+    // The projector against the decode ceiling, in a database of its own.
+    if wants(Scenario::Stream) {
+        tracing::info!("projector against pg_recvlogical");
+        if let Some((stream, profile)) = record(
+            results,
+            "projector against pg_recvlogical",
+            stream::run(ctx, &stream_db).await,
+        ) {
+            results.stream = Some(stream);
+            results.profiles.extend(profile);
+        }
+    }
+    Ok(())
+}
+
+/// The reads against the live views in `prefix`: the query API, the bare
+/// endpoint answering the hot page's very bytes, and the monolith at
+/// `mono_addr`; then, with perf, profiles of the query API.
+async fn reads_scenario(
+    ctx: &Ctx,
+    results: &mut Results,
+    prefix: &str,
+    mono_addr: SocketAddr,
+) -> Result<()> {
+    let env = &ctx.env;
     let query_addr = free_addr()?;
     let mut query = Program::workspace(
         env,
@@ -246,45 +474,12 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
         "query-api",
         &[
             ("REDIS_URL", env.redis_url.clone()),
-            ("KEY_PREFIX", prefix.clone()),
+            ("KEY_PREFIX", prefix.to_owned()),
             ("QUERY_API_ADDR", query_addr.to_string()),
         ],
         query_addr,
     )?;
     query.wait_ok("/ready", Duration::from_secs(60)).await?;
-    let mono_addr = free_addr()?;
-    let mut monolith = Program::spawn(
-        env,
-        "monolith",
-        &env.bench_exe,
-        &[
-            "serve-monolith",
-            "--addr",
-            &mono_addr.to_string(),
-            "--database-url",
-            &mono_url,
-        ],
-        &[],
-        mono_addr,
-    )?;
-    monolith.wait_ok("/health", Duration::from_secs(60)).await?;
-
-    // Bytes per view, and Redis's own ceiling for GETs of those values.
-    tracing::info!("bytes per view");
-    if let Some((storage, hot_view, hot_card)) =
-        record(results, "bytes per view", storage::run(ctx, &prefix).await)
-    {
-        results.storage = Some(storage);
-        for (what, value) in [
-            ("course view (LZ4)", hot_view),
-            ("course card (JSON)", hot_card),
-        ] {
-            let outcome = storage::redis_benchmark(ctx, what, &value).await;
-            if let Some(b) = record(results, "redis-benchmark", outcome) {
-                results.redis_benchmark.push(b);
-            }
-        }
-    }
 
     // Reads, with the bare endpoint answering the hot page's very bytes.
     let (status, page) = load::get(query_addr, "/v1/courses/1").await?;
@@ -368,95 +563,6 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     }
     bare.stop().await?;
     query.stop().await?;
-
-    // Orders: the write path alone (the projector catches up afterwards).
-    projector.stop().await?;
-    let command_addr = free_addr()?;
-    let mut command = Program::workspace(
-        env,
-        "command-api",
-        "command-api",
-        &[
-            ("DATABASE_URL", cqrs_url.clone()),
-            ("COMMAND_API_ADDR", command_addr.to_string()),
-        ],
-        command_addr,
-    )?;
-    command.wait_ok("/ready", Duration::from_secs(60)).await?;
-    tracing::info!("orders");
-    if let Some((subjects, pgbench)) = record(
-        results,
-        "orders",
-        orders::run(ctx, command_addr, mono_addr, &cqrs).await,
-    ) {
-        results.orders = subjects;
-        results.pgbench = pgbench;
-    }
-    monolith.stop().await?;
-    if ctx.profile {
-        let courses = ctx.scale.courses as u64;
-        let outcome = profile_load(
-            ctx,
-            None,
-            "whole machine, orders spread through the command API at saturation",
-            command_addr,
-            orders::order_requests(
-                ctx.next_user.clone(),
-                Arc::new(move |n| 1 + (crate::scenarios::mix(n) % courses) as i64),
-            ),
-            ctx.scale.order_connections,
-        )
-        .await;
-        if let Some(p) = record(results, "profile (orders)", outcome) {
-            results.profiles.push(p);
-        }
-    }
-
-    // Freshness: the whole pipeline, once the projector has caught up.
-    let projector_addr = free_addr()?;
-    let mut projector = Program::workspace(
-        env,
-        "projector",
-        "projector",
-        &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
-        projector_addr,
-    )?;
-    projector.wait_ok("/ready", build_limit).await?;
-    let caught_up = async {
-        let mut conn = PgConnection::connect(&cqrs_url).await?;
-        let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-            .fetch_one(&mut conn)
-            .await?;
-        conn.close().await?;
-        let redis = env.redis().await?;
-        let reached =
-            freshness::wait_for_watermark(&redis, &prefix, now.parse()?, build_limit).await?;
-        anyhow::ensure!(reached, "the projector did not catch up with the orders");
-        Ok(())
-    };
-    if record(results, "freshness (catching up)", caught_up.await).is_some() {
-        tracing::info!("freshness");
-        if let Some(f) = record(
-            results,
-            "freshness",
-            freshness::run(ctx, command_addr, &prefix).await,
-        ) {
-            results.freshness = f;
-        }
-    }
-    command.stop().await?;
-    projector.stop().await?;
-
-    // The projector against the decode ceiling, in a database of its own.
-    tracing::info!("projector against pg_recvlogical");
-    if let Some((stream, profile)) = record(
-        results,
-        "projector against pg_recvlogical",
-        stream::run(ctx, &stream_db).await,
-    ) {
-        results.stream = Some(stream);
-        results.profiles.extend(profile);
-    }
     Ok(())
 }
 

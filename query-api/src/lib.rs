@@ -8,6 +8,7 @@ mod metrics;
 mod params;
 mod prewarm;
 mod routes;
+mod served;
 mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
@@ -15,7 +16,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 use axum::{
     error_handling::HandleErrorLayer,
     extract::{MatchedPath, Request, State},
-    http::HeaderValue,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     BoxError, Router,
@@ -46,7 +46,7 @@ pub struct Application {
 impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(metrics::Metrics::default());
+        let metrics = Arc::new(metrics::Metrics::new(&routes::PATHS));
         let store = store::Store::connect(
             &config.redis_url,
             Keys::new(config.key_prefix.clone()),
@@ -130,18 +130,23 @@ fn router(state: AppState) -> Router {
 /// One span per request carrying its request id; counts and times it.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // Borrowed, not copied: the route's name comes from the metrics' table.
+    let route = state.metrics.route(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str()),
+    );
     let request_id = request
         .extensions()
         .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), route = %route);
+        .map(|id| id.header_value().clone());
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        method = %request.method(),
+        route = state.metrics.name(&route),
+    );
     let method = request.method().clone();
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let status = response.status().as_u16();
@@ -150,9 +155,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         tracing::debug!(%method, status, elapsed_us = started.elapsed().as_micros() as u64, "request served");
     });
     let mut response = response.into_response();
-    if !response.headers().contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", v);
+    if let Some(id) = request_id {
+        if !response.headers().contains_key("x-request-id") {
+            response.headers_mut().insert("x-request-id", id);
         }
     }
     response

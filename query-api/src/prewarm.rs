@@ -2,29 +2,39 @@
 //! its courses are held in process, ready to serve, until the event ends.
 //!
 //! Freshness by polling, not by invalidation messages: every refresh reads
-//! the warm set again in one pipeline (a few hundred keys, one round trip per
-//! Redis node) and swaps the new set in. A change is therefore visible within
-//! one refresh interval plus the projection's own lag, and the cache stays
+//! the warm set again in one round trip per Redis node (a few hundred keys)
+//! and swaps the new set in. A change is therefore visible within one
+//! refresh interval plus the projection's own lag, and the cache stays
 //! correct through what push invalidation gets wrong with fred (tracking lost
 //! on reconnect, the FLUSHALL invalidation dropped, cluster BCAST reaching
 //! one node): a set that could not be refreshed for a second is not served.
-//! Entries hold the stored JSON (with every candidate sale), so the sale is
-//! picked by the clock at each request and no entry outlives a sale boundary.
+//!
+//! Entries hold the stored JSON (with every candidate sale) and, computed at
+//! refresh time, the served bytes and `ETag` of each course page, card and
+//! event page with the span of the clock they are right for: until the next
+//! start or end of a sale they contain. A hit inside that span costs a map
+//! lookup; outside it (a boundary passed since the last refresh) the entry
+//! is served from its stored JSON by the clock, so no served entry outlives
+//! a sale boundary it contains.
 
 use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, RwLock,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use fred::prelude::*;
+use fred::{prelude::*, types::Key};
 use serde::Serialize;
 use views::{EventView, GenerationMarker, Keys, Lsn};
+
+use crate::served::{self, Card, Course, Event, EventPage, Served, Validity};
 
 /// A warm set older than this is not served (SPEC: changes visible within 1 s).
 const MAX_AGE: Duration = Duration::from_millis(900);
@@ -35,29 +45,68 @@ pub struct WarmEvent {
     pub event_id: i64,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
-    /// Views held for it: the event view, and the page, stats and card of each course.
+    /// Views held for it: the event view, and the page, stats and card of
+    /// each course.
     pub entries: usize,
+}
+
+/// Which view of an entity a stored entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Page,
+    Stats,
+    Card,
+    Event,
+}
+
+/// A view as Redis holds it and as decoded.
+struct Stored {
+    /// The raw Redis value, to skip decoding (and serving) what did not change.
+    raw: Bytes,
+    json: Bytes,
+}
+
+/// A served body and the span of the clock it is right for.
+#[derive(Clone)]
+struct Ready<T> {
+    value: T,
+    valid: Validity,
 }
 
 #[derive(Default)]
 struct WarmSet {
     generation: u64,
     lsn: Lsn,
+    /// `lsn` as the `X-Projection-Lsn` value, made once per refresh.
+    lsn_header: Option<HeaderValue>,
     stale: bool,
     events: Vec<WarmEvent>,
-    /// Key → stored JSON (decoded from the view format).
-    entries: HashMap<String, Bytes>,
-    /// Key → the raw Redis value, to skip decoding what did not change.
-    raw: HashMap<String, Bytes>,
+    /// Every view read, by kind and id (no key string built per request).
+    stored: HashMap<(Kind, i64), Stored>,
+    /// Warm events' views, parsed.
+    event_views: HashMap<i64, EventView>,
+    pages: HashMap<i64, Ready<Served>>,
+    cards: HashMap<i64, Ready<Bytes>>,
+    event_pages: HashMap<i64, Ready<Served>>,
     refreshed: Option<Instant>,
 }
 
-/// Warm entries and the projection state they were read at.
-pub struct Hit {
-    /// The stored JSON of each key asked for, in order.
-    pub json: Vec<Bytes>,
+impl WarmSet {
+    fn json(&self, kind: Kind, id: i64) -> Option<&Bytes> {
+        self.stored.get(&(kind, id)).map(|s| &s.json)
+    }
+
+    fn raw(&self, kind: Kind, id: i64) -> Option<&Bytes> {
+        self.stored.get(&(kind, id)).map(|s| &s.raw)
+    }
+}
+
+/// A warm answer and the projection state it was read at.
+pub struct Hit<T> {
+    pub value: T,
     pub generation: u64,
     pub lsn: Lsn,
+    pub lsn_header: Option<HeaderValue>,
     pub stale: bool,
 }
 
@@ -66,7 +115,7 @@ pub struct Prewarm {
     client: Client,
     keys: Keys,
     window: Duration,
-    set: RwLock<Arc<WarmSet>>,
+    set: ArcSwap<WarmSet>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -78,7 +127,7 @@ impl Prewarm {
             client,
             keys,
             window,
-            set: RwLock::new(Arc::new(WarmSet::default())),
+            set: ArcSwap::from_pointee(WarmSet::default()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -111,27 +160,53 @@ impl Prewarm {
         }
     }
 
-    /// The warm entries for the keys `keys` names in the warm generation,
-    /// if the set is fresh and holds every one of them; counts one hit or
-    /// one miss.
-    pub fn get_all(&self, keys: impl Fn(&Keys, u64) -> Vec<String>) -> Option<Hit> {
-        let set = self.set.read().ok()?.clone();
-        let fresh = set.refreshed.is_some_and(|t| t.elapsed() < MAX_AGE) && !set.entries.is_empty();
-        let found: Option<Vec<Bytes>> = fresh
-            .then(|| {
-                keys(&self.keys, set.generation)
-                    .iter()
-                    .map(|k| set.entries.get(k).cloned())
-                    .collect()
-            })
-            .flatten();
-        match found {
-            Some(json) => {
+    /// The course page of `id` if warm: served already while `now` is in
+    /// its span, else its stored page and stats. Counts a hit or a miss.
+    pub fn course(&self, id: i64, now: DateTime<Utc>) -> Option<Hit<Course>> {
+        self.lookup(|set| match set.pages.get(&id) {
+            Some(ready) if ready.valid.contains(now) => Some(Course::Served(ready.value.clone())),
+            _ => Some(Course::Stored {
+                page: set.json(Kind::Page, id)?.clone(),
+                stats: set.json(Kind::Stats, id)?.clone(),
+            }),
+        })
+    }
+
+    /// The cards of `ids` if every one is warm, in order. Counts a hit or a miss.
+    pub fn cards(&self, ids: &[i64], now: DateTime<Utc>) -> Option<Hit<Vec<Card>>> {
+        self.lookup(|set| {
+            ids.iter()
+                .map(|id| match set.cards.get(id) {
+                    Some(ready) if ready.valid.contains(now) => {
+                        Some(Card::Served(ready.value.clone()))
+                    }
+                    _ => set.json(Kind::Card, *id).cloned().map(Card::Stored),
+                })
+                .collect()
+        })
+    }
+
+    /// The event page of `id` if warm: served already while `now` is in
+    /// its span, else the stored event view and cards. Counts a hit or a miss.
+    pub fn event(&self, id: i64, now: DateTime<Utc>) -> Option<Hit<Event>> {
+        self.lookup(|set| match set.event_pages.get(&id) {
+            Some(ready) if ready.valid.contains(now) => Some(Event::Served(ready.value.clone())),
+            _ => Some(Event::Stored(stored_event_page(set, id)?)),
+        })
+    }
+
+    /// `find` in the warm set if it is fresh; counts one hit or one miss.
+    fn lookup<T>(&self, find: impl FnOnce(&WarmSet) -> Option<T>) -> Option<Hit<T>> {
+        let set = self.set.load();
+        let fresh = set.refreshed.is_some_and(|t| t.elapsed() < MAX_AGE) && !set.stored.is_empty();
+        match fresh.then(|| find(&set)).flatten() {
+            Some(value) => {
                 self.hits.fetch_add(1, Relaxed);
                 Some(Hit {
-                    json,
+                    value,
                     generation: set.generation,
                     lsn: set.lsn,
+                    lsn_header: set.lsn_header.clone(),
                     stale: set.stale,
                 })
             }
@@ -144,10 +219,7 @@ impl Prewarm {
 
     /// The events kept warm now.
     pub fn events(&self) -> Vec<WarmEvent> {
-        self.set
-            .read()
-            .map(|s| s.events.clone())
-            .unwrap_or_default()
+        self.set.load().events.clone()
     }
 
     /// (hits, misses) since start.
@@ -156,18 +228,18 @@ impl Prewarm {
     }
 
     /// Reads the marker, the events that end in the future, the views of
-    /// those inside their warm window, and swaps the new set in.
+    /// those inside their warm window, serves them, and swaps the new set in.
     async fn refresh(&self) -> Result<(), fred::error::Error> {
-        let previous = self.set.read().map(|s| s.clone()).unwrap_or_default();
+        let previous = self.set.load_full();
         let now = Utc::now();
         let marker: Option<String> = self.client.get(self.keys.generation_marker()).await?;
         let Some(marker) = marker.and_then(|m| serde_json::from_str::<GenerationMarker>(&m).ok())
         else {
             // No live generation: nothing may be served.
-            self.swap(WarmSet {
+            self.set.store(Arc::new(WarmSet {
                 refreshed: Some(Instant::now()),
                 ..Default::default()
-            });
+            }));
             return Ok(());
         };
         let generation = marker.generation;
@@ -190,11 +262,12 @@ impl Prewarm {
             .iter()
             .map(|&id| self.keys.event_view(generation, id))
             .collect();
-        let raw_events = self.read_all(&event_keys).await?;
+        let raw_events = self.read_all(event_keys).await?;
         let window = chrono::Duration::from_std(self.window).unwrap_or_default();
-        let mut keys = Vec::new();
+        let mut wanted: Vec<(Kind, i64)> = Vec::new();
         let mut events = Vec::new();
-        for (key, raw) in event_keys.into_iter().zip(raw_events) {
+        let mut event_views = HashMap::new();
+        for raw in raw_events {
             let Some(event) = raw
                 .as_deref()
                 .and_then(|r| views::decode(r).ok())
@@ -205,11 +278,13 @@ impl Prewarm {
             if !(event.starts_at - window <= now && now < event.ends_at) {
                 continue;
             }
-            keys.push(key);
+            wanted.push((Kind::Event, event.id));
             for &course in &event.course_ids {
-                keys.push(self.keys.course_view(generation, course));
-                keys.push(self.keys.course_stats(generation, course));
-                keys.push(self.keys.course_card(generation, course));
+                wanted.extend([
+                    (Kind::Page, course),
+                    (Kind::Stats, course),
+                    (Kind::Card, course),
+                ]);
             }
             events.push(WarmEvent {
                 event_id: event.id,
@@ -217,62 +292,163 @@ impl Prewarm {
                 ends_at: event.ends_at,
                 entries: 1 + 3 * event.course_ids.len(),
             });
+            event_views.insert(event.id, event);
         }
 
-        let values = self.read_all(&keys).await?;
+        let keys = wanted
+            .iter()
+            .map(|&(kind, id)| match kind {
+                Kind::Page => self.keys.course_view(generation, id),
+                Kind::Stats => self.keys.course_stats(generation, id),
+                Kind::Card => self.keys.course_card(generation, id),
+                Kind::Event => self.keys.event_view(generation, id),
+            })
+            .collect();
+        let values = self.read_all(keys).await?;
+        let same_generation = previous.generation == generation;
+        let lsn: Lsn = watermark.and_then(|w| w.parse().ok()).unwrap_or_default();
         let mut set = WarmSet {
             generation,
-            lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
+            lsn,
+            lsn_header: HeaderValue::try_from(lsn.to_string()).ok(),
             stale: marker.building.is_some(),
             events,
-            refreshed: Some(Instant::now()),
+            event_views,
             ..Default::default()
         };
-        for (key, raw) in keys.into_iter().zip(values) {
+        for (entry, raw) in wanted.into_iter().zip(values) {
             let Some(raw) = raw else { continue };
-            let json = match (previous.raw.get(&key), previous.entries.get(&key)) {
-                (Some(old_raw), Some(old_json))
-                    if *old_raw == raw && previous.generation == generation =>
-                {
-                    old_json.clone()
-                }
+            let json = match previous.stored.get(&entry) {
+                Some(old) if same_generation && old.raw == raw => old.json.clone(),
                 _ => match views::decode(&raw) {
                     Ok(json) => Bytes::from(json.into_owned()),
                     Err(err) => {
-                        tracing::error!(key, error = %err, "corrupt view in redis; not pre-warmed");
+                        tracing::error!(?entry, error = %err, "corrupt view in redis; not pre-warmed");
                         continue;
                     }
                 },
             };
-            set.entries.insert(key.clone(), json);
-            set.raw.insert(key, raw);
+            set.stored.insert(entry, Stored { raw, json });
         }
-        self.swap(set);
+        serve_all(&mut set, &previous, same_generation, now);
+        set.refreshed = Some(Instant::now());
+        self.set.store(Arc::new(set));
         Ok(())
     }
 
-    async fn read_all(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, fred::error::Error> {
+    /// The raw values of `keys`, in one round trip per node: one MGET on a
+    /// single Redis, per-key GETs that the client routes in cluster mode.
+    async fn read_all(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>, fred::error::Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let pipe = self.client.pipeline();
-        for key in keys {
-            let _: () = pipe.get(key.as_str()).await?;
-        }
-        let values: Vec<Value> = pipe.all().await?;
+        let values: Vec<Value> = if self.client.is_clustered() {
+            let pipe = self.client.pipeline();
+            for key in keys {
+                let _: () = pipe.get(key).await?;
+            }
+            pipe.all().await?
+        } else {
+            let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+            self.client.mget::<Value, _>(keys).await?.into_array()
+        };
         Ok(values
             .into_iter()
-            .map(|v| match v {
-                Value::Bytes(b) => Some(b),
-                Value::String(s) => Some(Bytes::from(s.to_string())),
-                _ => None,
-            })
+            .map(|v| v.convert::<Option<Bytes>>().ok().flatten())
             .collect())
     }
+}
 
-    fn swap(&self, set: WarmSet) {
-        if let Ok(mut slot) = self.set.write() {
-            *slot = Arc::new(set);
+/// The event page of `id` from the stored views of `set`, if all are there.
+fn stored_event_page(set: &WarmSet, id: i64) -> Option<EventPage> {
+    let event = set.event_views.get(&id)?;
+    let cards = event
+        .course_ids
+        .iter()
+        .map(|c| set.json(Kind::Card, *c).cloned())
+        .collect::<Option<Vec<Bytes>>>()?;
+    Some(EventPage {
+        event: event.clone(),
+        cards,
+    })
+}
+
+/// Serves every course page, card and event page of `set` by the clock
+/// `now`, reusing what `previous` served when its views are the same bytes
+/// and `now` is still in its span. A view that cannot be served is left
+/// to the request path, which answers it as it would from Redis.
+fn serve_all(set: &mut WarmSet, previous: &WarmSet, same_generation: bool, now: DateTime<Utc>) {
+    let unchanged = |set: &WarmSet, kinds: &[Kind], id: i64| {
+        same_generation
+            && kinds.iter().all(|&kind| {
+                matches!((set.raw(kind, id), previous.raw(kind, id)), (Some(a), Some(b)) if a == b)
+            })
+    };
+    let courses: Vec<i64> = set
+        .event_views
+        .values()
+        .flat_map(|e| e.course_ids.iter().copied())
+        .collect();
+    for id in courses {
+        if !set.pages.contains_key(&id) {
+            let reused = previous
+                .pages
+                .get(&id)
+                .filter(|r| r.valid.contains(now) && unchanged(set, &[Kind::Page, Kind::Stats], id))
+                .cloned();
+            let ready = reused.or_else(|| {
+                let (page, stats) = (set.json(Kind::Page, id)?, set.json(Kind::Stats, id)?);
+                Some(Ready {
+                    value: served::course_page(id, page, stats, now).ok()?,
+                    valid: Validity::of_stored(stats, now).ok()?,
+                })
+            });
+            if let Some(ready) = ready {
+                set.pages.insert(id, ready);
+            }
+        }
+        if !set.cards.contains_key(&id) {
+            let reused = previous
+                .cards
+                .get(&id)
+                .filter(|r| r.valid.contains(now) && unchanged(set, &[Kind::Card], id))
+                .cloned();
+            let ready = reused.or_else(|| {
+                let card = set.json(Kind::Card, id)?;
+                Some(Ready {
+                    value: served::card(card, now, None).ok()?,
+                    valid: Validity::of_stored(card, now).ok()?,
+                })
+            });
+            if let Some(ready) = ready {
+                set.cards.insert(id, ready);
+            }
+        }
+    }
+    let event_ids: Vec<i64> = set.event_views.keys().copied().collect();
+    for id in event_ids {
+        let Some(page) = stored_event_page(set, id) else {
+            continue;
+        };
+        let unchanged_event = unchanged(set, &[Kind::Event], id)
+            && page
+                .event
+                .course_ids
+                .iter()
+                .all(|c| unchanged(set, &[Kind::Card], *c));
+        let reused = previous
+            .event_pages
+            .get(&id)
+            .filter(|r| unchanged_event && r.valid.contains(now))
+            .cloned();
+        let ready = reused.or_else(|| {
+            Some(Ready {
+                value: served::event_page(&page, now).ok()?,
+                valid: served::event_validity(&page, now).ok()?,
+            })
+        });
+        if let Some(ready) = ready {
+            set.event_pages.insert(id, ready);
         }
     }
 }

@@ -9,6 +9,13 @@
 //! marker means no key read was deleted in between. A list (a ranking, a
 //! library, an event) takes a second pipeline for its cards, closed by the
 //! marker the same way: two round trips whatever its length.
+//!
+//! On a single Redis a read made only of GETs is sent as one MGET of the
+//! marker, the watermark, the keys and the marker again: the same round
+//! trip, read atomically, and one command instead of one per key (a
+//! client's per-command cost dominates a 125-card cart). In cluster mode the
+//! keys live on several nodes, so they stay separate GETs that the client
+//! routes per node.
 
 use std::{
     collections::HashMap,
@@ -18,25 +25,33 @@ use std::{
 use tokio::sync::OnceCell;
 
 use bytes::Bytes;
-use fred::{clients::Pipeline, prelude::*, types::Value};
+use chrono::{DateTime, Utc};
+use fred::{
+    clients::Pipeline,
+    prelude::*,
+    types::{Key, Value},
+};
 use views::{EventView, GenerationMarker, Keys, Lsn};
 
 use crate::{
     error::ApiError,
     params::{Page, Sort},
     prewarm::Prewarm,
+    served::{Card, Course, Event, EventPage},
 };
 
 /// Attempts before a read whose generation keeps moving gives up with 503.
 const ATTEMPTS: usize = 3;
 
 /// The state of the projection a read saw: what the response headers say.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Projection {
     generation: u64,
     /// The watermark of the generation read: every change up to it is in
     /// what was read (it is read before the views, which only move forward).
     pub lsn: Lsn,
+    /// `lsn` as a header value, when made ahead (pre-warmed reads).
+    pub lsn_header: Option<axum::http::HeaderValue>,
     /// A replacement generation is being built; this one may lag.
     pub stale: bool,
 }
@@ -55,13 +70,6 @@ pub enum List<'a> {
 pub struct ListPage {
     pub cards: Vec<Bytes>,
     pub total: u64,
-}
-
-/// An event view and the stored cards of its courses, in the event's order
-/// (courses without a card are skipped).
-pub struct EventPage {
-    pub event: EventView,
-    pub cards: Vec<Bytes>,
 }
 
 /// One command of a pipeline.
@@ -91,6 +99,8 @@ enum Attempt {
 pub struct Store {
     client: Client,
     keys: Keys,
+    /// The generation marker's key, built once.
+    marker_key: Key,
     /// The generation last seen, so the keys can go in the same pipeline as
     /// the marker; a changed marker costs one more round trip.
     generation: Arc<RwLock<Option<u64>>>,
@@ -102,8 +112,11 @@ pub struct Store {
     inflight: Arc<Mutex<HashMap<i64, Arc<CourseRead>>>>,
 }
 
+/// A course's stored page and stats.
+type CourseParts = (Bytes, Bytes);
+
 /// The shared outcome of one course read (`Err(true)`: no live generation).
-type CourseRead = OnceCell<Result<(Projection, Option<Bytes>), bool>>;
+type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), bool>>;
 
 impl Store {
     /// Connects to Redis (`redis://` or `redis-cluster://`).
@@ -129,6 +142,7 @@ impl Store {
         Ok(Self {
             warm: Arc::new(Prewarm::new(client.clone(), keys.clone(), prewarm_window)),
             client,
+            marker_key: Key::from(keys.generation_marker()),
             keys,
             generation: Arc::new(RwLock::new(None)),
             inflight: Arc::new(Mutex::new(HashMap::new())),
@@ -142,10 +156,11 @@ impl Store {
     }
 
     /// The projection state of a warm hit.
-    fn warm_projection(hit: &crate::prewarm::Hit) -> Projection {
+    fn warm_projection<T>(hit: &crate::prewarm::Hit<T>) -> Projection {
         Projection {
             generation: hit.generation,
             lsn: hit.lsn,
+            lsn_header: hit.lsn_header.clone(),
             stale: hit.stale,
         }
     }
@@ -157,7 +172,7 @@ impl Store {
 
     /// The live generation marker.
     pub async fn marker(&self) -> Result<Option<GenerationMarker>, ApiError> {
-        let raw: Option<String> = self.client.get(self.keys.generation_marker()).await?;
+        let raw: Option<String> = self.client.get(self.marker_key.clone()).await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
@@ -171,24 +186,24 @@ impl Store {
         Ok(raw.and_then(|r| r.parse().ok()).unwrap_or_default())
     }
 
-    /// The stored course detail view of `id` (JSON, with its candidate
-    /// sales). `cached`: a pre-warmed copy may answer, and concurrent reads
-    /// of one course share one Redis read; a caller that waited for its
-    /// `X-Min-Lsn` passes `false` and reads Redis itself.
+    /// The course page of `id`: served already when pre-warmed (and right
+    /// at `now`), else its stored page and stats, read together in one
+    /// round trip. `cached`: a pre-warmed copy may answer, and concurrent
+    /// reads of one course share one Redis read; a caller that waited for
+    /// its `X-Min-Lsn` passes `false` and reads Redis itself.
     pub async fn course(
         &self,
         id: i64,
         cached: bool,
-    ) -> Result<(Projection, Option<Bytes>), ApiError> {
+        now: DateTime<Utc>,
+    ) -> Result<(Projection, Option<Course>), ApiError> {
+        let stored = |(page, stats)| Course::Stored { page, stats };
         if !cached {
-            return self.course_parts(id).await;
+            let (projection, parts) = self.course_parts(id).await?;
+            return Ok((projection, parts.map(stored)));
         }
-        if let Some(hit) = self
-            .warm
-            .get_all(|keys, g| vec![keys.course_view(g, id), keys.course_stats(g, id)])
-        {
-            let stored = join_course(hit.json.first().cloned(), hit.json.get(1).cloned());
-            return Ok((Self::warm_projection(&hit), stored));
+        if let Some(hit) = self.warm.course(id, now) {
+            return Ok((Self::warm_projection(&hit), Some(hit.value)));
         }
         // Coalesce concurrent misses: the first reader reads, the others
         // await its answer.
@@ -209,17 +224,16 @@ impl Store {
                 inflight.remove(&id);
             }
         }
-        result.map_err(|rebuilding| {
-            if rebuilding {
-                ApiError::Rebuilding
-            } else {
-                ApiError::Unavailable
-            }
-        })
+        match result {
+            Ok((projection, parts)) => Ok((projection, parts.map(stored))),
+            Err(true) => Err(ApiError::Rebuilding),
+            Err(false) => Err(ApiError::Unavailable),
+        }
     }
 
-    /// A course's page and stats, read in one round trip and joined.
-    async fn course_parts(&self, id: i64) -> Result<(Projection, Option<Bytes>), ApiError> {
+    /// A course's stored page and stats, in one round trip; `None` unless
+    /// both are there (the projector writes them together).
+    async fn course_parts(&self, id: i64) -> Result<(Projection, Option<CourseParts>), ApiError> {
         let (projection, values) = self
             .read(|keys, g| {
                 vec![
@@ -228,8 +242,12 @@ impl Store {
                 ]
             })
             .await?;
-        let mut parts = views_of(values, "course view")?.into_iter();
-        Ok((projection, join_course(parts.next().flatten(), parts.next().flatten())))
+        let mut parts = views_of(values, "course page")?.into_iter();
+        let parts = match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(page), Some(stats)) => Some((page, stats)),
+            _ => None,
+        };
+        Ok((projection, parts))
     }
 
     /// The order view of `id` (JSON, stored as served).
@@ -237,22 +255,19 @@ impl Store {
         self.one_view(|keys, g| keys.order_view(g, id)).await
     }
 
-    /// The stored cards of `ids`, one entry per id asked (`None`: no card),
-    /// in one round trip; each distinct id is read once.
+    /// The cards of `ids`, one entry per id asked (`None`: no card), in
+    /// one round trip; each distinct id is read once. Served already when
+    /// pre-warmed (and `cached`).
     pub async fn cards(
         &self,
         ids: &[i64],
         cached: bool,
-    ) -> Result<(Projection, Vec<Option<Bytes>>), ApiError> {
+        now: DateTime<Utc>,
+    ) -> Result<(Projection, Vec<Option<Card>>), ApiError> {
         if cached {
-            if let Some(hit) = self
-                .warm
-                .get_all(|keys, g| ids.iter().map(|id| keys.course_card(g, *id)).collect())
-            {
-                return Ok((
-                    Self::warm_projection(&hit),
-                    hit.json.into_iter().map(Some).collect(),
-                ));
+            if let Some(hit) = self.warm.cards(ids, now) {
+                let projection = Self::warm_projection(&hit);
+                return Ok((projection, hit.value.into_iter().map(Some).collect()));
             }
         }
         let (distinct, slots) = distinct(ids);
@@ -267,7 +282,10 @@ impl Store {
         let cards = views_of(values, "course card")?;
         Ok((
             projection,
-            slots.into_iter().map(|i| cards[i].clone()).collect(),
+            slots
+                .into_iter()
+                .map(|i| cards[i].clone().map(Card::Stored))
+                .collect(),
         ))
     }
 
@@ -327,10 +345,11 @@ impl Store {
         &self,
         id: i64,
         cached: bool,
-    ) -> Result<(Projection, Option<EventPage>), ApiError> {
+        now: DateTime<Utc>,
+    ) -> Result<(Projection, Option<Event>), ApiError> {
         if cached {
-            if let Some(page) = self.warm_event(id) {
-                return Ok(page);
+            if let Some(hit) = self.warm.event(id, now) {
+                return Ok((Self::warm_projection(&hit), Some(hit.value)));
             }
         }
         let (projection, (event, cards)) = self
@@ -347,33 +366,13 @@ impl Store {
                 },
             )
             .await?;
-        let page = event.map(|event| EventPage {
-            event,
-            cards: cards.into_iter().flatten().collect(),
+        let page = event.map(|event| {
+            Event::Stored(EventPage {
+                event,
+                cards: cards.into_iter().flatten().collect(),
+            })
         });
         Ok((projection, page))
-    }
-
-    fn warm_event(&self, id: i64) -> Option<(Projection, Option<EventPage>)> {
-        let hit = self.warm.get_all(|keys, g| vec![keys.event_view(g, id)])?;
-        let event: EventView = serde_json::from_slice(hit.json.first()?).ok()?;
-        let cards = self
-            .warm
-            .get_all(|keys, g| {
-                event
-                    .course_ids
-                    .iter()
-                    .map(|c| keys.course_card(g, *c))
-                    .collect()
-            })
-            .filter(|cards| cards.generation == hit.generation)?;
-        Some((
-            Self::warm_projection(&hit),
-            Some(EventPage {
-                event,
-                cards: cards.json,
-            }),
-        ))
     }
 
     /// One view, decoded: one round trip.
@@ -453,15 +452,25 @@ impl Store {
 
     /// Marker, watermark of `generation`, `ops`, marker: one round trip.
     async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, ApiError> {
-        let pipe = self.client.pipeline();
-        let _: () = pipe.get(self.keys.generation_marker()).await?;
-        let _: () = pipe.get(self.keys.watermark(generation)).await?;
-        for op in ops {
-            queue(&pipe, op).await?;
-        }
-        let _: () = pipe.get(self.keys.generation_marker()).await?;
         let sent = std::time::Instant::now();
-        let mut values: Vec<Value> = pipe.all().await?;
+        let mut values = if !self.client.is_clustered() && ops.iter().all(Op::is_get) {
+            let mut keys: Vec<Key> = Vec::with_capacity(ops.len() + 3);
+            keys.push(self.marker_key.clone());
+            keys.push(self.keys.watermark(generation).into());
+            keys.extend(ops.into_iter().filter_map(Op::into_get_key));
+            keys.push(self.marker_key.clone());
+            let values: Value = self.client.mget(keys).await?;
+            values.into_array()
+        } else {
+            let pipe = self.client.pipeline();
+            let _: () = pipe.get(self.marker_key.clone()).await?;
+            let _: () = pipe.get(self.keys.watermark(generation)).await?;
+            for op in ops {
+                queue(&pipe, op).await?;
+            }
+            let _: () = pipe.get(self.marker_key.clone()).await?;
+            pipe.all::<Vec<Value>>().await?
+        };
         self.metrics.record_redis(sent.elapsed());
 
         let closing = marker(values.pop())?;
@@ -477,9 +486,23 @@ impl Store {
         let projection = Projection {
             generation,
             lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
+            lsn_header: None,
             stale: closing.building.is_some(),
         };
         Ok(Attempt::Read(projection, values.collect()))
+    }
+}
+
+impl Op {
+    fn is_get(&self) -> bool {
+        matches!(self, Op::Get(_))
+    }
+
+    fn into_get_key(self) -> Option<Key> {
+        match self {
+            Op::Get(key) => Some(key.into()),
+            _ => None,
+        }
     }
 }
 
@@ -528,17 +551,6 @@ fn marker(value: Option<Value>) -> Result<Option<GenerationMarker>, ApiError> {
 
 fn zcard(value: Value) -> Result<u64, ApiError> {
     convert(Some(value), "list length")
-}
-
-/// A course page and its stats as one stored detail (the page's fields, then
-/// the stats with their trailing candidate sales); `None` unless both exist.
-fn join_course(page: Option<Bytes>, stats: Option<Bytes>) -> Option<Bytes> {
-    let (page, stats) = (page?, stats?);
-    let mut joined = Vec::with_capacity(page.len() + stats.len());
-    joined.extend_from_slice(page.strip_suffix(b"}")?);
-    joined.push(b',');
-    joined.extend_from_slice(stats.strip_prefix(b"{")?);
-    Some(Bytes::from(joined))
 }
 
 /// Stored view values decoded to their JSON (`None`: no such key).

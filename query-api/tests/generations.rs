@@ -1,6 +1,8 @@
 //! The query API against a real Redis holding hand-written views (no
 //! projector): how reads follow the generation marker, say when a rebuild
-//! is in progress, and refuse corrupt values.
+//! is in progress, and refuse corrupt values; how a course page is joined
+//! from its page and stats and tagged; how pre-warmed pages meet a sale
+//! boundary.
 //!
 //! Needs the local stack's Redis (`deploy/local.sh up`) at `TEST_REDIS_URL`.
 
@@ -9,11 +11,15 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use fred::prelude::*;
 use query_api::{Application, Config};
 use reqwest::StatusCode;
 use serde_json::Value as Json;
-use views::{CourseCard, GenerationMarker, Keys, VIEW_SCHEMA_VERSION};
+use views::{
+    CourseCard, CoursePage, CourseStats, EventView, GenerationMarker, Keys, Sale,
+    VIEW_SCHEMA_VERSION,
+};
 
 /// A query API on its own key prefix, and a Redis client to write views with.
 struct Fixture {
@@ -28,6 +34,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A query API whose settings `tweak` changed.
+    async fn start_with(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let prefix = format!(
             "qtest_{}_{}",
@@ -38,7 +49,9 @@ impl Fixture {
             std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".into());
         let redis = Builder::from_config(fred::prelude::Config::from_url(&redis_url)?).build()?;
         redis.init().await?;
-        let app = Application::build(Config::for_tests(&redis_url, &prefix)).await?;
+        let mut config = Config::for_tests(&redis_url, &prefix);
+        tweak(&mut config);
+        let app = Application::build(config).await?;
         let url = format!("http://127.0.0.1:{}", app.port());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async move {
@@ -74,6 +87,96 @@ impl Fixture {
         Ok(())
     }
 
+    async fn get_tagged(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, Option<String>, Json)> {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(etag) = etag {
+            request = request.header("If-None-Match", etag);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.json().await.unwrap_or(Json::Null);
+        Ok((status, etag, body))
+    }
+
+    /// A course's page, stats and card, as the projector writes them.
+    async fn course(&self, generation: u64, id: i64, stats: &CourseStats) -> anyhow::Result<()> {
+        let page = page_of(id);
+        self.set(
+            self.keys.course_view(generation, id),
+            views::encode(&serde_json::to_vec(&page)?),
+        )
+        .await?;
+        self.set(
+            self.keys.course_stats(generation, id),
+            views::encode(&serde_json::to_vec(stats)?),
+        )
+        .await?;
+        self.set(
+            self.keys.course_card(generation, id),
+            views::encode(&serde_json::to_vec(&CourseCard::new(&page, stats))?),
+        )
+        .await
+    }
+
+    /// An event over `courses`, listed among the events to pre-warm.
+    async fn event(&self, generation: u64, sale: &Sale, courses: Vec<i64>) -> anyhow::Result<()> {
+        let view = EventView {
+            id: sale.event_id,
+            name: "sale".into(),
+            starts_at: sale.starts_at,
+            ends_at: sale.ends_at,
+            discount_percent: sale.discount_percent,
+            course_ids: courses,
+            lsn: "0/10".into(),
+        };
+        self.set(
+            self.keys.event_view(generation, sale.event_id),
+            views::encode(&serde_json::to_vec(&view)?),
+        )
+        .await?;
+        let by_end = self.keys.events_by_end(generation);
+        if let Ok(mut written) = self.written.lock() {
+            written.push(by_end.clone());
+        }
+        let _: () = self
+            .redis
+            .zadd(
+                by_end,
+                None,
+                None,
+                false,
+                false,
+                (sale.ends_at.timestamp_micros() as f64, sale.event_id),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `query_api_prewarm_hits_total`.
+    async fn warm_hits(&self) -> anyhow::Result<u64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("query_api_prewarm_hits_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     async fn marker(&self, generation: u64, building: Option<u64>) -> anyhow::Result<()> {
         let marker = GenerationMarker {
             generation,
@@ -101,6 +204,46 @@ impl Fixture {
             let _: i64 = self.redis.del(written).await?;
         }
         Ok(())
+    }
+}
+
+/// A stored course page, as the projector writes it.
+fn page_of(id: i64) -> CoursePage {
+    CoursePage {
+        id,
+        title: format!("course {id}"),
+        summary: "s".into(),
+        description_html: "<p>a \"quoted\" page,\"sales\":[]}</p>".repeat(60),
+        category: "c".into(),
+        instructor: "i".into(),
+        price_krw: 1000,
+        created_at: Utc::now(),
+    }
+}
+
+fn page(id: i64, title: &str) -> Vec<u8> {
+    let mut page = page_of(id);
+    page.title = title.into();
+    serde_json::to_vec(&page).expect("json")
+}
+
+fn stats(students: i64, lsn: &str, sales: Vec<Sale>) -> CourseStats {
+    CourseStats {
+        student_count: students,
+        top_companies: Vec::new(),
+        lsn: lsn.into(),
+        sales,
+    }
+}
+
+fn sale(event_id: i64, starts_at: DateTime<Utc>, ends_at: DateTime<Utc>) -> Sale {
+    Sale {
+        event_id,
+        price_krw: 0,
+        discount_percent: 100,
+        starts_at,
+        ends_at,
+        seats_left: None,
     }
 }
 
@@ -183,7 +326,9 @@ async fn a_corrupt_value_is_a_503_and_the_service_keeps_serving() -> anyhow::Res
     let missing_sales = br#"{"id":4,"lsn":"0/1"}"#;
     f.set(f.keys.course_card(1, 4), views::encode(missing_sales))
         .await?;
-    f.set(f.keys.course_view(1, 4), views::encode(missing_sales))
+    f.set(f.keys.course_view(1, 4), views::encode(&page(4, "p")))
+        .await?;
+    f.set(f.keys.course_stats(1, 4), views::encode(missing_sales))
         .await?;
 
     for path in [
@@ -198,5 +343,122 @@ async fn a_corrupt_value_is_a_503_and_the_service_keeps_serving() -> anyhow::Res
     }
     let (status, _, body) = f.get("/v1/courses?ids=1").await?;
     assert_eq!(status, StatusCode::OK, "{body}");
+    f.cleanup().await
+}
+
+#[tokio::test]
+async fn a_course_page_joins_its_page_and_stats_and_its_etag_follows_the_body() -> anyhow::Result<()>
+{
+    let f = Fixture::start().await?;
+    f.generation(1, "0/10", "card").await?;
+    f.marker(1, None).await?;
+    let now = Utc::now();
+    let running = sale(
+        3,
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+    );
+    let later = sale(
+        4,
+        now + chrono::Duration::hours(2),
+        now + chrono::Duration::hours(3),
+    );
+    f.course(1, 2, &stats(5, "0/F", vec![running, later]))
+        .await?;
+
+    let (status, etag, body) = f.get_tagged("/v1/courses/2", None).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["description_html"], page_of(2).description_html);
+    assert_eq!(body["student_count"], 5);
+    assert_eq!(body["lsn"], "0/F");
+    assert_eq!(body["sale"]["event_id"], 3);
+    assert!(body.get("sales").is_none());
+    let etag = etag.expect("an etag");
+    assert!(etag.starts_with("\"2-"), "{etag}");
+    let (status, again, _) = f.get_tagged("/v1/courses/2", Some(&etag)).await?;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert_eq!(again.as_deref(), Some(etag.as_str()));
+
+    // An enrollment rewrites only the stats: a new body, a new tag.
+    f.course(1, 2, &stats(6, "0/1F", Vec::new())).await?;
+    let (status, changed, body) = f.get_tagged("/v1/courses/2", Some(&etag)).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["student_count"], 6);
+    assert_eq!(body["sale"], Json::Null);
+    assert_ne!(changed.as_deref(), Some(etag.as_str()));
+
+    // A page without its stats is no view.
+    f.set(f.keys.course_view(1, 9), views::encode(&page(9, "alone")))
+        .await?;
+    let (status, _, body) = f.get_tagged("/v1/courses/9", None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    f.cleanup().await
+}
+
+#[tokio::test]
+async fn a_cart_keeps_the_order_asked_and_lists_the_missing_once() -> anyhow::Result<()> {
+    let f = Fixture::start().await?;
+    f.generation(1, "0/10", "one").await?;
+    f.marker(1, None).await?;
+    f.course(1, 2, &stats(0, "0/2", Vec::new())).await?;
+    let (status, _, body) = f.get("/v1/courses?ids=2,7,1,2,8,7").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<i64> = body["courses"]
+        .as_array()
+        .map(|cards| cards.iter().filter_map(|c| c["id"].as_i64()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [2, 1, 2]);
+    assert_eq!(body["missing"], serde_json::json!([7, 8]));
+    let (_, _, body) = f.get("/v1/courses?ids=7").await?;
+    assert_eq!(body, serde_json::json!({"courses": [], "missing": [7]}));
+    f.cleanup().await
+}
+
+#[tokio::test]
+async fn prewarmed_pages_cards_and_events_change_at_the_moment_a_sale_starts() -> anyhow::Result<()>
+{
+    // The longest refresh interval, so the start falls between refreshes.
+    let f = Fixture::start_with(|c| c.prewarm_refresh_ms = 900).await?;
+    f.generation(1, "0/10", "one").await?;
+    f.marker(1, None).await?;
+    let starts_at = Utc::now() + chrono::Duration::milliseconds(2500);
+    let sale = sale(5, starts_at, starts_at + chrono::Duration::hours(1));
+    f.course(1, 2, &stats(1, "0/2", vec![sale.clone()])).await?;
+    f.event(1, &sale, vec![2]).await?;
+
+    let hits = f.warm_hits().await?;
+    let mut before_tag = None;
+    let mut seen_on_sale = false;
+    let deadline = starts_at + chrono::Duration::milliseconds(1500);
+    while Utc::now() < deadline {
+        let asked = Utc::now();
+        let (status, etag, body) = f.get_tagged("/v1/courses/2", None).await?;
+        let (_, _, cart) = f.get_tagged("/v1/courses?ids=2", None).await?;
+        let (_, _, event) = f.get_tagged("/v1/events/5", None).await?;
+        let answered = Utc::now();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let on_sale = !body["sale"].is_null();
+        let (card_on_sale, event_on_sale) = (
+            !cart["courses"][0]["sale"].is_null(),
+            event["courses"][0]["sale"]["event_id"] == 5,
+        );
+        if answered < starts_at || asked >= starts_at {
+            assert_eq!((card_on_sale, event_on_sale), (on_sale, on_sale));
+        }
+        if answered < starts_at {
+            assert!(!on_sale, "on sale before it starts");
+            before_tag = etag;
+        } else if asked >= starts_at {
+            assert!(on_sale, "not on sale after it started");
+            assert_ne!(etag, before_tag, "the tag follows the sale");
+            seen_on_sale = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_on_sale && before_tag.is_some());
+    assert!(
+        f.warm_hits().await? > hits,
+        "the pages came from the pre-warmed set"
+    );
     f.cleanup().await
 }

@@ -1,29 +1,19 @@
 //! `GET /v1/categories/{category}/courses`: a category's cards, most popular
 //! or newest first, a page at a time.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
-use serde::Serialize;
-use serde_json::value::RawValue;
+use axum::{extract::State, response::Response};
 
-use super::{answer, json, serve_card, wait_for_min_lsn};
+use super::{answer, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_sorted_page, PathText, QueryParams},
+    served::{self, CardList},
     store::List,
     AppState,
 };
 
 /// Cards per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: i64 = 20;
-
-/// `{"courses":[card...],"total"}`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct CategoryPage {
-    #[schema(value_type = Vec<super::reference::CourseCard>)]
-    courses: Vec<Box<RawValue>>,
-    /// Courses in the category, all pages together.
-    total: u64,
-}
 
 /// `GET /v1/categories/{category}/courses?sort=popular|newest&limit=&offset=`.
 /// An unknown category is an empty list, not a 404.
@@ -41,7 +31,7 @@ struct CategoryPage {
         super::reference::FreshnessHeaders
     ),
     responses(
-        (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = CategoryPage, headers(
+        (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = super::reference::CategoryPage, headers(
                 ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
                 ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
             )),
@@ -54,7 +44,7 @@ pub(super) async fn courses(
     State(state): State<AppState>,
     PathText(category): PathText,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let (sort, page) = parse_sorted_page(&params, DEFAULT_LIMIT)?;
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
@@ -63,13 +53,15 @@ pub(super) async fn courses(
         .list(List::Category(&category, sort), page)
         .await?;
     let now = chrono::Utc::now();
-    let body = CategoryPage {
-        courses: list
-            .cards
-            .iter()
-            .map(|card| serve_card(card, now, None))
-            .collect::<Result<_, _>>()?,
-        total: list.total,
-    };
-    Ok(answer(&projection, &headers, None, json(&body)?))
+    let mut body = CardList::new(b"{\"courses\":", list.cards.len());
+    for card in &list.cards {
+        body.push(&served::card(card, now, None)?);
+    }
+    let tail = format!(",\"total\":{}}}", list.total);
+    Ok(answer(
+        &projection,
+        &headers,
+        None,
+        body.finish(tail.as_bytes()),
+    ))
 }

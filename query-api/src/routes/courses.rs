@@ -1,14 +1,15 @@
 //! `GET /v1/courses/{id}` (a course page) and `GET /v1/courses?ids=` (cards
 //! by id, in one round trip to Redis whatever their number).
 
-use axum::{extract::State, http::HeaderMap, response::Response};
-use serde::Serialize;
-use serde_json::value::RawValue;
+use std::io::Write;
 
-use super::{answer, json, missing, serve_card, wait_for_min_lsn, Stamp};
+use axum::{extract::State, response::Response};
+
+use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_ids, PathId, QueryParams},
+    served::{self, CardList, Course},
     AppState,
 };
 
@@ -40,27 +41,17 @@ pub(super) async fn detail(
     State(state): State<AppState>,
     PathId(id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, stored) = state.store.course(id, !waited).await?;
-    let Some(stored) = stored else {
-        return Ok(missing(&projection, format!("course {id} has no view")));
+    let now = chrono::Utc::now();
+    let (projection, course) = state.store.course(id, !waited, now).await?;
+    let served = match course {
+        None => return Ok(missing(&projection, format!("course {id} has no view"))),
+        Some(Course::Served(served)) => served,
+        Some(Course::Stored { page, stats }) => served::course_page(id, &page, &stats, now)?,
     };
-    let served = views::serve_course(&stored, chrono::Utc::now(), None)
-        .map_err(|err| ApiError::corrupt("course view", err))?;
-    let etag = format!("\"{}\"", Stamp::of(&served)?.tag());
-    Ok(answer(&projection, &headers, Some(etag), served))
-}
-
-/// `{"courses":[card...],"missing":[id...]}`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct Cards {
-    /// In the order asked; a duplicated id appears as often as asked.
-    #[schema(value_type = Vec<super::reference::CourseCard>)]
-    courses: Vec<Box<RawValue>>,
-    /// Ids without a card, in order of first appearance.
-    missing: Vec<i64>,
+    Ok(answer(&projection, &headers, served.etag, served.body))
 }
 
 /// `GET /v1/courses?ids=1,2,3`: the cards of 1 to 500 courses.
@@ -75,7 +66,7 @@ struct Cards {
         super::reference::FreshnessHeaders
     ),
     responses(
-        (status = 200, description = "Cards in the order asked (duplicates repeated), and the ids without a card in order of first appearance", body = Cards, headers(
+        (status = 200, description = "Cards in the order asked (duplicates repeated), and the ids without a card in order of first appearance", body = super::reference::Cards, headers(
                 ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
                 ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
             )),
@@ -87,22 +78,27 @@ struct Cards {
 pub(super) async fn cards(
     State(state): State<AppState>,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&params)?;
     let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, stored) = state.store.cards(&ids, !waited).await?;
     let now = chrono::Utc::now();
-    let mut body = Cards {
-        courses: Vec::with_capacity(ids.len()),
-        missing: Vec::new(),
-    };
-    for (id, card) in ids.iter().zip(stored) {
+    let (projection, cards) = state.store.cards(&ids, !waited, now).await?;
+    let mut list = CardList::new(b"{\"courses\":", ids.len());
+    let mut absent: Vec<i64> = Vec::new();
+    for (id, card) in ids.iter().zip(cards) {
         match card {
-            Some(card) => body.courses.push(serve_card(&card, now, None)?),
-            None if !body.missing.contains(id) => body.missing.push(*id),
+            Some(card) => list.push(&card.serve(now)?),
+            None if !absent.contains(id) => absent.push(*id),
             None => {}
         }
     }
-    Ok(answer(&projection, &headers, None, json(&body)?))
+    let mut tail = Vec::with_capacity(16 + absent.len() * 8);
+    tail.extend_from_slice(b",\"missing\":[");
+    for (i, id) in absent.iter().enumerate() {
+        let comma = if i == 0 { "" } else { "," };
+        let _ = write!(tail, "{comma}{id}");
+    }
+    tail.extend_from_slice(b"]}");
+    Ok(answer(&projection, &headers, None, list.finish(&tail)))
 }

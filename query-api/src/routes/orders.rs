@@ -1,13 +1,12 @@
 //! `GET /v1/orders/{id}`: an order as checkout wrote it.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
-use serde::Deserialize;
+use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn};
+use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{PathId, QueryParams},
-    AppState,
+    served, AppState,
 };
 
 /// `GET /v1/orders/{id}`: the stored view is served as is.
@@ -38,19 +37,14 @@ pub(super) async fn order(
     State(state): State<AppState>,
     PathId(id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let (projection, stored) = state.store.order(id).await?;
     let Some(stored) = stored else {
         return Ok(missing(&projection, format!("order {id} has no view")));
     };
-    #[derive(Deserialize)]
-    struct Stamp {
-        lsn: String,
-    }
-    let stamp: Stamp =
-        serde_json::from_slice(&stored).map_err(|err| ApiError::corrupt("order view", err))?;
-    let etag = format!("\"{id}-{}\"", stamp.lsn);
-    Ok(answer(&projection, &headers, Some(etag), stored))
+    // Stored as served, so a hash of the stored bytes tags the body exactly.
+    let etag = served::etag(id, &stored);
+    Ok(answer(&projection, &headers, etag, stored))
 }

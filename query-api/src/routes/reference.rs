@@ -2,10 +2,10 @@
 //! document generated from the handlers and their body types, served at
 //! `GET /openapi.json`.
 //!
-//! The served course shapes are built by `views::serve_course` from stored
-//! JSON, not from a Rust type of this crate, so they are described here by
-//! mirror types; a test serves a stored view and checks that the mirror
-//! reads it exactly (no field missing, none unknown).
+//! The served bodies are built as bytes from stored JSON (`crate::served`),
+//! not from Rust types of this crate, so they are described here by mirror
+//! types; tests serve stored views and check that each mirror reads the
+//! body exactly (no field missing, none unknown).
 
 #![allow(dead_code)] // The mirror types are described, never built outside tests.
 
@@ -96,6 +96,48 @@ pub(super) struct ErrorDetail {
     message: String,
     /// Only for `validation_failed`: the problem of each field, by name.
     fields: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `GET /v1/courses?ids=`: `{"courses":[card...],"missing":[id...]}`.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Cards {
+    /// In the order asked; a duplicated id appears as often as asked.
+    courses: Vec<CourseCard>,
+    /// Ids without a card, in order of first appearance.
+    missing: Vec<i64>,
+}
+
+/// A page of a category: `{"courses":[card...],"total"}`.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CategoryPage {
+    courses: Vec<CourseCard>,
+    /// Courses in the category, all pages together.
+    total: u64,
+}
+
+/// A page of a user's library: `{"user_id","courses":[card...],"total"}`.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Library {
+    user_id: i64,
+    courses: Vec<CourseCard>,
+    /// Active enrollments, all pages together.
+    total: u64,
+}
+
+/// A sale event and its courses' cards.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventPage {
+    id: i64,
+    name: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    discount_percent: i32,
+    /// In the event's order; `sale` is this event's while it runs, else null.
+    courses: Vec<CourseCard>,
 }
 
 /// A course card: the course page without `description_html` and `top_companies`.
@@ -203,8 +245,8 @@ mod tests {
             .expect("valid time")
     }
 
-    fn stored_detail() -> views::CourseDetail {
-        views::CourseDetail {
+    fn stored_page() -> views::CoursePage {
+        views::CoursePage {
             id: 7,
             title: "t".into(),
             summary: "s".into(),
@@ -212,12 +254,17 @@ mod tests {
             category: "c".into(),
             instructor: "i".into(),
             price_krw: 1000,
+            created_at: at(1),
+        }
+    }
+
+    fn stored_stats() -> views::CourseStats {
+        views::CourseStats {
             student_count: 2,
             top_companies: vec![views::TopCompany {
                 company: "Acme".into(),
                 students: 2,
             }],
-            created_at: at(1),
             lsn: "0/1".into(),
             sales: vec![views::Sale {
                 event_id: 3,
@@ -232,17 +279,53 @@ mod tests {
 
     #[test]
     fn the_documented_course_shapes_are_exactly_what_is_served() {
-        let detail = stored_detail();
-        let card = views::CourseCard::from(&detail);
+        let (page, stats) = (stored_page(), stored_stats());
+        let card = serde_json::to_vec(&views::CourseCard::new(&page, &stats)).expect("json");
+        let (page, stats) = (
+            serde_json::to_vec(&page).expect("json"),
+            serde_json::to_vec(&stats).expect("json"),
+        );
         for now in [at(2), at(4)] {
-            let served =
-                views::serve_course(&serde_json::to_vec(&detail).expect("json"), now, None)
-                    .expect("serves");
-            serde_json::from_slice::<CourseDetail>(&served).expect("the detail as documented");
-            let served = views::serve_course(&serde_json::to_vec(&card).expect("json"), now, None)
-                .expect("serves");
+            let served = crate::served::course_page(7, &page, &stats, now).expect("serves");
+            serde_json::from_slice::<CourseDetail>(&served.body).expect("the detail as documented");
+            let served = crate::served::card(&card, now, None).expect("serves");
             serde_json::from_slice::<CourseCard>(&served).expect("the card as documented");
         }
+    }
+
+    #[test]
+    fn the_documented_list_shapes_are_exactly_what_is_spliced() {
+        let card = serde_json::to_vec(&views::CourseCard::new(&stored_page(), &stored_stats()))
+            .expect("json");
+        let served = crate::served::card(&card, at(2), None).expect("serves");
+        let list = |head: &[u8], tail: &[u8]| {
+            let mut list = crate::served::CardList::new(head, 2);
+            list.push(&served);
+            list.push(&served);
+            list.finish(tail)
+        };
+        serde_json::from_slice::<Cards>(&list(b"{\"courses\":", b",\"missing\":[4,5]}"))
+            .expect("cards as documented");
+        serde_json::from_slice::<CategoryPage>(&list(b"{\"courses\":", b",\"total\":9}"))
+            .expect("a category page as documented");
+        serde_json::from_slice::<Library>(&list(b"{\"user_id\":3,\"courses\":", b",\"total\":9}"))
+            .expect("a library page as documented");
+        let event = crate::served::EventPage {
+            event: views::EventView {
+                id: 3,
+                name: "a \"quoted\" sale".into(),
+                starts_at: at(1),
+                ends_at: at(3),
+                discount_percent: 50,
+                course_ids: vec![7],
+                lsn: "0/1".into(),
+            },
+            cards: vec![card.into()],
+        };
+        let served = crate::served::event_page(&event, at(2)).expect("serves");
+        let page: EventPage = serde_json::from_slice(&served.body).expect("an event as documented");
+        assert_eq!(page.name, event.event.name);
+        assert_eq!(page.courses[0].sale.as_ref().map(|s| s.event_id), Some(3));
     }
 
     #[test]

@@ -1,29 +1,18 @@
 //! `GET /v1/users/{id}/courses`: a user's library, newest enrollment first.
 
-use axum::{extract::State, http::HeaderMap, response::Response};
-use serde::Serialize;
-use serde_json::value::RawValue;
+use axum::{extract::State, response::Response};
 
-use super::{answer, json, serve_card, wait_for_min_lsn};
+use super::{answer, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_page, PathId, QueryParams},
+    served::{self, CardList},
     store::List,
     AppState,
 };
 
 /// Cards per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: i64 = 50;
-
-/// `{"user_id","courses":[card...],"total"}`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct Library {
-    user_id: i64,
-    #[schema(value_type = Vec<super::reference::CourseCard>)]
-    courses: Vec<Box<RawValue>>,
-    /// Active enrollments, all pages together.
-    total: u64,
-}
 
 /// `GET /v1/users/{id}/courses?limit=&offset=`. A user with no enrollment
 /// (or no such user: the read side cannot tell) gets an empty list.
@@ -40,7 +29,7 @@ struct Library {
         super::reference::FreshnessHeaders
     ),
     responses(
-        (status = 200, description = "A page of the user's active courses, newest enrollment first, and their number; empty for a user with none", body = Library, headers(
+        (status = 200, description = "A page of the user's active courses, newest enrollment first, and their number; empty for a user with none", body = super::reference::Library, headers(
                 ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
                 ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
             )),
@@ -53,20 +42,22 @@ pub(super) async fn library(
     State(state): State<AppState>,
     PathId(user_id): PathId,
     params: QueryParams,
-    headers: HeaderMap,
+    ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let page = parse_page(&params, DEFAULT_LIMIT)?;
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let (projection, list) = state.store.list(List::Library(user_id), page).await?;
     let now = chrono::Utc::now();
-    let body = Library {
-        user_id,
-        courses: list
-            .cards
-            .iter()
-            .map(|card| serve_card(card, now, None))
-            .collect::<Result<_, _>>()?,
-        total: list.total,
-    };
-    Ok(answer(&projection, &headers, None, json(&body)?))
+    let head = format!("{{\"user_id\":{user_id},\"courses\":");
+    let mut body = CardList::new(head.as_bytes(), list.cards.len());
+    for card in &list.cards {
+        body.push(&served::card(card, now, None)?);
+    }
+    let tail = format!(",\"total\":{}}}", list.total);
+    Ok(answer(
+        &projection,
+        &headers,
+        None,
+        body.finish(tail.as_bytes()),
+    ))
 }

@@ -1,0 +1,287 @@
+//! Served bodies, where command → projector → query ends: stored views
+//! turned into the bytes a response carries, by this process's clock, with
+//! an exact entity tag and the span of time in which they stay right.
+//!
+//! Nothing here parses a whole view: a course page is the stored page and
+//! stats joined as bytes (`views::serve_course_page`), a list is its served
+//! cards spliced between a head and a tail, and an `ETag` is a hash of the
+//! body, so it changes exactly when the body does (a sale that the clock
+//! starts or ends included) and is the same in every process.
+
+use std::fmt::Display;
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use views::{EventView, Sale};
+
+use crate::error::ApiError;
+
+/// A body ready to send, and its `ETag`.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub body: Bytes,
+    pub etag: Option<HeaderValue>,
+}
+
+/// A course page as read: served already (pre-warmed and right at this
+/// moment), or its stored page and stats.
+pub enum Course {
+    Served(Served),
+    Stored { page: Bytes, stats: Bytes },
+}
+
+/// A course card as read: served already, or as stored.
+#[derive(Debug, Clone)]
+pub enum Card {
+    Served(Bytes),
+    Stored(Bytes),
+}
+
+/// An event page as read: served already, or the stored event view and
+/// the stored cards of its courses (those without a card skipped).
+pub enum Event {
+    Served(Served),
+    Stored(EventPage),
+}
+
+/// A stored event view and its courses' stored cards, in the event's order.
+pub struct EventPage {
+    pub event: EventView,
+    pub cards: Vec<Bytes>,
+}
+
+/// `"<prefix>-<hex xxh3 of body>"`. xxh3 because it is stable across
+/// builds and machines (every instance behind a CDN hands out the same tag)
+/// and hashes a 20 KB page in about a microsecond.
+pub fn etag(prefix: impl Display, body: &[u8]) -> Option<HeaderValue> {
+    let hash = xxhash_rust::xxh3::xxh3_64(body);
+    HeaderValue::try_from(format!("\"{prefix}-{hash:016x}\"")).ok()
+}
+
+/// The span `[from, until)` of the clock in which no candidate sale of a
+/// stored view starts or ends: whatever is served from the same stored
+/// views at any moment of it is the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+}
+
+impl Validity {
+    /// No boundary at all.
+    pub const ALWAYS: Validity = Validity {
+        from: DateTime::<Utc>::MIN_UTC,
+        until: DateTime::<Utc>::MAX_UTC,
+    };
+
+    /// The span around `now` between the sale boundaries of `sales`.
+    pub fn around(sales: &[Sale], now: DateTime<Utc>) -> Self {
+        let mut span = Self::ALWAYS;
+        for boundary in sales.iter().flat_map(|s| [s.starts_at, s.ends_at]) {
+            if boundary <= now {
+                span.from = span.from.max(boundary);
+            } else {
+                span.until = span.until.min(boundary);
+            }
+        }
+        span
+    }
+
+    /// The span around `now` of a stored course stats or card (its trailing
+    /// `sales`): parsed whole, so only at refresh time, never per request.
+    pub fn of_stored(stored: &[u8], now: DateTime<Utc>) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Candidates {
+            sales: Vec<Sale>,
+        }
+        let candidates: Candidates =
+            serde_json::from_slice(stored).map_err(|err| ApiError::corrupt("course sales", err))?;
+        Ok(Self::around(&candidates.sales, now))
+    }
+
+    /// Both spans at once.
+    pub fn meet(self, other: Validity) -> Self {
+        Validity {
+            from: self.from.max(other.from),
+            until: self.until.min(other.until),
+        }
+    }
+
+    /// `now` is inside the span.
+    pub fn contains(&self, now: DateTime<Utc>) -> bool {
+        self.from <= now && now < self.until
+    }
+}
+
+/// The served course detail of course `id`: its stored page and stats
+/// joined, `sale` picked by the clock `now`.
+pub fn course_page(
+    id: i64,
+    page: &[u8],
+    stats: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Served, ApiError> {
+    let body = views::serve_course_page(page, stats, now)
+        .map_err(|err| ApiError::corrupt("course page", err))?;
+    Ok(Served {
+        etag: etag(id, &body),
+        body: Bytes::from(body),
+    })
+}
+
+/// A stored card served by the clock `now`: `sale` is the pick among its
+/// candidates (with `only_event`, that event's sale while it runs).
+pub fn card(stored: &[u8], now: DateTime<Utc>, only_event: Option<i64>) -> Result<Bytes, ApiError> {
+    views::serve_course(stored, now, only_event)
+        .map(Bytes::from)
+        .map_err(|err| ApiError::corrupt("course card", err))
+}
+
+impl Card {
+    /// The served bytes (by the clock `now` when stored).
+    pub fn serve(self, now: DateTime<Utc>) -> Result<Bytes, ApiError> {
+        match self {
+            Card::Served(body) => Ok(body),
+            Card::Stored(stored) => card(&stored, now, None),
+        }
+    }
+}
+
+/// A JSON body made of a head (a JSON object's opening fields, ending in
+/// `"field":`), an array of served cards spliced in as they are, and a
+/// tail. Cards come from the projector's serializer through
+/// `views::serve_course`, so they are not validated again.
+pub struct CardList {
+    out: Vec<u8>,
+    first: bool,
+}
+
+impl CardList {
+    /// Starts `{<head>[`; `head` is written by `serde_json` when it has text.
+    pub fn new(head: &[u8], cards: usize) -> Self {
+        let mut out = Vec::with_capacity(head.len() + 64 + cards * 512);
+        out.extend_from_slice(head);
+        out.push(b'[');
+        CardList { out, first: true }
+    }
+
+    /// Appends one served card.
+    pub fn push(&mut self, card: &[u8]) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(card);
+    }
+
+    /// Closes the array, appends `tail` (the rest of the object, from its
+    /// comma to its closing brace) and returns the body.
+    pub fn finish(mut self, tail: &[u8]) -> Vec<u8> {
+        self.out.push(b']');
+        self.out.extend_from_slice(tail);
+        self.out
+    }
+}
+
+/// The event page `{"id","name","starts_at","ends_at","discount_percent","courses":[card...]}`:
+/// each card's `sale` is this event's while it runs (by the clock `now`).
+pub fn event_page(page: &EventPage, now: DateTime<Utc>) -> Result<Served, ApiError> {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        id: i64,
+        name: &'a str,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+        discount_percent: i32,
+    }
+    let event = &page.event;
+    let mut head = serde_json::to_vec(&Head {
+        id: event.id,
+        name: &event.name,
+        starts_at: event.starts_at,
+        ends_at: event.ends_at,
+        discount_percent: event.discount_percent,
+    })
+    .map_err(|err| ApiError::corrupt("event view", err))?;
+    // `{...}` becomes `{...,"courses":`.
+    head.pop();
+    head.extend_from_slice(b",\"courses\":");
+    let mut list = CardList::new(&head, page.cards.len());
+    for stored in &page.cards {
+        list.push(&card(stored, now, Some(event.id))?);
+    }
+    let body = list.finish(b"}");
+    Ok(Served {
+        etag: etag(format_args!("e{}", event.id), &body),
+        body: Bytes::from(body),
+    })
+}
+
+/// The span in which [`event_page`] serves the same bytes.
+pub fn event_validity(page: &EventPage, now: DateTime<Utc>) -> Result<Validity, ApiError> {
+    page.cards.iter().try_fold(Validity::ALWAYS, |span, card| {
+        Ok(span.meet(Validity::of_stored(card, now)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, hour, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn sale(event_id: i64, from: u32, to: u32) -> Sale {
+        Sale {
+            event_id,
+            price_krw: 0,
+            discount_percent: 100,
+            starts_at: at(from),
+            ends_at: at(to),
+            seats_left: None,
+        }
+    }
+
+    #[test]
+    fn a_span_ends_at_the_next_boundary_and_starts_at_the_last() {
+        let sales = [sale(1, 2, 6), sale(2, 4, 8)];
+        let span = Validity::around(&sales, at(3));
+        assert!(span.contains(at(2)) && span.contains(at(3)));
+        assert!(!span.contains(at(4)), "a sale starts at 4");
+        assert!(!span.contains(at(1)), "a sale had not started at 1");
+        let after = Validity::around(&sales, at(9));
+        assert!(after.contains(at(8)) && after.contains(at(23)));
+        assert_eq!(Validity::around(&[], at(3)), Validity::ALWAYS);
+    }
+
+    #[test]
+    fn a_tag_names_the_id_and_changes_with_the_body() {
+        let a = etag(7, b"{\"sale\":null}").expect("tag");
+        let b = etag(7, b"{\"sale\":{}}").expect("tag");
+        assert_ne!(a, b);
+        assert_eq!(a, etag(7, b"{\"sale\":null}").expect("tag"));
+        let text = a.to_str().expect("ascii");
+        assert!(text.starts_with("\"7-") && text.ends_with('"') && text.len() == 20);
+    }
+
+    #[test]
+    fn a_list_splices_its_cards_between_head_and_tail() {
+        let mut list = CardList::new(b"{\"courses\":", 2);
+        list.push(b"{\"id\":1}");
+        list.push(b"{\"id\":2}");
+        let body = list.finish(b",\"total\":2}");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"courses":[{"id":1},{"id":2}],"total":2})
+        );
+        let empty = CardList::new(b"{\"courses\":", 0).finish(b"}");
+        assert_eq!(empty, b"{\"courses\":[]}");
+    }
+}
