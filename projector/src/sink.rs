@@ -7,12 +7,17 @@
 //!
 //! Lua cannot decompress LZ4, so a course keeps its aggregates uncompressed
 //! (hash: row fields, active students `n`, `stamp`; sorted set: company
-//! tallies); events and orders keep theirs likewise. Script one applies the
-//! entries newer than the stamp and always
-//! returns the aggregates; the projector renders the view; script two writes
-//! the encoded view only if its own stamp (`vstamp`) is older. A crash between
-//! the two is healed by the replay, because script one still returns the
-//! aggregates when it skips.
+//! tallies; the heavy HTML in a hash of its own, so counting an enrollment
+//! never copies it); events and orders keep theirs likewise. Script one
+//! applies the entries newer than the stamp and always returns the
+//! aggregates; the projector renders the views; script two writes the
+//! encoded views only if their own stamp (`vstamp`) is older. A crash
+//! between the two is healed by the replay, because script one still returns
+//! the aggregates when it skips.
+//!
+//! A course's page (its row's fields) is rendered and written only in a
+//! flush that changed one of them; every other change rewrites its small
+//! stats and card. On a replay the same entries ask for the page again.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -39,7 +44,7 @@ use crate::projection::{
 /// Entries, from ARGV[2]: `stamp 'f' n (field value)*n` or
 /// `stamp 'e' delta company event`.
 const APPLY: &str = r#"
-local agg, companies = KEYS[1], KEYS[2]
+local agg, companies, text = KEYS[1], KEYS[2], KEYS[3]
 local last = redis.call('HGET', agg, 'stamp') or ''
 local stored = last
 local i = 2
@@ -63,26 +68,29 @@ while i <= #ARGV do
   else
     local n = tonumber(ARGV[i + 2])
     if stamp > last then
-      if n > 0 then
-        local pairs = {}
-        for j = 0, 2 * n - 1 do pairs[j + 1] = ARGV[i + 3 + j] end
-        redis.call('HSET', agg, unpack(pairs))
+      local pairs = {}
+      for j = 0, n - 1 do
+        local field, value = ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j]
+        if field == 'description_html' then
+          redis.call('HSET', text, field, value)
+        else
+          pairs[#pairs + 1] = field
+          pairs[#pairs + 1] = value
+        end
       end
+      if #pairs > 0 then redis.call('HSET', agg, unpack(pairs)) end
       last = stamp
     end
     i = i + 3 + 2 * n
   end
 end
 if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
-local all = redis.call('HGETALL', agg)
-local out = all
-if ARGV[1] ~= '1' then
-  out = {}
-  for j = 1, #all, 2 do
-    if all[j] ~= 'description_html' then
-      out[#out + 1] = all[j]
-      out[#out + 1] = all[j + 1]
-    end
+local out = redis.call('HGETALL', agg)
+if ARGV[1] == '1' then
+  local html = redis.call('HGET', text, 'description_html')
+  if html then
+    out[#out + 1] = 'description_html'
+    out[#out + 1] = html
   end
 end
 return {out, redis.call('ZRANGE', companies, 0, 4, 'WITHSCORES')}
@@ -329,28 +337,32 @@ impl Sink {
         // go in the first step.
         let first = self.client.pipeline();
         for (entity, entries) in &batch.entities {
-            let (agg, aux) = match *entity {
-                Entity::Course(id) => (
+            let script_keys = match *entity {
+                Entity::Course(id) => vec![
                     keys.course_agg(generation, id),
                     keys.course_companies(generation, id),
-                ),
-                // Only courses tally companies; the second key just keeps the
-                // script's signature (same hash tag, never written).
-                Entity::Event(id) => (
-                    keys.event_agg(generation, id),
-                    format!("{}:none", keys.event_agg(generation, id)),
-                ),
-                Entity::Order(id) => (
-                    keys.order_agg(generation, id),
-                    format!("{}:none", keys.order_agg(generation, id)),
-                ),
+                    keys.course_text(generation, id),
+                ],
+                // Only courses tally companies and keep heavy text; the other
+                // keys just keep the script's signature (same hash tag,
+                // never written).
+                Entity::Event(id) => {
+                    let agg = keys.event_agg(generation, id);
+                    let none = format!("{agg}:none");
+                    vec![agg, none.clone(), none]
+                }
+                Entity::Order(id) => {
+                    let agg = keys.order_agg(generation, id);
+                    let none = format!("{agg}:none");
+                    vec![agg, none.clone(), none]
+                }
             };
             let with_page = entries.iter().any(Entry::touches_page);
             let args = entry_args(with_page, entries)
                 .into_iter()
                 .map(Value::from)
                 .collect();
-            queue_script(&first, &self.apply, vec![agg, aux], args).await?;
+            queue_script(&first, &self.apply, script_keys, args).await?;
         }
         for (&(user, course), op) in &batch.library {
             let key = keys.user_library(generation, user);

@@ -8,6 +8,7 @@
 //! {P}:g{N}:{c{ID}}:view          string  course page: the row's fields (format byte + payload)
 //! {P}:g{N}:{c{ID}}:stats         string  course stats: students, top companies, sales, lsn
 //! {P}:g{N}:{c{ID}}:agg           hash    course row fields, student count, stamp
+//! {P}:g{N}:{c{ID}}:text          hash    description_html: the heavy column, kept apart
 //! {P}:g{N}:{c{ID}}:companies     zset    company -> minus its active students
 //! {P}:g{N}:{c{ID}}:card          string  course card view
 //! {P}:g{N}:{e{ID}}:view          string  event view (meta and course ids)
@@ -104,6 +105,12 @@ impl Keys {
         format!("{}:g{generation}:{{c{id}}}:agg", self.prefix)
     }
 
+    /// The course's heavy text (hash: `description_html`), kept out of the
+    /// aggregate so the script that counts an enrollment never copies it.
+    pub fn course_text(&self, generation: u64, id: i64) -> String {
+        format!("{}:g{generation}:{{c{id}}}:text", self.prefix)
+    }
+
     /// The course's company tallies (sorted set, score = minus students).
     pub fn course_companies(&self, generation: u64, id: i64) -> String {
         format!("{}:g{generation}:{{c{id}}}:companies", self.prefix)
@@ -180,13 +187,14 @@ mod tests {
     #[test]
     fn entity_keys_share_one_hash_tag_and_the_prefix() {
         let k = Keys::new("shop");
-        let (v, s, a, c) = (
+        let (v, s, a, t, c) = (
             k.course_view(3, 42),
             k.course_stats(3, 42),
             k.course_agg(3, 42),
+            k.course_text(3, 42),
             k.course_companies(3, 42),
         );
-        for key in [&v, &s, &a, &c] {
+        for key in [&v, &s, &a, &t, &c] {
             assert!(key.starts_with("shop:"), "{key}");
             assert!(key.contains("{c42}"), "{key}");
         }
