@@ -131,35 +131,47 @@ async fn twenty_sigkills_while_orders_and_cancels_stream_in_leave_every_view_exa
     }
     stack.wait_projector_ready(Duration::from_secs(60)).await?;
     assert_views_equal_tables(&stack).await?;
-    // Orders and libraries converge too.
+    // Every order converges too (status, total, items), and the libraries
+    // of the latest buyers.
     let lsn = stack.current_lsn().await?;
     let rows = stack
         .pg
         .query(
-            "SELECT id, status, user_id FROM orders ORDER BY id DESC LIMIT 10",
+            "SELECT o.id, o.status, o.user_id, o.total_krw, count(i.course_id) \
+               FROM orders o JOIN order_items i ON i.order_id = o.id \
+              GROUP BY o.id ORDER BY o.id DESC",
             &[],
         )
         .await?;
-    for row in rows {
+    assert!(!rows.is_empty(), "the load wrote no orders");
+    for (n, row) in rows.iter().enumerate() {
         let (id, status, user): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let (total, items): (i64, i64) = (row.get(3), row.get(4));
         let order = stack.get_fresh(&format!("/v1/orders/{id}"), &lsn).await?;
-        if order.status == StatusCode::OK {
-            assert_eq!(order.body["status"], status.as_str(), "order {id}");
+        assert_eq!(order.status, StatusCode::OK, "order {id}");
+        assert_eq!(order.body["status"], status.as_str(), "order {id}");
+        assert_eq!(order.body["total_krw"], total, "order {id}");
+        assert_eq!(
+            order.body["items"].as_array().map(Vec::len),
+            Some(items as usize),
+            "order {id}"
+        );
+        if n >= 10 {
+            continue;
         }
         let library = stack
             .get_fresh(&format!("/v1/users/{user}/courses"), &lsn)
             .await?;
-        if library.status == StatusCode::OK {
-            let active: i64 = stack
-                .pg
-                .query_one(
-                    "SELECT count(*) FROM enrollments WHERE user_id = $1 AND revoked_at IS NULL",
-                    &[&user],
-                )
-                .await?
-                .get(0);
-            assert_eq!(library.body["total"], active, "library of user {user}");
-        }
+        assert_eq!(library.status, StatusCode::OK, "library of user {user}");
+        let active: i64 = stack
+            .pg
+            .query_one(
+                "SELECT count(*) FROM enrollments WHERE user_id = $1 AND revoked_at IS NULL",
+                &[&user],
+            )
+            .await?
+            .get(0);
+        assert_eq!(library.body["total"], active, "library of user {user}");
     }
     stack.cleanup().await
 }

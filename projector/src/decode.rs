@@ -42,6 +42,8 @@ pub enum Change {
     Order {
         id: i64,
         fields: Vec<(String, String)>,
+        /// The row was inserted (the order's state starts here), not updated.
+        inserted: bool,
     },
     OrderItem {
         order_id: i64,
@@ -211,10 +213,13 @@ impl Decoder {
             }
             LogicalReplicationMessage::Insert { relation_id, tuple } => {
                 let relation = self.relation(relation_id)?;
-                upsert(&Row {
-                    relation,
-                    tuple: &tuple,
-                })
+                upsert(
+                    &Row {
+                        relation,
+                        tuple: &tuple,
+                    },
+                    true,
+                )
             }
             LogicalReplicationMessage::Update {
                 relation_id,
@@ -228,7 +233,7 @@ impl Decoder {
                     tuple: &new_tuple,
                 };
                 if relation.table != Table::Enrollments {
-                    return upsert(&new);
+                    return upsert(&new, false);
                 }
                 // REPLICA IDENTITY FULL gives the old row, so the change is
                 // exactly "new active" minus "old active".
@@ -297,7 +302,7 @@ impl Decoder {
 }
 
 /// An inserted or updated row of a projected table.
-fn upsert(row: &Row<'_>) -> Result<Vec<Change>, DecodeError> {
+fn upsert(row: &Row<'_>, inserted: bool) -> Result<Vec<Change>, DecodeError> {
     Ok(match row.relation.table {
         Table::Courses => vec![Change::Course {
             id: row.int("courses", "id")?,
@@ -316,6 +321,7 @@ fn upsert(row: &Row<'_>) -> Result<Vec<Change>, DecodeError> {
         Table::Orders => vec![Change::Order {
             id: row.int("orders", "id")?,
             fields: row.fields(&ORDER_FIELDS),
+            inserted,
         }],
         Table::OrderItems => vec![Change::OrderItem {
             order_id: row.int("order_items", "order_id")?,

@@ -5,7 +5,7 @@
 //! as fixed-width hex, so Redis (Lua) compares stamps as plain strings and a
 //! transaction too large for one flush can be resumed where it stopped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use views::{
@@ -71,6 +71,21 @@ impl Entry {
     }
 }
 
+/// The aggregate a fresh entity's entries make on their own: their fields in
+/// order, and the stamp of the last one (enrollment counts are not kept).
+pub fn aggregate_of(entries: &[Entry]) -> HashMap<String, String> {
+    let mut agg = HashMap::new();
+    for entry in entries {
+        if let Entry::Fields { stamp, fields } = entry {
+            for (k, v) in fields {
+                agg.insert(k.clone(), v.clone());
+            }
+            agg.insert("stamp".to_owned(), stamp.clone());
+        }
+    }
+    agg
+}
+
 /// What a user's library does with a course.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LibraryOp {
@@ -87,6 +102,10 @@ pub struct Batch {
     /// (user, course) → the last library operation. Library writes are set
     /// operations (add, remove), so replaying them in order converges.
     pub library: BTreeMap<(i64, i64), LibraryOp>,
+    /// Entities whose first change in this batch inserted their row: their
+    /// whole state is in the batch, so their views render from its entries
+    /// alone (one script, no aggregate read back).
+    pub fresh: BTreeSet<Entity>,
     /// Row changes buffered.
     pub changes: usize,
     /// End LSN of the last transaction whose changes are all in this batch
@@ -104,7 +123,16 @@ impl Batch {
         match change {
             Change::Course { id, fields } => self.fields(Entity::Course(id), stamp, fields),
             Change::Event { id, fields } => self.fields(Entity::Event(id), stamp, fields),
-            Change::Order { id, fields } => self.fields(Entity::Order(id), stamp, fields),
+            Change::Order {
+                id,
+                fields,
+                inserted,
+            } => {
+                if inserted && !self.entities.contains_key(&Entity::Order(id)) {
+                    self.fresh.insert(Entity::Order(id));
+                }
+                self.fields(Entity::Order(id), stamp, fields)
+            }
             Change::Enrollment {
                 course_id,
                 user_id,

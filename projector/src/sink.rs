@@ -34,20 +34,22 @@ use futures_util::future::try_join_all;
 use views::{GenerationMarker, Keys, Lsn};
 
 use crate::projection::{
-    course_event_ids, parse_pg_timestamp, render_course, render_event, render_order, top_five,
+    aggregate_of, course_event_ids, parse_pg_timestamp, render_course, render_event, render_order, top_five,
     Batch, Entity, Entry, EventTerms, LibraryOp,
 };
 
 /// Applies entries newer than the stored stamp; returns the aggregate hash
 /// (flat; `description_html` only when ARGV[1] is `1`) and the top five
-/// company tallies (flat, with scores).
-/// Entries, from ARGV[2]: `stamp 'f' n (field value)*n` or
+/// company tallies (flat, with scores). With a view stamp in ARGV[2], the
+/// caller rendered the view (ARGV[3]) from the entries alone: it is written
+/// to KEYS[4] if newer than the stored one, and nothing is returned.
+/// Entries, from ARGV[4]: `stamp 'f' n (field value)*n` or
 /// `stamp 'e' delta company event`.
 const APPLY: &str = r#"
-local agg, companies, text = KEYS[1], KEYS[2], KEYS[3]
+local agg, companies, text, view = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local last = redis.call('HGET', agg, 'stamp') or ''
 local stored = last
-local i = 2
+local i = 4
 while i <= #ARGV do
   local stamp, kind = ARGV[i], ARGV[i + 1]
   if kind == 'e' then
@@ -85,6 +87,13 @@ while i <= #ARGV do
   end
 end
 if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
+if ARGV[2] ~= '' then
+  if ARGV[2] > (redis.call('HGET', agg, 'vstamp') or '') then
+    redis.call('SET', view, ARGV[3])
+    redis.call('HSET', agg, 'vstamp', ARGV[2])
+  end
+  return 0
+end
 local out = redis.call('HGETALL', agg)
 if ARGV[1] == '1' then
   local html = redis.call('HGET', text, 'description_html')
@@ -336,32 +345,62 @@ impl Sink {
         // futures. Library writes need nothing from the aggregates, so they
         // go in the first step.
         let first = self.client.pipeline();
+        // Entities whose whole state is in the batch (a new order) have their
+        // view rendered here and written by the same script: one call, and
+        // no aggregate read back.
+        let mut written_at_once = Vec::with_capacity(batch.entities.len());
         for (entity, entries) in &batch.entities {
+            let at_once = match *entity {
+                Entity::Order(id) if batch.fresh.contains(entity) => {
+                    let agg = aggregate_of(entries);
+                    render_order(id, &agg).map(|view| {
+                        let stamp = agg.get("stamp").cloned().unwrap_or_default();
+                        (stamp, views::encode(&view), keys.order_view(generation, id))
+                    })
+                }
+                _ => None,
+            };
             let script_keys = match *entity {
                 Entity::Course(id) => vec![
                     keys.course_agg(generation, id),
                     keys.course_companies(generation, id),
                     keys.course_text(generation, id),
+                    keys.course_view(generation, id),
                 ],
-                // Only courses tally companies and keep heavy text; the other
-                // keys just keep the script's signature (same hash tag,
-                // never written).
+                // Only courses tally companies and keep heavy text; unused
+                // keys just keep the script's signature (same hash tag, never
+                // written).
                 Entity::Event(id) => {
                     let agg = keys.event_agg(generation, id);
                     let none = format!("{agg}:none");
-                    vec![agg, none.clone(), none]
+                    vec![agg, none.clone(), none.clone(), none]
                 }
                 Entity::Order(id) => {
                     let agg = keys.order_agg(generation, id);
                     let none = format!("{agg}:none");
-                    vec![agg, none.clone(), none]
+                    let view = match &at_once {
+                        Some((_, _, view)) => view.clone(),
+                        None => none.clone(),
+                    };
+                    vec![agg, none.clone(), none, view]
                 }
             };
             let with_page = entries.iter().any(Entry::touches_page);
-            let args = entry_args(with_page, entries)
-                .into_iter()
-                .map(Value::from)
-                .collect();
+            let mut args: Vec<Value> = Vec::with_capacity(3 + entries.len() * 5);
+            args.push(if with_page { "1" } else { "0" }.into());
+            match at_once {
+                Some((stamp, view, _)) => {
+                    args.push(stamp.into());
+                    args.push(Value::Bytes(view.into()));
+                    written_at_once.push(true);
+                }
+                None => {
+                    args.push("".into());
+                    args.push("".into());
+                    written_at_once.push(false);
+                }
+            }
+            args.extend(entry_args(entries).into_iter().map(Value::from));
             queue_script(&first, &self.apply, script_keys, args).await?;
         }
         for (&(user, course), op) in &batch.library {
@@ -383,7 +422,12 @@ impl Sink {
         }
 
         let mut aggs = Vec::with_capacity(replies.len());
-        for ((entity, entries), reply) in batch.entities.iter().zip(replies) {
+        for (((entity, entries), reply), at_once) in
+            batch.entities.iter().zip(replies).zip(written_at_once)
+        {
+            if at_once {
+                continue;
+            }
             let (agg, top) = parse_apply_reply(reply)?;
             if let Entity::Event(id) = entity {
                 if let Some(terms) = EventTerms::from_agg(&agg) {
@@ -607,12 +651,10 @@ async fn queue_script(
     Ok(())
 }
 
-/// Flattens entries into the script's arguments: whether to return the
-/// page's HTML, then `stamp 'e' delta company event` or
-/// `stamp 'f' n (field value)*n` each.
-fn entry_args(with_page: bool, entries: &[Entry]) -> Vec<String> {
-    let mut args = Vec::with_capacity(1 + entries.len() * 5);
-    args.push(if with_page { "1" } else { "0" }.to_owned());
+/// Flattens entries into the script's arguments:
+/// `stamp 'e' delta company event` or `stamp 'f' n (field value)*n` each.
+fn entry_args(entries: &[Entry]) -> Vec<String> {
+    let mut args = Vec::with_capacity(entries.len() * 5);
     for entry in entries {
         match entry {
             Entry::Enroll {

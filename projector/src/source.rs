@@ -287,6 +287,9 @@ async fn build_from_snapshot(
             Ok(Change::Order {
                 id: int(r, 0)?,
                 fields,
+                // Built like any other entity: its items come from another
+                // table's scan, in another batch.
+                inserted: false,
             })
         })
         .await?;
