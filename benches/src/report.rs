@@ -383,14 +383,15 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
         ),
         "projector_over_recvlogical" => format!(
             "pg_recvlogical throws the decoded stream away; the projector turns it into views before it confirms. In \
-             the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% (the Lua scripts that apply the \
-             stamped changes) and PostgreSQL's decoding {:.0}%; the projector's own samples are led by \
-             `lz4_flex` compression, memmove and JSON string escaping: for every course an enrollment touched, \
-             the apply script returns the course's whole aggregate hash, its 10 KB of HTML included, and the \
-             projector re-renders, re-escapes and re-compresses the full page and writes it back, although only \
-             the counts changed. Closing the gap: keep the counts and company tallies in a small view of their own (merged at \
-             read time) so a 10 KB page is rewritten only when the course row changes, and group more transactions \
-             per flush while a backlog is being drained.",
+             the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and PostgreSQL's decoding \
+             {:.0}%. An enrollment no longer touches the course's 10 KB page (only its small stats view and card), a \
+             new order is applied and written by one script, and each flush step is one pipeline; what remains is \
+             per command: the projector's samples are led by its Redis client (encoding, routing and answering each \
+             command), and Redis spends most of its time entering and leaving Lua for the per-entity scripts, about \
+             five per checkout (an order, and per course one apply and one write). Closing the gap: fewer script \
+             calls per transaction (an in-process copy of each course's aggregate, checked against its stamp, would \
+             let one script apply and write), and the projector and Redis on cores of their own: here they share \
+             two with PostgreSQL's decoder.",
             share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
             share(r, "projector draining", "redis"),
             share(r, "projector draining", "postgres")
@@ -401,17 +402,17 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
                 .iter()
                 .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))?;
             let low = r.freshness.first()?;
-            let alone = r.order("cqrs_spread").map(Subject::max_rps).unwrap_or(0.0);
+            let alone = match r.order("cqrs_spread").map(Subject::max_rps) {
+                Some(alone) if alone > 0.0 => format!(" (alone, {alone:.0})"),
+                _ => String::new(),
+            };
             format!(
                 "At {:.0} orders/s offered the whole pipeline (load generator, command API, PostgreSQL, projector, \
                  Redis) shares two cores: with the projector and Redis busy beside it, the command API answered \
-                 {:.0} orders/s (alone, {alone:.0}), so orders queue and the lag's tail is the projector catching \
-                 up with what it competes with for CPU. At {:.0} orders/s the lag is p50 {:.1} ms, p99 {:.1} ms; the \
-                 tail comes in stalls of 100 to 300 ms in which nothing becomes visible and then everything at once \
-                 (the stripes in the freshness plot), whose cause this run did not pin down (the machine is shared, \
-                 and the projector's flushes re-render whole pages). The projector's cost per change is the row \
-                 above's (the full 10 KB page re-rendered for every enrollment), so the same change closes most of \
-                 the gap; the rest needs the programs off the database's machine.",
+                 {:.0} orders/s{alone}, so orders queue and the lag's tail is the projector catching up with what \
+                 it competes with for CPU. At {:.0} orders/s the lag is p50 {:.1} ms, p99 {:.1} ms. Closing the \
+                 rest needs the programs off the database's machine, or a projector that costs less per change \
+                 (see the row above).",
                 top.offered_rps, top.achieved_rps, low.offered_rps, low.p50_ms, low.p99_ms
             )
         }
