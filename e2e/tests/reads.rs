@@ -175,7 +175,9 @@ async fn a_hundred_and_twenty_five_cards_cost_one_round_trip_to_redis() -> anyho
     // again (which proves the generation stayed live): on a single Redis, one
     // MGET of them all.
     assert_eq!(
-        sent.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+        sent.iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect::<Vec<_>>(),
         [("MGET", 1)],
         "one MGET and nothing else: {sent:?}"
     );

@@ -34,8 +34,8 @@ use futures_util::future::try_join_all;
 use views::{GenerationMarker, Keys, Lsn};
 
 use crate::projection::{
-    aggregate_of, course_event_ids, parse_pg_timestamp, render_course, render_event, render_order, top_five,
-    Batch, Entity, Entry, EventTerms, LibraryOp,
+    aggregate_of, course_event_ids, parse_pg_timestamp, render_course, render_event, render_order,
+    top_five, Batch, Entity, Entry, EventTerms, LibraryOp,
 };
 
 /// Applies entries newer than the stored stamp; returns the aggregate hash
@@ -445,10 +445,7 @@ impl Sink {
         let second = self.client.pipeline();
         for (entity, agg, top, with_page) in &aggs {
             match entity {
-                Entity::Course(id) => {
-                    self.rank(&second, generation, *id, agg, *with_page)
-                        .await?
-                }
+                Entity::Course(id) => self.rank(&second, generation, *id, agg, *with_page).await?,
                 Entity::Event(id) => self.index_event(&second, generation, *id, agg).await?,
                 Entity::Order(_) => {}
             }
