@@ -12,7 +12,7 @@ use views::{
     CourseCard, CoursePage, CourseStats, EventView, Lsn, OrderItem, OrderView, Sale, TopCompany,
 };
 
-use crate::decode::Change;
+use crate::decode::{Change, COURSE_FIELDS};
 
 /// The stamp of entities built from the initial snapshot: older than any
 /// streamed change.
@@ -60,12 +60,14 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// The change sets a column the stored course page shows.
+    /// The change sets a column of the course row: the stored page shows
+    /// them all, so it is rewritten; every other change (enrollments, seat
+    /// limits) rewrites only the stats and the card.
     pub fn touches_page(&self) -> bool {
         match self {
             Entry::Fields { fields, .. } => fields
                 .iter()
-                .any(|(name, _)| PAGE_FIELDS.contains(&name.as_str())),
+                .any(|(name, _)| COURSE_FIELDS.contains(&name.as_str())),
             Entry::Enroll { .. } => false,
         }
     }
@@ -238,18 +240,6 @@ fn lsn_of(agg: &HashMap<String, String>) -> String {
     )
     .to_string()
 }
-
-/// The course row's columns that the stored page shows: a change to any of
-/// them rewrites the page; every other change rewrites only stats and card.
-pub const PAGE_FIELDS: [&str; 7] = [
-    "title",
-    "summary",
-    "description_html",
-    "category",
-    "instructor",
-    "price_krw",
-    "created_at",
-];
 
 /// A course rendered from its aggregates: the page (only when asked for),
 /// the stats and the card, as JSON.

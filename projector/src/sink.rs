@@ -385,7 +385,7 @@ impl Sink {
                     vec![agg, none.clone(), none, view]
                 }
             };
-            let with_page = entries.iter().any(Entry::touches_page);
+            let with_page = rewrites_page(entity, entries);
             let mut args: Vec<Value> = Vec::with_capacity(3 + entries.len() * 5);
             args.push(if with_page { "1" } else { "0" }.into());
             match at_once {
@@ -437,7 +437,7 @@ impl Sink {
                         .insert(*id, terms);
                 }
             }
-            let with_page = entries.iter().any(Entry::touches_page);
+            let with_page = rewrites_page(entity, entries);
             aggs.push((*entity, agg, top, with_page));
         }
         let events = self.event_terms(generation, &aggs).await?;
@@ -628,6 +628,11 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+/// The batch changes a course's row, so its page is rendered and written.
+fn rewrites_page(entity: &Entity, entries: &[Entry]) -> bool {
+    matches!(entity, Entity::Course(_)) && entries.iter().any(Entry::touches_page)
 }
 
 /// Queues `EVALSHA` of `script` on a pipeline (fred 10's pipelines have no
