@@ -233,6 +233,26 @@ fn record<T>(results: &mut Results, what: &str, outcome: Result<T>) -> Option<T>
     }
 }
 
+/// Starts the projector on `url` under `prefix` and waits until its views
+/// are built (`/ready`).
+async fn start_projector(
+    ctx: &Ctx,
+    url: &str,
+    prefix: &str,
+    limit: Duration,
+) -> Result<Program> {
+    let addr = free_addr()?;
+    let mut projector = Program::workspace(
+        &ctx.env,
+        "projector",
+        "projector",
+        &projector_env(ctx, url, prefix, addr),
+        addr,
+    )?;
+    projector.wait_ok("/ready", limit).await?;
+    Ok(projector)
+}
+
 fn projector_env(
     ctx: &Ctx,
     url: &str,
@@ -293,17 +313,8 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     if views_needed {
         tracing::info!("initial build");
         let building = Instant::now();
-        let projector_addr = free_addr()?;
-        let mut started = Program::workspace(
-            env,
-            "projector",
-            "projector",
-            &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
-            projector_addr,
-        )?;
-        started.wait_ok("/ready", build_limit).await?;
+        projector = Some(start_projector(ctx, &cqrs_url, &prefix, build_limit).await?);
         results.timings.initial_build_s = building.elapsed().as_secs_f64();
-        projector = Some(started);
     }
     let mut monolith = None;
     if let Some(mono_url) = &mono_url {
@@ -405,15 +416,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
 
     // Freshness: the whole pipeline, once the projector has caught up.
     if let (true, Some(command)) = (wants(Scenario::Freshness), &command) {
-        let projector_addr = free_addr()?;
-        let mut projector = Program::workspace(
-            env,
-            "projector",
-            "projector",
-            &projector_env(ctx, &cqrs_url, &prefix, projector_addr),
-            projector_addr,
-        )?;
-        projector.wait_ok("/ready", build_limit).await?;
+        let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
         let caught_up = async {
             let mut conn = PgConnection::connect(&cqrs_url).await?;
             let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
