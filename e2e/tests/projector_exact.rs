@@ -504,3 +504,60 @@ async fn a_requested_rebuild_switches_generations_while_reads_keep_succeeding() 
     assert_eq!(page.body["student_count"], 1);
     stack.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_course_changed_behind_the_projectors_back_is_read_back_not_overwritten(
+) -> anyhow::Result<()> {
+    use fred::prelude::*;
+    let mut stack = Stack::start().await?;
+    let (courses, users) = stack.catalogue(1, 3).await?;
+    let course = courses[0];
+    stack.start_projector().await?;
+    let first = stack
+        .order("k0", &json!({"user_id": users[0], "course_ids": [course]}))
+        .await?;
+    let page = stack
+        .get_fresh(
+            &format!("/v1/courses/{course}"),
+            first.header("x-commit-lsn"),
+        )
+        .await?;
+    assert_eq!(page.body["student_count"], 1);
+
+    // Another writer moves the course's aggregate: the projector's memory of
+    // it (at the last stamp it applied) is now out of date.
+    let keys = views::Keys::new(stack.prefix.clone());
+    let marker: Option<String> = stack.redis.get(keys.generation_marker()).await?;
+    let marker: views::GenerationMarker = serde_json::from_str(&marker.expect("live"))?;
+    let agg = keys.course_agg(marker.generation, course);
+    stack
+        .redis
+        .hset::<(), _, _>(&agg, [("n", "100"), ("stamp", "0")])
+        .await?;
+
+    // The next enrollment finds Redis elsewhere than remembered, so it is
+    // applied to what Redis holds: 100 + 1, not the remembered 1 + 1.
+    let second = stack
+        .order("k1", &json!({"user_id": users[1], "course_ids": [course]}))
+        .await?;
+    let page = stack
+        .get_fresh(
+            &format!("/v1/courses/{course}"),
+            second.header("x-commit-lsn"),
+        )
+        .await?;
+    assert_eq!(page.body["student_count"], 101);
+
+    // And from there on it is known again.
+    let third = stack
+        .order("k2", &json!({"user_id": users[2], "course_ids": [course]}))
+        .await?;
+    let page = stack
+        .get_fresh(
+            &format!("/v1/courses/{course}"),
+            third.header("x-commit-lsn"),
+        )
+        .await?;
+    assert_eq!(page.body["student_count"], 102);
+    stack.cleanup().await
+}

@@ -88,6 +88,94 @@ pub fn aggregate_of(entries: &[Entry]) -> HashMap<String, String> {
     agg
 }
 
+/// A course's aggregate as Redis holds it at the stamp it carries: its hash
+/// fields (without the HTML) and every company tally. Kept in process so
+/// that a flush of enrollments can render the course's stats and card
+/// itself and apply and write in one script, which checks that Redis is
+/// still at this stamp (otherwise the flush falls back to reading the
+/// aggregate back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownCourse {
+    pub agg: HashMap<String, String>,
+    pub tallies: HashMap<String, i64>,
+}
+
+impl KnownCourse {
+    /// From an aggregate and all its tallies as the apply script returned
+    /// them (the HTML, if returned, is not kept).
+    pub fn new(mut agg: HashMap<String, String>, tallies: &[(String, i64)]) -> Self {
+        agg.remove("description_html");
+        KnownCourse {
+            agg,
+            tallies: tallies.iter().filter(|(_, n)| *n > 0).cloned().collect(),
+        }
+    }
+
+    /// The stamp Redis must hold for this state to be its own.
+    pub fn stamp(&self) -> &str {
+        self.agg.get("stamp").map(String::as_str).unwrap_or("")
+    }
+
+    /// The state after `entries`, as the apply script would leave it; `None`
+    /// if one of them is not newer than this state (a replay: Redis decides).
+    pub fn advanced(&self, entries: &[Entry]) -> Option<KnownCourse> {
+        let mut next = self.clone();
+        for entry in entries {
+            let stamp = match entry {
+                Entry::Fields { stamp, .. } | Entry::Enroll { stamp, .. } => stamp,
+            };
+            if stamp.as_str() <= next.stamp() {
+                return None;
+            }
+            match entry {
+                Entry::Fields { fields, .. } => {
+                    for (k, v) in fields {
+                        if k == "description_html" {
+                            return None;
+                        }
+                        next.agg.insert(k.clone(), v.clone());
+                    }
+                }
+                Entry::Enroll {
+                    delta,
+                    company,
+                    event_id,
+                    ..
+                } => {
+                    add(&mut next.agg, "n".to_owned(), *delta)?;
+                    if let Some(event) = event_id {
+                        add(&mut next.agg, format!("cl:{event}"), *delta)?;
+                    }
+                    if let Some(company) = company {
+                        let n = next.tallies.entry(company.clone()).or_default();
+                        *n += delta;
+                        if *n <= 0 {
+                            next.tallies.remove(company);
+                        }
+                    }
+                }
+            }
+            next.agg.insert("stamp".to_owned(), stamp.clone());
+        }
+        Some(next)
+    }
+
+    /// The five companies with the most students (SPEC's order).
+    pub fn top_companies(&self) -> Vec<TopCompany> {
+        top_five(self.tallies.iter().map(|(c, n)| (c.clone(), *n)).collect())
+    }
+}
+
+/// Adds `delta` to an integer hash field, as `HINCRBY` does.
+fn add(agg: &mut HashMap<String, String>, field: String, delta: i64) -> Option<()> {
+    let now: i64 = match agg.get(&field) {
+        Some(v) => v.parse().ok()?,
+        None => 0,
+    };
+    agg.insert(field, (now + delta).to_string());
+    Some(())
+}
+
 /// What a user's library does with a course.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LibraryOp {
@@ -462,5 +550,47 @@ mod tests {
             serde_json::from_slice(&with_page.page.expect("asked for")).expect("json");
         assert_eq!(page["title"], "t");
         assert!(page.get("student_count").is_none() && page.get("sales").is_none());
+    }
+
+    #[test]
+    fn a_known_course_advances_as_the_apply_script_would_and_refuses_replays() {
+        let agg: HashMap<String, String> = [("n", "2"), ("stamp", "0000000000000010AAAAAAAA")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let known = KnownCourse::new(agg, &[("acme".to_owned(), 2), ("gone".to_owned(), 0)]);
+        assert_eq!(known.tallies.len(), 1, "empty tallies are dropped");
+        let enroll = |at: u64, delta: i64, company: Option<&str>| Entry::Enroll {
+            stamp: stamp(Lsn(at), 0),
+            delta,
+            company: company.map(str::to_owned),
+            event_id: Some(4),
+        };
+        let next = known
+            .advanced(&[
+                enroll(0x20, 1, Some("globex")),
+                enroll(0x21, -1, Some("acme")),
+            ])
+            .expect("newer entries apply");
+        assert_eq!(next.agg["n"], "2");
+        assert_eq!(next.agg["cl:4"], "0");
+        assert_eq!(next.stamp(), stamp(Lsn(0x21), 0));
+        let names: Vec<_> = next
+            .top_companies()
+            .into_iter()
+            .map(|t| t.company)
+            .collect();
+        assert_eq!(names, ["acme", "globex"]);
+        let gone = next
+            .advanced(&[enroll(0x22, -1, Some("acme"))])
+            .expect("applies");
+        assert!(
+            !gone.tallies.contains_key("acme"),
+            "a tally at zero is removed"
+        );
+        assert!(
+            next.advanced(&[enroll(0x10, 1, None)]).is_none(),
+            "an entry not newer than the state is a replay"
+        );
     }
 }

@@ -35,21 +35,16 @@ use views::{GenerationMarker, Keys, Lsn};
 
 use crate::projection::{
     aggregate_of, course_event_ids, parse_pg_timestamp, render_course, render_event, render_order,
-    top_five, Batch, Entity, Entry, EventTerms, LibraryOp,
+    top_five, Batch, Entity, Entry, EventTerms, KnownCourse, LibraryOp,
 };
 
-/// Applies entries newer than the stored stamp; returns the aggregate hash
-/// (flat; `description_html` only when ARGV[1] is `1`) and the top five
-/// company tallies (flat, with scores). With a view stamp in ARGV[2], the
-/// caller rendered the view (ARGV[3]) from the entries alone: it is written
-/// to KEYS[4] if newer than the stored one, and nothing is returned.
-/// Entries, from ARGV[4]: `stamp 'f' n (field value)*n` or
-/// `stamp 'e' delta company event`.
-const APPLY: &str = r#"
-local agg, companies, text, view = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local last = redis.call('HGET', agg, 'stamp') or ''
-local stored = last
-local i = 4
+/// The loop both apply scripts share: applies the entries from ARGV[first]
+/// on that are newer than `last`, moving `last` to each one applied.
+/// Entries: `stamp 'f' n (field value)*n` or `stamp 'e' delta company event`.
+macro_rules! apply_entries {
+    () => {
+        r#"
+local i = first
 while i <= #ARGV do
   local stamp, kind = ARGV[i], ARGV[i + 1]
   if kind == 'e' then
@@ -86,6 +81,25 @@ while i <= #ARGV do
     i = i + 3 + 2 * n
   end
 end
+"#
+    };
+}
+
+/// Applies entries newer than the stored stamp; returns the aggregate hash
+/// (flat; `description_html` too when ARGV[1] holds `p`) and the company
+/// tallies (flat, with scores: the top five, or all when ARGV[1] holds `t`).
+/// With a view stamp in ARGV[2], the caller rendered the view (ARGV[3]) from
+/// the entries alone: it is written to KEYS[4] if newer than the stored one,
+/// and nothing is returned. Entries start at ARGV[4].
+const APPLY: &str = concat!(
+    r#"
+local agg, companies, text, view = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local last = redis.call('HGET', agg, 'stamp') or ''
+local stored = last
+local first = 4
+"#,
+    apply_entries!(),
+    r#"
 if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
 if ARGV[2] ~= '' then
   if ARGV[2] > (redis.call('HGET', agg, 'vstamp') or '') then
@@ -95,15 +109,37 @@ if ARGV[2] ~= '' then
   return 0
 end
 local out = redis.call('HGETALL', agg)
-if ARGV[1] == '1' then
+if string.find(ARGV[1], 'p', 1, true) then
   local html = redis.call('HGET', text, 'description_html')
   if html then
     out[#out + 1] = 'description_html'
     out[#out + 1] = html
   end
 end
-return {out, redis.call('ZRANGE', companies, 0, 4, 'WITHSCORES')}
-"#;
+local top = 4
+if string.find(ARGV[1], 't', 1, true) then top = -1 end
+return {out, redis.call('ZRANGE', companies, 0, top, 'WITHSCORES')}
+"#
+);
+
+/// Applies a known course's entries and writes the stats and card the
+/// projector rendered from them (ARGV[2], ARGV[3]), but only if Redis is at
+/// the stamp that state was derived from (ARGV[1]): returns 1, else 0 and
+/// changes nothing. Entries start at ARGV[4].
+const APPLY_KNOWN: &str = concat!(
+    r#"
+local agg, companies, text, stats, card = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local last = redis.call('HGET', agg, 'stamp') or ''
+if last ~= ARGV[1] then return 0 end
+local first = 4
+"#,
+    apply_entries!(),
+    r#"
+redis.call('HSET', agg, 'stamp', last, 'vstamp', last)
+redis.call('MSET', stats, ARGV[2], card, ARGV[3])
+return 1
+"#
+);
 
 /// Writes rendered views (KEYS[2..]) only if they are newer than the ones
 /// stored, whose stamp is `vstamp` in the aggregate (KEYS[1]).
@@ -122,6 +158,26 @@ end
 return 0
 "#;
 
+/// How many courses' aggregates the projector keeps in memory at most
+/// (a few hundred bytes each, more for a course with many companies).
+const KNOWN_COURSES: usize = 50_000;
+
+/// How one entity's entries are applied in a flush.
+enum Plan {
+    /// The apply script returns the aggregate; views are written after.
+    Apply,
+    /// A new order: its view, rendered from the entries, is written by the
+    /// apply script itself.
+    AtOnce { stamp: String, view: Vec<u8> },
+    /// A known course: the stamp Redis must be at and the state after the
+    /// entries, with the stats and card rendered from it.
+    Known {
+        next: (String, KnownCourse),
+        stats: Vec<u8>,
+        card: Vec<u8>,
+    },
+}
+
 /// A Redis failure while writing views.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -137,9 +193,12 @@ pub struct Sink {
     client: Client,
     keys: Keys,
     apply: Script,
+    apply_known: Script,
     write_views: Script,
     /// Terms of the events seen so far (events never change once created).
     events: Arc<Mutex<HashMap<i64, EventTerms>>>,
+    /// Courses whose aggregate this process knows, by (generation, id).
+    known: Arc<Mutex<HashMap<(u64, i64), KnownCourse>>>,
 }
 
 impl Sink {
@@ -157,8 +216,10 @@ impl Sink {
             client,
             keys,
             apply: Script::from_lua(APPLY),
+            apply_known: Script::from_lua(APPLY_KNOWN),
             write_views: Script::from_lua(WRITE_VIEWS),
             events: Arc::new(Mutex::new(HashMap::new())),
+            known: Arc::new(Mutex::new(HashMap::new())),
         };
         sink.load_scripts().await?;
         Ok(sink)
@@ -170,7 +231,7 @@ impl Sink {
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
-        for script in [&self.apply, &self.write_views] {
+        for script in [&self.apply, &self.apply_known, &self.write_views] {
             let lua = script.lua().map(|s| s.to_string()).unwrap_or_default();
             if self.client.is_clustered() {
                 self.client.script_load_cluster::<(), _>(lua).await?;
@@ -326,7 +387,15 @@ impl Sink {
         batch: &Batch,
     ) -> Result<std::time::Duration, SinkError> {
         let started = Instant::now();
-        match self.apply_once(generation, batch).await {
+        let outcome = self.apply_once(generation, batch).await;
+        if outcome.is_err() {
+            // What this process believes of Redis may be off after a failed
+            // flush: forget it, the stamps will be read back.
+            if let Ok(mut known) = self.known.lock() {
+                known.clear();
+            }
+        }
+        match outcome {
             Err(SinkError::Redis(e)) if e.details().contains("NOSCRIPT") => {
                 // Redis restarted and lost its script cache: load and redo
                 // (safe: the whole apply is idempotent).
@@ -345,63 +414,54 @@ impl Sink {
         // futures. Library writes need nothing from the aggregates, so they
         // go in the first step.
         let first = self.client.pipeline();
-        // Entities whose whole state is in the batch (a new order) have their
-        // view rendered here and written by the same script: one call, and
-        // no aggregate read back.
-        let mut written_at_once = Vec::with_capacity(batch.entities.len());
+        let terms = self.lock_events()?.clone();
+        let mut plans = Vec::with_capacity(batch.entities.len());
         for (entity, entries) in &batch.entities {
-            let at_once = match *entity {
-                Entity::Order(id) if batch.fresh.contains(entity) => {
-                    let agg = aggregate_of(entries);
-                    render_order(id, &agg).map(|view| {
-                        let stamp = agg.get("stamp").cloned().unwrap_or_default();
-                        (stamp, views::encode(&view), keys.order_view(generation, id))
-                    })
-                }
-                _ => None,
-            };
-            let script_keys = match *entity {
-                Entity::Course(id) => vec![
-                    keys.course_agg(generation, id),
-                    keys.course_companies(generation, id),
-                    keys.course_text(generation, id),
-                    keys.course_view(generation, id),
-                ],
-                // Only courses tally companies and keep heavy text; unused
-                // keys just keep the script's signature (same hash tag, never
-                // written).
-                Entity::Event(id) => {
-                    let agg = keys.event_agg(generation, id);
-                    let none = format!("{agg}:none");
-                    vec![agg, none.clone(), none.clone(), none]
-                }
-                Entity::Order(id) => {
-                    let agg = keys.order_agg(generation, id);
-                    let none = format!("{agg}:none");
-                    let view = match &at_once {
-                        Some((_, _, view)) => view.clone(),
-                        None => none.clone(),
+            let plan = self.plan(generation, batch, entity, entries, &terms)?;
+            match &plan {
+                Plan::Known { next, stats, card } => {
+                    let Entity::Course(id) = *entity else {
+                        return Err(SinkError::Reply("a known entity that is no course".into()));
                     };
-                    vec![agg, none.clone(), none, view]
+                    let expected = next.0.clone();
+                    let mut args: Vec<Value> = vec![
+                        expected.into(),
+                        Value::Bytes(views::encode(stats).into()),
+                        Value::Bytes(views::encode(card).into()),
+                    ];
+                    args.extend(entry_args(entries).into_iter().map(Value::from));
+                    let script_keys = vec![
+                        keys.course_agg(generation, id),
+                        keys.course_companies(generation, id),
+                        keys.course_text(generation, id),
+                        keys.course_stats(generation, id),
+                        keys.course_card(generation, id),
+                    ];
+                    queue_script(&first, &self.apply_known, script_keys, args).await?;
                 }
-            };
-            let with_page = rewrites_page(entity, entries);
-            let mut args: Vec<Value> = Vec::with_capacity(3 + entries.len() * 5);
-            args.push(if with_page { "1" } else { "0" }.into());
-            match at_once {
-                Some((stamp, view, _)) => {
-                    args.push(stamp.into());
-                    args.push(Value::Bytes(view.into()));
-                    written_at_once.push(true);
+                Plan::AtOnce { stamp, view } => {
+                    let args = apply_args("", Some((stamp.clone(), view.clone())), entries);
+                    queue_script(
+                        &first,
+                        &self.apply,
+                        self.apply_keys(generation, entity, true),
+                        args,
+                    )
+                    .await?;
                 }
-                None => {
-                    args.push("".into());
-                    args.push("".into());
-                    written_at_once.push(false);
+                Plan::Apply => {
+                    let flags = apply_flags(entity, entries);
+                    let args = apply_args(&flags, None, entries);
+                    queue_script(
+                        &first,
+                        &self.apply,
+                        self.apply_keys(generation, entity, false),
+                        args,
+                    )
+                    .await?;
                 }
             }
-            args.extend(entry_args(entries).into_iter().map(Value::from));
-            queue_script(&first, &self.apply, script_keys, args).await?;
+            plans.push(plan);
         }
         for (&(user, course), op) in &batch.library {
             let key = keys.user_library(generation, user);
@@ -422,27 +482,56 @@ impl Sink {
         }
 
         let mut aggs = Vec::with_capacity(replies.len());
-        for (((entity, entries), reply), at_once) in
-            batch.entities.iter().zip(replies).zip(written_at_once)
-        {
-            if at_once {
-                continue;
-            }
-            let (agg, top) = parse_apply_reply(reply)?;
-            if let Entity::Event(id) = entity {
-                if let Some(terms) = EventTerms::from_agg(&agg) {
-                    self.events
-                        .lock()
-                        .map_err(|_| SinkError::Reply("poisoned".into()))?
-                        .insert(*id, terms);
+        let mut known = Vec::new();
+        let mut stale = Vec::new();
+        for (((entity, entries), reply), plan) in batch.entities.iter().zip(replies).zip(plans) {
+            match plan {
+                Plan::AtOnce { .. } => {}
+                Plan::Known { next, .. } => {
+                    if reply.as_i64() == Some(1) {
+                        known.push((*entity, next.1));
+                    } else {
+                        // Redis is not where this process thought: read the
+                        // aggregate back like any other entity.
+                        self.forget(generation, entity)?;
+                        stale.push((entity, entries));
+                    }
                 }
+                Plan::Apply => aggs.push(self.applied(generation, entity, entries, reply)?),
             }
-            let with_page = rewrites_page(entity, entries);
-            aggs.push((*entity, agg, top, with_page));
+        }
+        if !stale.is_empty() {
+            let again = self.client.pipeline();
+            for (entity, entries) in &stale {
+                let args = apply_args(&apply_flags(entity, entries), None, entries);
+                queue_script(
+                    &again,
+                    &self.apply,
+                    self.apply_keys(generation, entity, false),
+                    args,
+                )
+                .await?;
+            }
+            let replies: Vec<Value> = again.all().await?;
+            if replies.len() != stale.len() {
+                return Err(SinkError::Reply("fewer replies than scripts".into()));
+            }
+            for ((entity, entries), reply) in stale.into_iter().zip(replies) {
+                aggs.push(self.applied(generation, entity, entries, reply)?);
+            }
+        }
+        for (entity, course) in &known {
+            self.remember(generation, entity, course.clone())?;
         }
         let events = self.event_terms(generation, &aggs).await?;
 
         let second = self.client.pipeline();
+        for (entity, course) in &known {
+            if let Entity::Course(id) = entity {
+                self.rank(&second, generation, *id, &course.agg, false)
+                    .await?;
+            }
+        }
         for (entity, agg, top, with_page) in &aggs {
             match entity {
                 Entity::Course(id) => self.rank(&second, generation, *id, agg, *with_page).await?,
@@ -503,6 +592,159 @@ impl Sink {
         }
         let _: Value = second.all().await?;
         Ok(())
+    }
+
+    /// How an entity's entries are applied in this flush.
+    fn plan(
+        &self,
+        generation: u64,
+        batch: &Batch,
+        entity: &Entity,
+        entries: &[Entry],
+        terms: &HashMap<i64, EventTerms>,
+    ) -> Result<Plan, SinkError> {
+        match *entity {
+            // A new order's whole state is in the batch: its view renders
+            // from the entries alone and is written by the apply script.
+            Entity::Order(id) if batch.fresh.contains(entity) => {
+                let agg = aggregate_of(entries);
+                Ok(match render_order(id, &agg) {
+                    Some(view) => Plan::AtOnce {
+                        stamp: agg.get("stamp").cloned().unwrap_or_default(),
+                        view: views::encode(&view),
+                    },
+                    None => Plan::Apply,
+                })
+            }
+            // A course whose aggregate this process knows, changed by
+            // enrollments or seat limits only: rendered here, applied and
+            // written by one script if Redis is still where it was.
+            Entity::Course(id) if !rewrites_page(entity, entries) => {
+                let known = self
+                    .known
+                    .lock()
+                    .map_err(|_| SinkError::Reply("poisoned".into()))?
+                    .get(&(generation, id))
+                    .cloned();
+                let Some(known) = known else {
+                    return Ok(Plan::Apply);
+                };
+                let Some(next) = known.advanced(entries) else {
+                    return Ok(Plan::Apply);
+                };
+                if course_event_ids(&next.agg)
+                    .iter()
+                    .any(|e| !terms.contains_key(e))
+                {
+                    return Ok(Plan::Apply);
+                }
+                let Some(course) = render_course(id, &next.agg, next.top_companies(), terms, false)
+                else {
+                    return Ok(Plan::Apply);
+                };
+                Ok(Plan::Known {
+                    next: (known.stamp().to_owned(), next),
+                    stats: course.stats,
+                    card: course.card,
+                })
+            }
+            _ => Ok(Plan::Apply),
+        }
+    }
+
+    /// The keys of the apply script for `entity`; `with_view`: its view key
+    /// (a new order's) is written by the script.
+    fn apply_keys(&self, generation: u64, entity: &Entity, with_view: bool) -> Vec<String> {
+        let keys = &self.keys;
+        match *entity {
+            Entity::Course(id) => vec![
+                keys.course_agg(generation, id),
+                keys.course_companies(generation, id),
+                keys.course_text(generation, id),
+                keys.course_view(generation, id),
+            ],
+            // Only courses tally companies and keep heavy text; unused keys
+            // just keep the script's signature (same hash tag, never written).
+            Entity::Event(id) => {
+                let agg = keys.event_agg(generation, id);
+                let none = format!("{agg}:none");
+                vec![agg, none.clone(), none.clone(), none]
+            }
+            Entity::Order(id) => {
+                let agg = keys.order_agg(generation, id);
+                let none = format!("{agg}:none");
+                let view = if with_view {
+                    keys.order_view(generation, id)
+                } else {
+                    none.clone()
+                };
+                vec![agg, none.clone(), none, view]
+            }
+        }
+    }
+
+    /// An entity's aggregate as the apply script returned it; a course's is
+    /// remembered when every tally came with it.
+    fn applied(
+        &self,
+        generation: u64,
+        entity: &Entity,
+        entries: &[Entry],
+        reply: Value,
+    ) -> Result<EntityAggregates, SinkError> {
+        let (agg, top) = parse_apply_reply(reply)?;
+        match entity {
+            Entity::Event(id) => {
+                if let Some(terms) = EventTerms::from_agg(&agg) {
+                    self.lock_events()?.insert(*id, terms);
+                }
+            }
+            Entity::Course(_) => {
+                self.remember(generation, entity, KnownCourse::new(agg.clone(), &top))?;
+            }
+            Entity::Order(_) => {}
+        }
+        Ok((*entity, agg, top, rewrites_page(entity, entries)))
+    }
+
+    /// Keeps what Redis now holds of a course, within a bound: when full,
+    /// the memory starts over (a forgotten course costs one read back).
+    fn remember(
+        &self,
+        generation: u64,
+        entity: &Entity,
+        course: KnownCourse,
+    ) -> Result<(), SinkError> {
+        let Entity::Course(id) = *entity else {
+            return Ok(());
+        };
+        let mut known = self
+            .known
+            .lock()
+            .map_err(|_| SinkError::Reply("poisoned".into()))?;
+        if known.len() >= KNOWN_COURSES {
+            known.clear();
+        }
+        known.insert((generation, id), course);
+        Ok(())
+    }
+
+    fn forget(&self, generation: u64, entity: &Entity) -> Result<(), SinkError> {
+        if let Entity::Course(id) = *entity {
+            self.known
+                .lock()
+                .map_err(|_| SinkError::Reply("poisoned".into()))?
+                .remove(&(generation, id));
+        }
+        Ok(())
+    }
+
+    fn lock_events(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<i64, EventTerms>>, SinkError> {
+        self.events
+            .lock()
+            .map_err(|_| SinkError::Reply("poisoned".into()))
     }
 
     /// Terms of every event the courses in `aggs` are sold by: from memory,
@@ -633,6 +875,38 @@ impl Sink {
 /// The batch changes a course's row, so its page is rendered and written.
 fn rewrites_page(entity: &Entity, entries: &[Entry]) -> bool {
     matches!(entity, Entity::Course(_)) && entries.iter().any(Entry::touches_page)
+}
+
+/// The apply script's flags: `p` returns the page's HTML (the row changed),
+/// `t` every company tally (a course, to be remembered).
+fn apply_flags(entity: &Entity, entries: &[Entry]) -> String {
+    let mut flags = String::new();
+    if rewrites_page(entity, entries) {
+        flags.push('p');
+    }
+    if matches!(entity, Entity::Course(_)) {
+        flags.push('t');
+    }
+    flags
+}
+
+/// The apply script's arguments: flags, the view written at once (its
+/// stamp and encoded bytes), then the entries.
+fn apply_args(flags: &str, view: Option<(String, Vec<u8>)>, entries: &[Entry]) -> Vec<Value> {
+    let mut args: Vec<Value> = Vec::with_capacity(3 + entries.len() * 5);
+    args.push(flags.into());
+    match view {
+        Some((stamp, view)) => {
+            args.push(stamp.into());
+            args.push(Value::Bytes(view.into()));
+        }
+        None => {
+            args.push("".into());
+            args.push("".into());
+        }
+    }
+    args.extend(entry_args(entries).into_iter().map(Value::from));
+    args
 }
 
 /// Queues `EVALSHA` of `script` on a pipeline (fred 10's pipelines have no
