@@ -235,12 +235,7 @@ fn record<T>(results: &mut Results, what: &str, outcome: Result<T>) -> Option<T>
 
 /// Starts the projector on `url` under `prefix` and waits until its views
 /// are built (`/ready`).
-async fn start_projector(
-    ctx: &Ctx,
-    url: &str,
-    prefix: &str,
-    limit: Duration,
-) -> Result<Program> {
+async fn start_projector(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) -> Result<Program> {
     let addr = free_addr()?;
     let mut projector = Program::workspace(
         &ctx.env,

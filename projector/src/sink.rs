@@ -520,17 +520,15 @@ impl Sink {
                 aggs.push(self.applied(generation, entity, entries, reply)?);
             }
         }
-        for (entity, course) in &known {
-            self.remember(generation, entity, course.clone())?;
-        }
         let events = self.event_terms(generation, &aggs).await?;
 
         let second = self.client.pipeline();
-        for (entity, course) in &known {
+        for (entity, course) in known {
             if let Entity::Course(id) = entity {
-                self.rank(&second, generation, *id, &course.agg, false)
+                self.rank(&second, generation, id, &course.agg, false)
                     .await?;
             }
+            self.remember(generation, &entity, course)?;
         }
         for (entity, agg, top, with_page) in &aggs {
             match entity {
@@ -620,16 +618,13 @@ impl Sink {
             // enrollments or seat limits only: rendered here, applied and
             // written by one script if Redis is still where it was.
             Entity::Course(id) if !rewrites_page(entity, entries) => {
-                let known = self
+                let advanced = self
                     .known
                     .lock()
                     .map_err(|_| SinkError::Reply("poisoned".into()))?
                     .get(&(generation, id))
-                    .cloned();
-                let Some(known) = known else {
-                    return Ok(Plan::Apply);
-                };
-                let Some(next) = known.advanced(entries) else {
+                    .and_then(|known| Some((known.stamp().to_owned(), known.advanced(entries)?)));
+                let Some((stamp, next)) = advanced else {
                     return Ok(Plan::Apply);
                 };
                 if course_event_ids(&next.agg)
@@ -643,7 +638,7 @@ impl Sink {
                     return Ok(Plan::Apply);
                 };
                 Ok(Plan::Known {
-                    next: (known.stamp().to_owned(), next),
+                    next: (stamp, next),
                     stats: course.stats,
                     card: course.card,
                 })
