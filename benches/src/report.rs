@@ -384,14 +384,13 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
         "projector_over_recvlogical" => format!(
             "pg_recvlogical throws the decoded stream away; the projector turns it into views before it confirms. In \
              the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and PostgreSQL's decoding \
-             {:.0}%. An enrollment no longer touches the course's 10 KB page (only its small stats view and card), a \
-             new order is applied and written by one script, and each flush step is one pipeline; what remains is \
-             per command: the projector's samples are led by its Redis client (encoding, routing and answering each \
-             command), and Redis spends most of its time entering and leaving Lua for the per-entity scripts, about \
-             five per checkout (an order, and per course one apply and one write). Closing the gap: fewer script \
-             calls per transaction (an in-process copy of each course's aggregate, checked against its stamp, would \
-             let one script apply and write), and the projector and Redis on cores of their own: here they share \
-             two with PostgreSQL's decoder.",
+             {:.0}%. An enrollment no longer touches the course's 10 KB page (only its small stats view and card); a \
+             new order, and a course whose aggregate the projector holds, are applied and written by one script \
+             each (about three script calls per checkout), and each flush step is one pipeline. What remains is \
+             per command and per entity: the projector's samples are led by its Redis client (encoding, routing \
+             and answering each command) and by allocation, and Redis's by entering and leaving Lua. Closing the \
+             gap: several entities per script call where they share a hash slot, fewer allocations per entity, \
+             and the projector and Redis on cores of their own: here they share two with PostgreSQL's decoder.",
             share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
             share(r, "projector draining", "redis"),
             share(r, "projector draining", "postgres")
