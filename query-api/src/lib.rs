@@ -7,6 +7,7 @@ mod error;
 mod metrics;
 mod params;
 mod prewarm;
+mod request_id;
 mod routes;
 mod served;
 mod store;
@@ -23,15 +24,14 @@ use axum::{
 pub use config::Config;
 use error::ApiError;
 use tower::ServiceBuilder;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use views::Keys;
 
-/// Shared by every handler.
+/// Shared by every handler; cloned several times per request, so every
+/// field is one reference count.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub store: store::Store,
+    pub store: Arc<store::Store>,
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -60,7 +60,7 @@ impl Application {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
         let state = AppState {
-            store,
+            store: Arc::new(store),
             config: Arc::new(config),
             metrics,
         };
@@ -102,7 +102,12 @@ impl Application {
 }
 
 fn router(state: AppState) -> Router {
-    let shed = ServiceBuilder::new()
+    // One stack applied once: each `Router::layer` call wraps every route in
+    // a boxed service of its own, a clone and an allocation per request.
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(request_id::Counter::new()))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(HandleErrorLayer::new(|err: BoxError| async move {
             if err.is::<tower::timeout::error::Elapsed>() {
                 tracing::warn!("request timed out");
@@ -120,10 +125,7 @@ fn router(state: AppState) -> Router {
     routes::router()
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(shed)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(stack)
         .with_state(state)
 }
 
