@@ -18,7 +18,7 @@ use axum::{
     error_handling::HandleErrorLayer,
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     BoxError, Router,
 };
 pub use config::Config;
@@ -143,20 +143,27 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .extensions()
         .get::<RequestId>()
         .map(|id| id.header_value().clone());
+    // The method is in the "request served" line, not the span: a span's
+    // fields are formatted when it is made, on every request.
     let span = tracing::info_span!(
         "request",
-        request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        method = %request.method(),
+        request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
         route = state.metrics.name(&route),
     );
     let method = request.method().clone();
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
-    let status = response.status().as_u16();
-    state.metrics.record(&route, status, started.elapsed());
-    span.in_scope(|| {
-        tracing::debug!(%method, status, elapsed_us = started.elapsed().as_micros() as u64, "request served");
-    });
-    let mut response = response.into_response();
+    // Served and logged inside the span, which is entered only while polled.
+    let served = async {
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        let took = started.elapsed();
+        state.metrics.record(&route, status, took);
+        tracing::debug!(%method, status, elapsed_us = took.as_micros() as u64, "request served");
+        response
+    };
+    let mut response = tracing::Instrument::instrument(served, span).await;
     if let Some(id) = request_id {
         if !response.headers().contains_key("x-request-id") {
             response.headers_mut().insert("x-request-id", id);
