@@ -24,7 +24,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use axum::http::HeaderValue;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::sync::OnceCell;
 
 use chrono::{DateTime, Utc};
@@ -303,13 +303,10 @@ impl Store {
                     .collect()
             })
             .await?;
-        let cards = views_of(values, "course card")?;
+        let cards = in_slots(views_of(values, "course card")?, &slots);
         Ok((
             projection,
-            slots
-                .into_iter()
-                .map(|i| cards[i].clone().map(Card::Stored))
-                .collect(),
+            cards.into_iter().map(|c| c.map(Card::Stored)).collect(),
         ))
     }
 
@@ -431,8 +428,7 @@ impl Store {
                 .collect();
             match self.attempt(projection.generation, cards).await? {
                 Attempt::Read(_, values) => {
-                    let cards = views_of(values, "course card")?;
-                    let cards = slots.into_iter().map(|i| cards[i].clone()).collect();
+                    let cards = in_slots(views_of(values, "course card")?, &slots);
                     return Ok((projection, (found, cards)));
                 }
                 Attempt::Moved(generation) => self.remember(generation),
@@ -605,6 +601,15 @@ fn distinct(ids: &[i64]) -> (Vec<i64>, Vec<usize>) {
     (distinct, slots)
 }
 
+/// The values of the distinct ids put back in the order asked: moved when
+/// no id repeats (the common case), shared where one does.
+fn in_slots(values: Vec<Option<Bytes>>, slots: &[usize]) -> Vec<Option<Bytes>> {
+    if values.len() == slots.len() {
+        return values;
+    }
+    slots.iter().map(|&i| values[i].clone()).collect()
+}
+
 fn convert<T: FromValue>(value: Option<Value>, what: &str) -> Result<T, ApiError> {
     value
         .unwrap_or(Value::Null)
@@ -624,12 +629,18 @@ fn views_of(values: Vec<Value>, what: &str) -> Result<Vec<Option<Bytes>>, ApiErr
             let Some(value) = convert::<Option<Bytes>>(Some(value), what)? else {
                 return Ok(None);
             };
-            match views::decode(&value) {
-                // Raw JSON: share the buffer instead of copying it.
-                Ok(std::borrow::Cow::Borrowed(_)) => Ok(Some(value.slice(1..))),
-                Ok(std::borrow::Cow::Owned(json)) => Ok(Some(Bytes::from(json))),
-                Err(err) => Err(ApiError::corrupt(what, err)),
-            }
+            let decoded = match views::decode(&value) {
+                Ok(std::borrow::Cow::Borrowed(_)) => None,
+                Ok(std::borrow::Cow::Owned(json)) => Some(Bytes::from(json)),
+                Err(err) => return Err(ApiError::corrupt(what, err)),
+            };
+            // Raw JSON: the value itself past its format byte, neither copied
+            // nor sliced (a slice is a shared count taken and dropped).
+            Ok(Some(decoded.unwrap_or_else(|| {
+                let mut json = value;
+                json.advance(1);
+                json
+            })))
         })
         .collect()
 }
