@@ -343,9 +343,14 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
              the marker again), an LZ4 decompression of the page, the sale picked from the stats' short sales list, \
              page and stats joined as bytes and an xxh3 hash of the result for the `ETag`; the marker and watermark \
              are parsed only when their bytes change. Redis, the query API and the load generator share the two \
-             cores; redis-benchmark alone reached {redis_get:.0} GET/s of the same value. {}Closing the gap: Redis \
-             on cores of its own, and a Redis client with less work per command (each command is queued to the \
-             connection's task and its answer routed back).",
+             cores{}. {}Closing the gap: Redis on cores of its own, and a Redis client with less work per command \
+             (each command is queued to the connection's task and its answer routed back).",
+            // Absent when this run did not benchmark Redis alone (`--only`).
+            if redis_get > 0.0 {
+                format!("; redis-benchmark alone reached {redis_get:.0} GET/s of the same value")
+            } else {
+                String::new()
+            },
             profile_sentence(r, "random course")
         ),
         "redis_over_pg" => format!(
