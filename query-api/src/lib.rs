@@ -7,6 +7,7 @@ mod error;
 mod metrics;
 mod params;
 mod prewarm;
+mod request_id;
 mod routes;
 mod served;
 mod store;
@@ -17,21 +18,20 @@ use axum::{
     error_handling::HandleErrorLayer,
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     BoxError, Router,
 };
 pub use config::Config;
 use error::ApiError;
 use tower::ServiceBuilder;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use views::Keys;
 
-/// Shared by every handler.
+/// Shared by every handler; cloned several times per request, so every
+/// field is one reference count.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub store: store::Store,
+    pub store: Arc<store::Store>,
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -60,7 +60,7 @@ impl Application {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
         let state = AppState {
-            store,
+            store: Arc::new(store),
             config: Arc::new(config),
             metrics,
         };
@@ -102,7 +102,12 @@ impl Application {
 }
 
 fn router(state: AppState) -> Router {
-    let shed = ServiceBuilder::new()
+    // One stack applied once: each `Router::layer` call wraps every route in
+    // a boxed service of its own, a clone and an allocation per request.
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(request_id::Counter::new()))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(HandleErrorLayer::new(|err: BoxError| async move {
             if err.is::<tower::timeout::error::Elapsed>() {
                 tracing::warn!("request timed out");
@@ -120,10 +125,7 @@ fn router(state: AppState) -> Router {
     routes::router()
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(shed)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(stack)
         .with_state(state)
 }
 
@@ -141,20 +143,27 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .extensions()
         .get::<RequestId>()
         .map(|id| id.header_value().clone());
+    // The method is in the "request served" line, not the span: a span's
+    // fields are formatted when it is made, on every request.
     let span = tracing::info_span!(
         "request",
-        request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        method = %request.method(),
+        request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
         route = state.metrics.name(&route),
     );
     let method = request.method().clone();
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
-    let status = response.status().as_u16();
-    state.metrics.record(&route, status, started.elapsed());
-    span.in_scope(|| {
-        tracing::debug!(%method, status, elapsed_us = started.elapsed().as_micros() as u64, "request served");
-    });
-    let mut response = response.into_response();
+    // Served and logged inside the span, which is entered only while polled.
+    let served = async {
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        let took = started.elapsed();
+        state.metrics.record(&route, status, took);
+        tracing::debug!(%method, status, elapsed_us = took.as_micros() as u64, "request served");
+        response
+    };
+    let mut response = tracing::Instrument::instrument(served, span).await;
     if let Some(id) = request_id {
         if !response.headers().contains_key("x-request-id") {
             response.headers_mut().insert("x-request-id", id);

@@ -22,9 +22,11 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
+use arc_swap::ArcSwapOption;
+use axum::http::HeaderValue;
+use bytes::{Buf, Bytes};
 use tokio::sync::OnceCell;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fred::{
     clients::Pipeline,
@@ -50,8 +52,9 @@ pub struct Projection {
     /// The watermark of the generation read: every change up to it is in
     /// what was read (it is read before the views, which only move forward).
     pub lsn: Lsn,
-    /// `lsn` as a header value, when made ahead (pre-warmed reads).
-    pub lsn_header: Option<axum::http::HeaderValue>,
+    /// `lsn` as a header value, when made ahead (pre-warmed reads, and
+    /// Redis reads of a watermark seen before).
+    pub lsn_header: Option<HeaderValue>,
     /// A replacement generation is being built; this one may lag.
     pub stale: bool,
 }
@@ -110,6 +113,26 @@ pub struct Store {
     metrics: Arc<crate::metrics::Metrics>,
     /// Course reads under way, so concurrent misses share one Redis read.
     inflight: Arc<Mutex<HashMap<i64, Arc<CourseRead>>>>,
+    /// The marker and watermark last parsed, by their raw bytes.
+    parsed: Arc<Parsed>,
+}
+
+/// The generation marker and watermark last read, with their parse: every
+/// read gets both back (the marker twice), and they change only when the
+/// projector flushes, so a read whose bytes are the same ones skips the JSON
+/// parse of the marker and the parse and formatting of the LSN.
+#[derive(Default)]
+struct Parsed {
+    marker: ArcSwapOption<(Bytes, Marker)>,
+    watermark: ArcSwapOption<(Bytes, Lsn, Option<HeaderValue>)>,
+}
+
+/// What a read needs of a [`GenerationMarker`].
+#[derive(Debug, Clone, Copy)]
+struct Marker {
+    generation: u64,
+    /// A replacement generation is being built.
+    building: bool,
 }
 
 /// A course's stored page and stats.
@@ -146,6 +169,7 @@ impl Store {
             keys,
             generation: Arc::new(RwLock::new(None)),
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            parsed: Arc::default(),
             metrics,
         })
     }
@@ -279,13 +303,10 @@ impl Store {
                     .collect()
             })
             .await?;
-        let cards = views_of(values, "course card")?;
+        let cards = in_slots(views_of(values, "course card")?, &slots);
         Ok((
             projection,
-            slots
-                .into_iter()
-                .map(|i| cards[i].clone().map(Card::Stored))
-                .collect(),
+            cards.into_iter().map(|c| c.map(Card::Stored)).collect(),
         ))
     }
 
@@ -407,8 +428,7 @@ impl Store {
                 .collect();
             match self.attempt(projection.generation, cards).await? {
                 Attempt::Read(_, values) => {
-                    let cards = views_of(values, "course card")?;
-                    let cards = slots.into_iter().map(|i| cards[i].clone()).collect();
+                    let cards = in_slots(views_of(values, "course card")?, &slots);
                     return Ok((projection, (found, cards)));
                 }
                 Attempt::Moved(generation) => self.remember(generation),
@@ -473,23 +493,68 @@ impl Store {
         };
         self.metrics.record_redis(sent.elapsed());
 
-        let closing = marker(values.pop())?;
+        let closing = self.parsed.marker(values.pop())?;
         let mut values = values.into_iter();
-        let opening = marker(values.next())?;
-        let watermark: Option<String> = convert(values.next(), "watermark")?;
+        let opening = self.parsed.marker(values.next())?;
         let (Some(opening), Some(closing)) = (opening, closing) else {
             return Err(ApiError::Rebuilding);
         };
         if opening.generation != generation || closing.generation != generation {
             return Ok(Attempt::Moved(closing.generation));
         }
+        let (lsn, lsn_header) = self.parsed.watermark(values.next())?;
         let projection = Projection {
             generation,
-            lsn: watermark.and_then(|w| w.parse().ok()).unwrap_or_default(),
-            lsn_header: None,
-            stale: closing.building.is_some(),
+            lsn,
+            lsn_header,
+            stale: closing.building,
         };
         Ok(Attempt::Read(projection, values.collect()))
+    }
+}
+
+impl Parsed {
+    /// The marker in `value` (`None`: no live generation), parsed unless
+    /// it is the bytes parsed last.
+    fn marker(&self, value: Option<Value>) -> Result<Option<Marker>, ApiError> {
+        let Some(raw) = convert::<Option<Bytes>>(value, "generation marker")? else {
+            return Ok(None);
+        };
+        if let Some(last) = &*self.marker.load() {
+            if last.0 == raw {
+                return Ok(Some(last.1));
+            }
+        }
+        let parsed: GenerationMarker = serde_json::from_slice(&raw)
+            .map_err(|err| ApiError::corrupt("generation marker", err))?;
+        let marker = Marker {
+            generation: parsed.generation,
+            building: parsed.building.is_some(),
+        };
+        self.marker.store(Some(Arc::new((raw, marker))));
+        Ok(Some(marker))
+    }
+
+    /// The watermark in `value` and its header value, parsed and formatted
+    /// unless it is the bytes seen last (absent or unreadable: 0/0, as
+    /// before a generation's first flush).
+    fn watermark(&self, value: Option<Value>) -> Result<(Lsn, Option<HeaderValue>), ApiError> {
+        let Some(raw) = convert::<Option<Bytes>>(value, "watermark")? else {
+            return Ok((Lsn::default(), None));
+        };
+        if let Some(last) = &*self.watermark.load() {
+            if last.0 == raw {
+                return Ok((last.1, last.2.clone()));
+            }
+        }
+        let lsn: Lsn = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_default();
+        let header = HeaderValue::try_from(lsn.to_string()).ok();
+        self.watermark
+            .store(Some(Arc::new((raw, lsn, header.clone()))));
+        Ok((lsn, header))
     }
 }
 
@@ -536,17 +601,20 @@ fn distinct(ids: &[i64]) -> (Vec<i64>, Vec<usize>) {
     (distinct, slots)
 }
 
+/// The values of the distinct ids put back in the order asked: moved when
+/// no id repeats (the common case), shared where one does.
+fn in_slots(values: Vec<Option<Bytes>>, slots: &[usize]) -> Vec<Option<Bytes>> {
+    if values.len() == slots.len() {
+        return values;
+    }
+    slots.iter().map(|&i| values[i].clone()).collect()
+}
+
 fn convert<T: FromValue>(value: Option<Value>, what: &str) -> Result<T, ApiError> {
     value
         .unwrap_or(Value::Null)
         .convert()
         .map_err(|err| ApiError::corrupt(what, err))
-}
-
-fn marker(value: Option<Value>) -> Result<Option<GenerationMarker>, ApiError> {
-    let raw: Option<String> = convert(value, "generation marker")?;
-    raw.map(|r| serde_json::from_str(&r).map_err(|err| ApiError::corrupt("generation marker", err)))
-        .transpose()
 }
 
 fn zcard(value: Value) -> Result<u64, ApiError> {
@@ -561,12 +629,18 @@ fn views_of(values: Vec<Value>, what: &str) -> Result<Vec<Option<Bytes>>, ApiErr
             let Some(value) = convert::<Option<Bytes>>(Some(value), what)? else {
                 return Ok(None);
             };
-            match views::decode(&value) {
-                // Raw JSON: share the buffer instead of copying it.
-                Ok(std::borrow::Cow::Borrowed(_)) => Ok(Some(value.slice(1..))),
-                Ok(std::borrow::Cow::Owned(json)) => Ok(Some(Bytes::from(json))),
-                Err(err) => Err(ApiError::corrupt(what, err)),
-            }
+            let decoded = match views::decode(&value) {
+                Ok(std::borrow::Cow::Borrowed(_)) => None,
+                Ok(std::borrow::Cow::Owned(json)) => Some(Bytes::from(json)),
+                Err(err) => return Err(ApiError::corrupt(what, err)),
+            };
+            // Raw JSON: the value itself past its format byte, neither copied
+            // nor sliced (a slice is a shared count taken and dropped).
+            Ok(Some(decoded.unwrap_or_else(|| {
+                let mut json = value;
+                json.advance(1);
+                json
+            })))
         })
         .collect()
 }
