@@ -3,11 +3,10 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, wait_for_min_lsn, ReadHeaders};
+use super::{answer, list_page, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_sorted_page, PathText, QueryParams},
-    served::{self, CardList},
     store::List,
     AppState,
 };
@@ -52,16 +51,6 @@ pub(super) async fn courses(
         .store
         .list(List::Category(&category, sort), page)
         .await?;
-    let now = chrono::Utc::now();
-    let mut body = CardList::new(b"{\"courses\":", list.cards.len());
-    for card in &list.cards {
-        body.push(&served::card(card, now, None)?);
-    }
-    let tail = format!(",\"total\":{}}}", list.total);
-    Ok(answer(
-        &projection,
-        &headers,
-        None,
-        body.finish(tail.as_bytes()),
-    ))
+    let body = list_page(b"{\"courses\":", &list)?;
+    Ok(answer(&projection, &headers, None, body))
 }

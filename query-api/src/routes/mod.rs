@@ -188,6 +188,18 @@ fn if_none_match(request: &HeaderMap, etag: &[u8]) -> bool {
         .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag)
 }
 
+/// A page of a list as served: `head`, the cards served by the clock now,
+/// then `,"total":N}`.
+fn list_page(head: &[u8], list: &crate::store::ListPage) -> Result<Vec<u8>, ApiError> {
+    let now = chrono::Utc::now();
+    let mut body = crate::served::CardList::new(head, list.cards.len());
+    for card in &list.cards {
+        body.push(&crate::served::card(card, now, None)?);
+    }
+    let tail = format!(",\"total\":{}}}", list.total);
+    Ok(body.finish(tail.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

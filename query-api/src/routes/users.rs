@@ -2,11 +2,10 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, wait_for_min_lsn, ReadHeaders};
+use super::{answer, list_page, wait_for_min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_page, PathId, QueryParams},
-    served::{self, CardList},
     store::List,
     AppState,
 };
@@ -47,17 +46,7 @@ pub(super) async fn library(
     let page = parse_page(&params, DEFAULT_LIMIT)?;
     wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let (projection, list) = state.store.list(List::Library(user_id), page).await?;
-    let now = chrono::Utc::now();
     let head = format!("{{\"user_id\":{user_id},\"courses\":");
-    let mut body = CardList::new(head.as_bytes(), list.cards.len());
-    for card in &list.cards {
-        body.push(&served::card(card, now, None)?);
-    }
-    let tail = format!(",\"total\":{}}}", list.total);
-    Ok(answer(
-        &projection,
-        &headers,
-        None,
-        body.finish(tail.as_bytes()),
-    ))
+    let body = list_page(head.as_bytes(), &list)?;
+    Ok(answer(&projection, &headers, None, body))
 }
