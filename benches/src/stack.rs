@@ -119,7 +119,12 @@ impl Program {
         let mut command = Command::new(exe);
         command
             .args(args)
-            .env("RUST_LOG", "warn")
+            // `BENCH_PROGRAM_LOG` raises the programs' log level for a
+            // diagnostic run (their logs cost time, so `warn` by default).
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_PROGRAM_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -547,6 +547,13 @@ async fn a_course_changed_behind_the_projectors_back_is_read_back_not_overwritte
         )
         .await?;
     assert_eq!(page.body["student_count"], 101);
+    // The popular ranking was first written from the remembered count (in
+    // the apply step) and then from what Redis holds, in the same flush.
+    let category = page.body["category"].as_str().expect("a category");
+    let popular = keys.category_popular(marker.generation, category);
+    let member = views::ranking_member(course);
+    let score: Option<f64> = stack.redis.zscore(&popular, &member).await?;
+    assert_eq!(score, Some(-101.0), "popular ranking follows Redis's count");
 
     // And from there on it is known again.
     let third = stack
@@ -559,5 +566,7 @@ async fn a_course_changed_behind_the_projectors_back_is_read_back_not_overwritte
         )
         .await?;
     assert_eq!(page.body["student_count"], 102);
+    let score: Option<f64> = stack.redis.zscore(&popular, &member).await?;
+    assert_eq!(score, Some(-102.0));
     stack.cleanup().await
 }

@@ -26,6 +26,52 @@ pub struct Metrics {
     pub last_applied_unix_ms: AtomicU64,
     pub rebuilds: AtomicU64,
     pub snapshot_rows: AtomicU64,
+    /// Commit (server clock) → applied in Redis, for the oldest transaction
+    /// of each flush: the projector's own view of freshness.
+    pub commit_to_applied: Histogram,
+}
+
+/// A Prometheus histogram of seconds with fixed buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Count per bucket of [`BUCKETS`], then the overflow (`+Inf`).
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// Upper bounds of the histogram's buckets, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Histogram {
+    pub fn observe(&self, value: std::time::Duration) {
+        let secs = value.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(value.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            match BUCKETS.get(i) {
+                Some(bound) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
 }
 
 impl Metrics {
@@ -135,6 +181,11 @@ impl Metrics {
             "counter",
             "Full rebuilds into a new generation since start.",
             self.rebuilds.load(Relaxed) as f64,
+        );
+        self.commit_to_applied.render(
+            &mut out,
+            "projector_commit_to_applied_seconds",
+            "From a transaction's commit (server clock) until its views are in Redis, for the oldest transaction of each flush.",
         );
         out
     }

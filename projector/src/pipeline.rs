@@ -22,6 +22,17 @@ use crate::{
     sink::Sink,
 };
 
+/// PostgreSQL's epoch (2000-01-01 UTC) in µs since the Unix epoch: commit
+/// times on the wire count from it.
+const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+
+fn unix_now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// Why the stream stopped without an error.
 #[derive(Debug)]
 pub enum Stopped {
@@ -54,6 +65,11 @@ struct Flushed {
     changes: u64,
     /// The watermark it stored, if it moved.
     watermark: Option<Lsn>,
+    /// The batch's first commit time (µs since the Unix epoch) and when it
+    /// was received; when the flush started.
+    first_commit_unix_us: Option<i64>,
+    first_received: Option<std::time::Instant>,
+    started: std::time::Instant,
 }
 
 /// The flush under way: at most one at a time, since per-entity stamps make
@@ -149,10 +165,14 @@ impl Pipeline<'_> {
                                 due = false;
                             }
                         }
-                        ReplicationEvent::Commit { end_lsn, .. } => {
+                        ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                             txn = None;
                             batch.commit_end = Some(Lsn(end_lsn.0));
                             batch.transactions += 1;
+                            if batch.first_commit_unix_us.is_none() {
+                                batch.first_commit_unix_us = Some(commit_time_micros + PG_EPOCH_UNIX_US);
+                                batch.first_received = Some(std::time::Instant::now());
+                            }
                             if deadline.is_none() && !due {
                                 deadline = Some(Instant::now() + self.linger);
                             }
@@ -184,13 +204,19 @@ impl Pipeline<'_> {
         let sink = self.sink.clone();
         let generation = self.generation;
         let applied = self.applied;
+        let started = std::time::Instant::now();
         tokio::spawn(async move {
+            let (first_commit_unix_us, first_received) =
+                (batch.first_commit_unix_us, batch.first_received);
             if batch.is_empty() {
                 return Ok(Flushed {
                     took: Duration::ZERO,
                     transactions: 0,
                     changes: 0,
                     watermark: None,
+                    first_commit_unix_us,
+                    first_received,
+                    started,
                 });
             }
             let took = sink.apply(generation, &batch).await?;
@@ -203,6 +229,9 @@ impl Pipeline<'_> {
                 transactions: batch.transactions,
                 changes: batch.changes as u64,
                 watermark,
+                first_commit_unix_us,
+                first_received,
+                started,
             })
         })
     }
@@ -219,6 +248,22 @@ impl Pipeline<'_> {
         if flushed.changes > 0 || flushed.transactions > 0 {
             self.metrics
                 .flushed(flushed.transactions, flushed.changes, flushed.took);
+        }
+        if let Some(commit) = flushed.first_commit_unix_us {
+            let age = Duration::from_micros(unix_now_us().saturating_sub(commit).max(0) as u64);
+            self.metrics.commit_to_applied.observe(age);
+            tracing::debug!(
+                transactions = flushed.transactions,
+                changes = flushed.changes,
+                commit_to_applied_ms = age.as_secs_f64() * 1e3,
+                waited_ms = flushed.first_received.map(|r| flushed
+                    .started
+                    .saturating_duration_since(r)
+                    .as_secs_f64()
+                    * 1e3),
+                flush_ms = flushed.took.as_secs_f64() * 1e3,
+                "flushed"
+            );
         }
         if let Some(end) = flushed.watermark {
             debug_assert!(end > self.applied, "watermarks only move forward");

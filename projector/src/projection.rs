@@ -204,6 +204,12 @@ pub struct Batch {
     pub commit_end: Option<Lsn>,
     /// Transactions completed in this batch.
     pub transactions: u64,
+    /// Commit time of the first transaction completed in this batch (µs
+    /// since the Unix epoch, by the server's clock): how stale the batch's
+    /// oldest change is when it lands.
+    pub first_commit_unix_us: Option<i64>,
+    /// When this batch received its first completed transaction.
+    pub first_received: Option<std::time::Instant>,
 }
 
 impl Batch {

@@ -463,6 +463,16 @@ impl Sink {
             }
             plans.push(plan);
         }
+        // A known course's place in the popular ranking follows from the
+        // count it is expected to reach, so it goes in this step too. If the
+        // script finds Redis elsewhere (returns 0), the read-back below
+        // ranks the course again from what Redis holds, in this same flush.
+        for (entity, plan) in batch.entities.keys().zip(&plans) {
+            if let (Entity::Course(id), Plan::Known { next, .. }) = (entity, plan) {
+                self.rank(&first, generation, *id, &next.1.agg, false)
+                    .await?;
+            }
+        }
         for (&(user, course), op) in &batch.library {
             let key = keys.user_library(generation, user);
             let member = views::ranking_member(course);
@@ -522,14 +532,14 @@ impl Sink {
         }
         let events = self.event_terms(generation, &aggs).await?;
 
-        let second = self.client.pipeline();
         for (entity, course) in known {
-            if let Entity::Course(id) = entity {
-                self.rank(&second, generation, id, &course.agg, false)
-                    .await?;
-            }
             self.remember(generation, &entity, course)?;
         }
+        if aggs.is_empty() {
+            // Every entity was written by its apply script: no second step.
+            return Ok(());
+        }
+        let second = self.client.pipeline();
         for (entity, agg, top, with_page) in &aggs {
             match entity {
                 Entity::Course(id) => self.rank(&second, generation, *id, agg, *with_page).await?,
