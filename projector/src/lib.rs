@@ -214,6 +214,12 @@ async fn cycle(
         }
         .run(),
     );
+    let preload = tokio::spawn(preload_known(
+        pg.clone(),
+        sink.clone(),
+        metrics.clone(),
+        generation,
+    ));
     let result = pipeline::Pipeline {
         sink: &sink,
         metrics,
@@ -226,7 +232,49 @@ async fn cycle(
     .run(repl, stop, lost_rx)
     .await;
     monitor.abort();
+    preload.abort();
     result.map(|_| ())
+}
+
+/// Remembers the courses' aggregates in the background after the stream
+/// starts (see [`Sink::preload_known`]): without it, the first enrollment
+/// of every course after a start costs the flush a second round trip.
+/// Best effort: a failure only means those courses are read back later.
+async fn preload_known(
+    pg: Arc<tokio_postgres::Client>,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    generation: u64,
+) {
+    let started = std::time::Instant::now();
+    let ids = match pg
+        .query(
+            "SELECT id FROM courses ORDER BY id LIMIT $1",
+            &[&(sink::KNOWN_COURSES as i64)],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.get::<_, i64>(0))
+            .collect::<Vec<_>>(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not list the courses to remember");
+            return;
+        }
+    };
+    let outcome = sink.preload_known(generation, &ids).await;
+    metrics
+        .remembered_courses
+        .store(sink.remembered_courses() as u64, Relaxed);
+    match outcome {
+        Ok(loaded) => tracing::info!(
+            courses = loaded,
+            took_ms = started.elapsed().as_millis() as u64,
+            "remembered the courses' aggregates"
+        ),
+        Err(err) => tracing::warn!(error = %err, "could not remember the courses' aggregates"),
+    }
 }
 
 /// Heartbeats into the WAL, slot statistics, and the watch on the

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub last_applied_unix_ms: AtomicU64,
     pub rebuilds: AtomicU64,
     pub snapshot_rows: AtomicU64,
+    /// Courses whose aggregate the sink remembers.
+    pub remembered_courses: AtomicU64,
     /// Commit (server clock) → applied in Redis, for the oldest transaction
     /// of each flush: the projector's own view of freshness.
     pub commit_to_applied: Histogram,
@@ -181,6 +183,12 @@ impl Metrics {
             "counter",
             "Full rebuilds into a new generation since start.",
             self.rebuilds.load(Relaxed) as f64,
+        );
+        metric(
+            "projector_remembered_courses",
+            "gauge",
+            "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).",
+            self.remembered_courses.load(Relaxed) as f64,
         );
         self.commit_to_applied.render(
             &mut out,

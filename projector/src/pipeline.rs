@@ -249,6 +249,9 @@ impl Pipeline<'_> {
             self.metrics
                 .flushed(flushed.transactions, flushed.changes, flushed.took);
         }
+        self.metrics
+            .remembered_courses
+            .store(self.sink.remembered_courses() as u64, Relaxed);
         if let Some(commit) = flushed.first_commit_unix_us {
             let age = Duration::from_micros(unix_now_us().saturating_sub(commit).max(0) as u64);
             self.metrics.commit_to_applied.observe(age);

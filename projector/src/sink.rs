@@ -160,7 +160,7 @@ return 0
 
 /// How many courses' aggregates the projector keeps in memory at most
 /// (a few hundred bytes each, more for a course with many companies).
-const KNOWN_COURSES: usize = 50_000;
+pub(crate) const KNOWN_COURSES: usize = 50_000;
 
 /// How one entity's entries are applied in a flush.
 enum Plan {
@@ -223,6 +223,58 @@ impl Sink {
         };
         sink.load_scripts().await?;
         Ok(sink)
+    }
+
+    /// Remembers the aggregates of the courses `ids` of `generation` as
+    /// Redis holds them, so that the first enrollment of each after a
+    /// start is applied and written in one step instead of being read back
+    /// first. Safe whatever happens meanwhile: what is remembered is only
+    /// used if Redis still holds its stamp, and a course a flush remembered
+    /// first is left alone. Stops at the memory's bound.
+    pub async fn preload_known(&self, generation: u64, ids: &[i64]) -> Result<usize, SinkError> {
+        let mut loaded = 0;
+        for chunk in ids.chunks(256) {
+            let pipe = self.client.pipeline();
+            for &id in chunk {
+                pipe.hgetall::<(), _>(self.keys.course_agg(generation, id))
+                    .await?;
+                pipe.zrange::<(), _, _, _>(
+                    self.keys.course_companies(generation, id),
+                    0,
+                    -1,
+                    None,
+                    false,
+                    None,
+                    true,
+                )
+                .await?;
+            }
+            let replies: Vec<Value> = pipe.all().await?;
+            let mut known = self
+                .known
+                .lock()
+                .map_err(|_| SinkError::Reply("poisoned".into()))?;
+            for (&id, pair) in chunk.iter().zip(replies.chunks_exact(2)) {
+                if known.len() >= KNOWN_COURSES {
+                    return Ok(loaded);
+                }
+                let reply = Value::Array(pair.to_vec());
+                let Ok((agg, top)) = parse_apply_reply(reply) else {
+                    continue;
+                };
+                if !agg.contains_key("stamp") || known.contains_key(&(generation, id)) {
+                    continue;
+                }
+                known.insert((generation, id), KnownCourse::new(agg, &top));
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// How many courses' aggregates are remembered.
+    pub fn remembered_courses(&self) -> usize {
+        self.known.lock().map(|known| known.len()).unwrap_or(0)
     }
 
     /// The Redis client (for marker and watermark reads).
