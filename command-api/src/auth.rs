@@ -1,11 +1,11 @@
 //! The admin token that guards back-office writes on the command side
 //! (command → projector → query): course and event changes.
 
-use std::hint::black_box;
-
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderValue;
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::routes::AppState;
@@ -21,39 +21,46 @@ impl FromRequestParts<AppState> for Admin {
         let Some(expected) = state.admin_token.as_deref() else {
             return Ok(Admin);
         };
-        let presented = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-        match presented {
-            Some(token) if constant_time_eq(token, expected.as_bytes()) => Ok(Admin),
-            _ => Err(ApiError::Unauthorized),
+        if bearer_matches(parts.headers.get(AUTHORIZATION), expected) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
         }
     }
 }
 
-/// Compares in time that depends on the lengths only, never on where the
-/// first differing byte is, so the token cannot be guessed byte by byte.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    let difference = left
-        .iter()
-        .zip(right)
-        .fold(0u8, |acc, (a, b)| acc | black_box(a ^ b));
-    black_box(difference) == 0
+/// Whether an `Authorization` value is `Bearer <expected>`. The token is
+/// compared in time that depends on the lengths only (the same `subtle`
+/// compare as the query API's ops routes), so it cannot be guessed byte by byte.
+fn bearer_matches(authorization: Option<&HeaderValue>, expected: &str) -> bool {
+    authorization
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|token| token.ct_eq(expected.as_bytes()).into())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use axum::http::HeaderValue;
+
+    use super::bearer_matches;
+
+    fn matches(authorization: &'static str, expected: &str) -> bool {
+        bearer_matches(Some(&HeaderValue::from_static(authorization)), expected)
+    }
 
     #[test]
     fn tokens_match_only_when_every_byte_matches() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
-        assert!(!constant_time_eq(b"", b"x"));
+        assert!(matches("Bearer s3cret", "s3cret"));
+        assert!(!matches("Bearer s3creT", "s3cret"));
+        assert!(!matches("Bearer s3cre", "s3cret"));
+        assert!(!matches("Bearer s3crets", "s3cret"));
+        assert!(!matches("Bearer ", "x"));
+    }
+
+    #[test]
+    fn a_missing_header_or_another_scheme_never_matches() {
+        assert!(!bearer_matches(None, "s3cret"));
+        assert!(!matches("s3cret", "s3cret"));
+        assert!(!matches("Basic s3cret", "s3cret"));
     }
 }

@@ -814,6 +814,9 @@ async fn query_api_through(
     let mut config = query_api::Config::for_tests(&format!("redis://{}", proxy.addr), prefix);
     // No pre-warming: its refreshes would cross the proxy during the count.
     config.prewarm_window = Duration::ZERO;
+    // Every reply is held back: a Redis timeout far above the delay, or the
+    // connection handshake and the reads would time out.
+    config.redis_timeout_ms = 10_000;
     let app = query_api::Application::build(config).await?;
     let url = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();

@@ -50,6 +50,11 @@ pub struct Config {
     /// Longest a request may take before it is answered 503, in milliseconds.
     #[arg(long, env = "QUERY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+
+    /// Longest wait for a Redis reply or connection attempt, in milliseconds;
+    /// a read past it is answered 503 `unavailable`.
+    #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_timeout_ms: u64,
 }
 
 impl Config {
@@ -68,6 +73,10 @@ impl Config {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub(crate) fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
     }
 }
 

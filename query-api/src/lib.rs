@@ -51,6 +51,7 @@ impl Application {
             &config.redis_url,
             Keys::new(config.key_prefix.clone()),
             config.prewarm_window,
+            config.redis_timeout(),
             metrics.clone(),
         )
         .await?;

@@ -142,26 +142,46 @@ type CourseParts = (Bytes, Bytes);
 type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), bool>>;
 
 impl Store {
-    /// Connects to Redis (`redis://` or `redis-cluster://`).
+    /// Connects to Redis (`redis://` or `redis-cluster://`). `timeout`
+    /// bounds each command and connection attempt.
     pub async fn connect(
         url: &str,
         keys: Keys,
         prewarm_window: std::time::Duration,
+        timeout: std::time::Duration,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
-        let config = fred::prelude::Config::from_url(url)?;
+        let mut config = fred::prelude::Config::from_url(url)?;
+        // A first connection that fails goes through the reconnect policy
+        // like any other; fred's default gives up on it for good, so a query
+        // API started before Redis would never serve.
+        config.fail_fast = false;
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
-                c.connection_timeout = std::time::Duration::from_secs(2);
+                c.connection_timeout = timeout;
             })
             .with_performance_config(|p| {
-                p.default_command_timeout = std::time::Duration::from_secs(2);
+                p.default_command_timeout = timeout;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()?;
-        // Start connecting in the background: the API serves 503 until Redis
-        // answers instead of refusing to start.
+        // Connect in the background: the API serves 503 until Redis answers
+        // instead of refusing to start. The first attempt is awaited (at most
+        // `timeout`) so that reads right after start do not find it pending.
+        // Reads answer 503 without sending while Redis is away (see
+        // `connected`), so no read logs the outage: it is logged here, once
+        // per lost connection or failed reconnection attempt.
+        client.on_error(|(error, server)| async move {
+            let server = server.as_ref().map(tracing::field::display);
+            tracing::warn!(error = %error, server, "redis connection failed: reads answer 503 until it is back");
+            Ok(())
+        });
+        client.on_reconnect(|server| async move {
+            tracing::info!(%server, "redis connected");
+            Ok(())
+        });
         client.connect();
+        let _ = tokio::time::timeout(timeout, client.wait_for_connect()).await;
         Ok(Self {
             warm: Arc::new(Prewarm::new(client.clone(), keys.clone(), prewarm_window)),
             client,
@@ -189,13 +209,26 @@ impl Store {
         }
     }
 
+    /// `Unavailable` at once while the client is not connected: a command
+    /// sent then would wait in fred's queue for a reconnection or the whole
+    /// command timeout, and the caller would get the same 503 only later.
+    /// Reads the pre-warmed set answers never come here.
+    fn connected(&self) -> Result<(), ApiError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable)
+        }
+    }
+
     /// Redis answers a PING.
     pub async fn ping(&self) -> bool {
-        self.client.ping::<()>(None).await.is_ok()
+        self.connected().is_ok() && self.client.ping::<()>(None).await.is_ok()
     }
 
     /// The live generation marker.
     pub async fn marker(&self) -> Result<Option<GenerationMarker>, ApiError> {
+        self.connected()?;
         let raw: Option<String> = self.client.get(self.marker_key.clone()).await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
@@ -472,6 +505,7 @@ impl Store {
 
     /// Marker, watermark of `generation`, `ops`, marker: one round trip.
     async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, ApiError> {
+        self.connected()?;
         let sent = std::time::Instant::now();
         let mut values = if !self.client.is_clustered() && ops.iter().all(Op::is_get) {
             let mut keys: Vec<Key> = Vec::with_capacity(ops.len() + 3);
