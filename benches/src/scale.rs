@@ -104,12 +104,14 @@ impl Scale {
         }
     }
 
-    /// A scaled-down full run (a few minutes): the full run's shapes on a
-    /// tenth of the users and enrollments, with shorter phases.
+    /// A scaled-down full run (a few minutes): the full run's shapes on
+    /// fewer users and enrollments, with shorter phases.
     pub fn quick() -> Self {
         Scale {
             name: "quick".to_owned(),
-            users: 200_000,
+            // Half are the seeded enrollments' pool; the orders and
+            // freshness scenarios need about 100,000 fresh ones.
+            users: 400_000,
             hot_enrollments: 20_000,
             warm_enrollments: 500,
             cold_enrollments: 3,

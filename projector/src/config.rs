@@ -67,8 +67,8 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub flush_max_changes: u32,
 
-    /// Longest a committed transaction waits to be grouped with others before the flush, in milliseconds.
-    #[arg(long, env = "PROJECTOR_FLUSH_LINGER_MS", default_value_t = 5)]
+    /// Longest a committed transaction waits to be grouped with others before the flush, in milliseconds (while a flush is in flight, the next batch grows anyway).
+    #[arg(long, env = "PROJECTOR_FLUSH_LINGER_MS", default_value_t = 1)]
     pub flush_linger_ms: u64,
 
     /// Seconds between heartbeat messages emitted into the WAL so an idle slot keeps advancing.

@@ -269,7 +269,8 @@ async fn preload_known(
         .store(sink.remembered_courses() as u64, Relaxed);
     match outcome {
         Ok(loaded) => tracing::info!(
-            courses = loaded,
+            loaded,
+            remembered = sink.remembered_courses(),
             took_ms = started.elapsed().as_millis() as u64,
             "remembered the courses' aggregates"
         ),
