@@ -59,7 +59,7 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_SLOT", default_value = "cqrs_projector", value_parser = parse_identifier)]
     pub slot: String,
 
-    /// Name of the publication of the write model's tables (created on first start).
+    /// Publication of the write model's tables; the migrations create the default one, another is created on first start if the role owns the tables.
     #[arg(long, env = "PROJECTOR_PUBLICATION", default_value = "cqrs_projector", value_parser = parse_identifier)]
     pub publication: String,
 

@@ -11,7 +11,7 @@ use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{error::SqlState, Client, NoTls};
 use views::Lsn;
 
 use futures_util::TryStreamExt;
@@ -23,9 +23,16 @@ use crate::{
     sink::Sink,
 };
 
-/// The write model's tables the projector reads.
-const PUBLISHED_TABLES: &str =
-    "courses, sale_events, sale_event_courses, orders, order_items, enrollments";
+/// The write model's tables the projector reads. The migrations publish the
+/// same list as `cqrs_projector` (migrations/0002_publication_and_grants.sql).
+const PUBLISHED_TABLES: &[&str] = &[
+    "courses",
+    "sale_events",
+    "sale_event_courses",
+    "orders",
+    "order_items",
+    "enrollments",
+];
 
 /// Opens an ordinary SQL connection, with UTC and ISO dates so text values
 /// read the same as the ones pgoutput sends.
@@ -44,7 +51,12 @@ pub async fn connect(database_url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// Creates the publication unless it exists.
+/// Checks that the publication exists and carries every table the views
+/// need; creates it when missing and the role may (it owns the tables).
+///
+/// The migrations create the default publication, so a role with only
+/// REPLICATION and SELECT (DESIGN.md: least privilege) runs with it; another
+/// name needs an owner's rights the first time.
 pub async fn ensure_publication(pg: &Client, publication: &str) -> anyhow::Result<()> {
     let exists = pg
         .query_opt(
@@ -54,13 +66,49 @@ pub async fn ensure_publication(pg: &Client, publication: &str) -> anyhow::Resul
         .await?
         .is_some();
     if !exists {
-        pg.batch_execute(&format!(
-            "CREATE PUBLICATION {publication} FOR TABLE {PUBLISHED_TABLES}"
-        ))
-        .await
-        .context("creating the publication (are the migrations applied?)")?;
-        tracing::info!(publication, "created publication");
+        let created = pg
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {publication} FOR TABLE {}",
+                PUBLISHED_TABLES.join(", ")
+            ))
+            .await;
+        match created {
+            Ok(()) => tracing::info!(publication, "created publication"),
+            Err(err) if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                anyhow::bail!(
+                    "publication {publication} does not exist: apply the migrations \
+                     (they create cqrs_projector), or run with a role that owns the tables"
+                )
+            }
+            // Another projector of this database created it meanwhile.
+            Err(err) if err.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(err) => {
+                return Err(err).context("creating the publication (are the migrations applied?)")
+            }
+        }
     }
+    // A publication missing a table would silently starve its views.
+    let published: Vec<String> = pg
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables \
+              WHERE pubname = $1 AND schemaname = 'public'",
+            &[&publication],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let missing: Vec<&str> = PUBLISHED_TABLES
+        .iter()
+        .copied()
+        .filter(|t| !published.iter().any(|p| p == t))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "publication {publication} does not publish {}: apply the migrations, \
+         or add them (ALTER PUBLICATION {publication} ADD TABLE ...)",
+        missing.join(", ")
+    );
     Ok(())
 }
 
