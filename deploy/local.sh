@@ -26,7 +26,12 @@ readonly REDIS_PORT="${LOCAL_REDIS_PORT:-56379}"
 readonly SERVICE_TIMEOUT="${STACK_TIMEOUT:-60}"
 readonly READY_TIMEOUT=120
 
+# The superuser owns the tables and applies the migrations; the programs run
+# as the roles of deploy/roles.sql (least privilege: DESIGN.md, Write model).
+# Trust authentication on 127.0.0.1 (initdb -A trust), so no passwords.
 readonly DATABASE_URL_APP="postgres://postgres@${PG_HOST}:${PG_PORT}/courses"
+readonly DATABASE_URL_COMMAND="postgres://course_sales_command@${PG_HOST}:${PG_PORT}/courses"
+readonly DATABASE_URL_PROJECTOR="postgres://course_sales_projector@${PG_HOST}:${PG_PORT}/courses"
 readonly DATABASE_URL_TEST="postgres://postgres@${PG_HOST}:${PG_PORT}/postgres"
 readonly REDIS_URL_LOCAL="redis://${REDIS_HOST}:${REDIS_PORT}"
 
@@ -277,6 +282,15 @@ ensure_database() {
   fi
 }
 
+# The service roles are cluster-wide: created (or left as they are) on every
+# start, before anything migrates, because the migrations grant them their
+# table rights only if they exist.
+ensure_roles() {
+  "$PGBIN/psql" -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Xq \
+    -v ON_ERROR_STOP=1 -f "$ROOT/deploy/roles.sql" >/dev/null \
+    || die "could not create the service roles (deploy/roles.sql)"
+}
+
 stop_postgres() {
   if pg_ours_running; then
     log "postgresql: stopping (pg_ctl stop -m fast)"
@@ -372,6 +386,7 @@ start_stack() {
   lock_stack
   start_postgres
   ensure_database courses
+  ensure_roles
   start_redis
   unlock_stack
   log "postgresql: postgres://postgres@$PG_HOST:$PG_PORT/courses"
@@ -459,13 +474,15 @@ run_cleanup() {
   exit "$status"
 }
 
-# start_program NAME PREFIX runs target/debug/NAME in the background, its
-# output prefixed so that the three logs can be told apart.
+# start_program NAME PREFIX [VAR=VALUE...] runs target/debug/NAME in the
+# background with those variables set, its output prefixed so that the three
+# logs can be told apart.
 start_program() {
   local name="$1" prefix="$2"
+  shift 2
   # The prefixing sed ignores INT/TERM so that it keeps printing the
   # program's last lines while it shuts down.
-  "$ROOT/target/debug/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$prefix] /") 2>&1 &
+  env "$@" "$ROOT/target/debug/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$prefix] /") 2>&1 &
   PIDS+=("$!")
   NAMES+=("$name")
 }
@@ -505,7 +522,6 @@ cmd_run() {
   cd "$ROOT"
   cargo build --workspace --bins
 
-  export DATABASE_URL="$DATABASE_URL_APP"
   export REDIS_URL="$REDIS_URL_LOCAL"
   local command_url query_url projector_url url
   command_url="$(addr "${COMMAND_API_ADDR:-127.0.0.1:8081}")"
@@ -518,15 +534,16 @@ cmd_run() {
   done
 
   log "applying migrations"
-  "$ROOT/target/debug/command-api" migrate
+  DATABASE_URL="$DATABASE_URL_APP" "$ROOT/target/debug/command-api" migrate
 
-  start_program command-api command
-  start_program projector projector
+  log "command-api connects as course_sales_command, projector as course_sales_projector"
+  start_program command-api command DATABASE_URL="$DATABASE_URL_COMMAND"
+  start_program projector projector DATABASE_URL="$DATABASE_URL_PROJECTOR"
   start_program query-api query
   wait_ready "$command_url" "$projector_url" "$query_url"
 
   local courses
-  courses="$("$PGBIN/psql" "$DATABASE_URL" -XtAq -c 'SELECT count(*) FROM courses')"
+  courses="$("$PGBIN/psql" "$DATABASE_URL_APP" -XtAq -c 'SELECT count(*) FROM courses')"
   if [[ "$courses" == "0" ]]; then
     log "loading demo data"
     COMMAND_API_URL="$command_url" bash "$ROOT/deploy/demo-data.sh"
