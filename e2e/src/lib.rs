@@ -33,6 +33,42 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
 }
 
+/// The command API's role (deploy/roles.sql): row rights, no replication.
+pub const COMMAND_ROLE: &str = "course_sales_command";
+/// The projector's role (deploy/roles.sql): REPLICATION and SELECT on the
+/// published tables.
+pub const PROJECTOR_ROLE: &str = "course_sales_projector";
+/// The publication the migrations create, the projector's default.
+pub const MIGRATED_PUBLICATION: &str = "cqrs_projector";
+
+/// Creates the service roles with deploy/roles.sql itself, as the
+/// administrative user. Idempotent and safe when parallel tests race; run it
+/// before [`Stack::start_as`], since the migrations grant only to roles that
+/// exist.
+pub async fn ensure_roles() -> Result<()> {
+    let (admin, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
+        .await
+        .context(
+            "connecting to the test PostgreSQL: is the local stack up (bash deploy/local.sh up)?",
+        )?;
+    tokio::spawn(conn);
+    admin
+        .batch_execute(include_str!("../../deploy/roles.sql"))
+        .await
+        .context("running deploy/roles.sql")
+}
+
+/// `url` with its user (and password) replaced by `user`: the local stack
+/// trusts 127.0.0.1, so a role needs no password there.
+pub fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{user}@{host}{path}")
+}
+
 /// A name no other test of this run (or a parallel run) uses.
 pub fn unique_name(kind: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -67,9 +103,20 @@ impl Answer {
     }
 }
 
+/// Whom the programs connect to PostgreSQL as; `None` is the administrative
+/// user of `TEST_DATABASE_URL` (a superuser, which also owns the tables).
+#[derive(Debug, Clone, Default)]
+pub struct PgRoles {
+    pub command: Option<String>,
+    pub projector: Option<String>,
+}
+
 /// One isolated stack.
 pub struct Stack {
+    /// The test database, as the administrative user (migrations, checks).
     pub database_url: String,
+    /// The test database as the projector connects to it.
+    pub projector_database_url: String,
     pub db_name: String,
     pub redis_url: String,
     pub prefix: String,
@@ -88,6 +135,14 @@ pub struct Stack {
 impl Stack {
     /// A fresh database (migrated), the command and query APIs running, no projector yet.
     pub async fn start() -> Result<Self> {
+        Self::start_as(&PgRoles::default()).await
+    }
+
+    /// As [`Stack::start`], with the programs connecting as `roles`. The
+    /// migrations still run as the administrative user, which owns the
+    /// tables. A projector role that owns nothing cannot create a
+    /// publication, so it streams the one the migrations made.
+    pub async fn start_as(roles: &PgRoles) -> Result<Self> {
         let admin_url = admin_database_url();
         let db_name = unique_name("db");
         let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -112,8 +167,12 @@ impl Stack {
         redis.init().await.context("connecting to the test Redis")?;
 
         let mut stops = Vec::new();
+        let command_url = match &roles.command {
+            Some(role) => with_user(&database_url, role),
+            None => database_url.clone(),
+        };
         let command_app =
-            command_api::Application::build(command_api::Config::for_tests(&database_url)).await?;
+            command_api::Application::build(command_api::Config::for_tests(&command_url)).await?;
         let command = format!("http://127.0.0.1:{}", command_app.port());
         let (tx, rx) = oneshot::channel();
         stops.push(tx);
@@ -134,12 +193,20 @@ impl Stack {
         let projector_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let (projector_database_url, publication) = match &roles.projector {
+            Some(role) => (
+                with_user(&database_url, role),
+                MIGRATED_PUBLICATION.to_owned(),
+            ),
+            None => (database_url.clone(), unique_name("pub")),
+        };
         Ok(Self {
             database_url,
+            projector_database_url,
             db_name,
             redis_url,
             slot: unique_name("slot"),
-            publication: unique_name("pub"),
+            publication,
             prefix,
             command,
             query,
@@ -166,7 +233,7 @@ impl Stack {
             bail!("projector already running");
         }
         let child = tokio::process::Command::new(projector_binary()?)
-            .env("DATABASE_URL", &self.database_url)
+            .env("DATABASE_URL", &self.projector_database_url)
             .env("REDIS_URL", &self.redis_url)
             .env("KEY_PREFIX", &self.prefix)
             .env("PROJECTOR_ADDR", &self.projector_addr)
@@ -740,4 +807,28 @@ pub fn realistic_html(bytes: usize, seed: u64) -> String {
     }
     html.push_str("</article>");
     html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_user;
+
+    #[test]
+    fn with_user_replaces_the_user_and_drops_the_password() {
+        assert_eq!(
+            with_user(
+                "postgres://postgres@127.0.0.1:55432/db_1",
+                "course_sales_command"
+            ),
+            "postgres://course_sales_command@127.0.0.1:55432/db_1"
+        );
+        assert_eq!(
+            with_user("postgres://a:secret@host/db?sslmode=disable", "b"),
+            "postgres://b@host/db?sslmode=disable"
+        );
+        assert_eq!(
+            with_user("postgresql://host:5/db", "b"),
+            "postgresql://b@host:5/db"
+        );
+    }
 }
