@@ -110,6 +110,7 @@ pub async fn run(options: Options) -> Result<Results> {
         tracing::info!(prefix = %dead, "dropping what an earlier run left behind");
         stack::drop_everything(&env, &dead).await?;
     }
+    stack::ensure_roles(&env).await?;
     let started = Instant::now();
     let now = chrono::Local::now();
     let mut machine = Machine::read();
@@ -255,12 +256,12 @@ fn projector_env(
     addr: SocketAddr,
 ) -> Vec<(&'static str, String)> {
     vec![
-        ("DATABASE_URL", url.to_owned()),
+        ("DATABASE_URL", stack::as_role(url, stack::PROJECTOR_ROLE)),
         ("REDIS_URL", ctx.env.redis_url.clone()),
         ("KEY_PREFIX", prefix.to_owned()),
         ("PROJECTOR_ADDR", addr.to_string()),
         ("PROJECTOR_SLOT", ctx.env.name("cqrs")),
-        ("PROJECTOR_PUBLICATION", "bench_cqrs".to_owned()),
+        ("PROJECTOR_PUBLICATION", stack::PUBLICATION.to_owned()),
         ("PROJECTOR_HEARTBEAT_SECS", "1".to_owned()),
     ]
 }
@@ -368,7 +369,10 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
             "command-api",
             "command-api",
             &[
-                ("DATABASE_URL", cqrs_url.clone()),
+                (
+                    "DATABASE_URL",
+                    stack::as_role(&cqrs_url, stack::COMMAND_ROLE),
+                ),
                 ("COMMAND_API_ADDR", command_addr.to_string()),
             ],
             command_addr,

@@ -209,6 +209,38 @@ impl Program {
     }
 }
 
+/// The command API's role (deploy/roles.sql): the programs run as in
+/// `deploy/local.sh run`, each with its own least-privilege role.
+pub const COMMAND_ROLE: &str = "course_sales_command";
+/// The projector's role (deploy/roles.sql): REPLICATION and SELECT on the
+/// published tables.
+pub const PROJECTOR_ROLE: &str = "course_sales_projector";
+/// The publication the migrations create (the projector's default), the
+/// only one the projector's role can stream.
+pub const PUBLICATION: &str = "cqrs_projector";
+
+/// Creates the service roles with deploy/roles.sql (idempotent) before any
+/// database is migrated: the migrations grant only to roles that exist.
+pub async fn ensure_roles(env: &Env) -> Result<()> {
+    let mut admin = env.admin().await?;
+    sqlx::raw_sql(include_str!("../../deploy/roles.sql"))
+        .execute(&mut admin)
+        .await
+        .context("creating the service roles (deploy/roles.sql)")?;
+    Ok(())
+}
+
+/// `url` with its user (and password) replaced by `role`: the local stack
+/// trusts 127.0.0.1, so the roles need no password there.
+pub fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{role}@{host}{path}")
+}
+
 /// Creates database `name` (dropping a leftover of the same name first).
 pub async fn create_database(env: &Env, name: &str) -> Result<String> {
     let mut admin = env.admin().await?;
@@ -359,7 +391,16 @@ fn authority(url: &str, default_port: u16) -> (Option<String>, String, u16) {
 
 #[cfg(test)]
 mod authority_tests {
-    use super::authority;
+    use super::{as_role, authority};
+
+    #[test]
+    fn a_url_as_a_role_keeps_host_port_and_database() {
+        assert_eq!(
+            as_role("postgres://postgres@127.0.0.1:55432/bench_1_cqrs", "r"),
+            "postgres://r@127.0.0.1:55432/bench_1_cqrs"
+        );
+        assert_eq!(as_role("postgres://u:p@db/x", "r"), "postgres://r@db/x");
+    }
 
     #[test]
     fn urls_split_into_user_host_and_port() {

@@ -17,7 +17,7 @@ use tokio::process::Command;
 
 use super::Ctx;
 use crate::{
-    stack::{free_addr, Program},
+    stack::{self, free_addr, Program},
     tools,
 };
 
@@ -72,10 +72,11 @@ pub async fn run(ctx: &Ctx, database: &str) -> Result<(Stream, Option<tools::Pro
     let prefix = env.name("stream");
     let slot = env.name("stream_projector");
     let recv_slot = env.name("stream_recvlogical");
-    let publication = "bench_stream";
+    // The copy carries the catalogue's migrated publication and grants.
+    let publication = stack::PUBLICATION;
     let envs = |addr: std::net::SocketAddr| {
         vec![
-            ("DATABASE_URL", url.clone()),
+            ("DATABASE_URL", stack::as_role(&url, stack::PROJECTOR_ROLE)),
             ("REDIS_URL", env.redis_url.clone()),
             ("KEY_PREFIX", prefix.clone()),
             ("PROJECTOR_ADDR", addr.to_string()),
@@ -85,7 +86,7 @@ pub async fn run(ctx: &Ctx, database: &str) -> Result<(Stream, Option<tools::Pro
         ]
     };
 
-    // The projector creates its slot and publication and builds the catalogue.
+    // The projector creates its slot and builds the catalogue.
     let addr = free_addr()?;
     let started = Instant::now();
     let mut projector =
