@@ -9,8 +9,9 @@
 -- The projector's publication (its default `--publication`). It belongs here,
 -- beside the tables: CREATE PUBLICATION ... FOR TABLE needs ownership of every
 -- table, which the projector's role must not have. A table the projector
--- needs is added to this list (and to the projector's own list,
--- projector/src/source.rs) by a later migration, with its SELECT grant below.
+-- comes to need is added by a later migration (ALTER PUBLICATION ... ADD
+-- TABLE, with GRANT SELECT to the projector's role), and to the projector's
+-- own list in projector/src/source.rs, which checks it at start.
 --
 -- A database whose projector ran before this migration already has the
 -- publication (the projector used to create it on first start): set its
