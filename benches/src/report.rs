@@ -618,7 +618,9 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
             md,
             "\nFailed: orders without an answer, or still unsent when the phase ended because the command API fell \
              behind the schedule. Lag from the moment the client had the order's `X-Commit-Lsn` to the first time the projection's \
-             watermark in Redis (polled every millisecond) was at or past it.\n"
+             watermark in Redis (polled every millisecond) was at or past it. Before the first phase the projector \
+             has caught up with the orders scenario's backlog and the database is vacuumed and checkpointed, so \
+             that scenario's leftover work does not land in these phases.\n"
         );
     }
     let _ = writeln!(md, "## Projector against pg_recvlogical\n");
