@@ -82,7 +82,8 @@ impl Env {
 
     /// A Redis client.
     pub async fn redis(&self) -> Result<Client> {
-        let client = Builder::from_config(Config::from_url(&self.redis_url)?).build()?;
+        let url: views::RedisUrl = self.redis_url.parse()?;
+        let client = Builder::from_config(url.config()).build()?;
         client.init().await.context("connecting to Redis")?;
         Ok(client)
     }

@@ -4,7 +4,9 @@
 //! can stop it gracefully or SIGKILL it.
 //!
 //! Needs the local stack (`deploy/local.sh up`): PostgreSQL with
-//! `wal_level=logical` at `TEST_DATABASE_URL` and Redis at `TEST_REDIS_URL`.
+//! `wal_level=logical` at `TEST_DATABASE_URL` and Redis at `TEST_REDIS_URL`
+//! (any `REDIS_URL` form; a test may bring its own, see
+//! [`Stack::start_with_redis`]).
 
 use std::{
     path::PathBuf,
@@ -86,8 +88,16 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A fresh database (migrated), the command and query APIs running, no projector yet.
+    /// A fresh database (migrated), the command and query APIs running on
+    /// the test Redis, no projector yet.
     pub async fn start() -> Result<Self> {
+        Self::start_with_redis(&redis_url()).await
+    }
+
+    /// Like [`Stack::start`], with the views in the Redis `redis_url` names
+    /// (any `REDIS_URL` form: one Redis, or a cluster's nodes).
+    pub async fn start_with_redis(redis_url: &str) -> Result<Self> {
+        let target: views::RedisUrl = redis_url.parse()?;
         let admin_url = admin_database_url();
         let db_name = unique_name("db");
         let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -107,8 +117,7 @@ impl Stack {
         tokio::spawn(conn);
 
         let prefix = unique_name("k");
-        let redis_url = redis_url();
-        let redis = Builder::from_config(fred::prelude::Config::from_url(&redis_url)?).build()?;
+        let redis = Builder::from_config(target.config()).build()?;
         redis.init().await.context("connecting to the test Redis")?;
 
         let mut stops = Vec::new();
@@ -122,8 +131,7 @@ impl Stack {
         }));
 
         let query_app =
-            query_api::Application::build(query_api::Config::for_tests(&redis_url, &prefix))
-                .await?;
+            query_api::Application::build(query_api::Config::for_tests(target, &prefix)).await?;
         let query = format!("http://127.0.0.1:{}", query_app.port());
         let (tx, rx) = oneshot::channel();
         stops.push(tx);
@@ -137,7 +145,7 @@ impl Stack {
         Ok(Self {
             database_url,
             db_name,
-            redis_url,
+            redis_url: redis_url.to_owned(),
             slot: unique_name("slot"),
             publication: unique_name("pub"),
             prefix,
@@ -449,9 +457,8 @@ impl Drop for Stack {
                 return;
             };
             let _ = rt.block_on(async move {
-                if let Ok(redis) =
-                    Builder::from_config(fred::prelude::Config::from_url(&redis_url)?).build()
-                {
+                let target: views::RedisUrl = redis_url.parse()?;
+                if let Ok(redis) = Builder::from_config(target.config()).build() {
                     redis.init().await?;
                     cleanup_resources(&db, &slot, &prefix, &redis).await?;
                 }

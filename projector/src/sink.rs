@@ -202,10 +202,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Connects to Redis (`redis://` or `redis-cluster://`).
-    pub async fn connect(url: &str, keys: Keys) -> Result<Self, SinkError> {
-        let config = Config::from_url(url)?;
-        let client = Builder::from_config(config)
+    /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
+    pub async fn connect(url: &views::RedisUrl, keys: Keys) -> Result<Self, SinkError> {
+        let client = Builder::from_config(url.config())
             .with_connection_config(|c| {
                 c.connection_timeout = std::time::Duration::from_secs(5);
             })

@@ -142,16 +142,16 @@ type CourseParts = (Bytes, Bytes);
 type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), bool>>;
 
 impl Store {
-    /// Connects to Redis (`redis://` or `redis-cluster://`). `timeout`
-    /// bounds each command and connection attempt.
+    /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
+    /// `timeout` bounds each command and connection attempt.
     pub async fn connect(
-        url: &str,
+        url: &views::RedisUrl,
         keys: Keys,
         prewarm_window: std::time::Duration,
         timeout: std::time::Duration,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
-        let mut config = fred::prelude::Config::from_url(url)?;
+        let mut config = url.config();
         // A first connection that fails goes through the reconnect policy
         // like any other; fred's default gives up on it for good, so a query
         // API started before Redis would never serve.
