@@ -181,7 +181,7 @@ async fn cycle(
             tracing::info!(generation, %consistent_point, "generation is live");
             let cleaner = sink.clone();
             tokio::spawn(async move {
-                match cleaner.delete_other_generations(generation).await {
+                match cleaner.delete_older_generations(generation).await {
                     Ok(n) => tracing::info!(keys = n, "deleted the keys of older generations"),
                     Err(err) => tracing::warn!(error = %err, "could not delete older generations"),
                 }

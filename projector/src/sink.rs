@@ -388,12 +388,12 @@ impl Sink {
         Ok(())
     }
 
-    /// Deletes every view key and watermark of generations other than
-    /// `keep` (old generations after a switch, and whatever a writer left
-    /// after Redis lost its marker).
-    pub async fn delete_other_generations(&self, keep: u64) -> Result<u64, SinkError> {
-        let keep_prefix = self.keys.generation_prefix(keep);
-        let keep_watermark = self.keys.watermark(keep);
+    /// Deletes every view key and watermark of generations older than
+    /// `live` (the one switched from, and whatever a writer left after Redis
+    /// lost its marker). Newer generations are left alone: one may be
+    /// building already (generation numbers only grow, see
+    /// [`Sink::next_generation`]).
+    pub async fn delete_older_generations(&self, live: u64) -> Result<u64, SinkError> {
         let mut deleted = 0;
         for pattern in [
             self.keys.all_generations_pattern(),
@@ -417,7 +417,7 @@ impl Sink {
                     )
                     .await?;
                 for key in keys {
-                    if !key.starts_with(&keep_prefix) && key != keep_watermark {
+                    if self.keys.generation_of(&key).is_some_and(|g| g < live) {
                         deleted += self.client.unlink::<u64, _>(key).await?;
                     }
                 }
