@@ -234,8 +234,12 @@ impl Stack {
 
     /// Deletes every Redis key of this stack at once, as a Redis restart
     /// without persistence (or FLUSHALL) would, without touching other
-    /// tests: one script, so no writer can slip in between.
+    /// tests: one script, so no writer can slip in between (hence one
+    /// Redis only: a cluster has no such single step).
     pub async fn lose_redis_data(&self) -> Result<()> {
+        if self.redis.is_clustered() {
+            bail!("losing all data at once needs one Redis, not a cluster");
+        }
         const DELETE_ALL: &str = "local keys = redis.call('KEYS', ARGV[1]) \
             for i = 1, #keys, 1000 do \
               redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys))) \
@@ -498,28 +502,7 @@ async fn cleanup_resources(db: &str, slot: &str, prefix: &str, redis: &Client) -
 }
 
 async fn delete_prefix(redis: &Client, prefix: &str) -> Result<()> {
-    let mut cursor = "0".to_owned();
-    loop {
-        let (next, keys): (String, Vec<String>) = redis
-            .custom(
-                fred::cmd!("SCAN"),
-                vec![
-                    cursor.clone(),
-                    "MATCH".into(),
-                    format!("{prefix}:*"),
-                    "COUNT".into(),
-                    "1000".into(),
-                ],
-            )
-            .await?;
-        for key in keys {
-            let _: i64 = redis.del(key).await?;
-        }
-        if next == "0" {
-            break;
-        }
-        cursor = next;
-    }
+    views::delete_matching(redis, &format!("{prefix}:*"), |_| false).await?;
     Ok(())
 }
 

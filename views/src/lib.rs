@@ -20,4 +20,4 @@ pub use model::{
     pick_sale, serve_course, serve_course_page, CourseCard, CoursePage, CourseStats, EventView,
     GenerationMarker, OrderItem, OrderView, Sale, ServeError, TopCompany, VIEW_SCHEMA_VERSION,
 };
-pub use redis::{RedisUrl, RedisUrlError, REDIS_URL_FORMS};
+pub use redis::{delete_matching, RedisUrl, RedisUrlError, REDIS_URL_FORMS};

@@ -1,12 +1,15 @@
 //! Reaching the Redis that holds the views, for both sides: the forms of
-//! `REDIS_URL` (one Redis or a Redis Cluster).
+//! `REDIS_URL` (one Redis or a Redis Cluster) and clean-ups that cover every
+//! node of a cluster.
 
 use std::{fmt, str::FromStr};
 
 use fred::{
     error::Error,
-    prelude::{Config, ServerConfig},
+    prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig},
+    types::{scan::Scanner, Key},
 };
+use futures_util::{StreamExt, TryStreamExt};
 
 /// What `REDIS_URL` accepts, for `--help` texts and errors.
 pub const REDIS_URL_FORMS: &str = "redis://[user:password@]host[:port][/db] for one Redis; \
@@ -234,6 +237,44 @@ fn redacted_one(part: &str) -> String {
         }
         None => part.to_owned(),
     }
+}
+
+/// Deletes the keys matching `pattern` that `keep` does not claim, on every
+/// primary of a cluster or on the one Redis, a page of SCAN at a time;
+/// returns how many it deleted.
+pub async fn delete_matching(
+    client: &Client,
+    pattern: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<u64, Error> {
+    // fred's cluster scan runs SCAN on every primary (it follows the slot
+    // map), where a plain SCAN reaches one node of a cluster.
+    let mut pages = if client.is_clustered() {
+        client.scan_cluster(pattern, Some(1000), None).boxed()
+    } else {
+        client.scan(pattern, Some(1000), None).boxed()
+    };
+    let mut deleted = 0;
+    while let Some(mut page) = pages.try_next().await? {
+        let doomed: Vec<Key> = page
+            .take_results()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|key| !key.as_str().is_some_and(&keep))
+            .collect();
+        if !doomed.is_empty() {
+            // One UNLINK per key: a page spans hash slots, and a UNLINK of
+            // several keys in different slots fails in a cluster (CROSSSLOT).
+            let pipe = client.pipeline();
+            for key in doomed {
+                pipe.unlink::<(), _>(key).await?;
+            }
+            let unlinked: Vec<u64> = pipe.all().await?;
+            deleted += unlinked.iter().sum::<u64>();
+        }
+        page.next();
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
