@@ -82,7 +82,8 @@ impl Env {
 
     /// A Redis client.
     pub async fn redis(&self) -> Result<Client> {
-        let client = Builder::from_config(Config::from_url(&self.redis_url)?).build()?;
+        let url: views::RedisUrl = self.redis_url.parse()?;
+        let client = Builder::from_config(url.config()).build()?;
         client.init().await.context("connecting to Redis")?;
         Ok(client)
     }
@@ -346,31 +347,7 @@ pub async fn dead_runs(env: &Env) -> Result<Vec<String>> {
 
 /// Deletes the keys matching `pattern` (SCAN + UNLINK, never KEYS).
 pub async fn delete_keys(redis: &Client, pattern: &str) -> Result<u64> {
-    let mut cursor = "0".to_owned();
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (String, Vec<String>) = redis
-            .custom(
-                fred::cmd!("SCAN"),
-                vec![
-                    cursor.clone(),
-                    "MATCH".into(),
-                    pattern.to_owned(),
-                    "COUNT".into(),
-                    "5000".into(),
-                ],
-            )
-            .await?;
-        if !keys.is_empty() {
-            deleted += keys.len() as u64;
-            let _: i64 = redis.custom(fred::cmd!("UNLINK"), keys).await?;
-        }
-        if next == "0" {
-            break;
-        }
-        cursor = next;
-    }
-    Ok(deleted)
+    Ok(views::delete_matching(redis, pattern, |_| false).await?)
 }
 
 /// The user info (if any), host and port (`default_port` when absent) of a

@@ -4,7 +4,9 @@
 //! can stop it gracefully or SIGKILL it.
 //!
 //! Needs the local stack (`deploy/local.sh up`): PostgreSQL with
-//! `wal_level=logical` at `TEST_DATABASE_URL` and Redis at `TEST_REDIS_URL`.
+//! `wal_level=logical` at `TEST_DATABASE_URL` and Redis at `TEST_REDIS_URL`
+//! (any `REDIS_URL` form; a test may bring its own, see
+//! [`Stack::start_with_redis`]).
 
 use std::{
     path::PathBuf,
@@ -133,9 +135,16 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A fresh database (migrated), the command and query APIs running, no projector yet.
+    /// A fresh database (migrated), the command and query APIs running on
+    /// the test Redis, no projector yet.
     pub async fn start() -> Result<Self> {
         Self::start_as(&PgRoles::default()).await
+    }
+
+    /// Like [`Stack::start`], with the views in the Redis `redis_url` names
+    /// (any `REDIS_URL` form: one Redis, or a cluster's nodes).
+    pub async fn start_with_redis(redis_url: &str) -> Result<Self> {
+        Self::start_with(&PgRoles::default(), redis_url).await
     }
 
     /// As [`Stack::start`], with the programs connecting as `roles`. The
@@ -143,6 +152,11 @@ impl Stack {
     /// tables. A projector role that owns nothing cannot create a
     /// publication, so it streams the one the migrations made.
     pub async fn start_as(roles: &PgRoles) -> Result<Self> {
+        Self::start_with(roles, &redis_url()).await
+    }
+
+    async fn start_with(roles: &PgRoles, redis_url: &str) -> Result<Self> {
+        let target: views::RedisUrl = redis_url.parse()?;
         let admin_url = admin_database_url();
         let db_name = unique_name("db");
         let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -162,8 +176,7 @@ impl Stack {
         tokio::spawn(conn);
 
         let prefix = unique_name("k");
-        let redis_url = redis_url();
-        let redis = Builder::from_config(fred::prelude::Config::from_url(&redis_url)?).build()?;
+        let redis = Builder::from_config(target.config()).build()?;
         redis.init().await.context("connecting to the test Redis")?;
 
         let mut stops = Vec::new();
@@ -181,8 +194,7 @@ impl Stack {
         }));
 
         let query_app =
-            query_api::Application::build(query_api::Config::for_tests(&redis_url, &prefix))
-                .await?;
+            query_api::Application::build(query_api::Config::for_tests(target, &prefix)).await?;
         let query = format!("http://127.0.0.1:{}", query_app.port());
         let (tx, rx) = oneshot::channel();
         stops.push(tx);
@@ -204,7 +216,7 @@ impl Stack {
             database_url,
             projector_database_url,
             db_name,
-            redis_url,
+            redis_url: redis_url.to_owned(),
             slot: unique_name("slot"),
             publication,
             prefix,
@@ -293,8 +305,12 @@ impl Stack {
 
     /// Deletes every Redis key of this stack at once, as a Redis restart
     /// without persistence (or FLUSHALL) would, without touching other
-    /// tests: one script, so no writer can slip in between.
+    /// tests: one script, so no writer can slip in between (hence one
+    /// Redis only: a cluster has no such single step).
     pub async fn lose_redis_data(&self) -> Result<()> {
+        if self.redis.is_clustered() {
+            bail!("losing all data at once needs one Redis, not a cluster");
+        }
         const DELETE_ALL: &str = "local keys = redis.call('KEYS', ARGV[1]) \
             for i = 1, #keys, 1000 do \
               redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys))) \
@@ -516,9 +532,8 @@ impl Drop for Stack {
                 return;
             };
             let _ = rt.block_on(async move {
-                if let Ok(redis) =
-                    Builder::from_config(fred::prelude::Config::from_url(&redis_url)?).build()
-                {
+                let target: views::RedisUrl = redis_url.parse()?;
+                if let Ok(redis) = Builder::from_config(target.config()).build() {
                     redis.init().await?;
                     cleanup_resources(&db, &slot, &prefix, &redis).await?;
                 }
@@ -558,28 +573,7 @@ async fn cleanup_resources(db: &str, slot: &str, prefix: &str, redis: &Client) -
 }
 
 async fn delete_prefix(redis: &Client, prefix: &str) -> Result<()> {
-    let mut cursor = "0".to_owned();
-    loop {
-        let (next, keys): (String, Vec<String>) = redis
-            .custom(
-                fred::cmd!("SCAN"),
-                vec![
-                    cursor.clone(),
-                    "MATCH".into(),
-                    format!("{prefix}:*"),
-                    "COUNT".into(),
-                    "1000".into(),
-                ],
-            )
-            .await?;
-        for key in keys {
-            let _: i64 = redis.del(key).await?;
-        }
-        if next == "0" {
-            break;
-        }
-        cursor = next;
-    }
+    views::delete_matching(redis, &format!("{prefix}:*"), |_| false).await?;
     Ok(())
 }
 

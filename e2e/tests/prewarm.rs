@@ -12,7 +12,7 @@ use serde_json::json;
 async fn warm_query_api(
     stack: &Stack,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    let mut config = query_api::Config::for_tests(&stack.redis_url, &stack.prefix);
+    let mut config = query_api::Config::for_tests(stack.redis_url.parse()?, &stack.prefix);
     config.admin_token = Some("ops-secret".into());
     config.prewarm_refresh_ms = 50;
     let app = query_api::Application::build(config).await?;

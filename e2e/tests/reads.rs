@@ -811,7 +811,8 @@ async fn query_api_through(
     proxy: &SlowRedis,
     prefix: &str,
 ) -> anyhow::Result<(String, oneshot::Sender<()>)> {
-    let mut config = query_api::Config::for_tests(&format!("redis://{}", proxy.addr), prefix);
+    let mut config =
+        query_api::Config::for_tests(format!("redis://{}", proxy.addr).parse()?, prefix);
     // No pre-warming: its refreshes would cross the proxy during the count.
     config.prewarm_window = Duration::ZERO;
     // Every reply is held back: a Redis timeout far above the delay, or the

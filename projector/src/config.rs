@@ -39,9 +39,9 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Redis URL (`redis://host:port`, or `redis-cluster://host:port` for cluster mode).
+    /// Redis: `redis://host:port[/db]` for one Redis; `redis-cluster://host:port` or a list of nodes `host:port,host:port` for a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
-    pub redis_url: String,
+    pub redis_url: views::RedisUrl,
 
     /// Namespace of every Redis key the projector writes.
     #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
@@ -78,10 +78,10 @@ pub struct Config {
 
 impl Config {
     /// Defaults with the given database, Redis and key prefix (for tests).
-    pub fn new(database_url: &str, redis_url: &str, key_prefix: &str) -> Self {
+    pub fn new(database_url: &str, redis_url: views::RedisUrl, key_prefix: &str) -> Self {
         let mut cli = Cli::parse_from(["projector"]);
         cli.config.database_url = database_url.to_owned();
-        cli.config.redis_url = redis_url.to_owned();
+        cli.config.redis_url = redis_url;
         cli.config.key_prefix = key_prefix.to_owned();
         cli.config
     }
@@ -107,5 +107,26 @@ fn parse_identifier(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err("use 1 to 63 characters of a-z, 0-9 and _, not starting with a digit".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_nodes_selects_cluster_mode_and_a_bad_url_fails_parsing() {
+        let cli =
+            Cli::try_parse_from(["projector", "--redis-url", "127.0.0.1:7000,127.0.0.1:7001"])
+                .expect("a list of nodes parses");
+        assert!(cli.config.redis_url.is_clustered());
+        assert!(!Cli::parse_from(["projector"])
+            .config
+            .redis_url
+            .is_clustered());
+        let err = Cli::try_parse_from(["projector", "--redis-url", "127.0.0.1:7000"])
+            .expect_err("a node without a scheme is refused")
+            .to_string();
+        assert!(err.contains("redis://127.0.0.1:7000"), "{err}");
     }
 }

@@ -27,6 +27,10 @@ use sink::Sink;
 use tokio::sync::watch;
 use views::{GenerationMarker, Keys, Lsn, VIEW_SCHEMA_VERSION};
 
+/// How long an old generation outlives the switch in a cluster before it is
+/// deleted: well past a query API's Redis timeout (500 ms by default).
+const CLUSTER_CLEANUP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the daemon until `shutdown` resolves: serves the ops endpoints, builds
 /// views when needed, and streams changes, reconnecting after failures.
 pub async fn run(
@@ -181,7 +185,14 @@ async fn cycle(
             tracing::info!(generation, %consistent_point, "generation is live");
             let cleaner = sink.clone();
             tokio::spawn(async move {
-                match cleaner.delete_other_generations(generation).await {
+                if cleaner.is_clustered() {
+                    // A reader's closing marker proves its keys were read
+                    // before the switch only on one Redis: in a cluster they
+                    // sit on other nodes, read in no set order with it. Past
+                    // a query API's Redis timeout, no such read is served.
+                    tokio::time::sleep(CLUSTER_CLEANUP_GRACE).await;
+                }
+                match cleaner.delete_older_generations(generation).await {
                     Ok(n) => tracing::info!(keys = n, "deleted the keys of older generations"),
                     Err(err) => tracing::warn!(error = %err, "could not delete older generations"),
                 }

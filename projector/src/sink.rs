@@ -202,10 +202,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Connects to Redis (`redis://` or `redis-cluster://`).
-    pub async fn connect(url: &str, keys: Keys) -> Result<Self, SinkError> {
-        let config = Config::from_url(url)?;
-        let client = Builder::from_config(config)
+    /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
+    pub async fn connect(url: &views::RedisUrl, keys: Keys) -> Result<Self, SinkError> {
+        let client = Builder::from_config(url.config())
             .with_connection_config(|c| {
                 c.connection_timeout = std::time::Duration::from_secs(5);
             })
@@ -277,6 +276,11 @@ impl Sink {
         self.known.lock().map(|known| known.len()).unwrap_or(0)
     }
 
+    /// Writes to a Redis Cluster, not one Redis.
+    pub fn is_clustered(&self) -> bool {
+        self.client.is_clustered()
+    }
+
     /// The Redis client (for marker and watermark reads).
     pub fn client(&self) -> &Client {
         &self.client
@@ -294,14 +298,37 @@ impl Sink {
         Ok(())
     }
 
-    /// Refuses a Redis that could evict views (SPEC: `noeviction` only).
+    /// Refuses a Redis that could evict views (SPEC: `noeviction` only); in
+    /// a cluster, every primary holds views, so every primary is asked.
     pub async fn check_no_eviction(&self) -> anyhow::Result<()> {
-        let reply: Vec<String> = self.client.config_get("maxmemory-policy").await?;
-        let policy = reply.get(1).cloned().unwrap_or_default();
-        anyhow::ensure!(
-            policy == "noeviction",
-            "redis maxmemory-policy is {policy:?}: views must never be evicted, set it to noeviction"
-        );
+        let policy = |reply: Vec<String>| reply.get(1).cloned().unwrap_or_default();
+        let policies = if self.client.is_clustered() {
+            let primaries = self
+                .client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .unwrap_or_default();
+            anyhow::ensure!(!primaries.is_empty(), "the redis cluster lists no primary");
+            let mut policies = Vec::with_capacity(primaries.len());
+            for node in primaries {
+                let reply: Vec<String> = self
+                    .client
+                    .with_cluster_node(node.clone())
+                    .config_get("maxmemory-policy")
+                    .await?;
+                policies.push((node.to_string(), policy(reply)));
+            }
+            policies
+        } else {
+            let reply: Vec<String> = self.client.config_get("maxmemory-policy").await?;
+            vec![("redis".to_owned(), policy(reply))]
+        };
+        for (node, policy) in policies {
+            anyhow::ensure!(
+                policy == "noeviction",
+                "{node}: maxmemory-policy is {policy:?}: views must never be evicted, set it to noeviction"
+            );
+        }
         Ok(())
     }
 
@@ -389,44 +416,21 @@ impl Sink {
         Ok(())
     }
 
-    /// Deletes every view key and watermark of generations other than
-    /// `keep` (old generations after a switch, and whatever a writer left
-    /// after Redis lost its marker).
-    pub async fn delete_other_generations(&self, keep: u64) -> Result<u64, SinkError> {
-        let keep_prefix = self.keys.generation_prefix(keep);
-        let keep_watermark = self.keys.watermark(keep);
+    /// Deletes every view key and watermark of generations older than
+    /// `live` (the one switched from, and whatever a writer left after Redis
+    /// lost its marker), on every primary of a cluster. Newer generations
+    /// are left alone: one may be building already (generation numbers only
+    /// grow, see [`Sink::next_generation`]).
+    pub async fn delete_older_generations(&self, live: u64) -> Result<u64, SinkError> {
         let mut deleted = 0;
         for pattern in [
             self.keys.all_generations_pattern(),
             self.keys.all_watermarks_pattern(),
         ] {
-            let mut cursor = "0".to_owned();
-            // Hand-written SCAN loop: one loop does not warrant fred's scan
-            // streams (cluster deployments would scan each primary).
-            loop {
-                let (next, keys): (String, Vec<String>) = self
-                    .client
-                    .custom(
-                        fred::cmd!("SCAN"),
-                        vec![
-                            cursor.clone(),
-                            "MATCH".into(),
-                            pattern.clone(),
-                            "COUNT".into(),
-                            "1000".into(),
-                        ],
-                    )
-                    .await?;
-                for key in keys {
-                    if !key.starts_with(&keep_prefix) && key != keep_watermark {
-                        deleted += self.client.unlink::<u64, _>(key).await?;
-                    }
-                }
-                if next == "0" {
-                    break;
-                }
-                cursor = next;
-            }
+            deleted += views::delete_matching(&self.client, &pattern, |key| {
+                self.keys.generation_of(key).is_none_or(|g| g >= live)
+            })
+            .await?;
         }
         Ok(deleted)
     }

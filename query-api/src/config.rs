@@ -8,9 +8,9 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "query-api", version, about, long_about = None)]
 pub struct Config {
-    /// Redis URL (`redis://host:port`, or `redis-cluster://host:port` for cluster mode).
+    /// Redis: `redis://host:port[/db]` for one Redis; `redis-cluster://host:port` or a list of nodes `host:port,host:port` for a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
-    pub redis_url: String,
+    pub redis_url: views::RedisUrl,
 
     /// Namespace of the Redis keys the projector writes.
     #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
@@ -59,9 +59,9 @@ pub struct Config {
 
 impl Config {
     /// Defaults on an ephemeral port for the given Redis and key prefix (tests).
-    pub fn for_tests(redis_url: &str, key_prefix: &str) -> Self {
+    pub fn for_tests(redis_url: views::RedisUrl, key_prefix: &str) -> Self {
         let mut c = Config::parse_from(["query-api"]);
-        c.redis_url = redis_url.to_owned();
+        c.redis_url = redis_url;
         c.key_prefix = key_prefix.to_owned();
         c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c
@@ -107,5 +107,16 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn a_list_of_nodes_selects_cluster_mode_and_a_bad_url_fails_parsing() {
+        let config = Config::try_parse_from(["query-api", "--redis-url", "h1:7000,h2:7001"])
+            .expect("a list of nodes parses");
+        assert!(config.redis_url.is_clustered());
+        let err = Config::try_parse_from(["query-api", "--redis-url", "rediss://h:6380"])
+            .expect_err("TLS is refused")
+            .to_string();
+        assert!(err.contains("TLS"), "{err}");
     }
 }

@@ -16,6 +16,15 @@
 //! client's per-command cost dominates a 125-card cart). In cluster mode the
 //! keys live on several nodes, so they stay separate GETs that the client
 //! routes per node.
+//!
+//! A cluster runs the commands of one pipeline on several nodes in no set
+//! order, which costs two of the guarantees above their proof. The closing
+//! marker no longer proves the keys on other nodes were read before a
+//! switch: the projector waits well past a read's timeout before deleting
+//! an old generation from a cluster. And the watermark read beside the views
+//! may be newer than they are: a read in cluster mode reports instead the
+//! watermark of an earlier round trip that completed before it was sent
+//! (the freshest one seen), never more than the views it read hold.
 
 use std::{
     collections::HashMap,
@@ -115,6 +124,17 @@ pub struct Store {
     inflight: Arc<Mutex<HashMap<i64, Arc<CourseRead>>>>,
     /// The marker and watermark last parsed, by their raw bytes.
     parsed: Arc<Parsed>,
+    /// In cluster mode, the freshest watermark read by a completed round
+    /// trip: what a read reports (see the module's documentation).
+    floor: Arc<ArcSwapOption<Floor>>,
+}
+
+/// A watermark known to be applied before any read sent after it was seen.
+#[derive(Debug)]
+struct Floor {
+    generation: u64,
+    lsn: Lsn,
+    header: Option<HeaderValue>,
 }
 
 /// The generation marker and watermark last read, with their parse: every
@@ -142,16 +162,16 @@ type CourseParts = (Bytes, Bytes);
 type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), bool>>;
 
 impl Store {
-    /// Connects to Redis (`redis://` or `redis-cluster://`). `timeout`
-    /// bounds each command and connection attempt.
+    /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
+    /// `timeout` bounds each command and connection attempt.
     pub async fn connect(
-        url: &str,
+        url: &views::RedisUrl,
         keys: Keys,
         prewarm_window: std::time::Duration,
         timeout: std::time::Duration,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
-        let mut config = fred::prelude::Config::from_url(url)?;
+        let mut config = url.config();
         // A first connection that fails goes through the reconnect policy
         // like any other; fred's default gives up on it for good, so a query
         // API started before Redis would never serve.
@@ -190,6 +210,7 @@ impl Store {
             generation: Arc::new(RwLock::new(None)),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             parsed: Arc::default(),
+            floor: Arc::default(),
             metrics,
         })
     }
@@ -236,11 +257,43 @@ impl Store {
     /// The watermark of the live generation (503 `rebuilding` if none is live).
     pub async fn projection_lsn(&self) -> Result<Lsn, ApiError> {
         let marker = self.marker().await?.ok_or(ApiError::Rebuilding)?;
-        let raw: Option<String> = self
-            .client
-            .get(self.keys.watermark(marker.generation))
-            .await?;
-        Ok(raw.and_then(|r| r.parse().ok()).unwrap_or_default())
+        Ok(self.read_floor(marker.generation).await?.lsn)
+    }
+
+    /// Reads the watermark of `generation` on its own and raises the floor
+    /// to it: every read sent after this returns may report it.
+    async fn read_floor(&self, generation: u64) -> Result<Arc<Floor>, ApiError> {
+        self.connected()?;
+        let raw: Option<Value> = self.client.get(self.keys.watermark(generation)).await?;
+        let (lsn, header) = self.parsed.watermark(raw)?;
+        Ok(self.raise_floor(generation, lsn, header))
+    }
+
+    /// The floor after a completed read of `generation`'s watermark: the
+    /// freshest seen of the newest generation (generations only grow).
+    fn raise_floor(&self, generation: u64, lsn: Lsn, header: Option<HeaderValue>) -> Arc<Floor> {
+        let seen = Arc::new(Floor {
+            generation,
+            lsn,
+            header,
+        });
+        let previous = self.floor.rcu(|current| match current {
+            Some(f) if (f.generation, f.lsn) >= (generation, lsn) => Some(f.clone()),
+            _ => Some(seen.clone()),
+        });
+        match previous {
+            Some(f) if f.generation == generation && f.lsn > lsn => f,
+            _ => seen,
+        }
+    }
+
+    /// What a read of `generation` sent now may report in cluster mode: the
+    /// floor, read first if it is of another generation (once per switch).
+    async fn floor_for(&self, generation: u64) -> Result<Arc<Floor>, ApiError> {
+        match self.floor.load_full() {
+            Some(floor) if floor.generation == generation => Ok(floor),
+            _ => self.read_floor(generation).await,
+        }
     }
 
     /// The course page of `id`: served already when pre-warmed (and right
@@ -506,8 +559,14 @@ impl Store {
     /// Marker, watermark of `generation`, `ops`, marker: one round trip.
     async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, ApiError> {
         self.connected()?;
+        let clustered = self.client.is_clustered();
+        let floor = if clustered {
+            Some(self.floor_for(generation).await?)
+        } else {
+            None
+        };
         let sent = std::time::Instant::now();
-        let mut values = if !self.client.is_clustered() && ops.iter().all(Op::is_get) {
+        let mut values = if !clustered && ops.iter().all(Op::is_get) {
             let mut keys: Vec<Key> = Vec::with_capacity(ops.len() + 3);
             keys.push(self.marker_key.clone());
             keys.push(self.keys.watermark(generation).into());
@@ -536,7 +595,12 @@ impl Store {
         if opening.generation != generation || closing.generation != generation {
             return Ok(Attempt::Moved(closing.generation));
         }
-        let (lsn, lsn_header) = self.parsed.watermark(values.next())?;
+        let (mut lsn, mut lsn_header) = self.parsed.watermark(values.next())?;
+        if let Some(floor) = floor {
+            // This watermark's read is complete now: later reads may report it.
+            self.raise_floor(generation, lsn, lsn_header);
+            (lsn, lsn_header) = (floor.lsn, floor.header.clone());
+        }
         let projection = Projection {
             generation,
             lsn,

@@ -45,11 +45,12 @@ impl Fixture {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let redis_url =
-            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".into());
-        let redis = Builder::from_config(fred::prelude::Config::from_url(&redis_url)?).build()?;
+        let redis_url: views::RedisUrl = std::env::var("TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
+            .parse()?;
+        let redis = Builder::from_config(redis_url.config()).build()?;
         redis.init().await?;
-        let mut config = Config::for_tests(&redis_url, &prefix);
+        let mut config = Config::for_tests(redis_url, &prefix);
         tweak(&mut config);
         let app = Application::build(config).await?;
         let url = format!("http://127.0.0.1:{}", app.port());

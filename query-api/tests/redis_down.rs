@@ -15,7 +15,7 @@ const PROMPT: Duration = Duration::from_secs(1);
 
 /// A query API on `redis_url`, and its base URL.
 async fn start(redis_url: &str) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    let app = Application::build(Config::for_tests(redis_url, "down")).await?;
+    let app = Application::build(Config::for_tests(redis_url.parse()?, "down")).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {

@@ -73,11 +73,6 @@ impl Keys {
         format!("{}:meta:generation-counter", self.prefix)
     }
 
-    /// The prefix every key of generation `generation` starts with.
-    pub fn generation_prefix(&self, generation: u64) -> String {
-        format!("{}:g{generation}:", self.prefix)
-    }
-
     /// A SCAN pattern matching the keys of every generation.
     pub fn all_generations_pattern(&self) -> String {
         format!("{}:g*", self.prefix)
@@ -86,6 +81,18 @@ impl Keys {
     /// A SCAN pattern matching the watermark of every generation.
     pub fn all_watermarks_pattern(&self) -> String {
         format!("{}:meta:g*:watermark", self.prefix)
+    }
+
+    /// The generation a view key or watermark belongs to (`None` for any
+    /// other key), so a clean-up can tell older generations from newer ones.
+    pub fn generation_of(&self, key: &str) -> Option<u64> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(':')?;
+        let rest = rest.strip_prefix("meta:").unwrap_or(rest);
+        let (number, _) = rest.strip_prefix('g')?.split_once(':')?;
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        number.parse().ok()
     }
 
     /// The course page of course `id`: the fields of its row, rewritten only
@@ -203,5 +210,18 @@ mod tests {
         assert!(k.watermark(3).starts_with("shop:meta:"));
         assert_eq!(k.category_popular(1, "a{b}"), "shop:g1:{k617b627d}:popular");
         assert!(ranking_member(9) < ranking_member(10));
+    }
+
+    #[test]
+    fn the_generation_of_a_key_is_read_back_from_its_name() {
+        let k = Keys::new("shop");
+        assert_eq!(k.generation_of(&k.course_card(17, 3)), Some(17));
+        assert_eq!(k.generation_of(&k.category_popular(5, "x")), Some(5));
+        assert_eq!(k.generation_of(&k.watermark(42)), Some(42));
+        assert_eq!(k.generation_of(&k.generation_marker()), None);
+        assert_eq!(k.generation_of(&k.generation_counter()), None);
+        assert_eq!(k.generation_of("shop:g+1:x"), None);
+        assert_eq!(k.generation_of("shop:garbage"), None);
+        assert_eq!(k.generation_of("other:g1:{c1}:view"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The read model, shared by the projector (writer) and the query API (reader):
-//! the Redis key layout, the value codec and the shapes of the views.
+//! the Redis key layout, the value codec, the shapes of the views, and where
+//! the Redis holding them is (`REDIS_URL`: one Redis or a cluster).
 //!
 //! This crate is the only place that knows key names and value bytes, so the
 //! two sides of command → projector → query can never disagree on them.
@@ -8,6 +9,7 @@ mod codec;
 mod keys;
 mod lsn;
 mod model;
+mod redis;
 
 pub use codec::{
     decode, encode, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD, MAX_VIEW_BYTES,
@@ -18,3 +20,4 @@ pub use model::{
     pick_sale, serve_course, serve_course_page, CourseCard, CoursePage, CourseStats, EventView,
     GenerationMarker, OrderItem, OrderView, Sale, ServeError, TopCompany, VIEW_SCHEMA_VERSION,
 };
+pub use redis::{delete_matching, RedisUrl, RedisUrlError, REDIS_URL_FORMS};

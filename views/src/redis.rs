@@ -1,0 +1,408 @@
+//! Reaching the Redis that holds the views, for both sides: the forms of
+//! `REDIS_URL` (one Redis or a Redis Cluster) and clean-ups that cover every
+//! node of a cluster.
+
+use std::{fmt, str::FromStr};
+
+use fred::{
+    error::Error,
+    prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig},
+    types::{scan::Scanner, Key},
+};
+use futures_util::{StreamExt, TryStreamExt};
+
+/// What `REDIS_URL` accepts, for `--help` texts and errors.
+pub const REDIS_URL_FORMS: &str = "redis://[user:password@]host[:port][/db] for one Redis; \
+     redis-cluster://host:port[?node=host:port...] or a list host:port,host:port[,...] \
+     (entries may be written redis://host:port) for a Redis Cluster";
+
+/// A parsed `REDIS_URL`: one Redis, or the seed nodes of a Redis Cluster.
+///
+/// Forms: `redis://[user:password@]host[:port][/db]` (one Redis);
+/// `redis-cluster://[user:password@]host:port[?node=host:port...]` (a
+/// cluster, fred's own form); a comma-separated list of two or more nodes,
+/// `host:port,host:port` or `redis://host:port,redis://host:port` (a cluster
+/// seeded by those nodes). `valkey` schemes work as their `redis` twins.
+#[derive(Clone)]
+pub struct RedisUrl {
+    text: String,
+    config: Config,
+}
+
+/// A `REDIS_URL` that names no Redis this program can reach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error("REDIS_URL is empty; use {REDIS_URL_FORMS}")]
+    Empty,
+    #[error("{0:?} has no scheme: write redis://{0} for one Redis, or list every node (host:port,host:port) for a cluster")]
+    NoScheme(String),
+    #[error("{0:?}: unsupported scheme {1:?}; use {REDIS_URL_FORMS}")]
+    Scheme(String, String),
+    #[error("{0:?}: TLS (rediss://) is not built into this program; use redis:// over a trusted network or a TLS proxy")]
+    Tls(String),
+    #[error("{0:?}: a cluster has only database 0, so a cluster node names none")]
+    Database(String),
+    #[error("an empty entry in the list of nodes {0:?}")]
+    EmptyNode(String),
+    #[error("the nodes of {0:?} name different credentials; give them once, or the same on each")]
+    Credentials(String),
+    #[error("{0:?}: {1}")]
+    Invalid(String, String),
+}
+
+impl RedisUrl {
+    /// Parses any of the accepted forms (see the type's documentation).
+    pub fn parse(text: &str) -> Result<Self, RedisUrlError> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(RedisUrlError::Empty);
+        }
+        let config = if trimmed.contains(',') {
+            node_list(trimmed)?
+        } else {
+            single(trimmed)?
+        };
+        Ok(Self {
+            text: trimmed.to_owned(),
+            config,
+        })
+    }
+
+    /// The client configuration (fred's), ready for `Builder::from_config`.
+    pub fn config(&self) -> Config {
+        self.config.clone()
+    }
+
+    /// A Redis Cluster, not one Redis.
+    pub fn is_clustered(&self) -> bool {
+        self.config.server.is_clustered()
+    }
+
+    /// The node (one Redis) or the seed nodes (a cluster), as host and port.
+    pub fn nodes(&self) -> Vec<(String, u16)> {
+        self.config
+            .server
+            .hosts()
+            .into_iter()
+            .map(|s| (s.host.to_string(), s.port))
+            .collect()
+    }
+
+    /// The text as given, credentials included (to hand it to another
+    /// process; never log it).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = RedisUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The text with any password hidden, so that it may be logged.
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redacted(&self.text))
+    }
+}
+
+/// Like `Display`: settings are printed with `{:?}`, and must not show a password.
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
+/// The schemes fred connects with, by whether they mean a cluster; `None`
+/// for TLS ones (no TLS feature is built in, and fred would silently
+/// connect in clear) and for everything else.
+fn scheme_is_cluster(scheme: &str) -> Result<bool, Option<()>> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "redis" | "valkey" => Ok(false),
+        "redis-cluster" | "valkey-cluster" => Ok(true),
+        "rediss" | "valkeys" | "rediss-cluster" | "valkeys-cluster" => Err(Some(())),
+        _ => Err(None),
+    }
+}
+
+/// Checks the scheme of `part` (which has one): whether it names a cluster.
+fn checked_scheme(part: &str, scheme: &str) -> Result<bool, RedisUrlError> {
+    scheme_is_cluster(scheme).map_err(|tls| match tls {
+        Some(()) => RedisUrlError::Tls(redacted(part)),
+        None => RedisUrlError::Scheme(redacted(part), scheme.to_owned()),
+    })
+}
+
+/// `scheme://…`: one Redis, or a cluster by its scheme.
+fn single(text: &str) -> Result<Config, RedisUrlError> {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(RedisUrlError::NoScheme(redacted(text)));
+    };
+    let invalid = |err: Error| RedisUrlError::Invalid(redacted(text), err.details().to_owned());
+    if checked_scheme(text, scheme)? {
+        if names_database(rest) {
+            return Err(RedisUrlError::Database(redacted(text)));
+        }
+        Config::from_url_clustered(text).map_err(invalid)
+    } else {
+        Config::from_url_centralized(text).map_err(invalid)
+    }
+}
+
+/// `host:port,host:port,…` (entries may carry a scheme): a cluster seeded by
+/// every node listed.
+fn node_list(text: &str) -> Result<Config, RedisUrlError> {
+    let mut hosts = Vec::new();
+    let mut credentials: Option<(Option<String>, Option<String>)> = None;
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(RedisUrlError::EmptyNode(redacted(text)));
+        }
+        let url = match part.split_once("://") {
+            Some((scheme, _)) => {
+                checked_scheme(part, scheme)?;
+                part.to_owned()
+            }
+            None => format!("redis://{part}"),
+        };
+        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+        if names_database(rest) {
+            return Err(RedisUrlError::Database(redacted(part)));
+        }
+        // fred's parser for each node: host, port and credentials as fred reads them.
+        let node = Config::from_url_clustered(&url)
+            .map_err(|err| RedisUrlError::Invalid(redacted(part), err.details().to_owned()))?;
+        let given = (node.username.clone(), node.password.clone());
+        if given != (None, None) {
+            match &credentials {
+                Some(known) if *known != given => {
+                    return Err(RedisUrlError::Credentials(redacted(text)))
+                }
+                _ => credentials = Some(given),
+            }
+        }
+        for host in node.server.hosts() {
+            if !hosts
+                .iter()
+                .any(|h: &(String, u16)| h.0 == *host.host && h.1 == host.port)
+            {
+                hosts.push((host.host.to_string(), host.port));
+            }
+        }
+    }
+    let (username, password) = credentials.unwrap_or_default();
+    Ok(Config {
+        server: ServerConfig::new_clustered(hosts),
+        username,
+        password,
+        ..Config::default()
+    })
+}
+
+/// The part after `scheme://` has a path naming a database other than 0.
+fn names_database(rest: &str) -> bool {
+    let before_query = rest.split('?').next().unwrap_or(rest);
+    match before_query.split_once('/') {
+        Some((_, path)) => !path.is_empty() && path != "0",
+        None => false,
+    }
+}
+
+/// `text` (a URL or a list of them) with every password replaced by `***`.
+fn redacted(text: &str) -> String {
+    text.split(',')
+        .map(redacted_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redacted_one(part: &str) -> String {
+    let Some((scheme, rest)) = part.split_once("://") else {
+        return part.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or("");
+            let hidden = if user.is_empty() {
+                ":***".to_owned()
+            } else {
+                format!("{user}:***")
+            };
+            format!("{scheme}://{hidden}@{host}{}", &rest[authority_end..])
+        }
+        None => part.to_owned(),
+    }
+}
+
+/// Deletes the keys matching `pattern` that `keep` does not claim, on every
+/// primary of a cluster or on the one Redis, a page of SCAN at a time;
+/// returns how many it deleted.
+pub async fn delete_matching(
+    client: &Client,
+    pattern: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<u64, Error> {
+    // fred's cluster scan runs SCAN on every primary (it follows the slot
+    // map), where a plain SCAN reaches one node of a cluster.
+    let mut pages = if client.is_clustered() {
+        client.scan_cluster(pattern, Some(1000), None).boxed()
+    } else {
+        client.scan(pattern, Some(1000), None).boxed()
+    };
+    let mut deleted = 0;
+    while let Some(mut page) = pages.try_next().await? {
+        let doomed: Vec<Key> = page
+            .take_results()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|key| !key.as_str().is_some_and(&keep))
+            .collect();
+        if !doomed.is_empty() {
+            // One UNLINK per key: a page spans hash slots, and a UNLINK of
+            // several keys in different slots fails in a cluster (CROSSSLOT).
+            let pipe = client.pipeline();
+            for key in doomed {
+                pipe.unlink::<(), _>(key).await?;
+            }
+            let unlinked: Vec<u64> = pipe.all().await?;
+            deleted += unlinked.iter().sum::<u64>();
+        }
+        page.next();
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> RedisUrl {
+        RedisUrl::parse(text).unwrap_or_else(|err| panic!("{text:?}: {err}"))
+    }
+
+    #[test]
+    fn a_redis_url_names_one_redis() {
+        let url = parsed("redis://127.0.0.1:56379");
+        assert!(!url.is_clustered());
+        assert_eq!(url.nodes(), vec![("127.0.0.1".to_owned(), 56379)]);
+
+        let url = parsed("redis://user:secret@cache.internal/3");
+        assert!(!url.is_clustered());
+        assert_eq!(url.nodes(), vec![("cache.internal".to_owned(), 6379)]);
+        assert_eq!(url.config().database, Some(3));
+        assert_eq!(url.config().username.as_deref(), Some("user"));
+        assert_eq!(url.config().password.as_deref(), Some("secret"));
+        assert_eq!(url.as_str(), "redis://user:secret@cache.internal/3");
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes() {
+        let url = parsed("redis-cluster://h1:7000?node=h2:7001&node=h3:7002");
+        assert!(url.is_clustered());
+        let mut nodes = url.nodes();
+        nodes.sort();
+        assert_eq!(
+            nodes,
+            vec![
+                ("h1".to_owned(), 7000),
+                ("h2".to_owned(), 7001),
+                ("h3".to_owned(), 7002)
+            ]
+        );
+        assert!(parsed("valkey-cluster://h1:7000").is_clustered());
+        assert!(parsed("redis-cluster://h1:7000/0").is_clustered());
+    }
+
+    #[test]
+    fn a_list_of_nodes_is_a_cluster_seeded_by_every_node() {
+        for text in [
+            "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
+            " 127.0.0.1:7000 , redis://127.0.0.1:7001,redis-cluster://127.0.0.1:7002",
+            "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7000",
+        ] {
+            let url = parsed(text);
+            assert!(url.is_clustered(), "{text}");
+            assert_eq!(
+                url.nodes(),
+                vec![
+                    ("127.0.0.1".to_owned(), 7000),
+                    ("127.0.0.1".to_owned(), 7001),
+                    ("127.0.0.1".to_owned(), 7002)
+                ],
+                "{text}"
+            );
+        }
+        let url = parsed("redis://:pw@h1:7000,h2:7001");
+        assert_eq!(url.config().password.as_deref(), Some("pw"));
+        assert_eq!(url.nodes().len(), 2);
+    }
+
+    #[test]
+    fn what_names_no_reachable_redis_is_refused_with_the_reason() {
+        let err = |text: &str| match RedisUrl::parse(text) {
+            Ok(url) => panic!("{text:?} parsed as {url:?}"),
+            Err(err) => err,
+        };
+        assert_eq!(err("  "), RedisUrlError::Empty);
+        assert!(matches!(err("127.0.0.1:6379"), RedisUrlError::NoScheme(_)));
+        assert!(matches!(
+            err("http://127.0.0.1:6379"),
+            RedisUrlError::Scheme(..)
+        ));
+        assert!(matches!(
+            err("redis-sentinel://h:26379"),
+            RedisUrlError::Scheme(..)
+        ));
+        assert!(matches!(err("rediss://h:6380"), RedisUrlError::Tls(_)));
+        assert!(matches!(
+            err("h1:7000,rediss://h2:7001"),
+            RedisUrlError::Tls(_)
+        ));
+        assert!(matches!(
+            err("h1:7000,,h2:7001"),
+            RedisUrlError::EmptyNode(_)
+        ));
+        assert!(matches!(err("h1:7000,"), RedisUrlError::EmptyNode(_)));
+        assert!(matches!(
+            err("h1:7000,h2:7001/2"),
+            RedisUrlError::Database(_)
+        ));
+        assert!(matches!(
+            err("redis-cluster://h1:7000/1"),
+            RedisUrlError::Database(_)
+        ));
+        assert!(matches!(
+            err("redis://a:x@h1:7000,redis://a:y@h2:7001"),
+            RedisUrlError::Credentials(_)
+        ));
+        assert!(matches!(
+            err("h1:notaport,h2:7001"),
+            RedisUrlError::Invalid(..)
+        ));
+        assert!(matches!(
+            err("redis://h1:99999"),
+            RedisUrlError::Invalid(..)
+        ));
+        assert!(matches!(err("redis://"), RedisUrlError::Invalid(..)));
+    }
+
+    #[test]
+    fn passwords_are_never_shown() {
+        let url = parsed("redis://user:secret@h1:7000,redis://user:secret@h2:7001");
+        assert_eq!(
+            url.to_string(),
+            "redis://user:***@h1:7000,redis://user:***@h2:7001"
+        );
+        let err = RedisUrl::parse("redis://:secret@h1:1,redis://:other@h2:2").err();
+        assert!(err.is_some_and(|e| !e.to_string().contains("secret")));
+        assert!(!format!("{url:?}").contains("secret"));
+        let err = RedisUrl::parse("rediss://user:secret@h:6380").err();
+        assert!(err.is_some_and(|e| !e.to_string().contains("secret")));
+        assert_eq!(parsed("redis://h:1/2").to_string(), "redis://h:1/2");
+    }
+}
