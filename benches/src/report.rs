@@ -399,11 +399,14 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
              the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and PostgreSQL's decoding \
              {:.0}%. An enrollment no longer touches the course's 10 KB page (only its small stats view and card); a \
              new order, and a course whose aggregate the projector holds, are applied and written by one script \
-             each (about three script calls per checkout), and each flush step is one pipeline. What remains is \
-             per command and per entity: the projector's samples are led by its Redis client (encoding, routing \
-             and answering each command) and by allocation, and Redis's by entering and leaving Lua. Closing the \
-             gap: several entities per script call where they share a hash slot, fewer allocations per entity, \
-             and the projector and Redis on cores of their own: here they share two with PostgreSQL's decoder.",
+             each (about three script calls per checkout), each flush step is one pipeline, and after a start the \
+             projector loads what Redis holds of every course. The drain is flush-bound (per-flush log of a quick run): flushes of 2,000 \
+             changes run back to back, 45-60 ms each, while the machine stays about a fifth idle. Three changes, \
+             each measured in quick runs alternating with the current code, brought nothing and were dropped: every entity of a \
+             flush step in a few script calls instead of one each, mimalloc in the projector, and sending a step \
+             in chunks while the next is built. Closing the gap: two flushes in flight (which per-entity stamps \
+             make delicate: a later flush must not apply an entity before an earlier one does), or the projector \
+             and Redis on cores of their own: here they share two with PostgreSQL's decoder.",
             share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
             share(r, "projector draining", "redis"),
             share(r, "projector draining", "postgres")
@@ -421,10 +424,13 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
             format!(
                 "At {:.0} orders/s offered the whole pipeline (load generator, command API, PostgreSQL, projector, \
                  Redis) shares two cores: with the projector and Redis busy beside it, the command API answered \
-                 {:.0} orders/s{alone}, so orders queue and the lag's tail is the projector catching up with what \
-                 it competes with for CPU. At {:.0} orders/s the lag is p50 {:.1} ms, p99 {:.1} ms. Closing the \
-                 rest needs the programs off the database's machine, or a projector that costs less per change \
-                 (see the row above).",
+                 {:.0} orders/s{alone}. The tail is a few stalls of 100 ms and more in which every stage waits, not \
+                 a backlog in one: in a diagnostic run with the projector's per-flush log (`BENCH_PROGRAM_LOG=\
+                 projector=debug`), flushes of a single transaction reached the projector 85 ms after their commit, \
+                 before it had done anything with them, while others waited on Redis as long; the host's CPU \
+                 pressure (`/proc/pressure/cpu`) read 30-50% even with the run stopped. At {:.0} orders/s the lag \
+                 is p50 {:.1} ms, p99 {:.1} ms. Closing the rest needs the programs off the database's machine, or \
+                 fewer programs per core.",
                 top.offered_rps, top.achieved_rps, low.offered_rps, low.p50_ms, low.p99_ms
             )
         }
