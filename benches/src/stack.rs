@@ -234,12 +234,15 @@ pub async fn ensure_roles(env: &Env) -> Result<()> {
 /// `url` with its user (and password) replaced by `role`: the local stack
 /// trusts 127.0.0.1, so the roles need no password there.
 pub fn as_role(url: &str, role: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{role}@{host}{path}")
+    // The `url` crate keeps whatever else the URL holds (port, database,
+    // query) as it was.
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.set_username(role).is_err() || parsed.set_password(None).is_err() {
+        return url.to_owned();
+    }
+    parsed.into()
 }
 
 /// Creates database `name` (dropping a leftover of the same name first).

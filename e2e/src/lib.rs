@@ -63,12 +63,15 @@ pub async fn ensure_roles() -> Result<()> {
 /// `url` with its user (and password) replaced by `user`: the local stack
 /// trusts 127.0.0.1, so a role needs no password there.
 pub fn with_user(url: &str, user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{user}@{host}{path}")
+    // The `url` crate keeps whatever else the URL holds (port, database,
+    // query) as it was.
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.set_username(user).is_err() || parsed.set_password(None).is_err() {
+        return url.to_owned();
+    }
+    parsed.into()
 }
 
 /// A name no other test of this run (or a parallel run) uses.
