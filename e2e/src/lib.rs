@@ -339,6 +339,14 @@ impl Stack {
         .await
     }
 
+    /// A value of the projector's `/metrics` (`None` when absent).
+    pub async fn projector_metric(&self, name: &str) -> Result<Option<f64>> {
+        let text = String::from_utf8(self.projector_get("/metrics").await?.raw)?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()))
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub async fn stop_projector(&mut self) -> Result<()> {
         let Some(mut child) = self.projector.take() else {

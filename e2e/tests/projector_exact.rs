@@ -502,6 +502,17 @@ async fn a_requested_rebuild_switches_generations_while_reads_keep_succeeding() 
         )
         .await?;
     assert_eq!(page.body["student_count"], 1);
+    // A requested rebuild is no failure: it started at once, without the
+    // retry backoff that failures wait through.
+    assert_eq!(
+        stack.projector_metric("projector_failures_total").await?,
+        Some(0.0)
+    );
+    // Builds: the first one and the requested one.
+    assert_eq!(
+        stack.projector_metric("projector_rebuilds_total").await?,
+        Some(2.0)
+    );
     stack.cleanup().await
 }
 

@@ -124,14 +124,6 @@ async fn counts_stay_exact_across_a_graceful_stop_and_a_sigkill() -> anyhow::Res
     stack.cleanup().await
 }
 
-/// A value of the projector's `/metrics`.
-async fn projector_metric(stack: &Stack, name: &str) -> anyhow::Result<Option<f64>> {
-    let text = String::from_utf8(stack.projector_get("/metrics").await?.raw.to_vec())?;
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_projector_remembers_every_course_and_keeps_counting_exactly(
 ) -> anyhow::Result<()> {
@@ -145,7 +137,9 @@ async fn a_restarted_projector_remembers_every_course_and_keeps_counting_exactly
     stack.start_projector().await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let remembered = projector_metric(&stack, "projector_remembered_courses").await?;
+        let remembered = stack
+            .projector_metric("projector_remembered_courses")
+            .await?;
         if remembered == Some(courses.len() as f64) {
             break;
         }
@@ -160,7 +154,9 @@ async fn a_restarted_projector_remembers_every_course_and_keeps_counting_exactly
     // the stamps Redis holds, and the counts stay those of the tables.
     let lsn = orders(&stack, &courses, &users[6..], "after").await?;
     assert_views_equal_tables(&stack, &lsn).await?;
-    let flushed = projector_metric(&stack, "projector_commit_to_applied_seconds_count").await?;
+    let flushed = stack
+        .projector_metric("projector_commit_to_applied_seconds_count")
+        .await?;
     assert!(
         flushed.is_some_and(|n| n > 0.0),
         "flushes are timed: {flushed:?}"

@@ -61,14 +61,29 @@ pub async fn run(
             .await
     });
 
-    let mut backoff = Duration::from_millis(500);
+    const FIRST_RETRY: Duration = Duration::from_millis(500);
+    let mut backoff = FIRST_RETRY;
     loop {
         if *stop_rx.borrow() {
             break;
         }
+        let started = std::time::Instant::now();
         match cycle(&config, &metrics, &mut stop_rx).await {
-            Ok(()) => break,
+            Ok(pipeline::Stopped::Shutdown) => break,
+            Ok(pipeline::Stopped::Restart) => {
+                // Not a failure: a requested rebuild or a lost generation
+                // starts over at once.
+                metrics.ready.store(false, Relaxed);
+                tracing::info!("the stream stopped to rebuild or resume; starting over");
+                backoff = FIRST_RETRY;
+            }
             Err(err) => {
+                metrics.failures.fetch_add(1, Relaxed);
+                // A failure after a long healthy run starts a new episode of
+                // retries, not the tail of an old one.
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = FIRST_RETRY;
+                }
                 metrics.ready.store(false, Relaxed);
                 tracing::error!(
                     error = format!("{err:#}"),
@@ -94,7 +109,7 @@ async fn cycle(
     config: &Config,
     metrics: &Arc<Metrics>,
     stop: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<pipeline::Stopped> {
     let keys = Keys::new(config.key_prefix.clone());
     let sink = Sink::connect(&config.redis_url, keys)
         .await
@@ -244,7 +259,7 @@ async fn cycle(
     .await;
     monitor.abort();
     preload.abort();
-    result.map(|_| ())
+    result
 }
 
 /// Remembers the courses' aggregates in the background after the stream

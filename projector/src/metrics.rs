@@ -25,6 +25,8 @@ pub struct Metrics {
     pub flush_micros: AtomicU64,
     pub last_applied_unix_ms: AtomicU64,
     pub rebuilds: AtomicU64,
+    /// Failures of the stream that were retried.
+    pub failures: AtomicU64,
     pub snapshot_rows: AtomicU64,
     /// Courses whose aggregate the sink remembers.
     pub remembered_courses: AtomicU64,
@@ -189,6 +191,12 @@ impl Metrics {
             "gauge",
             "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).",
             self.remembered_courses.load(Relaxed) as f64,
+        );
+        metric(
+            "projector_failures_total",
+            "counter",
+            "Failures of the stream that were retried after a backoff (a requested rebuild or a lost generation is not one).",
+            self.failures.load(Relaxed) as f64,
         );
         self.commit_to_applied.render(
             &mut out,

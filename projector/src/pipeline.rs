@@ -38,6 +38,9 @@ fn unix_now_us() -> i64 {
 pub enum Stopped {
     /// Shutdown was asked for; everything received was flushed and confirmed.
     Shutdown,
+    /// The generation is no longer live (Redis lost it) or a rebuild was
+    /// requested: the caller decides again between resuming and rebuilding.
+    Restart,
 }
 
 /// Streams from `repl` into `generation` until shutdown or an error.
@@ -117,7 +120,9 @@ impl Pipeline<'_> {
                     if let Some(flight) = inflight.take() {
                         flight.abort();
                     }
-                    anyhow::bail!("stream stopped: its generation is no longer live or a rebuild was requested");
+                    // Nothing unconfirmed is lost: the next stream resumes
+                    // from the confirmed position or rebuilds.
+                    return Ok(Stopped::Restart);
                 }
                 done = async { inflight.as_mut().expect("guarded by the condition").await }, if inflight.is_some() => {
                     inflight = None;
