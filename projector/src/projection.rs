@@ -116,24 +116,25 @@ impl KnownCourse {
         self.agg.get("stamp").map(String::as_str).unwrap_or("")
     }
 
-    /// The state after `entries`, as the apply script would leave it; `None`
-    /// if one of them is not newer than this state (a replay: Redis decides).
-    pub fn advanced(&self, entries: &[Entry]) -> Option<KnownCourse> {
-        let mut next = self.clone();
+    /// Moves this state past `entries`, as the apply script would; `false`
+    /// if one of them is not newer than the state (a replay: Redis decides),
+    /// and the state is then partly moved and must be dropped. In place, so
+    /// an enrollment does not copy a hot course's thousand company tallies.
+    pub fn advance(&mut self, entries: &[Entry]) -> bool {
         for entry in entries {
             let stamp = match entry {
                 Entry::Fields { stamp, .. } | Entry::Enroll { stamp, .. } => stamp,
             };
-            if stamp.as_str() <= next.stamp() {
-                return None;
+            if stamp.as_str() <= self.stamp() {
+                return false;
             }
             match entry {
                 Entry::Fields { fields, .. } => {
                     for (k, v) in fields {
                         if k == "description_html" {
-                            return None;
+                            return false;
                         }
-                        next.agg.insert(k.clone(), v.clone());
+                        self.agg.insert(k.clone(), v.clone());
                     }
                 }
                 Entry::Enroll {
@@ -142,37 +143,86 @@ impl KnownCourse {
                     event_id,
                     ..
                 } => {
-                    add(&mut next.agg, "n".to_owned(), *delta)?;
+                    if add(&mut self.agg, "n", *delta).is_none() {
+                        return false;
+                    }
                     if let Some(event) = event_id {
-                        add(&mut next.agg, format!("cl:{event}"), *delta)?;
+                        if add(&mut self.agg, &format!("cl:{event}"), *delta).is_none() {
+                            return false;
+                        }
                     }
                     if let Some(company) = company {
-                        let n = next.tallies.entry(company.clone()).or_default();
-                        *n += delta;
-                        if *n <= 0 {
-                            next.tallies.remove(company);
+                        match self.tallies.get_mut(company) {
+                            Some(n) => {
+                                *n += delta;
+                                if *n <= 0 {
+                                    self.tallies.remove(company);
+                                }
+                            }
+                            None if *delta > 0 => {
+                                self.tallies.insert(company.clone(), *delta);
+                            }
+                            None => {}
                         }
                     }
                 }
             }
-            next.agg.insert("stamp".to_owned(), stamp.clone());
+            match self.agg.get_mut("stamp") {
+                Some(last) => last.clone_from(stamp),
+                None => {
+                    self.agg.insert("stamp".to_owned(), stamp.clone());
+                }
+            }
         }
-        Some(next)
+        true
+    }
+
+    /// The state after `entries` (see [`KnownCourse::advance`]), leaving this
+    /// one as it is.
+    #[cfg(test)]
+    pub fn advanced(&self, entries: &[Entry]) -> Option<KnownCourse> {
+        let mut next = self.clone();
+        next.advance(entries).then_some(next)
     }
 
     /// The five companies with the most students (SPEC's order).
+    /// Picked without copying the other tallies: a hot course has one per
+    /// company of its students, and this runs at every flush that enrolls.
     pub fn top_companies(&self) -> Vec<TopCompany> {
-        top_five(self.tallies.iter().map(|(c, n)| (c.clone(), *n)).collect())
+        let mut top: Vec<(&str, i64)> = Vec::with_capacity(TOP + 1);
+        for (company, &n) in &self.tallies {
+            if n <= 0 {
+                continue;
+            }
+            let at = top.partition_point(|&(c, m)| m > n || (m == n && c < company.as_str()));
+            if at < TOP {
+                top.insert(at, (company, n));
+                top.truncate(TOP);
+            }
+        }
+        top.into_iter()
+            .map(|(company, students)| TopCompany {
+                company: company.to_owned(),
+                students,
+            })
+            .collect()
     }
 }
 
+/// How many companies a course page lists (SPEC: `top_companies`).
+const TOP: usize = 5;
+
 /// Adds `delta` to an integer hash field, as `HINCRBY` does.
-fn add(agg: &mut HashMap<String, String>, field: String, delta: i64) -> Option<()> {
-    let now: i64 = match agg.get(&field) {
-        Some(v) => v.parse().ok()?,
-        None => 0,
-    };
-    agg.insert(field, (now + delta).to_string());
+fn add(agg: &mut HashMap<String, String>, field: &str, delta: i64) -> Option<()> {
+    match agg.get_mut(field) {
+        Some(v) => {
+            let now: i64 = v.parse().ok()?;
+            *v = (now + delta).to_string();
+        }
+        None => {
+            agg.insert(field.to_owned(), delta.to_string());
+        }
+    }
     Some(())
 }
 
@@ -468,7 +518,7 @@ pub fn top_five(mut tallies: Vec<(String, i64)>) -> Vec<TopCompany> {
     tallies.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     tallies
         .into_iter()
-        .take(5)
+        .take(TOP)
         .map(|(company, students)| TopCompany { company, students })
         .collect()
 }
@@ -476,9 +526,52 @@ pub fn top_five(mut tallies: Vec<(String, i64)>) -> Vec<TopCompany> {
 /// Parses PostgreSQL's text form of a `timestamptz` (sessions run with
 /// `TimeZone=UTC`, `DateStyle=ISO`), e.g. `2026-11-21 21:30:00.123456+00`.
 pub fn parse_pg_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    parse_utc_timestamp(text).or_else(|| {
+        DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+/// The form every timestamp takes here (`YYYY-MM-DD HH:MM:SS[.f]+00`),
+/// read by hand: chrono's format-string parser was a tenth of the
+/// projector's rendering, which reads `created_at` at every flush.
+fn parse_utc_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    let rest = text.strip_suffix("+00")?;
+    if rest.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let digits = rest.get(r)?;
+        digits
+            .bytes()
+            .all(|d| d.is_ascii_digit())
+            .then(|| digits.parse().ok())?
+    };
+    let micros = match rest.get(19..) {
+        Some("") => 0,
+        Some(fraction) => {
+            let digits = fraction.strip_prefix('.')?;
+            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|d| d.is_ascii_digit())
+            {
+                return None;
+            }
+            let value: u32 = digits.parse().ok()?;
+            value * 10u32.pow(9 - digits.len() as u32) / 1000
+        }
+        None => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let time =
+        chrono::NaiveTime::from_hms_micro_opt(num(11..13)?, num(14..16)?, num(17..19)?, micros)?;
+    Some(date.and_time(time).and_utc())
 }
 
 #[cfg(test)]
@@ -516,6 +609,45 @@ mod tests {
         let t = parse_pg_timestamp("2026-11-21 21:30:00.123456+00").expect("parses");
         assert_eq!(t.to_rfc3339(), "2026-11-21T21:30:00.123456+00:00");
         assert!(parse_pg_timestamp("2026-11-21 21:30:00+00").is_some());
+    }
+
+    #[test]
+    fn a_known_course_picks_its_top_five_as_top_five_sorts_them() {
+        let tallies: Vec<(String, i64)> = (0..40)
+            .map(|i| (format!("company {:02}", (i * 17) % 40), (i * 7) % 6))
+            .collect();
+        let known = KnownCourse::new(HashMap::new(), &tallies);
+        assert_eq!(known.top_companies(), top_five(tallies));
+        assert_eq!(known.top_companies().len(), 5);
+        assert!(KnownCourse::new(HashMap::new(), &[]).top_companies().is_empty());
+    }
+
+    #[test]
+    fn the_hand_parser_reads_timestamps_as_chrono_does() {
+        for text in [
+            "2026-11-21 21:30:00+00",
+            "2026-11-21 21:30:00.1+00",
+            "2026-11-21 21:30:00.120000+00",
+            "2026-11-21 21:30:00.000001+00",
+            "1999-12-31 23:59:59.999999+00",
+            "2028-02-29 00:00:00+00",
+        ] {
+            let by_chrono = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .expect("chrono parses")
+                .with_timezone(&Utc);
+            assert_eq!(parse_utc_timestamp(text), Some(by_chrono), "{text}");
+        }
+        for text in [
+            "2026-02-30 00:00:00+00",
+            "2026-11-21T21:30:00+00",
+            "2026-11-21 21:30:00.+00",
+            "2026-11-21 21:30+00",
+            "x",
+        ] {
+            assert_eq!(parse_utc_timestamp(text), None, "{text}");
+        }
+        let offset = parse_pg_timestamp("2026-11-21 21:30:00+09").expect("other offsets fall back");
+        assert_eq!(offset.to_rfc3339(), "2026-11-21T12:30:00+00:00");
     }
 
     #[test]

@@ -684,15 +684,21 @@ impl Sink {
             // enrollments or seat limits only: rendered here, applied and
             // written by one script if Redis is still where it was.
             Entity::Course(id) if !rewrites_page(entity, entries) => {
-                let advanced = self
+                // Taken out of the memory and moved in place: the script's
+                // answer puts it back (applied) or leaves it out (Redis was
+                // elsewhere, or a replay: read back like any other course).
+                let taken = self
                     .known
                     .lock()
                     .map_err(|_| SinkError::Reply("poisoned".into()))?
-                    .get(&(generation, id))
-                    .and_then(|known| Some((known.stamp().to_owned(), known.advanced(entries)?)));
-                let Some((stamp, next)) = advanced else {
+                    .remove(&(generation, id));
+                let Some(mut next) = taken else {
                     return Ok(Plan::Apply);
                 };
+                let stamp = next.stamp().to_owned();
+                if !next.advance(entries) {
+                    return Ok(Plan::Apply);
+                }
                 if course_event_ids(&next.agg)
                     .iter()
                     .any(|e| !terms.contains_key(e))
@@ -886,10 +892,7 @@ impl Sink {
         agg: &HashMap<String, String>,
         row_changed: bool,
     ) -> Result<(), SinkError> {
-        let (Some(category), Some(created)) = (
-            agg.get("category"),
-            agg.get("created_at").and_then(|c| parse_pg_timestamp(c)),
-        ) else {
+        let Some(category) = agg.get("category") else {
             return Ok(());
         };
         let n: f64 = agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0.0);
@@ -907,6 +910,9 @@ impl Sink {
         if !row_changed {
             return Ok(());
         }
+        let Some(created) = agg.get("created_at").and_then(|c| parse_pg_timestamp(c)) else {
+            return Ok(());
+        };
         pipe.zadd::<(), _, _>(
             keys.category_newest(generation, category),
             None,
