@@ -64,7 +64,7 @@ pub struct Config {
     pub publication: String,
 
     /// Flush to Redis once this many row changes are buffered, even mid-transaction.
-    #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     pub flush_max_changes: u32,
 
     /// Longest a committed transaction waits to be grouped with others before the flush, in milliseconds (while a flush is in flight, the next batch grows anyway).

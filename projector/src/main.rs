@@ -3,6 +3,11 @@
 use clap::Parser;
 use projector::{Cli, Command};
 
+/// glibc's malloc spent a sixth of a backlog's drain consolidating its
+/// heap as each flush's pipeline (thousands of commands) was freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

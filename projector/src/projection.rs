@@ -619,7 +619,9 @@ mod tests {
         let known = KnownCourse::new(HashMap::new(), &tallies);
         assert_eq!(known.top_companies(), top_five(tallies));
         assert_eq!(known.top_companies().len(), 5);
-        assert!(KnownCourse::new(HashMap::new(), &[]).top_companies().is_empty());
+        assert!(KnownCourse::new(HashMap::new(), &[])
+            .top_companies()
+            .is_empty());
     }
 
     #[test]
