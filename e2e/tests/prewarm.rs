@@ -116,6 +116,21 @@ async fn a_running_events_views_are_warm_fresh_within_a_second_and_cut_at_its_en
     assert_eq!(page.body["sale"]["seats_left"], 10);
     let event_page = get(&stack, format!("{warm}/v1/events/{event_id}"), None).await?;
     assert_eq!(event_page.body["courses"].as_array().map(Vec::len), Some(2));
+    // A cart of warm courses, in the order asked with a duplicate, each
+    // card with the sale picked.
+    let cart = get(&stack, format!("{warm}/v1/courses?ids={b},{a},{b}"), None).await?;
+    assert_eq!(cart.status, StatusCode::OK);
+    let ids: Vec<_> = cart.body["courses"]
+        .as_array()
+        .expect("cards")
+        .iter()
+        .map(|c| c["id"].as_i64())
+        .collect();
+    assert_eq!(ids, [Some(b), Some(a), Some(b)]);
+    assert_eq!(cart.body["courses"][0]["sale"]["price_krw"], 10_000);
+    assert_eq!(cart.body["courses"][1]["sale"]["price_krw"], 5_000);
+    assert_eq!(cart.body["courses"][1]["sale"]["seats_left"], 10);
+    assert_eq!(cart.body["missing"], json!([]));
     let after = metric(
         &get(&stack, format!("{warm}/metrics"), None)
             .await?
@@ -125,7 +140,7 @@ async fn a_running_events_views_are_warm_fresh_within_a_second_and_cut_at_its_en
             .collect::<String>(),
         "query_api_prewarm_hits_total",
     );
-    assert!(after >= before + 2, "hits {before} -> {after}");
+    assert!(after >= before + 3, "hits {before} -> {after}");
 
     // A price change of a warm course is visible within one second.
     let patched_at = Instant::now();
@@ -160,6 +175,13 @@ async fn a_running_events_views_are_warm_fresh_within_a_second_and_cut_at_its_en
         ended.body["sale"].is_null(),
         "sale after the end: {}",
         ended.body["sale"]
+    );
+    let cart = get(&stack, format!("{warm}/v1/courses?ids={a},{b}"), None).await?;
+    assert_eq!(cart.status, StatusCode::OK);
+    assert!(
+        cart.body["courses"][0]["sale"].is_null() && cart.body["courses"][1]["sale"].is_null(),
+        "cart sales after the end: {}",
+        cart.body
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ops = get(&stack, format!("{warm}/v1/ops/prewarm"), Some("ops-secret")).await?;

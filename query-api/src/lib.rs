@@ -27,13 +27,25 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use views::Keys;
 
-/// Shared by every handler; cloned several times per request, so every
-/// field is one reference count.
+/// Shared by every handler; cloned several times per request (the
+/// middleware, each extractor), so it is one reference count: every count
+/// is shared by both cores under load, and each bump moves its cache line.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds.
+pub(crate) struct Shared {
     pub store: Arc<store::Store>,
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// A bound, not yet running, query API.
@@ -60,11 +72,11 @@ impl Application {
         if config.admin_token.is_none() {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             store: Arc::new(store),
             config: Arc::new(config),
             metrics,
-        };
+        }));
         Ok(Self {
             listener,
             router: router(state),

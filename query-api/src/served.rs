@@ -32,11 +32,12 @@ pub enum Course {
     Stored { page: Bytes, stats: Bytes },
 }
 
-/// A course card as read: served already, or as stored.
-#[derive(Debug, Clone)]
-pub enum Card {
-    Served(Bytes),
-    Stored(Bytes),
+/// A course card as read: served already (right at this moment), or as
+/// stored; borrowed from where it is held.
+#[derive(Debug, Clone, Copy)]
+pub enum Card<'a> {
+    Served(&'a [u8]),
+    Stored(&'a [u8]),
 }
 
 /// An event page as read: served already, or the stored event view and
@@ -139,13 +140,14 @@ pub fn card(stored: &[u8], now: DateTime<Utc>, only_event: Option<i64>) -> Resul
         .map_err(|err| ApiError::corrupt("course card", err))
 }
 
-impl Card {
-    /// The served bytes (by the clock `now` when stored).
-    pub fn serve(self, now: DateTime<Utc>) -> Result<Bytes, ApiError> {
+impl Card<'_> {
+    /// Appends the served card to `list` (by the clock `now` when stored).
+    pub fn serve_into(self, list: &mut CardList, now: DateTime<Utc>) -> Result<(), ApiError> {
         match self {
-            Card::Served(body) => Ok(body),
-            Card::Stored(stored) => card(&stored, now, None),
+            Card::Served(body) => list.push(body),
+            Card::Stored(stored) => list.push(&card(stored, now, None)?),
         }
+        Ok(())
     }
 }
 

@@ -48,7 +48,7 @@ use crate::{
     error::ApiError,
     params::{Page, Sort},
     prewarm::Prewarm,
-    served::{Card, Course, Event, EventPage},
+    served::{Card, CardList, Course, Event, EventPage},
 };
 
 /// Attempts before a read whose generation keeps moving gives up with 503.
@@ -365,19 +365,22 @@ impl Store {
         self.one_view(|keys, g| keys.order_view(g, id)).await
     }
 
-    /// The cards of `ids`, one entry per id asked (`None`: no card), in
-    /// one round trip; each distinct id is read once. Served already when
-    /// pre-warmed (and `cached`).
+    /// The cards of `ids` appended to `list` in the order asked, served by
+    /// the clock `now`, in one round trip (each distinct id read once), or
+    /// from the pre-warmed copies when every one is warm (and `cached`).
+    /// Returns the ids without a card, in order of first appearance.
     pub async fn cards(
         &self,
         ids: &[i64],
         cached: bool,
         now: DateTime<Utc>,
-    ) -> Result<(Projection, Vec<Option<Card>>), ApiError> {
+        list: &mut CardList,
+    ) -> Result<(Projection, Vec<i64>), ApiError> {
         if cached {
-            if let Some(hit) = self.warm.cards(ids, now) {
+            if let Some(hit) = self.warm.cards(ids, now, list) {
                 let projection = Self::warm_projection(&hit);
-                return Ok((projection, hit.value.into_iter().map(Some).collect()));
+                hit.value?;
+                return Ok((projection, Vec::new()));
             }
         }
         let (distinct, slots) = distinct(ids);
@@ -390,10 +393,15 @@ impl Store {
             })
             .await?;
         let cards = in_slots(views_of(values, "course card")?, &slots);
-        Ok((
-            projection,
-            cards.into_iter().map(|c| c.map(Card::Stored)).collect(),
-        ))
+        let mut absent: Vec<i64> = Vec::new();
+        for (id, card) in ids.iter().zip(cards) {
+            match card {
+                Some(stored) => Card::Stored(&stored).serve_into(list, now)?,
+                None if !absent.contains(id) => absent.push(*id),
+                None => {}
+            }
+        }
+        Ok((projection, absent))
     }
 
     /// A page of a list and its total length: ids and length in one round

@@ -83,16 +83,8 @@ pub(super) async fn cards(
     let ids = parse_ids(&params)?;
     let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
     let now = chrono::Utc::now();
-    let (projection, cards) = state.store.cards(&ids, !waited, now).await?;
     let mut list = CardList::new(b"{\"courses\":", ids.len());
-    let mut absent: Vec<i64> = Vec::new();
-    for (id, card) in ids.iter().zip(cards) {
-        match card {
-            Some(card) => list.push(&card.serve(now)?),
-            None if !absent.contains(id) => absent.push(*id),
-            None => {}
-        }
-    }
+    let (projection, absent) = state.store.cards(&ids, !waited, now, &mut list).await?;
     let mut tail = Vec::with_capacity(16 + absent.len() * 8);
     tail.extend_from_slice(b",\"missing\":[");
     for (i, id) in absent.iter().enumerate() {
