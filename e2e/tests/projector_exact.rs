@@ -89,6 +89,35 @@ async fn assert_views_equal_tables(stack: &Stack) -> anyhow::Result<()> {
         let top: serde_json::Value = serde_json::from_str(&top)?;
         assert_eq!(page.body["top_companies"], top, "course {id}");
     }
+    // Each category's popular ranking is the tables' order: students
+    // descending, then id.
+    let rows = stack
+        .pg
+        .query(
+            "SELECT c.category, array_agg(c.id ORDER BY n DESC, c.id) \
+               FROM (SELECT c.id, c.category, \
+                            (SELECT count(*) FROM enrollments e \
+                              WHERE e.course_id = c.id AND e.revoked_at IS NULL) AS n \
+                       FROM courses c) c \
+              GROUP BY c.category",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (category, ids): (String, Vec<i64>) = (row.get(0), row.get(1));
+        let page = stack
+            .get_fresh(
+                &format!("/v1/categories/{category}/courses?sort=popular&limit=100"),
+                &lsn,
+            )
+            .await?;
+        assert_eq!(page.status, StatusCode::OK, "category {category}");
+        let listed: Vec<i64> = page.body["courses"]
+            .as_array()
+            .map(|cards| cards.iter().filter_map(|c| c["id"].as_i64()).collect())
+            .unwrap_or_default();
+        assert_eq!(listed, ids, "popular ranking of {category}");
+    }
     Ok(())
 }
 

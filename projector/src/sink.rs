@@ -523,24 +523,22 @@ impl Sink {
         // count it is expected to reach, so it goes in this step too. If the
         // script finds Redis elsewhere (returns 0), the read-back below
         // ranks the course again from what Redis holds, in this same flush.
+        let mut sorted = SortedSetWrites::default();
         for (entity, plan) in batch.entities.keys().zip(&plans) {
             if let (Entity::Course(id), Plan::Known { next, .. }) = (entity, plan) {
-                self.rank(&first, generation, *id, &next.1.agg, false)
+                self.rank(&first, &mut sorted, generation, *id, &next.1.agg, false)
                     .await?;
             }
         }
         for (&(user, course), op) in &batch.library {
             let key = keys.user_library(generation, user);
             let member = views::ranking_member(course);
-            let _: () = match op {
-                LibraryOp::Add(at) => {
-                    first
-                        .zadd(key, None, None, false, false, (*at as f64, member))
-                        .await?
-                }
-                LibraryOp::Remove => first.zrem(key, member).await?,
-            };
+            match op {
+                LibraryOp::Add(at) => sorted.add(key, *at as f64, member),
+                LibraryOp::Remove => sorted.remove(key, member),
+            }
         }
+        sorted.queue(&first).await?;
         let mut replies: Vec<Value> = first.all().await?;
         replies.truncate(batch.entities.len());
         if replies.len() != batch.entities.len() {
@@ -596,10 +594,14 @@ impl Sink {
             return Ok(());
         }
         let second = self.client.pipeline();
+        let mut sorted = SortedSetWrites::default();
         for (entity, agg, top, with_page) in &aggs {
             match entity {
-                Entity::Course(id) => self.rank(&second, generation, *id, agg, *with_page).await?,
-                Entity::Event(id) => self.index_event(&second, generation, *id, agg).await?,
+                Entity::Course(id) => {
+                    self.rank(&second, &mut sorted, generation, *id, agg, *with_page)
+                        .await?
+                }
+                Entity::Event(id) => self.index_event(&mut sorted, generation, *id, agg),
                 Entity::Order(_) => {}
             }
             let stamp = agg.get("stamp").cloned().unwrap_or_default();
@@ -654,6 +656,7 @@ impl Sink {
             );
             queue_script(&second, &self.write_views, view_keys, args).await?;
         }
+        sorted.queue(&second).await?;
         let _: Value = second.all().await?;
         Ok(())
     }
@@ -858,27 +861,20 @@ impl Sink {
     }
 
     /// Keeps the event in the index readers pre-warm from (absolute write).
-    async fn index_event(
+    fn index_event(
         &self,
-        pipe: &Pipeline<Client>,
+        sorted: &mut SortedSetWrites,
         generation: u64,
         id: i64,
         agg: &HashMap<String, String>,
-    ) -> Result<(), SinkError> {
-        let Some(terms) = EventTerms::from_agg(agg) else {
-            return Ok(());
-        };
-        let ends = terms.ends_at.timestamp_micros() as f64;
-        pipe.zadd::<(), _, _>(
-            self.keys.events_by_end(generation),
-            None,
-            None,
-            false,
-            false,
-            (ends, id.to_string()),
-        )
-        .await?;
-        Ok(())
+    ) {
+        if let Some(terms) = EventTerms::from_agg(agg) {
+            sorted.add(
+                self.keys.events_by_end(generation),
+                terms.ends_at.timestamp_micros() as f64,
+                id.to_string(),
+            );
+        }
     }
 
     /// Queues the course's place in its category's rankings. Absolute
@@ -887,6 +883,7 @@ impl Sink {
     async fn rank(
         &self,
         pipe: &Pipeline<Client>,
+        sorted: &mut SortedSetWrites,
         generation: u64,
         id: i64,
         agg: &HashMap<String, String>,
@@ -898,35 +895,21 @@ impl Sink {
         let n: f64 = agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0.0);
         let member = views::ranking_member(id);
         let keys = &self.keys;
-        pipe.zadd::<(), _, _>(
-            keys.category_popular(generation, category),
-            None,
-            None,
-            false,
-            false,
-            (-n, member.clone()),
-        )
-        .await?;
+        sorted.add(keys.category_popular(generation, category), -n, member.clone());
         if !row_changed {
             return Ok(());
         }
         let Some(created) = agg.get("created_at").and_then(|c| parse_pg_timestamp(c)) else {
             return Ok(());
         };
-        pipe.zadd::<(), _, _>(
+        sorted.add(
             keys.category_newest(generation, category),
-            None,
-            None,
-            false,
-            false,
-            (created.timestamp_micros() as f64, member.clone()),
-        )
-        .await?;
+            created.timestamp_micros() as f64,
+            member.clone(),
+        );
         if let Some(old) = agg.get("rankcat").filter(|old| *old != category) {
-            pipe.zrem::<(), _, _>(keys.category_popular(generation, old), member.clone())
-                .await?;
-            pipe.zrem::<(), _, _>(keys.category_newest(generation, old), member)
-                .await?;
+            sorted.remove(keys.category_popular(generation, old), member.clone());
+            sorted.remove(keys.category_newest(generation, old), member);
         }
         if agg.get("rankcat") != Some(category) {
             pipe.hset::<(), _, _>(
@@ -934,6 +917,49 @@ impl Sink {
                 ("rankcat", category.as_str()),
             )
             .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The sorted-set writes of one flush step (rankings, libraries, the event
+/// index), grouped by key so that a key costs one command however many of
+/// its members move: a flush ranks hundreds of courses in a handful of
+/// categories, and each command costs the client and Redis more than a
+/// member does. Per member, the last write wins, as sent one by one.
+#[derive(Default)]
+struct SortedSetWrites {
+    /// Key → member → `Some(score)` to add (or move), `None` to remove.
+    keys: HashMap<String, HashMap<String, Option<f64>>>,
+}
+
+impl SortedSetWrites {
+    fn add(&mut self, key: String, score: f64, member: String) {
+        self.keys.entry(key).or_default().insert(member, Some(score));
+    }
+
+    fn remove(&mut self, key: String, member: String) {
+        self.keys.entry(key).or_default().insert(member, None);
+    }
+
+    /// Queues one `ZADD` and one `ZREM` at most per key.
+    async fn queue(self, pipe: &Pipeline<Client>) -> Result<(), SinkError> {
+        for (key, members) in self.keys {
+            let mut add: Vec<(f64, String)> = Vec::new();
+            let mut remove: Vec<String> = Vec::new();
+            for (member, score) in members {
+                match score {
+                    Some(score) => add.push((score, member)),
+                    None => remove.push(member),
+                }
+            }
+            if !add.is_empty() {
+                pipe.zadd::<(), _, _>(key.as_str(), None, None, false, false, add)
+                    .await?;
+            }
+            if !remove.is_empty() {
+                pipe.zrem::<(), _, _>(key, remove).await?;
+            }
         }
         Ok(())
     }

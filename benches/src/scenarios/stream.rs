@@ -36,6 +36,60 @@ pub struct Stream {
     pub initial_build_s: f64,
     /// (seconds since the projector started, changes applied).
     pub projector_timeline: Vec<(f64, u64)>,
+    /// CPU seconds (user and system) the drain took in each process that
+    /// did its work: the projector, Redis, and the walsender that decoded
+    /// the projector's slot. Absent where they could not be read.
+    #[serde(default)]
+    pub cpu: Option<DrainCpu>,
+}
+
+/// CPU seconds spent on the projector's drain, by process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainCpu {
+    pub projector_s: f64,
+    pub redis_s: f64,
+    pub walsender_s: Option<f64>,
+}
+
+impl DrainCpu {
+    /// Microseconds of CPU per row change, by process and in all.
+    pub fn per_change_us(&self, changes: u64) -> (f64, f64, Option<f64>, f64) {
+        let per = |s: f64| s * 1e6 / changes.max(1) as f64;
+        let total = self.projector_s + self.redis_s + self.walsender_s.unwrap_or(0.0);
+        (
+            per(self.projector_s),
+            per(self.redis_s),
+            self.walsender_s.map(per),
+            per(total),
+        )
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s, the
+/// value Linux gives `CLK_TCK` on every architecture it runs on).
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds Redis has used so far (`INFO cpu`).
+async fn redis_cpu_s(redis: &fred::prelude::Client) -> Option<f64> {
+    use fred::prelude::*;
+    let info: String = redis
+        .info(Some(fred::types::InfoKind::Cpu))
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 const PROCEDURE: &str = r#"
@@ -167,9 +221,13 @@ pub async fn run(ctx: &Ctx, database: &str) -> Result<(Stream, Option<tools::Pro
 
     // The projector, on the same backlog.
     tracing::info!("projector");
+    let redis = env.redis().await?;
+    let redis_before = redis_cpu_s(&redis).await;
     let addr = free_addr()?;
     let started = Instant::now();
     let projector = Program::workspace(env, "projector-stream", "projector", &envs(addr), addr)?;
+    let mut walsender: Option<(u32, f64)> = None;
+    let mut watch = PgConnection::connect(&url).await?;
     let mut timeline = Vec::new();
     let poll = if ctx.scale.stream_changes >= 100_000 {
         Duration::from_millis(250)
@@ -185,6 +243,12 @@ pub async fn run(ctx: &Ctx, database: &str) -> Result<(Stream, Option<tools::Pro
             let changed = metric(&text, "projector_changes_applied_total");
             let t = started.elapsed().as_secs_f64();
             timeline.push((t, changed as u64));
+            // The walsender serving the projector's slot, read while it runs.
+            if let Some(pid) = slot_pid(&mut watch, &slot).await {
+                if let Some(cpu) = process_cpu_s(pid) {
+                    walsender = Some((pid, cpu));
+                }
+            }
             if applied >= transactions as f64 {
                 break t;
             }
@@ -195,7 +259,18 @@ pub async fn run(ctx: &Ctx, database: &str) -> Result<(Stream, Option<tools::Pro
         }
         tokio::time::sleep(poll).await;
     };
+    let projector_cpu = projector.pid().and_then(process_cpu_s);
+    let redis_after = redis_cpu_s(&redis).await;
     projector.stop().await?;
+    watch.close().await?;
+    let cpu = match (projector_cpu, redis_before, redis_after) {
+        (Some(projector_s), Some(before), Some(after)) => Some(DrainCpu {
+            projector_s,
+            redis_s: after - before,
+            walsender_s: walsender.map(|(_, cpu)| cpu),
+        }),
+        _ => None,
+    };
 
     // With profiling on: a second, smaller backlog drained under perf, so
     // the measured drain above ran unperturbed.
@@ -251,9 +326,22 @@ pub async fn run(ctx: &Ctx, database: &str) -> Result<(Stream, Option<tools::Pro
             projector_changes_per_s: changes as f64 / projector_s,
             initial_build_s,
             projector_timeline: timeline,
+            cpu,
         },
         profile,
     ))
+}
+
+/// The process id of the walsender serving `slot`, if it is active.
+async fn slot_pid(conn: &mut PgConnection, slot: &str) -> Option<u32> {
+    let pid: Option<i32> =
+        sqlx::query_scalar("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(slot)
+            .fetch_optional(conn)
+            .await
+            .ok()
+            .flatten();
+    u32::try_from(pid?).ok()
 }
 
 /// Writes `orders` checkout transactions by users `first_user..`.
