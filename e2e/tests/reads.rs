@@ -330,6 +330,36 @@ async fn a_category_lists_its_courses_by_popularity_or_novelty_a_page_at_a_time(
         "unknown",
     );
     assert_eq!(unknown.body, json!({"courses": [], "total": 0}));
+
+    // A course moved to another category leaves both of its old rankings
+    // and joins the new ones.
+    let moved = stack
+        .send(
+            stack
+                .http
+                .patch(format!("{}/v1/courses/{}", stack.command, c[3]))
+                .json(&json!({"category": "design"})),
+        )
+        .await?;
+    assert_eq!(moved.status, StatusCode::OK);
+    let lsn = stack.current_lsn().await?;
+    let popular = ok(stack.get_fresh(base, &lsn).await?, "popular after the move");
+    assert_eq!(card_ids(&popular), [c[0], c[2], c[1], c[4]]);
+    assert_eq!(popular.body["total"], 4);
+    let newest = ok(
+        stack
+            .get_fresh(&format!("{base}?sort=newest"), &lsn)
+            .await?,
+        "newest after the move",
+    );
+    assert_eq!(card_ids(&newest), [c[4], c[2], c[1], c[0]]);
+    let design = ok(
+        stack
+            .get_fresh("/v1/categories/design/courses", &lsn)
+            .await?,
+        "the new category",
+    );
+    assert_eq!(card_ids(&design), [c[3], elsewhere]);
     stack.cleanup().await
 }
 

@@ -559,12 +559,13 @@ fn parse_utc_timestamp(text: &str) -> Option<DateTime<Utc>> {
         Some("") => 0,
         Some(fraction) => {
             let digits = fraction.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|d| d.is_ascii_digit())
+            // PostgreSQL prints at most microseconds; more is not its text.
+            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|d| d.is_ascii_digit())
             {
                 return None;
             }
             let value: u32 = digits.parse().ok()?;
-            value * 10u32.pow(9 - digits.len() as u32) / 1000
+            value * 10u32.pow(6 - digits.len() as u32)
         }
         None => return None,
     };
@@ -644,6 +645,7 @@ mod tests {
             "2026-11-21T21:30:00+00",
             "2026-11-21 21:30:00.+00",
             "2026-11-21 21:30+00",
+            "2026-11-21 21:30:00.1234567+00",
             "x",
         ] {
             assert_eq!(parse_utc_timestamp(text), None, "{text}");

@@ -526,8 +526,7 @@ impl Sink {
         let mut sorted = SortedSetWrites::default();
         for (entity, plan) in batch.entities.keys().zip(&plans) {
             if let (Entity::Course(id), Plan::Known { next, .. }) = (entity, plan) {
-                self.rank(&first, &mut sorted, generation, *id, &next.1.agg, false)
-                    .await?;
+                self.rank(&mut sorted, generation, *id, &next.1.agg, false);
             }
         }
         for (&(user, course), op) in &batch.library {
@@ -597,10 +596,7 @@ impl Sink {
         let mut sorted = SortedSetWrites::default();
         for (entity, agg, top, with_page) in &aggs {
             match entity {
-                Entity::Course(id) => {
-                    self.rank(&second, &mut sorted, generation, *id, agg, *with_page)
-                        .await?
-                }
+                Entity::Course(id) => self.rank(&mut sorted, generation, *id, agg, *with_page),
                 Entity::Event(id) => self.index_event(&mut sorted, generation, *id, agg),
                 Entity::Order(_) => {}
             }
@@ -880,27 +876,37 @@ impl Sink {
     /// Queues the course's place in its category's rankings. Absolute
     /// writes (scores set, not added), so replays converge. The newest
     /// ranking and the category move only with the row (`row_changed`).
-    async fn rank(
+    fn rank(
         &self,
-        pipe: &Pipeline<Client>,
         sorted: &mut SortedSetWrites,
         generation: u64,
         id: i64,
         agg: &HashMap<String, String>,
         row_changed: bool,
-    ) -> Result<(), SinkError> {
-        let Some(category) = agg.get("category") else {
-            return Ok(());
+    ) {
+        let (Some(category), true) = (agg.get("category"), agg.contains_key("created_at")) else {
+            return;
+        };
+        // Parsed only when the row changed: an enrollment moves the popular
+        // ranking alone, and this runs for every course of every flush.
+        let created = if row_changed {
+            match agg.get("created_at").and_then(|c| parse_pg_timestamp(c)) {
+                Some(created) => Some(created),
+                None => return,
+            }
+        } else {
+            None
         };
         let n: f64 = agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0.0);
         let member = views::ranking_member(id);
         let keys = &self.keys;
-        sorted.add(keys.category_popular(generation, category), -n, member.clone());
-        if !row_changed {
-            return Ok(());
-        }
-        let Some(created) = agg.get("created_at").and_then(|c| parse_pg_timestamp(c)) else {
-            return Ok(());
+        sorted.add(
+            keys.category_popular(generation, category),
+            -n,
+            member.clone(),
+        );
+        let Some(created) = created else {
+            return;
         };
         sorted.add(
             keys.category_newest(generation, category),
@@ -912,13 +918,8 @@ impl Sink {
             sorted.remove(keys.category_newest(generation, old), member);
         }
         if agg.get("rankcat") != Some(category) {
-            pipe.hset::<(), _, _>(
-                keys.course_agg(generation, id),
-                ("rankcat", category.as_str()),
-            )
-            .await?;
+            sorted.then_hset(keys.course_agg(generation, id), "rankcat", category.clone());
         }
-        Ok(())
     }
 }
 
@@ -931,15 +932,26 @@ impl Sink {
 struct SortedSetWrites {
     /// Key → member → `Some(score)` to add (or move), `None` to remove.
     keys: HashMap<String, HashMap<String, Option<f64>>>,
+    /// Hash fields that record what the writes above did (a course's
+    /// `rankcat`): sent after them, so that a flush cut short in between
+    /// is replayed with the record still saying what to undo.
+    after: Vec<(String, &'static str, String)>,
 }
 
 impl SortedSetWrites {
     fn add(&mut self, key: String, score: f64, member: String) {
-        self.keys.entry(key).or_default().insert(member, Some(score));
+        self.keys
+            .entry(key)
+            .or_default()
+            .insert(member, Some(score));
     }
 
     fn remove(&mut self, key: String, member: String) {
         self.keys.entry(key).or_default().insert(member, None);
+    }
+
+    fn then_hset(&mut self, key: String, field: &'static str, value: String) {
+        self.after.push((key, field, value));
     }
 
     /// Queues one `ZADD` and one `ZREM` at most per key.
@@ -960,6 +972,9 @@ impl SortedSetWrites {
             if !remove.is_empty() {
                 pipe.zrem::<(), _, _>(key, remove).await?;
             }
+        }
+        for (key, field, value) in self.after {
+            pipe.hset::<(), _, _>(key, (field, value)).await?;
         }
         Ok(())
     }
