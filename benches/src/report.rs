@@ -372,12 +372,13 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
             rps("pg_companies_hot"),
             rps("random") / rps("pg_companies_hot").max(1.0)
         ),
-        "cart_over_single" => "The 125 cards come in one MGET, or from the pre-warmed copies served already. Read \
-             from Redis, each card is served on its own: `views::serve_course` finds its trailing sales list, \
-             parses it and writes the pick, and the served cards are spliced into the body as bytes without another \
-             parse. That per-card serving, 125 times over, and the 125 values' transfer are the p50 difference. \
-             Closing the gap: serve each card's pick without parsing its sales list (a precomputed pick per sale \
-             window, as the pre-warmed copies hold)."
+        "cart_over_single" => "The cart's 125 courses are the running event's, so they are pre-warmed: each \
+             served card (sale already picked for the current sale window) is copied from the warm set straight \
+             into the body, with no per-card reference count taken or dropped, and the ids are looked up with a \
+             fast hasher. What is left is the size: the cart's body is about 3.5 times the single page's, and \
+             every byte crosses the loopback twice and is read by the load generator, on the same two cores. \
+             Read from Redis instead (cards not warm), the 125 cards are one MGET and each is served by the clock \
+             from its stored sales list."
             .to_owned(),
         "hot_over_spread_orders" => "Every hot order inserts into the same leaf pages of `enrollments_course_idx` \
              (all keys equal) and of the partial unique index, so the inserts contend on buffer locks; there is no \
@@ -394,23 +395,45 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
             share(r, "orders", "postgres"),
             share(r, "orders", "tokio")
         ),
-        "projector_over_recvlogical" => format!(
-            "pg_recvlogical throws the decoded stream away; the projector turns it into views before it confirms. In \
-             the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and PostgreSQL's decoding \
-             {:.0}%. An enrollment no longer touches the course's 10 KB page (only its small stats view and card); a \
-             new order, and a course whose aggregate the projector holds, are applied and written by one script \
-             each (about three script calls per checkout), each flush step is one pipeline, and after a start the \
-             projector loads what Redis holds of every course. The drain is flush-bound (per-flush log of a quick run): flushes of 2,000 \
-             changes run back to back, 45-60 ms each, while the machine stays about a fifth idle. Three changes, \
-             each measured in quick runs alternating with the current code, brought nothing and were dropped: every entity of a \
-             flush step in a few script calls instead of one each, mimalloc in the projector, and sending a step \
-             in chunks while the next is built. Closing the gap: two flushes in flight (which per-entity stamps \
-             make delicate: a later flush must not apply an entity before an earlier one does), or the projector \
-             and Redis on cores of their own: here they share two with PostgreSQL's decoder.",
-            share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
-            share(r, "projector draining", "redis"),
-            share(r, "projector draining", "postgres")
-        ),
+        "projector_over_recvlogical" => {
+            let cpu = r
+                .stream
+                .as_ref()
+                .and_then(|s| Some((s.cpu.as_ref()?.per_change_us(s.changes), s)));
+            let budget = match cpu {
+                Some(((projector, redis, walsender, total), s)) => format!(
+                    " Per row change the drain cost {projector:.1} µs of CPU in the projector, {redis:.1} µs in \
+                     Redis and {} in the walsender that decodes the slot, {total:.1} µs in all: on two cores that \
+                     is a ceiling of {:.0} changes/s with nothing else running, {:.2} of pg_recvlogical's rate, \
+                     before any wait between the stages. Redis alone, single-threaded, would cap the drain at \
+                     {:.0} changes/s.",
+                    walsender
+                        .map(|w| format!("{w:.1} µs"))
+                        .unwrap_or_else(|| "an unmeasured share".to_owned()),
+                    2e6 / total.max(f64::EPSILON),
+                    2e6 / total.max(f64::EPSILON) / s.recvlogical_changes_per_s.max(1.0),
+                    1e6 / redis.max(f64::EPSILON),
+                ),
+                None => String::new(),
+            };
+            format!(
+                "pg_recvlogical throws the decoded stream away; the projector turns it into views before it \
+                 confirms. In the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and \
+                 PostgreSQL's decoding {:.0}%.{budget} An enrollment touches only its course's small stats view \
+                 and card, never the 10 KB page; a new order, and a course whose aggregate the projector holds, \
+                 are applied and written by one script each; each flush step is one pipeline, with one sorted-set \
+                 command per key (rankings, libraries); a known course is advanced in place and its top five \
+                 picked without copying its tallies; mimalloc is the allocator (glibc's heap consolidation was a \
+                 sixth of the drain). Batching every entity of a step into a few script calls, and sending a step \
+                 in chunks while the next is built, brought nothing in alternating quick runs. Closing the gap: \
+                 two flushes in flight, so that the projector builds one while Redis runs the other (delicate: \
+                 per-entity stamps mean a later flush must not apply an entity before an earlier one does), and \
+                 the projector and Redis on cores of their own, not shared with PostgreSQL's decoder.",
+                share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
+                share(r, "projector draining", "redis"),
+                share(r, "projector draining", "postgres")
+            )
+        }
         "freshness_p99" => {
             let top = r
                 .freshness

@@ -81,13 +81,15 @@ fn process_cpu_s(pid: u32) -> Option<f64> {
 /// CPU seconds Redis has used so far (`INFO cpu`).
 async fn redis_cpu_s(redis: &fred::prelude::Client) -> Option<f64> {
     use fred::prelude::*;
-    let info: String = redis
-        .info(Some(fred::types::InfoKind::Cpu))
-        .await
-        .ok()?;
+    let info: String = redis.info(Some(fred::types::InfoKind::Cpu)).await.ok()?;
     let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     };
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
