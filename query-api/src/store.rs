@@ -11,11 +11,12 @@
 //! marker the same way: two round trips whatever its length.
 //!
 //! On a single Redis a read made only of GETs is sent as one MGET of the
-//! marker, the watermark, the keys and the marker again: the same round
-//! trip, read atomically, and one command instead of one per key (a
-//! client's per-command cost dominates a 125-card cart). In cluster mode the
-//! keys live on several nodes, so they stay separate GETs that the client
-//! routes per node.
+//! marker, the watermark and the keys: one command instead of one per key
+//! (a client's per-command cost dominates a 125-card cart), and read at one
+//! instant, so the marker read with the keys proves its generation was live
+//! for all of them and no closing marker is needed. In cluster mode the keys
+//! live on several nodes, so they stay separate GETs that the client routes
+//! per node.
 //!
 //! A cluster runs the commands of one pipeline on several nodes in no set
 //! order, which costs two of the guarantees above their proof. The closing
@@ -564,7 +565,8 @@ impl Store {
         }
     }
 
-    /// Marker, watermark of `generation`, `ops`, marker: one round trip.
+    /// Marker, watermark of `generation`, `ops` (and the marker again unless
+    /// sent as one MGET): one round trip.
     async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, ApiError> {
         self.connected()?;
         let clustered = self.client.is_clustered();
@@ -574,12 +576,12 @@ impl Store {
             None
         };
         let sent = std::time::Instant::now();
-        let mut values = if !clustered && ops.iter().all(Op::is_get) {
-            let mut keys: Vec<Key> = Vec::with_capacity(ops.len() + 3);
+        let atomic = !clustered && ops.iter().all(Op::is_get);
+        let mut values = if atomic {
+            let mut keys: Vec<Key> = Vec::with_capacity(ops.len() + 2);
             keys.push(self.marker_key.clone());
             keys.push(self.keys.watermark(generation).into());
             keys.extend(ops.into_iter().filter_map(Op::into_get_key));
-            keys.push(self.marker_key.clone());
             let values: Value = self.client.mget(keys).await?;
             values.into_array()
         } else {
@@ -594,9 +596,15 @@ impl Store {
         };
         self.metrics.record_redis(sent.elapsed());
 
-        let closing = self.parsed.marker(values.pop())?;
+        // An MGET's keys are read at one instant: its marker closes it too.
+        let closing = if atomic {
+            None
+        } else {
+            Some(self.parsed.marker(values.pop())?)
+        };
         let mut values = values.into_iter();
         let opening = self.parsed.marker(values.next())?;
+        let closing = closing.unwrap_or(opening);
         let (Some(opening), Some(closing)) = (opening, closing) else {
             return Err(ApiError::Rebuilding);
         };

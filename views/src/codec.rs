@@ -117,4 +117,29 @@ mod tests {
         );
         assert!(decode(&[FORMAT_LZ4, 1]).is_err(), "truncated length");
     }
+
+    #[test]
+    fn a_mangled_lz4_view_is_an_error_or_other_bytes_never_a_panic() {
+        // lz4_flex decodes with its fast decoder, bounds-checked
+        // (`checked-decode`): corrupt blocks must fail cleanly.
+        let json: Vec<u8> = (0..3000u32)
+            .flat_map(|i| format!("<p class=\"c{}\">{i}</p>", i % 17).into_bytes())
+            .collect();
+        let value = encode(&json);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for round in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut mangled = value.clone();
+            let at = 5 + (seed as usize % (mangled.len() - 5));
+            mangled[at] = (seed >> 32) as u8;
+            if round % 3 == 0 {
+                mangled.truncate(at.max(6));
+            }
+            if let Ok(out) = decode(&mangled) {
+                assert_eq!(out.len(), json.len(), "the declared length holds");
+            }
+        }
+    }
 }
