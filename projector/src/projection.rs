@@ -189,23 +189,7 @@ impl KnownCourse {
     /// Picked without copying the other tallies: a hot course has one per
     /// company of its students, and this runs at every flush that enrolls.
     pub fn top_companies(&self) -> Vec<TopCompany> {
-        let mut top: Vec<(&str, i64)> = Vec::with_capacity(TOP + 1);
-        for (company, &n) in &self.tallies {
-            if n <= 0 {
-                continue;
-            }
-            let at = top.partition_point(|&(c, m)| m > n || (m == n && c < company.as_str()));
-            if at < TOP {
-                top.insert(at, (company, n));
-                top.truncate(TOP);
-            }
-        }
-        top.into_iter()
-            .map(|(company, students)| TopCompany {
-                company: company.to_owned(),
-                students,
-            })
-            .collect()
+        pick_top(self.tallies.iter().map(|(c, n)| (c.as_str(), *n)))
     }
 }
 
@@ -513,13 +497,30 @@ pub fn render_order(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
 }
 
 /// Orders company tallies as SPEC asks: most students first, ties by name.
-pub fn top_five(mut tallies: Vec<(String, i64)>) -> Vec<TopCompany> {
-    tallies.retain(|(_, n)| *n > 0);
-    tallies.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    tallies
-        .into_iter()
-        .take(TOP)
-        .map(|(company, students)| TopCompany { company, students })
+pub fn top_five(tallies: &[(String, i64)]) -> Vec<TopCompany> {
+    pick_top(tallies.iter().map(|(c, n)| (c.as_str(), *n)))
+}
+
+/// The first [`TOP`] of `tallies` in SPEC's order, empty ones dropped,
+/// picked in one pass without copying or sorting the others (a hot course
+/// has a tally per company of its students).
+fn pick_top<'a>(tallies: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<TopCompany> {
+    let mut top: Vec<(&str, i64)> = Vec::with_capacity(TOP + 1);
+    for (company, n) in tallies {
+        if n <= 0 {
+            continue;
+        }
+        let at = top.partition_point(|&(c, m)| m > n || (m == n && c < company));
+        if at < TOP {
+            top.insert(at, (company, n));
+            top.truncate(TOP);
+        }
+    }
+    top.into_iter()
+        .map(|(company, students)| TopCompany {
+            company: company.to_owned(),
+            students,
+        })
         .collect()
 }
 
@@ -592,7 +593,7 @@ mod tests {
 
     #[test]
     fn top_five_sorts_by_students_then_name_and_drops_empty() {
-        let top = top_five(vec![
+        let top = top_five(&[
             ("b".into(), 3),
             ("a".into(), 3),
             ("z".into(), 9),
@@ -618,7 +619,7 @@ mod tests {
             .map(|i| (format!("company {:02}", (i * 17) % 40), (i * 7) % 6))
             .collect();
         let known = KnownCourse::new(HashMap::new(), &tallies);
-        assert_eq!(known.top_companies(), top_five(tallies));
+        assert_eq!(known.top_companies(), top_five(&tallies));
         assert_eq!(known.top_companies().len(), 5);
         assert!(KnownCourse::new(HashMap::new(), &[])
             .top_companies()

@@ -606,8 +606,7 @@ impl Sink {
             }
             let (view_keys, values): (Vec<String>, Vec<Vec<u8>>) = match *entity {
                 Entity::Course(id) => {
-                    let Some(course) =
-                        render_course(id, agg, top_five(top.clone()), &events, *with_page)
+                    let Some(course) = render_course(id, agg, top_five(top), &events, *with_page)
                     else {
                         continue;
                     };
