@@ -465,14 +465,17 @@ impl Sink {
 
     async fn apply_once(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
         let keys = &self.keys;
-        // Each step is one explicit pipeline: one round trip per node and
-        // step, and far less client work per command than as many separate
-        // futures. Library writes need nothing from the aggregates, so they
+        // Each step goes as explicit pipelines: far less client work per
+        // command than as many separate futures. The first step is sent in
+        // chunks as it is planned, so Redis runs one chunk while the next is
+        // planned. Library writes need nothing from the aggregates, so they
         // go in the first step.
-        let first = self.client.pipeline();
+        let mut first = ChunkedStep::new(&self.client);
         let terms = self.lock_events()?.clone();
         let mut plans = Vec::with_capacity(batch.entities.len());
         for (entity, entries) in &batch.entities {
+            first.next_entity();
+            let first = first.pipe();
             let plan = self.plan(generation, batch, entity, entries, &terms)?;
             match &plan {
                 Plan::Known { next, stats, card } => {
@@ -537,8 +540,8 @@ impl Sink {
                 LibraryOp::Remove => sorted.remove(key, member),
             }
         }
-        sorted.queue(&first).await?;
-        let mut replies: Vec<Value> = first.all().await?;
+        sorted.queue(first.pipe()).await?;
+        let mut replies = first.replies().await?;
         replies.truncate(batch.entities.len());
         if replies.len() != batch.entities.len() {
             return Err(SinkError::Reply("fewer replies than scripts".into()));
@@ -919,6 +922,67 @@ impl Sink {
         if agg.get("rankcat") != Some(category) {
             sorted.then_hset(keys.course_agg(generation, id), "rankcat", category.clone());
         }
+    }
+}
+
+/// Entities (script calls) per chunk of a flush's first step: small enough
+/// that Redis starts on a flush soon after it begins, large enough that a
+/// chunk's own costs (a task, a round trip) stay small beside its commands.
+const CHUNK_ENTITIES: usize = 256;
+
+/// A flush step sent in chunks while it is queued: each full chunk goes to
+/// Redis at once on a task of its own, so the projector plans the next chunk
+/// meanwhile (and drops the sent commands off the flush's path). The chunks
+/// may run in any order: an entity is in one chunk only, and the sorted-set
+/// writes are absolute.
+struct ChunkedStep {
+    client: Client,
+    pipe: Pipeline<Client>,
+    queued: usize,
+    sent: Vec<tokio::task::JoinHandle<Result<Vec<Value>, fred::error::Error>>>,
+}
+
+impl ChunkedStep {
+    fn new(client: &Client) -> Self {
+        Self {
+            client: client.clone(),
+            pipe: client.pipeline(),
+            queued: 0,
+            sent: Vec::new(),
+        }
+    }
+
+    /// The pipeline to queue the next commands on.
+    fn pipe(&self) -> &Pipeline<Client> {
+        &self.pipe
+    }
+
+    /// Counts an entity; sends the chunk once it is full.
+    fn next_entity(&mut self) {
+        if self.queued == CHUNK_ENTITIES {
+            self.send();
+        }
+        self.queued += 1;
+    }
+
+    fn send(&mut self) {
+        let full = std::mem::replace(&mut self.pipe, self.client.pipeline());
+        self.queued = 0;
+        self.sent
+            .push(tokio::spawn(async move { full.all::<Vec<Value>>().await }));
+    }
+
+    /// Sends the rest and returns every reply, in the order queued.
+    async fn replies(mut self) -> Result<Vec<Value>, SinkError> {
+        self.send();
+        let mut replies = Vec::new();
+        for chunk in self.sent {
+            let chunk = chunk
+                .await
+                .map_err(|e| SinkError::Reply(format!("a flush chunk's task failed: {e}")))??;
+            replies.extend(chunk);
+        }
+        Ok(replies)
     }
 }
 
