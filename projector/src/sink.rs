@@ -25,6 +25,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::{Bytes, BytesMut};
 use fred::{
     clients::Pipeline,
     prelude::*,
@@ -166,8 +167,8 @@ pub(crate) const KNOWN_COURSES: usize = 50_000;
 enum Plan {
     /// The apply script returns the aggregate; views are written after.
     Apply,
-    /// A new order: its view, rendered from the entries, is written by the
-    /// apply script itself.
+    /// A new order: its view (JSON), rendered from the entries, is written
+    /// by the apply script itself.
     AtOnce { stamp: String, view: Vec<u8> },
     /// A known course: the stamp Redis must be at and the state after the
     /// entries, with the stats and card rendered from it.
@@ -471,6 +472,7 @@ impl Sink {
         // planned. Library writes need nothing from the aggregates, so they
         // go in the first step.
         let mut first = ChunkedStep::new(&self.client);
+        let mut buf = ArgBuf::new();
         let terms = self.lock_events()?.clone();
         let mut plans = Vec::with_capacity(batch.entities.len());
         for (entity, entries) in &batch.entities {
@@ -482,40 +484,45 @@ impl Sink {
                     let Entity::Course(id) = *entity else {
                         return Err(SinkError::Reply("a known entity that is no course".into()));
                     };
-                    let expected = next.0.clone();
-                    let mut args: Vec<Value> = vec![
-                        expected.into(),
-                        Value::Bytes(views::encode(stats).into()),
-                        Value::Bytes(views::encode(card).into()),
-                    ];
-                    args.extend(entry_args(entries).into_iter().map(Value::from));
-                    let script_keys = vec![
+                    let script_keys = [
                         keys.course_agg(generation, id),
                         keys.course_companies(generation, id),
                         keys.course_text(generation, id),
                         keys.course_stats(generation, id),
                         keys.course_card(generation, id),
                     ];
-                    queue_script(&first, &self.apply_known, script_keys, args).await?;
+                    queue_script(
+                        first,
+                        &self.apply_known,
+                        &mut buf,
+                        &script_keys,
+                        |buf, all| {
+                            all.push(buf.text(&next.0));
+                            all.push(buf.view(stats));
+                            all.push(buf.view(card));
+                            entry_args(buf, all, entries);
+                        },
+                    )
+                    .await?;
                 }
                 Plan::AtOnce { stamp, view } => {
-                    let args = apply_args("", Some((stamp.clone(), view.clone())), entries);
                     queue_script(
-                        &first,
+                        first,
                         &self.apply,
-                        self.apply_keys(generation, entity, true),
-                        args,
+                        &mut buf,
+                        &self.apply_keys(generation, entity, true),
+                        |buf, all| apply_args(buf, all, "", Some((stamp, view)), entries),
                     )
                     .await?;
                 }
                 Plan::Apply => {
                     let flags = apply_flags(entity, entries);
-                    let args = apply_args(&flags, None, entries);
                     queue_script(
-                        &first,
+                        first,
                         &self.apply,
-                        self.apply_keys(generation, entity, false),
-                        args,
+                        &mut buf,
+                        &self.apply_keys(generation, entity, false),
+                        |buf, all| apply_args(buf, all, &flags, None, entries),
                     )
                     .await?;
                 }
@@ -569,12 +576,13 @@ impl Sink {
         if !stale.is_empty() {
             let again = self.client.pipeline();
             for (entity, entries) in &stale {
-                let args = apply_args(&apply_flags(entity, entries), None, entries);
+                let flags = apply_flags(entity, entries);
                 queue_script(
                     &again,
                     &self.apply,
-                    self.apply_keys(generation, entity, false),
-                    args,
+                    &mut buf,
+                    &self.apply_keys(generation, entity, false),
+                    |buf, all| apply_args(buf, all, &flags, None, entries),
                 )
                 .await?;
             }
@@ -646,13 +654,19 @@ impl Sink {
                     None => continue,
                 },
             };
-            let mut args: Vec<Value> = vec![stamp.into()];
-            args.extend(
-                values
-                    .iter()
-                    .map(|json| Value::Bytes(views::encode(json).into())),
-            );
-            queue_script(&second, &self.write_views, view_keys, args).await?;
+            queue_script(
+                &second,
+                &self.write_views,
+                &mut buf,
+                &view_keys,
+                |buf, all| {
+                    all.push(buf.text(&stamp));
+                    for json in &values {
+                        all.push(buf.view(json));
+                    }
+                },
+            )
+            .await?;
         }
         sorted.queue(&second).await?;
         let _: Value = second.all().await?;
@@ -676,7 +690,7 @@ impl Sink {
                 Ok(match render_order(id, &agg) {
                     Some(view) => Plan::AtOnce {
                         stamp: agg.get("stamp").cloned().unwrap_or_default(),
-                        view: views::encode(&view),
+                        view,
                     },
                     None => Plan::Apply,
                 })
@@ -1061,47 +1075,52 @@ fn apply_flags(entity: &Entity, entries: &[Entry]) -> String {
     flags
 }
 
-/// The apply script's arguments: flags, the view written at once (its
-/// stamp and encoded bytes), then the entries.
-fn apply_args(flags: &str, view: Option<(String, Vec<u8>)>, entries: &[Entry]) -> Vec<Value> {
-    let mut args: Vec<Value> = Vec::with_capacity(3 + entries.len() * 5);
-    args.push(flags.into());
+/// Appends the apply script's arguments: flags, the view written at once
+/// (its stamp and JSON), then the entries.
+fn apply_args(
+    buf: &mut ArgBuf,
+    all: &mut Vec<Value>,
+    flags: &str,
+    view: Option<(&str, &[u8])>,
+    entries: &[Entry],
+) {
+    all.push(buf.text(flags));
     match view {
-        Some((stamp, view)) => {
-            args.push(stamp.into());
-            args.push(Value::Bytes(view.into()));
+        Some((stamp, json)) => {
+            all.push(buf.text(stamp));
+            all.push(buf.view(json));
         }
         None => {
-            args.push("".into());
-            args.push("".into());
+            all.push(ArgBuf::EMPTY);
+            all.push(ArgBuf::EMPTY);
         }
     }
-    args.extend(entry_args(entries).into_iter().map(Value::from));
-    args
+    entry_args(buf, all, entries);
 }
 
 /// Queues `EVALSHA` of `script` on a pipeline (fred 10's pipelines have no
-/// script interface), routed in a cluster by its first key.
+/// script interface), routed in a cluster by its first key; `args` appends
+/// the arguments after the keys.
 async fn queue_script(
     pipe: &Pipeline<Client>,
     script: &Script,
-    keys: Vec<String>,
-    args: Vec<Value>,
+    buf: &mut ArgBuf,
+    keys: &[String],
+    args: impl FnOnce(&mut ArgBuf, &mut Vec<Value>),
 ) -> Result<(), SinkError> {
-    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    let mut all: Vec<Value> = Vec::with_capacity(16);
     all.push(script.sha1().clone().into());
-    all.push((keys.len() as i64).into());
-    all.extend(keys.into_iter().map(Value::from));
-    all.extend(args);
+    all.push(buf.int(keys.len() as i64));
+    all.extend(keys.iter().map(|key| buf.text(key)));
+    args(buf, &mut all);
     let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
     pipe.custom::<(), _>(evalsha, all).await?;
     Ok(())
 }
 
-/// Flattens entries into the script's arguments:
+/// Appends entries as the script's arguments:
 /// `stamp 'e' delta company event` or `stamp 'f' n (field value)*n` each.
-fn entry_args(entries: &[Entry]) -> Vec<String> {
-    let mut args = Vec::with_capacity(entries.len() * 5);
+fn entry_args(buf: &mut ArgBuf, all: &mut Vec<Value>, entries: &[Entry]) {
     for entry in entries {
         match entry {
             Entry::Enroll {
@@ -1110,24 +1129,70 @@ fn entry_args(entries: &[Entry]) -> Vec<String> {
                 company,
                 event_id,
             } => {
-                args.push(stamp.clone());
-                args.push("e".into());
-                args.push(delta.to_string());
-                args.push(company.clone().unwrap_or_default());
-                args.push(event_id.map(|e| e.to_string()).unwrap_or_default());
+                all.push(buf.text(stamp));
+                all.push(Value::Bytes(Bytes::from_static(b"e")));
+                all.push(buf.int(*delta));
+                all.push(buf.text(company.as_deref().unwrap_or_default()));
+                all.push(match event_id {
+                    Some(event) => buf.int(*event),
+                    None => ArgBuf::EMPTY,
+                });
             }
             Entry::Fields { stamp, fields } => {
-                args.push(stamp.clone());
-                args.push("f".into());
-                args.push(fields.len().to_string());
+                all.push(buf.text(stamp));
+                all.push(Value::Bytes(Bytes::from_static(b"f")));
+                all.push(buf.int(fields.len() as i64));
                 for (k, v) in fields {
-                    args.push(k.clone());
-                    args.push(v.clone());
+                    all.push(buf.text(k));
+                    all.push(buf.text(v));
                 }
             }
         }
     }
-    args
+}
+
+/// The arguments of a flush's commands, written into shared blocks and
+/// handed to fred as slices of them. fred's pipeline clones every command it
+/// sends (`Pipeline::all`), and the first clone of a value made from a
+/// `String` or `Vec` of its own allocates; a slice of a shared block clones
+/// and drops with an atomic count, and needs no allocation of its own.
+struct ArgBuf(BytesMut);
+
+impl ArgBuf {
+    /// Bytes per block: one allocation for hundreds of arguments.
+    const BLOCK: usize = 64 * 1024;
+    const EMPTY: Value = Value::Bytes(Bytes::new());
+
+    fn new() -> Self {
+        Self(BytesMut::with_capacity(Self::BLOCK))
+    }
+
+    /// What was written since the last argument, as one argument.
+    fn take(&mut self) -> Value {
+        Value::Bytes(self.0.split().freeze())
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Value {
+        if bytes.is_empty() {
+            return Self::EMPTY;
+        }
+        self.0.extend_from_slice(bytes);
+        self.take()
+    }
+
+    fn text(&mut self, text: &str) -> Value {
+        self.bytes(text.as_bytes())
+    }
+
+    fn int(&mut self, n: i64) -> Value {
+        self.bytes(itoa::Buffer::new().format(n).as_bytes())
+    }
+
+    /// A view's JSON, encoded as Redis stores it.
+    fn view(&mut self, json: &[u8]) -> Value {
+        views::encode_with(json, |part| self.0.extend_from_slice(part));
+        self.take()
+    }
 }
 
 type AggReply = (HashMap<String, String>, Vec<(String, i64)>);

@@ -32,17 +32,26 @@ pub const MAX_VIEW_BYTES: usize = 64 * 1024 * 1024;
 
 /// Encodes view JSON into its Redis value: LZ4 over [`LZ4_THRESHOLD`] bytes.
 pub fn encode(json: &[u8]) -> Vec<u8> {
-    if json.len() > LZ4_THRESHOLD {
-        let compressed = lz4_flex::block::compress_prepend_size(json);
-        let mut out = Vec::with_capacity(compressed.len() + 1);
-        out.push(FORMAT_LZ4);
-        out.extend_from_slice(&compressed);
-        out
+    // Real HTML compresses to about half (DESIGN.md, Benchmark data).
+    let mut out = Vec::with_capacity(if json.len() > LZ4_THRESHOLD {
+        json.len() / 2
     } else {
-        let mut out = Vec::with_capacity(json.len() + 1);
-        out.push(FORMAT_JSON);
-        out.extend_from_slice(json);
-        out
+        json.len() + 1
+    });
+    encode_with(json, |part| out.extend_from_slice(part));
+    out
+}
+
+/// Encodes view JSON as [`encode`] does, handing the value to `write` in
+/// parts, so a caller can append it to a buffer of its own without an
+/// intermediate copy.
+pub fn encode_with(json: &[u8], mut write: impl FnMut(&[u8])) {
+    if json.len() > LZ4_THRESHOLD {
+        write(&[FORMAT_LZ4]);
+        write(&lz4_flex::block::compress_prepend_size(json));
+    } else {
+        write(&[FORMAT_JSON]);
+        write(json);
     }
 }
 
