@@ -693,6 +693,57 @@ async fn an_event_page_shows_its_sale_price_and_seats_left_while_it_runs() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_thousand_courses_streamed_in_one_transaction_lists_them_all(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack.start_projector().await?;
+    let mut courses = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        courses.push(
+            stack
+                .course(&format!("Bulk {i}"), "<p>b</p>", 1000 + i)
+                .await?,
+        );
+    }
+    // One transaction: the event's 1,000 course rows reach one flush, whose
+    // first step goes to Redis in several chunks (one entity per course, and
+    // the event itself with 1,000 entries in one script).
+    let created = stack
+        .post(
+            "/v1/events",
+            &json!({
+                "name": "Everything sale", "starts_at": rfc3339_from_now(-60),
+                "ends_at": rfc3339_from_now(3600), "discount_percent": 50,
+                "courses": courses.iter().map(|c| json!({"course_id": c})).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+    assert_eq!(
+        created.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&created.raw)
+    );
+    let event = created.body["id"].as_i64().expect("event id");
+    let page = ok(
+        stack
+            .get_fresh(
+                &format!("/v1/events/{event}"),
+                created.header("x-commit-lsn"),
+            )
+            .await?,
+        "event",
+    );
+    assert_eq!(card_ids(&page), courses);
+    let cards = page.body["courses"].as_array().expect("cards");
+    for (card, i) in cards.iter().zip(0..) {
+        assert_eq!(card["sale"]["event_id"], event, "{card}");
+        assert_eq!(card["sale"]["price_krw"], (1000 + i) / 2, "{card}");
+    }
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_list_parameters_are_400_when_unparseable_and_422_naming_the_field_when_out_of_range(
 ) -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
