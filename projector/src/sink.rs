@@ -39,125 +39,156 @@ use crate::projection::{
     top_five, Batch, Entity, Entry, EventTerms, KnownCourse, LibraryOp,
 };
 
-/// The loop both apply scripts share: applies the entries from ARGV[first]
-/// on that are newer than `last`, moving `last` to each one applied.
-/// Entries: `stamp 'f' n (field value)*n` or `stamp 'e' delta company event`.
+/// The loop both apply functions share: applies the entries in
+/// ARGV[first..stop] that are newer than `last`, moving `last` to each one
+/// applied. Entries: `stamp 'f' n (field value)*n` or
+/// `stamp 'e' delta company event`.
 macro_rules! apply_entries {
     () => {
         r#"
-local i = first
-while i <= #ARGV do
-  local stamp, kind = ARGV[i], ARGV[i + 1]
-  if kind == 'e' then
-    if stamp > last then
-      local delta = tonumber(ARGV[i + 2])
-      redis.call('HINCRBY', agg, 'n', delta)
-      local company = ARGV[i + 3]
-      if company ~= '' then
-        local score = tonumber(redis.call('ZINCRBY', companies, -delta, company))
-        if score >= 0 then redis.call('ZREM', companies, company) end
-      end
-      if ARGV[i + 4] ~= '' then
-        redis.call('HINCRBY', agg, 'cl:' .. ARGV[i + 4], delta)
-      end
-      last = stamp
-    end
-    i = i + 5
-  else
-    local n = tonumber(ARGV[i + 2])
-    if stamp > last then
-      local pairs = {}
-      for j = 0, n - 1 do
-        local field, value = ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j]
-        if field == 'description_html' then
-          redis.call('HSET', text, field, value)
-        else
-          pairs[#pairs + 1] = field
-          pairs[#pairs + 1] = value
+  local i = first
+  while i <= stop do
+    local stamp, kind = ARGV[i], ARGV[i + 1]
+    if kind == 'e' then
+      if stamp > last then
+        local delta = tonumber(ARGV[i + 2])
+        redis.call('HINCRBY', agg, 'n', delta)
+        local company = ARGV[i + 3]
+        if company ~= '' then
+          local score = tonumber(redis.call('ZINCRBY', companies, -delta, company))
+          if score >= 0 then redis.call('ZREM', companies, company) end
         end
+        if ARGV[i + 4] ~= '' then
+          redis.call('HINCRBY', agg, 'cl:' .. ARGV[i + 4], delta)
+        end
+        last = stamp
       end
-      if #pairs > 0 then redis.call('HSET', agg, unpack(pairs)) end
-      last = stamp
+      i = i + 5
+    else
+      local n = tonumber(ARGV[i + 2])
+      if stamp > last then
+        local pairs = {}
+        for j = 0, n - 1 do
+          local field, value = ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j]
+          if field == 'description_html' then
+            redis.call('HSET', text, field, value)
+          else
+            pairs[#pairs + 1] = field
+            pairs[#pairs + 1] = value
+          end
+        end
+        if #pairs > 0 then redis.call('HSET', agg, unpack(pairs)) end
+        last = stamp
+      end
+      i = i + 3 + 2 * n
     end
-    i = i + 3 + 2 * n
   end
-end
 "#
     };
 }
 
-/// Applies entries newer than the stored stamp; returns the aggregate hash
-/// (flat; `description_html` too when ARGV[1] holds `p`) and the company
-/// tallies (flat, with scores: the top five, or all when ARGV[1] holds `t`).
-/// With a view stamp in ARGV[2], the caller rendered the view (ARGV[3]) from
-/// the entries alone: it is written to KEYS[4] if newer than the stored one,
-/// and nothing is returned. Entries start at ARGV[4].
-const APPLY: &str = concat!(
+/// The one script that writes views: a batch of calls, each applying one
+/// entity's changes with one of the three functions below (all keys of a
+/// call share the entity's hash tag). A batch costs Redis and the client one
+/// command however many calls it holds: fred flushes its socket after every
+/// script command, so one command per entity was one system call per
+/// entity. A call in ARGV is `kind nkeys nargs arg*` (`kind`: `a` apply,
+/// `k` apply a known course, `w` write views), its keys next in KEYS.
+/// Returns each call's result, in order.
+///
+/// `apply(k, a, stop)`: applies the entries (from ARGV[a+3]) newer than the
+/// stored stamp; returns the aggregate hash (flat; `description_html` too
+/// when the flags ARGV[a] hold `p`) and the company tallies (flat, with
+/// scores: the top five, or all when the flags hold `t`). With a view stamp
+/// in ARGV[a+1], the caller rendered the view (ARGV[a+2]) from the entries
+/// alone: it is written to the fourth key if newer than the stored one,
+/// and 0 is returned.
+///
+/// `apply_known(k, a, stop)`: applies a known course's entries and writes
+/// the stats and card the projector rendered from them (ARGV[a+1],
+/// ARGV[a+2]), but only if Redis is at the stamp that state was derived
+/// from (ARGV[a]): returns 1, else 0 and changes nothing.
+///
+/// `write_views(k, nk, a)`: writes rendered views (the keys after the
+/// aggregate's, with the values after ARGV[a]) only if they are newer
+/// (ARGV[a]) than the ones stored, whose stamp is `vstamp` in the
+/// aggregate (the first key); returns 1 if it wrote.
+const VIEWS: &str = concat!(
     r#"
-local agg, companies, text, view = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local last = redis.call('HGET', agg, 'stamp') or ''
-local stored = last
-local first = 4
+local function apply(k, a, stop)
+  local agg, companies, text, view = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local flags, vstamp, value = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local last = redis.call('HGET', agg, 'stamp') or ''
+  local stored = last
+  local first = a + 3
 "#,
     apply_entries!(),
     r#"
-if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
-if ARGV[2] ~= '' then
-  if ARGV[2] > (redis.call('HGET', agg, 'vstamp') or '') then
-    redis.call('SET', view, ARGV[3])
-    redis.call('HSET', agg, 'vstamp', ARGV[2])
+  if last ~= stored then redis.call('HSET', agg, 'stamp', last) end
+  if vstamp ~= '' then
+    if vstamp > (redis.call('HGET', agg, 'vstamp') or '') then
+      redis.call('SET', view, value)
+      redis.call('HSET', agg, 'vstamp', vstamp)
+    end
+    return 0
+  end
+  local out = redis.call('HGETALL', agg)
+  if string.find(flags, 'p', 1, true) then
+    local html = redis.call('HGET', text, 'description_html')
+    if html then
+      out[#out + 1] = 'description_html'
+      out[#out + 1] = html
+    end
+  end
+  local top = 4
+  if string.find(flags, 't', 1, true) then top = -1 end
+  return {out, redis.call('ZRANGE', companies, 0, top, 'WITHSCORES')}
+end
+
+local function apply_known(k, a, stop)
+  local agg, companies, text, stats, card = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local last = redis.call('HGET', agg, 'stamp') or ''
+  if last ~= ARGV[a] then return 0 end
+  local first = a + 3
+"#,
+    apply_entries!(),
+    r#"
+  redis.call('HSET', agg, 'stamp', last, 'vstamp', last)
+  redis.call('MSET', stats, ARGV[a + 1], card, ARGV[a + 2])
+  return 1
+end
+
+local function write_views(k, nk, a)
+  if ARGV[a] > (redis.call('HGET', KEYS[k], 'vstamp') or '') then
+    local pairs = {}
+    for j = 1, nk - 1 do
+      pairs[#pairs + 1] = KEYS[k + j]
+      pairs[#pairs + 1] = ARGV[a + j]
+    end
+    redis.call('MSET', unpack(pairs))
+    redis.call('HSET', KEYS[k], 'vstamp', ARGV[a])
+    return 1
   end
   return 0
 end
-local out = redis.call('HGETALL', agg)
-if string.find(ARGV[1], 'p', 1, true) then
-  local html = redis.call('HGET', text, 'description_html')
-  if html then
-    out[#out + 1] = 'description_html'
-    out[#out + 1] = html
+
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local kind, nk, na = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  if kind == 'a' then
+    out[#out + 1] = apply(k, a, a + na - 1)
+  elseif kind == 'k' then
+    out[#out + 1] = apply_known(k, a, a + na - 1)
+  else
+    out[#out + 1] = write_views(k, nk, a)
   end
+  k = k + nk
+  a = a + na
 end
-local top = 4
-if string.find(ARGV[1], 't', 1, true) then top = -1 end
-return {out, redis.call('ZRANGE', companies, 0, top, 'WITHSCORES')}
+return out
 "#
 );
-
-/// Applies a known course's entries and writes the stats and card the
-/// projector rendered from them (ARGV[2], ARGV[3]), but only if Redis is at
-/// the stamp that state was derived from (ARGV[1]): returns 1, else 0 and
-/// changes nothing. Entries start at ARGV[4].
-const APPLY_KNOWN: &str = concat!(
-    r#"
-local agg, companies, text, stats, card = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local last = redis.call('HGET', agg, 'stamp') or ''
-if last ~= ARGV[1] then return 0 end
-local first = 4
-"#,
-    apply_entries!(),
-    r#"
-redis.call('HSET', agg, 'stamp', last, 'vstamp', last)
-redis.call('MSET', stats, ARGV[2], card, ARGV[3])
-return 1
-"#
-);
-
-/// Writes rendered views (KEYS[2..]) only if they are newer than the ones
-/// stored, whose stamp is `vstamp` in the aggregate (KEYS[1]).
-const WRITE_VIEWS: &str = r#"
-local v = redis.call('HGET', KEYS[1], 'vstamp') or ''
-if ARGV[1] > v then
-  local pairs = {}
-  for j = 2, #KEYS do
-    pairs[#pairs + 1] = KEYS[j]
-    pairs[#pairs + 1] = ARGV[j]
-  end
-  redis.call('MSET', unpack(pairs))
-  redis.call('HSET', KEYS[1], 'vstamp', ARGV[1])
-  return 1
-end
-return 0
-"#;
 
 /// How many courses' aggregates the projector keeps in memory at most
 /// (a few hundred bytes each, more for a course with many companies).
@@ -193,9 +224,7 @@ pub enum SinkError {
 pub struct Sink {
     client: Client,
     keys: Keys,
-    apply: Script,
-    apply_known: Script,
-    write_views: Script,
+    views: Script,
     /// Terms of the events seen so far (events never change once created).
     events: Arc<Mutex<HashMap<i64, EventTerms>>>,
     /// Courses whose aggregate this process knows, by (generation, id).
@@ -215,9 +244,7 @@ impl Sink {
         let sink = Self {
             client,
             keys,
-            apply: Script::from_lua(APPLY),
-            apply_known: Script::from_lua(APPLY_KNOWN),
-            write_views: Script::from_lua(WRITE_VIEWS),
+            views: Script::from_lua(VIEWS),
             events: Arc::new(Mutex::new(HashMap::new())),
             known: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -288,13 +315,11 @@ impl Sink {
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
-        for script in [&self.apply, &self.apply_known, &self.write_views] {
-            let lua = script.lua().map(|s| s.to_string()).unwrap_or_default();
-            if self.client.is_clustered() {
-                self.client.script_load_cluster::<(), _>(lua).await?;
-            } else {
-                self.client.script_load::<(), _>(lua).await?;
-            }
+        let lua = self.views.lua().map(|s| s.to_string()).unwrap_or_default();
+        if self.client.is_clustered() {
+            self.client.script_load_cluster::<(), _>(lua).await?;
+        } else {
+            self.client.script_load::<(), _>(lua).await?;
         }
         Ok(())
     }
@@ -466,18 +491,17 @@ impl Sink {
 
     async fn apply_once(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
         let keys = &self.keys;
-        // Each step goes as explicit pipelines: far less client work per
-        // command than as many separate futures. The first step is sent in
-        // chunks as it is planned, so Redis runs one chunk while the next is
-        // planned. Library writes need nothing from the aggregates, so they
-        // go in the first step.
-        let mut first = ChunkedStep::new(&self.client);
+        // Each step goes as explicit pipelines of batched script calls: far
+        // less client work per entity than a command, let alone a future,
+        // each. The first step is sent in chunks as it is planned, so Redis
+        // runs one chunk while the next is planned. Library writes need
+        // nothing from the aggregates, so they go in the first step.
         let mut buf = ArgBuf::new();
+        let mut first = ChunkedStep::new(&self.client, &self.views);
         let terms = self.lock_events()?.clone();
         let mut plans = Vec::with_capacity(batch.entities.len());
         for (entity, entries) in &batch.entities {
-            first.next_entity();
-            let first = first.pipe();
+            let first = first.next_entity(&mut buf).await?;
             let plan = self.plan(generation, batch, entity, entries, &terms)?;
             match &plan {
                 Plan::Known { next, stats, card } => {
@@ -491,40 +515,35 @@ impl Sink {
                         keys.course_stats(generation, id),
                         keys.course_card(generation, id),
                     ];
-                    queue_script(
-                        first,
-                        &self.apply_known,
-                        &mut buf,
-                        &script_keys,
-                        |buf, all| {
+                    first
+                        .call(&mut buf, Call::ApplyKnown, &script_keys, |buf, all| {
                             all.push(buf.text(&next.0));
                             all.push(buf.view(stats));
                             all.push(buf.view(card));
                             entry_args(buf, all, entries);
-                        },
-                    )
-                    .await?;
+                        })
+                        .await?;
                 }
                 Plan::AtOnce { stamp, view } => {
-                    queue_script(
-                        first,
-                        &self.apply,
-                        &mut buf,
-                        &self.apply_keys(generation, entity, true),
-                        |buf, all| apply_args(buf, all, "", Some((stamp, view)), entries),
-                    )
-                    .await?;
+                    first
+                        .call(
+                            &mut buf,
+                            Call::Apply,
+                            &self.apply_keys(generation, entity, true),
+                            |buf, all| apply_args(buf, all, "", Some((stamp, view)), entries),
+                        )
+                        .await?;
                 }
                 Plan::Apply => {
                     let flags = apply_flags(entity, entries);
-                    queue_script(
-                        first,
-                        &self.apply,
-                        &mut buf,
-                        &self.apply_keys(generation, entity, false),
-                        |buf, all| apply_args(buf, all, &flags, None, entries),
-                    )
-                    .await?;
+                    first
+                        .call(
+                            &mut buf,
+                            Call::Apply,
+                            &self.apply_keys(generation, entity, false),
+                            |buf, all| apply_args(buf, all, &flags, None, entries),
+                        )
+                        .await?;
                 }
             }
             plans.push(plan);
@@ -547,9 +566,8 @@ impl Sink {
                 LibraryOp::Remove => sorted.remove(key, member),
             }
         }
-        sorted.queue(first.pipe()).await?;
-        let mut replies = first.replies().await?;
-        replies.truncate(batch.entities.len());
+        sorted.queue(first.last_pipe(&mut buf).await?).await?;
+        let replies = first.replies(&mut buf).await?;
         if replies.len() != batch.entities.len() {
             return Err(SinkError::Reply("fewer replies than scripts".into()));
         }
@@ -574,19 +592,20 @@ impl Sink {
             }
         }
         if !stale.is_empty() {
-            let again = self.client.pipeline();
+            let mut again = Calls::new(&self.client, &self.views);
             for (entity, entries) in &stale {
                 let flags = apply_flags(entity, entries);
-                queue_script(
-                    &again,
-                    &self.apply,
-                    &mut buf,
-                    &self.apply_keys(generation, entity, false),
-                    |buf, all| apply_args(buf, all, &flags, None, entries),
-                )
-                .await?;
+                again
+                    .call(
+                        &mut buf,
+                        Call::Apply,
+                        &self.apply_keys(generation, entity, false),
+                        |buf, all| apply_args(buf, all, &flags, None, entries),
+                    )
+                    .await?;
             }
-            let replies: Vec<Value> = again.all().await?;
+            again.end_batch(&mut buf).await?;
+            let replies = again.send().await?;
             if replies.len() != stale.len() {
                 return Err(SinkError::Reply("fewer replies than scripts".into()));
             }
@@ -603,7 +622,7 @@ impl Sink {
             // Every entity was written by its apply script: no second step.
             return Ok(());
         }
-        let second = self.client.pipeline();
+        let mut second = Calls::new(&self.client, &self.views);
         let mut sorted = SortedSetWrites::default();
         for (entity, agg, top, with_page) in &aggs {
             match entity {
@@ -654,22 +673,18 @@ impl Sink {
                     None => continue,
                 },
             };
-            queue_script(
-                &second,
-                &self.write_views,
-                &mut buf,
-                &view_keys,
-                |buf, all| {
+            second
+                .call(&mut buf, Call::WriteViews, &view_keys, |buf, all| {
                     all.push(buf.text(&stamp));
                     for json in &values {
                         all.push(buf.view(json));
                     }
-                },
-            )
-            .await?;
+                })
+                .await?;
         }
-        sorted.queue(&second).await?;
-        let _: Value = second.all().await?;
+        second.end_batch(&mut buf).await?;
+        sorted.queue(&second.pipe).await?;
+        second.send().await?;
         Ok(())
     }
 
@@ -951,44 +966,51 @@ const CHUNK_ENTITIES: usize = 256;
 /// writes are absolute.
 struct ChunkedStep {
     client: Client,
-    pipe: Pipeline<Client>,
+    script: Script,
+    calls: Calls,
     queued: usize,
-    sent: Vec<tokio::task::JoinHandle<Result<Vec<Value>, fred::error::Error>>>,
+    sent: Vec<tokio::task::JoinHandle<Result<Vec<Value>, SinkError>>>,
 }
 
 impl ChunkedStep {
-    fn new(client: &Client) -> Self {
+    fn new(client: &Client, script: &Script) -> Self {
         Self {
             client: client.clone(),
-            pipe: client.pipeline(),
+            script: script.clone(),
+            calls: Calls::new(client, script),
             queued: 0,
             sent: Vec::new(),
         }
     }
 
-    /// The pipeline to queue the next commands on.
-    fn pipe(&self) -> &Pipeline<Client> {
-        &self.pipe
-    }
-
-    /// Counts an entity; sends the chunk once it is full.
-    fn next_entity(&mut self) {
+    /// The calls to queue the next entity on; sends the chunk before if it
+    /// is full.
+    async fn next_entity(&mut self, buf: &mut ArgBuf) -> Result<&mut Calls, SinkError> {
         if self.queued == CHUNK_ENTITIES {
-            self.send();
+            self.send(buf).await?;
         }
         self.queued += 1;
+        Ok(&mut self.calls)
     }
 
-    fn send(&mut self) {
-        let full = std::mem::replace(&mut self.pipe, self.client.pipeline());
+    async fn send(&mut self, buf: &mut ArgBuf) -> Result<(), SinkError> {
+        let mut full = std::mem::replace(&mut self.calls, Calls::new(&self.client, &self.script));
+        full.end_batch(buf).await?;
         self.queued = 0;
-        self.sent
-            .push(tokio::spawn(async move { full.all::<Vec<Value>>().await }));
+        self.sent.push(tokio::spawn(full.send()));
+        Ok(())
     }
 
-    /// Sends the rest and returns every reply, in the order queued.
-    async fn replies(mut self) -> Result<Vec<Value>, SinkError> {
-        self.send();
+    /// The last chunk's pipeline, for commands that follow every call.
+    async fn last_pipe(&mut self, buf: &mut ArgBuf) -> Result<&Pipeline<Client>, SinkError> {
+        self.calls.end_batch(buf).await?;
+        Ok(&self.calls.pipe)
+    }
+
+    /// Sends the rest and returns every call's result, in the order queued.
+    async fn replies(mut self, buf: &mut ArgBuf) -> Result<Vec<Value>, SinkError> {
+        self.calls.end_batch(buf).await?;
+        self.sent.push(tokio::spawn(self.calls.send()));
         let mut replies = Vec::new();
         for chunk in self.sent {
             let chunk = chunk
@@ -997,6 +1019,125 @@ impl ChunkedStep {
             replies.extend(chunk);
         }
         Ok(replies)
+    }
+}
+
+/// What a call of the views script does (its `kind` in [`VIEWS`]).
+#[derive(Clone, Copy)]
+enum Call {
+    Apply,
+    ApplyKnown,
+    WriteViews,
+}
+
+impl Call {
+    fn kind(self) -> Value {
+        Value::Bytes(Bytes::from_static(match self {
+            Call::Apply => b"a",
+            Call::ApplyKnown => b"k",
+            Call::WriteViews => b"w",
+        }))
+    }
+}
+
+/// Calls per batch of the views script on one Redis: the script runs them
+/// all at once, so a batch stays short for the readers waiting behind it.
+const CALLS_PER_BATCH: usize = 32;
+
+/// Arguments after which a batch is closed early, so a call with thousands
+/// of entries (a bulk enrollment) makes a batch of its own.
+const ARGS_PER_BATCH: usize = 2048;
+
+/// Script calls gathered into batches of the views script (one command
+/// each) and queued on a pipeline, whose first replies are the batches'.
+/// In a cluster a batch holds one call, since a script's keys must share a
+/// slot; a call's keys share its entity's hash tag.
+struct Calls {
+    pipe: Pipeline<Client>,
+    sha: Value,
+    per_batch: usize,
+    keys: Vec<Value>,
+    args: Vec<Value>,
+    in_batch: usize,
+    /// Batches queued on the pipeline so far.
+    batches: usize,
+}
+
+impl Calls {
+    fn new(client: &Client, script: &Script) -> Self {
+        Self {
+            pipe: client.pipeline(),
+            sha: script.sha1().clone().into(),
+            per_batch: if client.is_clustered() {
+                1
+            } else {
+                CALLS_PER_BATCH
+            },
+            keys: Vec::new(),
+            args: Vec::new(),
+            in_batch: 0,
+            batches: 0,
+        }
+    }
+
+    /// Gathers one call: `keys`, then the arguments `args` appends.
+    async fn call(
+        &mut self,
+        buf: &mut ArgBuf,
+        call: Call,
+        keys: &[String],
+        args: impl FnOnce(&mut ArgBuf, &mut Vec<Value>),
+    ) -> Result<(), SinkError> {
+        self.args.push(call.kind());
+        self.args.push(buf.int(keys.len() as i64));
+        let count_at = self.args.len();
+        self.args.push(ArgBuf::EMPTY);
+        self.keys.extend(keys.iter().map(|key| buf.text(key)));
+        args(buf, &mut self.args);
+        self.args[count_at] = buf.int((self.args.len() - count_at - 1) as i64);
+        self.in_batch += 1;
+        if self.in_batch >= self.per_batch || self.args.len() >= ARGS_PER_BATCH {
+            self.end_batch(buf).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the calls gathered so far as one `EVALSHA` (fred 10's
+    /// pipelines have no script interface), routed in a cluster by its
+    /// first key.
+    async fn end_batch(&mut self, buf: &mut ArgBuf) -> Result<(), SinkError> {
+        if self.in_batch == 0 {
+            return Ok(());
+        }
+        let mut all = Vec::with_capacity(2 + self.keys.len() + self.args.len());
+        all.push(self.sha.clone());
+        all.push(buf.int(self.keys.len() as i64));
+        all.append(&mut self.keys);
+        all.append(&mut self.args);
+        let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
+        self.pipe.custom::<(), _>(evalsha, all).await?;
+        self.in_batch = 0;
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// Sends the pipeline (every batch ended before) and returns each
+    /// call's result, in the order gathered.
+    async fn send(self) -> Result<Vec<Value>, SinkError> {
+        debug_assert_eq!(self.in_batch, 0, "a batch was left open");
+        let replies: Vec<Value> = self.pipe.all().await?;
+        let mut results = Vec::new();
+        for reply in replies.into_iter().take(self.batches) {
+            match reply {
+                Value::Array(calls) => results.extend(calls),
+                other => {
+                    return Err(SinkError::Reply(format!(
+                        "a batch of view scripts answered {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(results)
     }
 }
 
@@ -1096,26 +1237,6 @@ fn apply_args(
         }
     }
     entry_args(buf, all, entries);
-}
-
-/// Queues `EVALSHA` of `script` on a pipeline (fred 10's pipelines have no
-/// script interface), routed in a cluster by its first key; `args` appends
-/// the arguments after the keys.
-async fn queue_script(
-    pipe: &Pipeline<Client>,
-    script: &Script,
-    buf: &mut ArgBuf,
-    keys: &[String],
-    args: impl FnOnce(&mut ArgBuf, &mut Vec<Value>),
-) -> Result<(), SinkError> {
-    let mut all: Vec<Value> = Vec::with_capacity(16);
-    all.push(script.sha1().clone().into());
-    all.push(buf.int(keys.len() as i64));
-    all.extend(keys.iter().map(|key| buf.text(key)));
-    args(buf, &mut all);
-    let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
-    pipe.custom::<(), _>(evalsha, all).await?;
-    Ok(())
 }
 
 /// Appends entries as the script's arguments:
