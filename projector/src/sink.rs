@@ -8,12 +8,13 @@
 //! Lua cannot decompress LZ4, so a course keeps its aggregates uncompressed
 //! (hash: row fields, active students `n`, `stamp`; sorted set: company
 //! tallies; the heavy HTML in a hash of its own, so counting an enrollment
-//! never copies it); events and orders keep theirs likewise. Script one
+//! never copies it); events and orders keep theirs likewise. Step one
 //! applies the entries newer than the stamp and always returns the
-//! aggregates; the projector renders the views; script two writes the
-//! encoded views only if their own stamp (`vstamp`) is older. A crash
-//! between the two is healed by the replay, because script one still returns
-//! the aggregates when it skips.
+//! aggregates; the projector renders the views; step two writes the encoded
+//! views only if their own stamp (`vstamp`) is older. A crash between the
+//! two is healed by the replay, because step one still returns the
+//! aggregates when it skips. Both steps are functions of one script
+//! ([`VIEWS`]), which runs a batch of them per command.
 //!
 //! A course's page (its row's fields) is rendered and written only in a
 //! flush that changed one of them; every other change rewrites its small
