@@ -765,12 +765,12 @@ impl Sink {
             // just keep the script's signature (same hash tag, never written).
             Entity::Event(id) => {
                 let agg = keys.event_agg(generation, id);
-                let none = format!("{agg}:none");
+                let none = agg.clone() + ":none";
                 vec![agg, none.clone(), none.clone(), none]
             }
             Entity::Order(id) => {
                 let agg = keys.order_agg(generation, id);
-                let none = format!("{agg}:none");
+                let none = agg.clone() + ":none";
                 let view = if with_view {
                     keys.order_view(generation, id)
                 } else {

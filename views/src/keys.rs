@@ -98,44 +98,44 @@ impl Keys {
     /// The course page of course `id`: the fields of its row, rewritten only
     /// when the row changes (the served detail is this plus the stats).
     pub fn course_view(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{c{id}}}:view", self.prefix)
+        self.entity_key(generation, 'c', id, "view")
     }
 
     /// The course stats of course `id`: what enrollments and seats change
     /// (small, so an enrollment never rewrites the page's HTML).
     pub fn course_stats(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{c{id}}}:stats", self.prefix)
+        self.entity_key(generation, 'c', id, "stats")
     }
 
     /// The course aggregate hash (row fields, active student count, stamp).
     pub fn course_agg(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{c{id}}}:agg", self.prefix)
+        self.entity_key(generation, 'c', id, "agg")
     }
 
     /// The course's heavy text (hash: `description_html`), kept out of the
     /// aggregate so the script that counts an enrollment never copies it.
     pub fn course_text(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{c{id}}}:text", self.prefix)
+        self.entity_key(generation, 'c', id, "text")
     }
 
     /// The course's company tallies (sorted set, score = minus students).
     pub fn course_companies(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{c{id}}}:companies", self.prefix)
+        self.entity_key(generation, 'c', id, "companies")
     }
 
     /// The course card view of course `id`.
     pub fn course_card(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{c{id}}}:card", self.prefix)
+        self.entity_key(generation, 'c', id, "card")
     }
 
     /// The event view of event `id`.
     pub fn event_view(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{e{id}}}:view", self.prefix)
+        self.entity_key(generation, 'e', id, "view")
     }
 
     /// The event aggregate hash.
     pub fn event_agg(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{e{id}}}:agg", self.prefix)
+        self.entity_key(generation, 'e', id, "agg")
     }
 
     /// Every event by its end time (µs), so readers find the events that
@@ -146,46 +146,78 @@ impl Keys {
 
     /// The order view of order `id`.
     pub fn order_view(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{o{id}}}:view", self.prefix)
+        self.entity_key(generation, 'o', id, "view")
     }
 
     /// The order aggregate hash.
     pub fn order_agg(&self, generation: u64, id: i64) -> String {
-        format!("{}:g{generation}:{{o{id}}}:agg", self.prefix)
+        self.entity_key(generation, 'o', id, "agg")
     }
 
     /// A user's library: course ids scored by enrollment time.
     pub fn user_library(&self, generation: u64, user_id: i64) -> String {
-        format!("{}:g{generation}:{{u{user_id}}}:library", self.prefix)
+        self.entity_key(generation, 'u', user_id, "library")
     }
 
     /// A category's courses by popularity.
     pub fn category_popular(&self, generation: u64, category: &str) -> String {
-        format!(
-            "{}:g{generation}:{{k{}}}:popular",
-            self.prefix,
-            hex(category)
-        )
+        self.category_key(generation, category, "popular")
     }
 
     /// A category's courses by creation time.
     pub fn category_newest(&self, generation: u64, category: &str) -> String {
-        format!(
-            "{}:g{generation}:{{k{}}}:newest",
-            self.prefix,
-            hex(category)
-        )
+        self.category_key(generation, category, "newest")
+    }
+
+    /// `{P}:g{N}:{` with room for the rest of a key: the projector names
+    /// several keys for every change, so keys are built by hand rather than
+    /// through `format!`.
+    fn generation_part(&self, generation: u64, rest: usize) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 24 + rest);
+        key.push_str(&self.prefix);
+        key.push_str(":g");
+        key.push_str(itoa::Buffer::new().format(generation));
+        key.push_str(":{");
+        key
+    }
+
+    /// `{P}:g{N}:{<tag><id>}:<suffix>`: a key of one entity.
+    fn entity_key(&self, generation: u64, tag: char, id: i64, suffix: &str) -> String {
+        let mut key = self.generation_part(generation, 24 + suffix.len());
+        key.push(tag);
+        key.push_str(itoa::Buffer::new().format(id));
+        key.push_str("}:");
+        key.push_str(suffix);
+        key
+    }
+
+    /// `{P}:g{N}:{k<hex of category>}:<suffix>`: a ranking of one category.
+    fn category_key(&self, generation: u64, category: &str, suffix: &str) -> String {
+        let mut key = self.generation_part(generation, 4 + 2 * category.len() + suffix.len());
+        key.push('k');
+        for byte in category.bytes() {
+            key.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+            key.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+        }
+        key.push_str("}:");
+        key.push_str(suffix);
+        key
     }
 }
 
 /// A ranking member for a course id: zero-padded so lexicographic is numeric.
 pub fn ranking_member(id: i64) -> String {
-    format!("{id:020}")
+    if id < 0 {
+        return format!("{id:020}");
+    }
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(id);
+    let mut member = "0".repeat(20usize.saturating_sub(digits.len()));
+    member.push_str(digits);
+    member
 }
 
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
@@ -210,6 +242,12 @@ mod tests {
         assert!(k.watermark(3).starts_with("shop:meta:"));
         assert_eq!(k.category_popular(1, "a{b}"), "shop:g1:{k617b627d}:popular");
         assert!(ranking_member(9) < ranking_member(10));
+        for id in [0, 7, 12_345, i64::MAX, -3] {
+            assert_eq!(ranking_member(id), format!("{id:020}"));
+        }
+        assert_eq!(k.course_card(0, 7), "shop:g0:{c7}:card");
+        assert_eq!(k.user_library(12, 99), "shop:g12:{u99}:library");
+        assert_eq!(k.category_newest(2, "Wé"), "shop:g2:{k57c3a9}:newest");
     }
 
     #[test]
