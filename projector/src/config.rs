@@ -63,8 +63,8 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_PUBLICATION", default_value = "cqrs_projector", value_parser = parse_identifier)]
     pub publication: String,
 
-    /// Flush to Redis once this many row changes are buffered, even mid-transaction.
-    #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Flush to Redis once this many row changes are buffered, even mid-transaction (larger flushes drain a backlog faster: more writes to one key coalesce; at most two batches are held in memory).
+    #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 20000, value_parser = clap::value_parser!(u32).range(1..))]
     pub flush_max_changes: u32,
 
     /// Longest a committed transaction waits to be grouped with others before the flush, in milliseconds (while a flush is in flight, the next batch grows anyway).
