@@ -421,14 +421,15 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
                  confirms. In the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and \
                  PostgreSQL's decoding {:.0}%.{budget} An enrollment touches only its course's small stats view \
                  and card, never the 10 KB page; a new order, and a course whose aggregate the projector holds, \
-                 are applied and written by one script each; each flush step is one pipeline, with one sorted-set \
-                 command per key (rankings, libraries); a known course is advanced in place and its top five \
-                 picked without copying its tallies; mimalloc is the allocator (glibc's heap consolidation was a \
-                 sixth of the drain). Batching every entity of a step into a few script calls, and sending a step \
-                 in chunks while the next is built, brought nothing in alternating quick runs. Closing the gap: \
-                 two flushes in flight, so that the projector builds one while Redis runs the other (delicate: \
-                 per-entity stamps mean a later flush must not apply an entity before an earlier one does), and \
-                 the projector and Redis on cores of their own, not shared with PostgreSQL's decoder.",
+                 are applied and written by one script call each, 32 calls to a command (fred flushes its socket \
+                 after every script command); a flush's first step goes to Redis in chunks while the rest is \
+                 planned, with one sorted-set command per key (rankings, libraries); script arguments are slices \
+                 of shared buffers; a known course is advanced in place and its top five picked without copying \
+                 its tallies; mimalloc is the allocator (glibc's heap consolidation was a sixth of the drain). \
+                 Closing the gap: two flushes in flight, so that the projector finishes one while Redis starts \
+                 the next (delicate: per-entity stamps mean a later flush must not apply an entity before an \
+                 earlier one does), and the projector and Redis on cores of their own, not shared with \
+                 PostgreSQL's decoder.",
                 share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
                 share(r, "projector draining", "redis"),
                 share(r, "projector draining", "postgres")
