@@ -482,6 +482,9 @@ impl Sink {
             Err(SinkError::Redis(e)) if e.details().contains("NOSCRIPT") => {
                 // Redis restarted and lost its script cache: load and redo
                 // (safe: the whole apply is idempotent).
+                tracing::warn!(
+                    "redis had lost the view script: loaded it again, applying the flush anew"
+                );
                 self.load_scripts().await?;
                 self.apply_once(generation, batch).await?;
             }
@@ -500,74 +503,18 @@ impl Sink {
         let mut buf = ArgBuf::new();
         let mut first = ChunkedStep::new(&self.client, &self.views);
         let terms = self.lock_events()?.clone();
-        let mut plans = Vec::with_capacity(batch.entities.len());
-        for (entity, entries) in &batch.entities {
-            let first = first.next_entity(&mut buf).await?;
-            let plan = self.plan(generation, batch, entity, entries, &terms)?;
-            match &plan {
-                Plan::Known { next, stats, card } => {
-                    let Entity::Course(id) = *entity else {
-                        return Err(SinkError::Reply("a known entity that is no course".into()));
-                    };
-                    let script_keys = [
-                        keys.course_agg(generation, id),
-                        keys.course_companies(generation, id),
-                        keys.course_text(generation, id),
-                        keys.course_stats(generation, id),
-                        keys.course_card(generation, id),
-                    ];
-                    first
-                        .call(&mut buf, Call::ApplyKnown, &script_keys, |buf, all| {
-                            all.push(buf.text(&next.0));
-                            all.push(buf.view(stats));
-                            all.push(buf.view(card));
-                            entry_args(buf, all, entries);
-                        })
-                        .await?;
-                }
-                Plan::AtOnce { stamp, view } => {
-                    first
-                        .call(
-                            &mut buf,
-                            Call::Apply,
-                            &self.apply_keys(generation, entity, true),
-                            |buf, all| apply_args(buf, all, "", Some((stamp, view)), entries),
-                        )
-                        .await?;
-                }
-                Plan::Apply => {
-                    let flags = apply_flags(entity, entries);
-                    first
-                        .call(
-                            &mut buf,
-                            Call::Apply,
-                            &self.apply_keys(generation, entity, false),
-                            |buf, all| apply_args(buf, all, &flags, None, entries),
-                        )
-                        .await?;
-                }
+        // Whatever happens while queueing, every chunk already sent is
+        // waited for before this flush ends (see `ChunkedStep::replies`).
+        let queued = self
+            .queue_first_step(generation, batch, &terms, &mut first, &mut buf)
+            .await;
+        let plans = match queued {
+            Ok(plans) => plans,
+            Err(e) => {
+                first.abandon().await;
+                return Err(e);
             }
-            plans.push(plan);
-        }
-        // A known course's place in the popular ranking follows from the
-        // count it is expected to reach, so it goes in this step too. If the
-        // script finds Redis elsewhere (returns 0), the read-back below
-        // ranks the course again from what Redis holds, in this same flush.
-        let mut sorted = SortedSetWrites::default();
-        for (entity, plan) in batch.entities.keys().zip(&plans) {
-            if let (Entity::Course(id), Plan::Known { next, .. }) = (entity, plan) {
-                self.rank(&mut sorted, generation, *id, &next.1.agg, false);
-            }
-        }
-        for (&(user, course), op) in &batch.library {
-            let key = keys.user_library(generation, user);
-            let member = views::ranking_member(course);
-            match op {
-                LibraryOp::Add(at) => sorted.add(key, *at as f64, member),
-                LibraryOp::Remove => sorted.remove(key, member),
-            }
-        }
-        sorted.queue(first.last_pipe(&mut buf).await?).await?;
+        };
         let replies = first.replies(&mut buf).await?;
         if replies.len() != batch.entities.len() {
             return Err(SinkError::Reply("fewer replies than scripts".into()));
@@ -687,6 +634,88 @@ impl Sink {
         sorted.queue(&second.pipe).await?;
         second.send().await?;
         Ok(())
+    }
+
+    /// Plans every entity of the batch and queues its call on the chunked
+    /// first step, then the step's sorted-set writes; returns the plans.
+    async fn queue_first_step(
+        &self,
+        generation: u64,
+        batch: &Batch,
+        terms: &HashMap<i64, EventTerms>,
+        first: &mut ChunkedStep,
+        buf: &mut ArgBuf,
+    ) -> Result<Vec<Plan>, SinkError> {
+        let keys = &self.keys;
+        let mut plans = Vec::with_capacity(batch.entities.len());
+        for (entity, entries) in &batch.entities {
+            let first = first.next_entity(buf).await?;
+            let plan = self.plan(generation, batch, entity, entries, terms)?;
+            match &plan {
+                Plan::Known { next, stats, card } => {
+                    let Entity::Course(id) = *entity else {
+                        return Err(SinkError::Reply("a known entity that is no course".into()));
+                    };
+                    let script_keys = [
+                        keys.course_agg(generation, id),
+                        keys.course_companies(generation, id),
+                        keys.course_text(generation, id),
+                        keys.course_stats(generation, id),
+                        keys.course_card(generation, id),
+                    ];
+                    first
+                        .call(buf, Call::ApplyKnown, &script_keys, |buf, all| {
+                            all.push(buf.text(&next.0));
+                            all.push(buf.view(stats));
+                            all.push(buf.view(card));
+                            entry_args(buf, all, entries);
+                        })
+                        .await?;
+                }
+                Plan::AtOnce { stamp, view } => {
+                    first
+                        .call(
+                            buf,
+                            Call::Apply,
+                            &self.apply_keys(generation, entity, true),
+                            |buf, all| apply_args(buf, all, "", Some((stamp, view)), entries),
+                        )
+                        .await?;
+                }
+                Plan::Apply => {
+                    let flags = apply_flags(entity, entries);
+                    first
+                        .call(
+                            buf,
+                            Call::Apply,
+                            &self.apply_keys(generation, entity, false),
+                            |buf, all| apply_args(buf, all, &flags, None, entries),
+                        )
+                        .await?;
+                }
+            }
+            plans.push(plan);
+        }
+        // A known course's place in the popular ranking follows from the
+        // count it is expected to reach, so it goes in this step too. If the
+        // script finds Redis elsewhere (returns 0), the read-back below
+        // ranks the course again from what Redis holds, in this same flush.
+        let mut sorted = SortedSetWrites::default();
+        for (entity, plan) in batch.entities.keys().zip(&plans) {
+            if let (Entity::Course(id), Plan::Known { next, .. }) = (entity, plan) {
+                self.rank(&mut sorted, generation, *id, &next.1.agg, false);
+            }
+        }
+        for (&(user, course), op) in &batch.library {
+            let key = keys.user_library(generation, user);
+            let member = views::ranking_member(course);
+            match op {
+                LibraryOp::Add(at) => sorted.add(key, *at as f64, member),
+                LibraryOp::Remove => sorted.remove(key, member),
+            }
+        }
+        sorted.queue(first.last_pipe(buf).await?).await?;
+        Ok(plans)
     }
 
     /// How an entity's entries are applied in this flush.
@@ -1008,18 +1037,43 @@ impl ChunkedStep {
         Ok(&self.calls.pipe)
     }
 
-    /// Sends the rest and returns every call's result, in the order queued.
-    async fn replies(mut self, buf: &mut ArgBuf) -> Result<Vec<Value>, SinkError> {
-        self.calls.end_batch(buf).await?;
-        self.sent.push(tokio::spawn(self.calls.send()));
-        let mut replies = Vec::new();
+    /// Sends nothing more and waits for the chunks already sent (queueing
+    /// failed: the flush fails, but none of its chunks may reach Redis after
+    /// whatever follows).
+    async fn abandon(self) {
         for chunk in self.sent {
-            let chunk = chunk
-                .await
-                .map_err(|e| SinkError::Reply(format!("a flush chunk's task failed: {e}")))??;
-            replies.extend(chunk);
+            let _ = chunk.await;
         }
-        Ok(replies)
+    }
+
+    /// Sends the rest and returns every call's result, in the order queued.
+    /// Every chunk is waited for, even after one failed, so that no chunk
+    /// of this flush can reach Redis after whatever follows its failure (a
+    /// retry, or the next stream's flushes).
+    async fn replies(mut self, buf: &mut ArgBuf) -> Result<Vec<Value>, SinkError> {
+        let last = self.calls.end_batch(buf).await;
+        if last.is_ok() {
+            self.sent.push(tokio::spawn(self.calls.send()));
+        }
+        let mut replies = Vec::new();
+        let mut failed = last.err();
+        for chunk in self.sent {
+            match chunk.await {
+                Ok(Ok(chunk)) => replies.extend(chunk),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(SinkError::Reply(format!(
+                        "a flush chunk's task failed: {e}"
+                    )));
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(replies),
+        }
     }
 }
 
