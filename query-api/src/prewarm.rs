@@ -172,7 +172,7 @@ impl Prewarm {
         self.lookup(|set| match set.pages.get(&id) {
             Some(ready) if ready.valid.contains(now) => Some(Course::Served(ready.value.clone())),
             _ => Some(Course::Stored {
-                page: set.json(Kind::Page, id)?.clone(),
+                page: set.raw(Kind::Page, id)?.clone(),
                 stats: set.json(Kind::Stats, id)?.clone(),
             }),
         })

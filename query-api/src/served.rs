@@ -26,7 +26,8 @@ pub struct Served {
 }
 
 /// A course page as read: served already (pre-warmed and right at this
-/// moment), or its stored page and stats.
+/// moment), or its page as Redis holds it (the view value, still encoded:
+/// it is decoded straight into the body) and its stats' JSON.
 pub enum Course {
     Served(Served),
     Stored { page: Bytes, stats: Bytes },
@@ -124,8 +125,21 @@ pub fn course_page(
     stats: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Served, ApiError> {
-    let body = views::serve_course_page(page, stats, now)
-        .map_err(|err| ApiError::corrupt("course page", err))?;
+    tagged_page(id, views::serve_course_page(page, stats, now))
+}
+
+/// [`course_page`] of a page still as Redis holds it (its view value).
+pub fn stored_course_page(
+    id: i64,
+    value: &[u8],
+    stats: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Served, ApiError> {
+    tagged_page(id, views::serve_stored_course_page(value, stats, now))
+}
+
+fn tagged_page(id: i64, body: Result<Vec<u8>, impl Display>) -> Result<Served, ApiError> {
+    let body = body.map_err(|err| ApiError::corrupt("course page", err))?;
     Ok(Served {
         etag: etag(id, &body),
         body: Bytes::from(body),

@@ -156,7 +156,7 @@ struct Marker {
     building: bool,
 }
 
-/// A course's stored page and stats.
+/// A course's page as Redis holds it, and its stats' JSON.
 type CourseParts = (Bytes, Bytes);
 
 /// The shared outcome of one course read (`Err(true)`: no live generation).
@@ -342,10 +342,11 @@ impl Store {
         }
     }
 
-    /// A course's stored page and stats, in one round trip; `None` unless
+    /// A course's page as stored (still encoded: it is decoded straight
+    /// into the served body) and its stats, in one round trip; `None` unless
     /// both are there (the projector writes them together).
     async fn course_parts(&self, id: i64) -> Result<(Projection, Option<CourseParts>), ApiError> {
-        let (projection, values) = self
+        let (projection, mut values) = self
             .read(|keys, g| {
                 vec![
                     Op::Get(keys.course_view(g, id)),
@@ -353,8 +354,11 @@ impl Store {
                 ]
             })
             .await?;
-        let mut parts = views_of(values, "course page")?.into_iter();
-        let parts = match (parts.next().flatten(), parts.next().flatten()) {
+        let stats = views_of(values.split_off(1), "course stats")?
+            .pop()
+            .flatten();
+        let page = convert::<Option<Bytes>>(values.pop(), "course page")?;
+        let parts = match (page, stats) {
             (Some(page), Some(stats)) => Some((page, stats)),
             _ => None,
         };

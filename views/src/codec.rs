@@ -57,26 +57,60 @@ pub fn encode_with(json: &[u8], mut write: impl FnMut(&[u8])) {
 
 /// Decodes a Redis view value back to its JSON bytes (borrowed when stored raw).
 pub fn decode(value: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
+    match payload(value)? {
+        Payload::Json(json) => Ok(Cow::Borrowed(json)),
+        Payload::Lz4(block) => inflate(block, 0).map(Cow::Owned),
+    }
+}
+
+/// Decodes a Redis view value into a new buffer with room for `room` more
+/// bytes after the JSON, so a caller can append to it without growing it
+/// (an LZ4 view is decompressed straight into it, never copied).
+pub fn decode_with_room(value: &[u8], room: usize) -> Result<Vec<u8>, DecodeError> {
+    match payload(value)? {
+        Payload::Json(json) => {
+            let mut out = Vec::with_capacity(json.len() + room);
+            out.extend_from_slice(json);
+            Ok(out)
+        }
+        Payload::Lz4(block) => inflate(block, room),
+    }
+}
+
+/// A stored value past its format byte.
+enum Payload<'a> {
+    Json(&'a [u8]),
+    /// The LZ4 block with its length prefix.
+    Lz4(&'a [u8]),
+}
+
+fn payload(value: &[u8]) -> Result<Payload<'_>, DecodeError> {
     match value.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&FORMAT_JSON, json)) => Ok(Cow::Borrowed(json)),
-        Some((&FORMAT_LZ4, block)) => {
-            let (size, body) = block.split_at_checked(4).ok_or(DecodeError::Empty)?;
-            let declared = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
-            if declared > MAX_VIEW_BYTES {
-                return Err(DecodeError::TooLarge(declared));
-            }
-            let json = lz4_flex::block::decompress(body, declared)?;
-            if json.len() != declared {
-                return Err(DecodeError::SizeMismatch {
-                    declared,
-                    actual: json.len(),
-                });
-            }
-            Ok(Cow::Owned(json))
-        }
+        Some((&FORMAT_JSON, json)) => Ok(Payload::Json(json)),
+        Some((&FORMAT_LZ4, block)) => Ok(Payload::Lz4(block)),
         Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
     }
+}
+
+/// Decompresses a length-prefixed LZ4 block into a buffer of exactly its
+/// declared length plus `room` spare capacity.
+fn inflate(block: &[u8], room: usize) -> Result<Vec<u8>, DecodeError> {
+    let (size, body) = block.split_at_checked(4).ok_or(DecodeError::Empty)?;
+    let declared = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    if declared > MAX_VIEW_BYTES {
+        return Err(DecodeError::TooLarge(declared));
+    }
+    // lz4_flex writes at most the capacity it is given, so a corrupt block
+    // that runs past `declared` is caught by the length check below.
+    let json = lz4_flex::block::decompress(body, declared + room)?;
+    if json.len() != declared {
+        return Err(DecodeError::SizeMismatch {
+            declared,
+            actual: json.len(),
+        });
+    }
+    Ok(json)
 }
 
 #[cfg(test)]
@@ -110,6 +144,22 @@ mod tests {
         let declared = u32::from_le_bytes(value[1..5].try_into().expect("4 bytes"));
         assert_eq!(declared as usize, json.len());
         assert_eq!(decode(&value).expect("decodes").as_ref(), json.as_slice());
+    }
+
+    #[test]
+    fn decoding_with_room_gives_the_same_json_and_spare_capacity() {
+        let json: Vec<u8> = (0..3000u32)
+            .flat_map(|i| format!("<li>{i}</li>").into_bytes())
+            .collect();
+        for value in [encode(&json), encode(br#"{"id":1}"#)] {
+            let expected = decode(&value).expect("decodes").into_owned();
+            let out = decode_with_room(&value, 300).expect("decodes");
+            assert_eq!(out, expected);
+            assert!(out.capacity() >= out.len() + 300);
+        }
+        let mut truncated = encode(&json);
+        truncated.truncate(truncated.len() / 2);
+        assert!(decode_with_room(&truncated, 300).is_err());
     }
 
     #[test]

@@ -12,13 +12,14 @@ mod model;
 mod redis;
 
 pub use codec::{
-    decode, encode, encode_with, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD,
-    MAX_VIEW_BYTES,
+    decode, decode_with_room, encode, encode_with, DecodeError, FORMAT_JSON, FORMAT_LZ4,
+    LZ4_THRESHOLD, MAX_VIEW_BYTES,
 };
 pub use keys::{ranking_member, Keys, DEFAULT_KEY_PREFIX};
 pub use lsn::{Lsn, ParseLsnError};
 pub use model::{
-    pick_sale, serve_course, serve_course_page, CourseCard, CoursePage, CourseStats, EventView,
-    GenerationMarker, OrderItem, OrderView, Sale, ServeError, TopCompany, VIEW_SCHEMA_VERSION,
+    pick_sale, serve_course, serve_course_page, serve_stored_course_page, CourseCard, CoursePage,
+    CourseStats, EventView, GenerationMarker, OrderItem, OrderView, Sale, ServeError,
+    StoredPageError, TopCompany, VIEW_SCHEMA_VERSION,
 };
 pub use redis::{delete_matching, RedisUrl, RedisUrlError, REDIS_URL_FORMS};

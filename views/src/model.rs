@@ -213,14 +213,42 @@ pub fn serve_course_page(
     now: DateTime<Utc>,
 ) -> Result<Vec<u8>, ServeError> {
     let served_stats = serve_course(stats, now, None)?;
+    let mut out = Vec::with_capacity(page.len() + served_stats.len());
+    out.extend_from_slice(page);
+    join_stats(out, &served_stats)
+}
+
+/// Why a course page as Redis holds it could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredPageError {
+    #[error(transparent)]
+    Decode(#[from] crate::DecodeError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// [`serve_course_page`] of a page still as Redis holds it (its view value):
+/// decompressed straight into the served body, with room left for the
+/// stats, so the page's bytes are written once.
+pub fn serve_stored_course_page(
+    value: &[u8],
+    stats: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Vec<u8>, StoredPageError> {
+    let served_stats = serve_course(stats, now, None)?;
+    let page = crate::codec::decode_with_room(value, served_stats.len())?;
+    Ok(join_stats(page, &served_stats)?)
+}
+
+/// `{page fields}` and `{stats fields}` made one object, in `page`'s buffer.
+fn join_stats(mut page: Vec<u8>, served_stats: &[u8]) -> Result<Vec<u8>, ServeError> {
     let (Some(b'}'), Some(b'{')) = (page.last(), served_stats.first()) else {
         return Err(ServeError);
     };
-    let mut out = Vec::with_capacity(page.len() + served_stats.len());
-    out.extend_from_slice(&page[..page.len() - 1]);
-    out.push(b',');
-    out.extend_from_slice(&served_stats[1..]);
-    Ok(out)
+    page.pop();
+    page.push(b',');
+    page.extend_from_slice(&served_stats[1..]);
+    Ok(page)
 }
 
 #[cfg(test)]
@@ -333,5 +361,46 @@ mod tests {
         assert!(serve_course_page(b"[]", b"{}", t(2)).is_err());
         let card = CourseCard::new(&page, &stats);
         assert_eq!((card.student_count, card.lsn.as_str()), (3, "0/1A"));
+    }
+
+    #[test]
+    fn a_page_served_from_its_redis_value_is_the_same_bytes_as_from_its_json() {
+        let stats = serde_json::to_vec(&CourseStats {
+            student_count: 1,
+            top_companies: Vec::new(),
+            lsn: "0/2".into(),
+            sales: vec![sale(9, 500, 1, 3, None)],
+        })
+        .expect("json");
+        // A short page is stored as JSON, a long one as LZ4.
+        for html_bytes in [10, 20_000] {
+            let page = serde_json::to_vec(&CoursePage {
+                id: 7,
+                title: "t".into(),
+                summary: "s".into(),
+                description_html: (0..html_bytes)
+                    .map(|i| char::from(b'a' + (i % 26) as u8))
+                    .collect(),
+                category: "c".into(),
+                instructor: "i".into(),
+                price_krw: 1000,
+                created_at: t(1),
+            })
+            .expect("json");
+            let value = crate::encode(&page);
+            for now in [t(2), t(4)] {
+                let from_value = serve_stored_course_page(&value, &stats, now).expect("serves");
+                let from_json = serve_course_page(&page, &stats, now).expect("serves");
+                assert_eq!(from_value, from_json);
+            }
+        }
+        assert!(matches!(
+            serve_stored_course_page(&[9, b'{', b'}'], &stats, t(2)),
+            Err(StoredPageError::Decode(_))
+        ));
+        assert!(matches!(
+            serve_stored_course_page(&crate::encode(b"[]"), &stats, t(2)),
+            Err(StoredPageError::Serve(_))
+        ));
     }
 }

@@ -49,7 +49,7 @@ pub(super) async fn detail(
     let served = match course {
         None => return Ok(missing(&projection, format!("course {id} has no view"))),
         Some(Course::Served(served)) => served,
-        Some(Course::Stored { page, stats }) => served::course_page(id, &page, &stats, now)?,
+        Some(Course::Stored { page, stats }) => served::stored_course_page(id, &page, &stats, now)?,
     };
     Ok(answer(&projection, &headers, served.etag, served.body))
 }
