@@ -187,6 +187,36 @@ async fn a_hundred_and_twenty_five_cards_cost_one_round_trip_to_redis() -> anyho
         - stats_before.get("mget").copied().unwrap_or(0);
     assert!(grown >= 1, "cmdstat_mget grew by {grown}");
 
+    // Read-your-writes with a token the projection has reached: the same
+    // single MGET, whose watermark proves the token; nothing is polled.
+    let before = proxy.commands();
+    let started = Instant::now();
+    let cards = ok(
+        stack
+            .send(
+                stack
+                    .http
+                    .get(format!("{query}{path}"))
+                    .header("X-Min-Lsn", &lsn),
+            )
+            .await?,
+        "125 cards at a reached token",
+    );
+    let took = started.elapsed();
+    let sent = proxy.commands_since(&before);
+    assert_eq!(card_ids(&cards), ids);
+    assert!(
+        took >= DELAY && took < 2 * DELAY,
+        "a reached token costs one round trip, took {took:?}"
+    );
+    assert_eq!(
+        sent.iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect::<Vec<_>>(),
+        [("MGET", 1)],
+        "one MGET and nothing else: {sent:?}"
+    );
+
     // A ranking page of 100 takes two: the ids with the total, then the cards.
     let started = Instant::now();
     let page = ok(

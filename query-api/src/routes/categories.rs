@@ -3,7 +3,7 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, list_page, wait_for_min_lsn, ReadHeaders};
+use super::{answer, at_least, list_page, min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_sorted_page, PathText, QueryParams},
@@ -46,11 +46,12 @@ pub(super) async fn courses(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let (sort, page) = parse_sorted_page(&params, DEFAULT_LIMIT)?;
-    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, list) = state
-        .store
-        .list(List::Category(&category, sort), page)
-        .await?;
+    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let (store, category) = (&state.store, category.as_str());
+    let (projection, list) = at_least(&state, min, |_| {
+        store.list(List::Category(category, sort), page)
+    })
+    .await?;
     let body = list_page(b"{\"courses\":", &list)?;
     Ok(answer(&projection, &headers, None, body))
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
+use super::{answer, at_least, min_lsn, missing, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_ids, PathId, QueryParams},
@@ -43,9 +43,11 @@ pub(super) async fn detail(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
     let now = chrono::Utc::now();
-    let (projection, course) = state.store.course(id, !waited, now).await?;
+    let store = &state.store;
+    let (projection, course) =
+        at_least(&state, min, |cached| store.course(id, cached, now)).await?;
     let served = match course {
         None => return Ok(missing(&projection, format!("course {id} has no view"))),
         Some(Course::Served(served)) => served,
@@ -81,10 +83,15 @@ pub(super) async fn cards(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&params)?;
-    let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
     let now = chrono::Utc::now();
-    let mut list = CardList::new(b"{\"courses\":", ids.len());
-    let (projection, absent) = state.store.cards(&ids, !waited, now, &mut list).await?;
+    let (store, ids) = (&state.store, ids.as_slice());
+    let (projection, (list, absent)) = at_least(&state, min, |cached| async move {
+        let mut list = CardList::new(b"{\"courses\":", ids.len());
+        let (projection, absent) = store.cards(ids, cached, now, &mut list).await?;
+        Ok((projection, (list, absent)))
+    })
+    .await?;
     let mut tail = Vec::with_capacity(16 + absent.len() * 8);
     tail.extend_from_slice(b",\"missing\":[");
     for (i, id) in absent.iter().enumerate() {

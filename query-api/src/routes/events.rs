@@ -3,7 +3,7 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
+use super::{answer, at_least, min_lsn, missing, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{PathId, QueryParams},
@@ -41,9 +41,10 @@ pub(super) async fn event(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let waited = wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
+    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
     let now = chrono::Utc::now();
-    let (projection, page) = state.store.event(id, !waited, now).await?;
+    let store = &state.store;
+    let (projection, page) = at_least(&state, min, |cached| store.event(id, cached, now)).await?;
     let served = match page {
         None => return Ok(missing(&projection, format!("event {id} has no view"))),
         Some(Event::Served(served)) => served,

@@ -83,14 +83,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadHeaders {
     }
 }
 
-/// Read-your-writes: waits until the projection has reached the caller's
-/// token (`X-Min-Lsn` or `?min_lsn=`), at most `X-Max-Wait-Ms` (clamped to 5 s).
-/// The read that follows goes to Redis, so it sees at least that LSN.
-async fn wait_for_min_lsn(
+/// A caller's read-your-writes token (`X-Min-Lsn` or `?min_lsn=`) and how
+/// long it may wait for it (`X-Max-Wait-Ms`, clamped to 5 s).
+#[derive(Debug, Clone, Copy)]
+struct MinLsn {
+    lsn: Lsn,
+    deadline: tokio::time::Instant,
+}
+
+/// The caller's token, if it sent one.
+fn min_lsn(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<bool, ApiError> {
+) -> Result<Option<MinLsn>, ApiError> {
     let header = headers
         .get("x-min-lsn")
         .map(|v| {
@@ -99,9 +105,9 @@ async fn wait_for_min_lsn(
         })
         .transpose()?;
     let Some(raw) = header.or(query) else {
-        return Ok(false);
+        return Ok(None);
     };
-    let min: Lsn = raw
+    let lsn: Lsn = raw
         .trim()
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an LSN like 0/16B3748")))?;
@@ -114,15 +120,45 @@ async fn wait_for_min_lsn(
             .ok_or_else(|| ApiError::BadRequest("X-Max-Wait-Ms is not a whole number".into()))?,
     }
     .min(5_000);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    Ok(Some(MinLsn {
+        lsn,
+        deadline: tokio::time::Instant::now() + Duration::from_millis(wait_ms),
+    }))
+}
+
+/// Read-your-writes: `read(cached)` answers at once without a token; with
+/// one, it reads Redis itself (`cached` false: no in-process copy, which
+/// may lag its invalidations) and its answer is taken once the watermark
+/// it read with the views is at or past the token. A token already reached
+/// (the common case) costs that one round trip; until then only the
+/// watermark is polled, and the read is made again once it is reached, or
+/// 503 `not_yet_projected` when the wait is over.
+async fn at_least<T, F, Fut>(
+    state: &AppState,
+    min: Option<MinLsn>,
+    mut read: F,
+) -> Result<(Projection, T), ApiError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<(Projection, T), ApiError>>,
+{
+    let Some(min) = min else {
+        return read(true).await;
+    };
     loop {
-        if state.store.projection_lsn().await? >= min {
-            return Ok(true);
+        let (projection, value) = read(false).await?;
+        if projection.lsn >= min.lsn {
+            return Ok((projection, value));
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::NotYetProjected);
+        loop {
+            if tokio::time::Instant::now() >= min.deadline {
+                return Err(ApiError::NotYetProjected);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if state.store.projection_lsn().await? >= min.lsn {
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, missing, wait_for_min_lsn, ReadHeaders};
+use super::{answer, at_least, min_lsn, missing, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{PathId, QueryParams},
@@ -39,8 +39,9 @@ pub(super) async fn order(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, stored) = state.store.order(id).await?;
+    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let store = &state.store;
+    let (projection, stored) = at_least(&state, min, |_| store.order(id)).await?;
     let Some(stored) = stored else {
         return Ok(missing(&projection, format!("order {id} has no view")));
     };

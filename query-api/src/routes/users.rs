@@ -2,7 +2,7 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, list_page, wait_for_min_lsn, ReadHeaders};
+use super::{answer, at_least, list_page, min_lsn, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_page, PathId, QueryParams},
@@ -44,8 +44,10 @@ pub(super) async fn library(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let page = parse_page(&params, DEFAULT_LIMIT)?;
-    wait_for_min_lsn(&state, &headers, params.min_lsn()?).await?;
-    let (projection, list) = state.store.list(List::Library(user_id), page).await?;
+    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let store = &state.store;
+    let (projection, list) =
+        at_least(&state, min, |_| store.list(List::Library(user_id), page)).await?;
     let head = format!("{{\"user_id\":{user_id},\"courses\":");
     let body = list_page(head.as_bytes(), &list)?;
     Ok(answer(&projection, &headers, None, body))
