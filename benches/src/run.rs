@@ -144,6 +144,7 @@ pub async fn run(options: Options) -> Result<Results> {
         hot_page_bytes: 0,
         reads: Vec::new(),
         cart: None,
+        read_cpu: Vec::new(),
         orders: Vec::new(),
         pgbench: None,
         freshness: Vec::new(),
@@ -474,19 +475,29 @@ async fn reads_scenario(
     mono_addr: SocketAddr,
 ) -> Result<()> {
     let env = &ctx.env;
-    let query_addr = free_addr()?;
-    let mut query = Program::workspace(
-        env,
-        "query-api",
-        "query-api",
-        &[
-            ("REDIS_URL", env.redis_url.clone()),
-            ("KEY_PREFIX", prefix.to_owned()),
-            ("QUERY_API_ADDR", query_addr.to_string()),
-        ],
-        query_addr,
-    )?;
+    let start_query = |name: &str, prewarm_window: &str| -> Result<(SocketAddr, Program)> {
+        let addr = free_addr()?;
+        let program = Program::workspace(
+            env,
+            name,
+            "query-api",
+            &[
+                ("REDIS_URL", env.redis_url.clone()),
+                ("KEY_PREFIX", prefix.to_owned()),
+                ("QUERY_API_ADDR", addr.to_string()),
+                ("PREWARM_WINDOW", prewarm_window.to_owned()),
+            ],
+            addr,
+        )?;
+        Ok((addr, program))
+    };
+    let (query_addr, mut query) = start_query("query-api", "10m")?;
     query.wait_ok("/ready", Duration::from_secs(60)).await?;
+    // A second instance with pre-warming off, for the hot course's page
+    // read from Redis (the very bytes the bare endpoint and the warmed read
+    // send): its metrics then count the Redis-path reads alone.
+    let (unwarmed_addr, mut unwarmed) = start_query("query-api-unwarmed", "0")?;
+    unwarmed.wait_ok("/ready", Duration::from_secs(60)).await?;
 
     // Reads, with the bare endpoint answering the hot page's very bytes.
     let (status, page) = load::get(query_addr, "/v1/courses/1").await?;
@@ -495,6 +506,10 @@ async fn reads_scenario(
         "the query API answered {status} for the hot course"
     );
     results.hot_page_bytes = page.len();
+    let reached_lsn = serde_json::from_slice::<serde_json::Value>(&page)?["lsn"]
+        .as_str()
+        .context("the hot course's page has no lsn")?
+        .to_owned();
     let page_file = env.log_dir.join("hot-page.json");
     std::fs::create_dir_all(&env.log_dir)?;
     std::fs::write(&page_file, &page)?;
@@ -516,14 +531,33 @@ async fn reads_scenario(
     )?;
     bare.wait_ok("/health", Duration::from_secs(30)).await?;
     let before = cache_hits(query_addr).await;
+    let unwarmed_before = round_trips(unwarmed_addr).await;
     let targets = ReadTargets {
         query: query_addr,
+        unwarmed: unwarmed_addr,
+        query_pid: query.pid(),
+        unwarmed_pid: unwarmed.pid(),
+        bare_pid: bare.pid(),
+        reached_lsn,
         bare: bare_addr,
         monolith: mono_addr,
     };
-    if let Some((subjects, cart)) = record(results, "reads", reads::run(ctx, &targets).await) {
+    if let Some((subjects, cart, cpu)) = record(results, "reads", reads::run(ctx, &targets).await) {
         results.reads = subjects;
         results.cart = Some(cart);
+        results.read_cpu = cpu;
+    }
+    if let (Some((requests_a, trips_a)), Some((requests_b, trips_b))) =
+        (unwarmed_before, round_trips(unwarmed_addr).await)
+    {
+        let (requests, trips) = (requests_b - requests_a, trips_b - trips_a);
+        if requests > 0.0 {
+            results.notes.push(format!(
+                "The hot course's Redis-path reads: {requests:.0} answered with {trips:.0} Redis round trips \
+                 ({:.2} per read).",
+                trips / requests
+            ));
+        }
     }
     match (before, cache_hits(query_addr).await) {
         (Some(a), Some(b)) => results.notes.push(format!(
@@ -569,6 +603,7 @@ async fn reads_scenario(
         }
     }
     bare.stop().await?;
+    unwarmed.stop().await?;
     query.stop().await?;
     Ok(())
 }
@@ -604,23 +639,39 @@ async fn profile_load(
     Ok(profile)
 }
 
-/// The query API's in-process cache hits so far, when it counts them.
-async fn cache_hits(addr: SocketAddr) -> Option<f64> {
+/// The sum of the samples at `addr`'s `/metrics` whose name `wanted`
+/// accepts (`None`: no such metric, or no metrics).
+async fn metric_sum(addr: SocketAddr, wanted: impl Fn(&str) -> bool) -> Option<f64> {
     let (status, body) = load::get(addr, "/metrics").await.ok()?;
     if status != 200 {
         return None;
     }
     let text = String::from_utf8_lossy(&body);
-    let hits: Vec<f64> = text
+    let samples: Vec<f64> = text
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let name = l.split(['{', ' ']).next().unwrap_or("");
-            name.contains("hit") && (name.contains("cache") || name.contains("prewarm"))
-        })
+        .filter(|l| wanted(l.split(['{', ' ']).next().unwrap_or("")))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
-    (!hits.is_empty()).then(|| hits.iter().sum())
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
+/// The query API's in-process cache hits so far, when it counts them.
+async fn cache_hits(addr: SocketAddr) -> Option<f64> {
+    metric_sum(addr, |name| {
+        name.contains("hit") && (name.contains("cache") || name.contains("prewarm"))
+    })
+    .await
+}
+
+/// The query API's requests answered and Redis round trips so far.
+async fn round_trips(addr: SocketAddr) -> Option<(f64, f64)> {
+    let requests = metric_sum(addr, |name| name == "query_api_requests_total").await?;
+    let trips = metric_sum(addr, |name| {
+        name == "query_api_redis_roundtrip_seconds_count"
+    })
+    .await?;
+    Some((requests, trips))
 }
 
 /// The directory of the running executable's sibling binaries.

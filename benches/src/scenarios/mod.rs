@@ -155,6 +155,35 @@ pub async fn at_rate(ctx: &Ctx, target: &Target, rate: f64, what: &str) -> Resul
     .phase)
 }
 
+/// CPU seconds (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s, the
+/// value Linux gives `CLK_TCK` on every architecture it runs on).
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds Redis has used so far (`INFO cpu`).
+pub async fn redis_cpu_s(redis: &fred::prelude::Client) -> Option<f64> {
+    use fred::prelude::*;
+    let info: String = redis.info(Some(fred::types::InfoKind::Cpu)).await.ok()?;
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
+}
+
 /// A well-mixed pseudo-random number for request `n` (the same every run).
 pub fn mix(n: u64) -> u64 {
     crate::corpus::SplitMix(n ^ 0xA5A5_5A5A).next_u64()

@@ -7,14 +7,44 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{at_rate, measure_all, mix, Ctx, Subject, Target};
-use crate::load::{get_request, MakeRequest, Phase};
+use super::{at_rate, measure_all, mix, process_cpu_s, redis_cpu_s, Ctx, Subject, Target};
+use crate::load::{self, get_request, MakeRequest, Mode, Phase, Spec};
 
-/// Where the read paths listen.
+/// Where the read paths listen, and the processes that answer them.
 pub struct ReadTargets {
     pub query: SocketAddr,
+    pub query_pid: Option<u32>,
+    pub unwarmed_pid: Option<u32>,
+    pub bare_pid: Option<u32>,
+    /// A query API with pre-warming off, for the Redis-path reads alone.
+    pub unwarmed: SocketAddr,
+    /// A read-your-writes token the projection has reached (the hot
+    /// course's `lsn`): a read carrying it reads Redis itself.
+    pub reached_lsn: String,
     pub bare: SocketAddr,
     pub monolith: SocketAddr,
+}
+
+/// CPU spent per read of one subject at a fixed rate, by process: user
+/// and system time over the reads answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadCpu {
+    pub key: String,
+    pub label: String,
+    pub rate: f64,
+    pub answered: u64,
+    /// The process answering the reads (the bare server or a query API).
+    pub server_us: f64,
+    /// Redis; absent for the reads that do not reach it.
+    pub redis_us: Option<f64>,
+    /// This process: the load generator.
+    pub load_us: f64,
+}
+
+impl ReadCpu {
+    pub fn total_us(&self) -> f64 {
+        self.server_us + self.redis_us.unwrap_or(0.0) + self.load_us
+    }
 }
 
 /// The cart and a single page, at the same fixed rate.
@@ -29,8 +59,12 @@ fn gets(paths: impl Fn(u64) -> String + Send + Sync + 'static) -> MakeRequest {
     Arc::new(move |n| get_request(&paths(n)))
 }
 
-/// Every read subject, then the cart comparison.
-pub async fn run(ctx: &Ctx, at: &ReadTargets) -> Result<(Vec<Subject>, CartComparison)> {
+/// Every read subject, then the cart comparison, then the CPU per read of
+/// the page's paths.
+pub async fn run(
+    ctx: &Ctx,
+    at: &ReadTargets,
+) -> Result<(Vec<Subject>, CartComparison, Vec<ReadCpu>)> {
     let scale = &ctx.scale;
     let courses = scale.courses as u64;
     let random = move |n: u64| 1 + mix(n) % courses;
@@ -43,6 +77,9 @@ pub async fn run(ctx: &Ctx, at: &ReadTargets) -> Result<(Vec<Subject>, CartCompa
             .collect::<Vec<_>>()
             .join(",")
     );
+    // With a token, no in-process copy answers and no read is shared: each
+    // request is its own MGET.
+    let hot_redis_path = format!("/v1/courses/1?min_lsn={}", at.reached_lsn);
     let target = |key: &str, label: &str, addr, make, rates| Target {
         key: key.to_owned(),
         label: label.to_owned(),
@@ -64,6 +101,13 @@ pub async fn run(ctx: &Ctx, at: &ReadTargets) -> Result<(Vec<Subject>, CartCompa
             "query API, hot course (warmed read)",
             at.query,
             gets(|_| "/v1/courses/1".to_owned()),
+            true,
+        ),
+        target(
+            "hot_redis",
+            "query API, hot course, Redis path (read-your-writes token)",
+            at.unwarmed,
+            gets(move |_| hot_redis_path.clone()),
             true,
         ),
         target(
@@ -123,5 +167,81 @@ pub async fn run(ctx: &Ctx, at: &ReadTargets) -> Result<(Vec<Subject>, CartCompa
         true,
     );
     let single = at_rate(ctx, &single, rate, "the cart's rate").await?;
-    Ok((subjects, CartComparison { rate, cart, single }))
+
+    // The same page by each path at one rate (half the slowest's maximum),
+    // so that the CPU each read costs compares without batching effects.
+    let paths = [
+        ("bare", at.bare_pid, false),
+        ("hot", at.query_pid, false),
+        ("hot_redis", at.unwarmed_pid, true),
+        ("random", at.query_pid, true),
+    ];
+    let slowest = paths
+        .iter()
+        .filter_map(|(key, ..)| subjects.iter().find(|s| s.key == *key))
+        .map(Subject::max_rps)
+        .fold(f64::INFINITY, f64::min);
+    let mut cpu = Vec::new();
+    if slowest.is_finite() && slowest > 0.0 {
+        let redis = ctx.env.redis().await?;
+        for (key, pid, uses_redis) in paths {
+            let (Some(target), Some(pid)) = (targets.iter().find(|t| t.key == key), pid) else {
+                continue;
+            };
+            let redis = uses_redis.then_some(&redis);
+            cpu.push(cpu_per_read(ctx, target, slowest * 0.5, pid, redis).await?);
+        }
+    }
+    Ok((subjects, CartComparison { rate, cart, single }, cpu))
+}
+
+/// The CPU per read of `target` at `rate`: the server `pid`, Redis (when
+/// `redis` is given) and this process, around a fixed-rate phase (after a
+/// warm-up outside the count).
+async fn cpu_per_read(
+    ctx: &Ctx,
+    target: &Target,
+    rate: f64,
+    pid: u32,
+    redis: Option<&fred::prelude::Client>,
+) -> Result<ReadCpu> {
+    tracing::info!(key = %target.key, rate = rate as u64, "cpu per read");
+    let spec = |duration| Spec {
+        label: format!("{}: cpu per read", target.label),
+        mode: Mode::Rate {
+            per_second: rate,
+            connections: ctx.scale.rate_connections,
+        },
+        warmup: std::time::Duration::ZERO,
+        duration,
+        capture: None,
+    };
+    load::run(target.addr, target.make.clone(), &spec(ctx.scale.warmup)).await?;
+    let me = std::process::id();
+    let redis_cpu = || async {
+        match redis {
+            Some(r) => redis_cpu_s(r).await,
+            None => None,
+        }
+    };
+    let before = (process_cpu_s(pid), redis_cpu().await, process_cpu_s(me));
+    let phase = load::run(
+        target.addr,
+        target.make.clone(),
+        &spec(ctx.scale.rate_phase),
+    )
+    .await?
+    .phase;
+    let after = (process_cpu_s(pid), redis_cpu().await, process_cpu_s(me));
+    let per =
+        |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0) * 1e6 / phase.ok.max(1) as f64);
+    Ok(ReadCpu {
+        key: target.key.clone(),
+        label: target.label.clone(),
+        rate,
+        answered: phase.ok,
+        server_us: per(before.0, after.0).context("the server's CPU time is unreadable")?,
+        redis_us: per(before.1, after.1),
+        load_us: per(before.2, after.2).context("this process's CPU time is unreadable")?,
+    })
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection};
 use tokio::process::Command;
 
-use super::Ctx;
+use super::{process_cpu_s, redis_cpu_s, Ctx};
 use crate::{
     stack::{self, free_addr, Program},
     tools,
@@ -63,35 +63,6 @@ impl DrainCpu {
             per(total),
         )
     }
-}
-
-/// CPU seconds (user + system) process `pid` has used so far, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s, the
-/// value Linux gives `CLK_TCK` on every architecture it runs on).
-fn process_cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let after = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = after.split_whitespace().skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// CPU seconds Redis has used so far (`INFO cpu`).
-async fn redis_cpu_s(redis: &fred::prelude::Client) -> Option<f64> {
-    use fred::prelude::*;
-    let info: String = redis.info(Some(fred::types::InfoKind::Cpu)).await.ok()?;
-    let field = |name: &str| {
-        info.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(':')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
-    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 const PROCEDURE: &str = r#"
