@@ -410,8 +410,12 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
              an LZ4 decompression of the page into the response buffer, the sale picked from the stats' short sales \
              list and an xxh3 hash of the result for the `ETag`; the marker and watermark are parsed only when their \
              bytes change. Redis, the query API and the load \
-             generator share the two cores{}. {}Closing the gap: Redis on cores of its own, and a Redis client with \
-             less work per command (each command is queued to the connection's task and its answer routed back).",
+             generator share the two cores{}. {}Redis's own share is small; most of the difference is the query API's \
+             round trip to Redis (a socket write and read on the loopback, and the wake-ups of the client's \
+             connection task: each command is queued to it and its answer routed back), which a Unix socket to Redis \
+             did not reduce measurably in a trial. Closing the gap: a Redis client with less work per round trip, \
+             or more reads answered from process memory (a bounded cache of served pages beyond the pre-warmed \
+             events, invalidated as the warm set is).",
             cpu_sentence(r),
             // Absent when this run did not benchmark Redis alone (`--only`).
             if redis_get > 0.0 {
