@@ -406,7 +406,8 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
             profile_sentence(r, "hot course"),
         ),
         "redis_over_bare" => format!(
-            "{}Every read is one MGET round trip (the generation marker, its watermark, the course's page and stats), \
+            "{}Every read is one round trip for the generation marker, its watermark, the course's page and stats (an \
+             MGET, shared by the reads that arrive while another is on its way), \
              an LZ4 decompression of the page into the response buffer, the sale picked from the stats' short sales \
              list and an xxh3 hash of the result for the `ETag`; the marker and watermark are parsed only when their \
              bytes change. Redis, the query API and the load \
@@ -632,8 +633,9 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
             md,
             "The Redis-path goals are measured on the page the other goal rows send, the hot course's, read with a \
              read-your-writes token the projection has reached (`?min_lsn=`, from a query API with pre-warming off): \
-             no in-process copy answers and no read is shared with another, so each read is its own MGET, LZ4 \
-             decompression and join of page and stats. It is set against the bare endpoint sending the very same \
+             no in-process copy answers and no answer is shared with another read, so each read waits for a Redis \
+             round trip (an MGET of its own, or one it shares with the reads that arrived while one was on its way) \
+             and does its own LZ4 decompression and join of page and stats. It is set against the bare endpoint sending the very same \
              bytes and against the monolith computing that page live (student count and top companies over the \
              course's enrollments). The random courses take the same Redis path with an uncached key each time; \
              against the monolith's cheapest page (one row, the count kept on it) they are reported beside the \

@@ -553,8 +553,8 @@ async fn reads_scenario(
         let (requests, trips) = (requests_b - requests_a, trips_b - trips_a);
         if requests > 0.0 {
             results.notes.push(format!(
-                "The hot course's Redis-path reads: {requests:.0} answered with {trips:.0} Redis round trips \
-                 ({:.2} per read).",
+                "The hot course's Redis-path reads: {requests:.0} answered, {trips:.0} Redis round trips waited \
+                 for ({:.2} per read).",
                 trips / requests
             ));
         }

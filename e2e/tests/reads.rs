@@ -874,6 +874,85 @@ async fn bad_list_parameters_are_400_when_unparseable_and_422_naming_the_field_w
     stack.cleanup().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_different_courses_are_gathered_into_one_mget() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let mut courses = Vec::new();
+    for i in 0..20 {
+        // Long enough that each page is stored LZ4-compressed.
+        let html = format!("<p>course {i}</p>").repeat(200);
+        courses.push(
+            stack
+                .course(&format!("Course {i}"), &html, 1000 + i)
+                .await?,
+        );
+    }
+    let lsn = stack.current_lsn().await?;
+    stack.start_projector().await?;
+    let ids = courses
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    ok(
+        stack
+            .get_fresh(&format!("/v1/courses?ids={ids}"), &lsn)
+            .await?,
+        "fresh",
+    );
+
+    const DELAY: Duration = Duration::from_millis(300);
+    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
+    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
+    ok(
+        stack
+            .send(stack.http.get(format!("{query}/v1/courses/{}", courses[0])))
+            .await?,
+        "warm-up: learns the live generation",
+    );
+
+    // Twenty reads at once: the first goes alone, the other nineteen arrive
+    // while it is on its way and share the next MGET.
+    let before = proxy.commands();
+    let started = Instant::now();
+    let readers: Vec<_> = courses
+        .iter()
+        .map(|id| {
+            let http = stack.http.clone();
+            let url = format!("{query}/v1/courses/{id}");
+            tokio::spawn(async move {
+                let response = http.get(url).send().await?;
+                let status = response.status();
+                let body: serde_json::Value = response.json().await?;
+                anyhow::Ok((status, body))
+            })
+        })
+        .collect();
+    let mut pages = Vec::new();
+    for reader in readers {
+        pages.push(reader.await??);
+    }
+    let took = started.elapsed();
+    let sent = proxy.commands_since(&before);
+
+    for ((status, page), (i, id)) in pages.iter().zip(courses.iter().enumerate()) {
+        assert_eq!(*status, StatusCode::OK, "{page}");
+        assert_eq!(page["id"], *id, "each read gets its own course");
+        assert_eq!(page["title"], format!("Course {i}"));
+        assert_eq!(
+            page["description_html"],
+            format!("<p>course {i}</p>").repeat(200)
+        );
+    }
+    let mgets = sent.get("MGET").copied().unwrap_or(0);
+    assert!(
+        (1..=2).contains(&mgets) && sent.len() == 1,
+        "twenty concurrent reads sent {sent:?}"
+    );
+    assert!(took < 3 * DELAY, "two round trips at most, took {took:?}");
+    stack.cleanup().await
+}
+
 /// The commands `sent` through a proxy delaying every reply by `delay` were
 /// one MGET and nothing else, answered in one round trip (`took`).
 fn one_mget_in_one_delay(sent: &BTreeMap<String, u64>, took: Duration, delay: Duration) {

@@ -4,6 +4,7 @@
 
 mod config;
 mod error;
+mod gather;
 mod metrics;
 mod params;
 mod prewarm;

@@ -14,9 +14,10 @@
 //! marker, the watermark and the keys: one command instead of one per key
 //! (a client's per-command cost dominates a 125-card cart), and read at one
 //! instant, so the marker read with the keys proves its generation was live
-//! for all of them and no closing marker is needed. In cluster mode the keys
-//! live on several nodes, so they stay separate GETs that the client routes
-//! per node.
+//! for all of them and no closing marker is needed. Reads that arrive while
+//! such an MGET is on its way share the next one (`crate::gather`): each
+//! still gets its keys read at one instant. In cluster mode the keys live on
+//! several nodes, so they stay separate GETs that the client routes per node.
 //!
 //! A cluster runs the commands of one pipeline on several nodes in no set
 //! order, which costs two of the guarantees above their proof. The closing
@@ -111,6 +112,8 @@ enum Attempt {
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    /// Concurrent single-Redis reads gathered into one MGET.
+    gather: crate::gather::Gather,
     keys: Keys,
     /// The generation marker's key, built once.
     marker_key: Key,
@@ -205,6 +208,7 @@ impl Store {
         let _ = tokio::time::timeout(timeout, client.wait_for_connect()).await;
         Ok(Self {
             warm: Arc::new(Prewarm::new(client.clone(), keys.clone(), prewarm_window)),
+            gather: crate::gather::Gather::new(client.clone()),
             client,
             marker_key: Key::from(keys.generation_marker()),
             keys,
@@ -586,8 +590,7 @@ impl Store {
             keys.push(self.marker_key.clone());
             keys.push(self.keys.watermark(generation).into());
             keys.extend(ops.into_iter().filter_map(Op::into_get_key));
-            let values: Value = self.client.mget(keys).await?;
-            values.into_array()
+            self.gather.mget(keys).await?
         } else {
             let pipe = self.client.pipeline();
             let _: () = pipe.get(self.marker_key.clone()).await?;

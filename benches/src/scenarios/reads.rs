@@ -77,8 +77,8 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(",")
     );
-    // With a token, no in-process copy answers and no read is shared: each
-    // request is its own MGET.
+    // With a token, no in-process copy answers and no answer is shared:
+    // each request waits for its own round trip to Redis.
     let hot_redis_path = format!("/v1/courses/1?min_lsn={}", at.reached_lsn);
     let target = |key: &str, label: &str, addr, make, rates| Target {
         key: key.to_owned(),
