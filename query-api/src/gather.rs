@@ -127,8 +127,13 @@ impl Gather {
                 }
             }
         };
+        // Reached from a drop too, possibly as the runtime shuts down: never
+        // panic for want of one (the waiting reads are being dropped then).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let this = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _in_flight = InFlight(&this);
             let keys = std::mem::take(&mut *batch.keys.lock().unwrap_or_else(|e| e.into_inner()));
             let reply = mget(&this.client, keys).await;
