@@ -413,10 +413,11 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
              bytes change. Redis, the query API and the load \
              generator share the two cores{}. {}Redis's own share is small; most of the difference is the query API's \
              round trip to Redis (a socket write and read on the loopback, and the wake-ups of the client's \
-             connection task: each command is queued to it and its answer routed back), which a Unix socket to Redis \
-             did not reduce measurably in a trial. Closing the gap: a Redis client with less work per round trip, \
-             or more reads answered from process memory (a bounded cache of served pages beyond the pre-warmed \
-             events, invalidated as the warm set is).",
+             connection task: each command is queued to it and its answer routed back). In trials neither a Unix \
+             socket to Redis nor another client (redis-rs against fred, at the same number of commands in flight) \
+             changed that cost measurably; sharing one MGET among the reads that arrive together did, and is in. \
+             Closing the rest of the gap: more reads answered from process memory (a bounded cache of served pages \
+             beyond the pre-warmed events, kept fresh as the warm set is).",
             cpu_sentence(r),
             // Absent when this run did not benchmark Redis alone (`--only`).
             if redis_get > 0.0 {
