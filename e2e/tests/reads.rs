@@ -953,6 +953,51 @@ async fn concurrent_reads_of_different_courses_are_gathered_into_one_mget() -> a
     stack.cleanup().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_past_what_was_seen_polls_the_watermark_then_reads_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack.start_projector().await?;
+    let course = stack.course("Fresh", "<p>f</p>", 5_000).await?;
+    let (query, _stop, proxy) = {
+        let proxy = SlowRedis::start(&stack.redis_url, Duration::from_millis(50)).await?;
+        let (query, stop) = query_api_through(&proxy, &stack.prefix).await?;
+        (query, stop, proxy)
+    };
+    // The query API sees a watermark from before the order.
+    let seen = stack
+        .send(stack.http.get(format!("{query}/v1/courses/{course}")))
+        .await?;
+    assert!(seen.status == StatusCode::OK || seen.status == StatusCode::NOT_FOUND);
+
+    let user = stack.user("fresh@example.com", None).await?;
+    let order = buy(
+        &stack,
+        "fresh-1",
+        json!({"user_id": user, "course_ids": [course]}),
+    )
+    .await?;
+    let id = order.body["id"].as_i64().expect("order id");
+    let before = proxy.commands();
+    let view = ok(
+        stack
+            .send(
+                stack
+                    .http
+                    .get(format!("{query}/v1/orders/{id}"))
+                    .header("X-Min-Lsn", order.header("x-commit-lsn")),
+            )
+            .await?,
+        "the order at its own token",
+    );
+    let sent = proxy.commands_since(&before);
+    assert_eq!(view.body["id"], id);
+    // The token is past the last watermark this query API saw, so it waits on
+    // the watermark (GETs) and then reads once: never a read thrown away.
+    assert_eq!(sent.get("MGET").copied(), Some(1), "{sent:?}");
+    assert!(sent.get("GET").copied().unwrap_or(0) >= 2, "{sent:?}");
+    stack.cleanup().await
+}
+
 /// The commands `sent` through a proxy delaying every reply by `delay` were
 /// one MGET and nothing else, answered in one round trip (`took`).
 fn one_mget_in_one_delay(sent: &BTreeMap<String, u64>, took: Duration, delay: Duration) {

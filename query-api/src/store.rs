@@ -259,6 +259,12 @@ impl Store {
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
+    /// The last watermark this process read, of whichever generation: a
+    /// hint of how far the projection is, never a proof.
+    pub fn last_seen_lsn(&self) -> Option<Lsn> {
+        self.parsed.watermark.load().as_ref().map(|w| w.1)
+    }
+
     /// The watermark of the live generation (503 `rebuilding` if none is live).
     pub async fn projection_lsn(&self) -> Result<Lsn, ApiError> {
         let marker = self.marker().await?.ok_or(ApiError::Rebuilding)?;

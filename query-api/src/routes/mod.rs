@@ -130,9 +130,10 @@ fn min_lsn(
 /// one, it reads Redis itself (`cached` false: no in-process copy, which
 /// may lag its invalidations) and its answer is taken once the watermark
 /// it read with the views is at or past the token. A token already reached
-/// (the common case) costs that one round trip; until then only the
-/// watermark is polled, and the read is made again once it is reached, or
-/// 503 `not_yet_projected` when the wait is over.
+/// (the common case) costs that one round trip. A token past the last
+/// watermark this process saw (a write just made) is waited for by polling
+/// the watermark alone, then read; 503 `not_yet_projected` when the wait
+/// is over.
 async fn at_least<T, F, Fut>(
     state: &AppState,
     min: Option<MinLsn>,
@@ -145,20 +146,28 @@ where
     let Some(min) = min else {
         return read(true).await;
     };
+    let mut poll = state
+        .store
+        .last_seen_lsn()
+        .is_some_and(|seen| seen < min.lsn);
     loop {
+        while poll {
+            if state.store.projection_lsn().await? >= min.lsn {
+                poll = false;
+            } else if tokio::time::Instant::now() >= min.deadline {
+                return Err(ApiError::NotYetProjected);
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let (projection, value) = read(false).await?;
         if projection.lsn >= min.lsn {
             return Ok((projection, value));
         }
-        loop {
-            if tokio::time::Instant::now() >= min.deadline {
-                return Err(ApiError::NotYetProjected);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if state.store.projection_lsn().await? >= min.lsn {
-                break;
-            }
+        if tokio::time::Instant::now() >= min.deadline {
+            return Err(ApiError::NotYetProjected);
         }
+        poll = true;
     }
 }
 
