@@ -38,14 +38,14 @@ pub(crate) struct Gather {
 struct State {
     /// An MGET is on its way.
     busy: bool,
-    /// The reads waiting for the next MGET.
-    next: Option<Arc<Batch>>,
+    /// The reads waiting for the next MGET: the batch they will read from,
+    /// and their keys, in the order they joined.
+    next: Option<(Arc<Batch>, Vec<Key>)>,
 }
 
-/// The keys of the reads waiting for one MGET, and its reply.
+/// The reply of one gathered MGET, awaited by the reads it carries.
 #[derive(Default)]
 struct Batch {
-    keys: Mutex<Vec<Key>>,
     reply: OnceLock<Reply>,
     done: Notify,
 }
@@ -74,25 +74,17 @@ impl Gather {
     pub(crate) async fn mget(&self, keys: Vec<Key>) -> Reply {
         let joined = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let full = |state: &State| {
-                state.next.as_ref().is_some_and(|batch| {
-                    let gathered = batch.keys.lock().map_or(0, |k| k.len());
-                    gathered + keys.len() > MAX_GATHERED_KEYS
-                })
-            };
+            let gathered = state.next.as_ref().map_or(0, |(_, k)| k.len());
             if !state.busy {
                 state.busy = true;
                 Err((keys, true))
-            } else if keys.len() > MAX_GATHERED_KEYS || full(&state) {
+            } else if gathered + keys.len() > MAX_GATHERED_KEYS {
                 Err((keys, false))
             } else {
-                let batch = state.next.get_or_insert_with(Arc::default).clone();
-                let mut gathered = batch.keys.lock().unwrap_or_else(|e| e.into_inner());
+                let (batch, gathered) = state.next.get_or_insert_with(Default::default);
                 let start = gathered.len();
                 gathered.extend(keys);
-                let end = gathered.len();
-                drop(gathered);
-                Ok((batch, start, end))
+                Ok((batch.clone(), start, gathered.len()))
             }
         };
         let (batch, start, end) = match joined {
@@ -117,10 +109,10 @@ impl Gather {
     /// Sends the waiting batch, if any, in a task of its own (its reads may
     /// be cancelled, the batch must not be); else marks the way free.
     fn send_next(&self) {
-        let batch = {
+        let (batch, keys) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match state.next.take() {
-                Some(batch) => batch,
+                Some(next) => next,
                 None => {
                     state.busy = false;
                     return;
@@ -135,7 +127,6 @@ impl Gather {
         let this = self.clone();
         runtime.spawn(async move {
             let _in_flight = InFlight(&this);
-            let keys = std::mem::take(&mut *batch.keys.lock().unwrap_or_else(|e| e.into_inner()));
             let reply = mget(&this.client, keys).await;
             let _ = batch.reply.set(reply);
             batch.done.notify_waiters();

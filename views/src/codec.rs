@@ -66,7 +66,7 @@ pub fn decode(value: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
 /// Decodes a Redis view value into a new buffer with room for `room` more
 /// bytes after the JSON, so a caller can append to it without growing it
 /// (an LZ4 view is decompressed straight into it, never copied).
-pub fn decode_with_room(value: &[u8], room: usize) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn decode_with_room(value: &[u8], room: usize) -> Result<Vec<u8>, DecodeError> {
     match payload(value)? {
         Payload::Json(json) => {
             let mut out = Vec::with_capacity(json.len() + room);

@@ -12,8 +12,8 @@ mod model;
 mod redis;
 
 pub use codec::{
-    decode, decode_with_room, encode, encode_with, DecodeError, FORMAT_JSON, FORMAT_LZ4,
-    LZ4_THRESHOLD, MAX_VIEW_BYTES,
+    decode, encode, encode_with, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD,
+    MAX_VIEW_BYTES,
 };
 pub use keys::{ranking_member, Keys, DEFAULT_KEY_PREFIX};
 pub use lsn::{Lsn, ParseLsnError};
