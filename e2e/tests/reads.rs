@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use e2e::{Answer, Stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value as Json};
@@ -954,6 +955,76 @@ async fn concurrent_reads_of_different_courses_are_gathered_into_one_mget() -> a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_reads_of_one_course_send_its_keys_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let html = "<p>the hot course</p>".repeat(300);
+    let course = stack.course("Hot", &html, 9_000).await?;
+    let lsn = stack.current_lsn().await?;
+    stack.start_projector().await?;
+    ok(
+        stack
+            .get_fresh(&format!("/v1/courses/{course}"), &lsn)
+            .await?,
+        "fresh",
+    );
+
+    const DELAY: Duration = Duration::from_millis(300);
+    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
+    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
+    ok(
+        stack
+            .send(stack.http.get(format!("{query}/v1/courses/{course}")))
+            .await?,
+        "warm-up: learns the live generation",
+    );
+
+    // Twenty reads of one course at once, each with a reached token (so
+    // none is answered by another's read): the first goes alone, the other
+    // nineteen share the next MGET, which asks for each key once.
+    let (mgets_before, reads_before) = mget_counters(&stack, &query).await?;
+    let (commands, arguments) = (proxy.commands(), proxy.arguments());
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let http = stack.http.clone();
+            let url = format!("{query}/v1/courses/{course}");
+            let token = lsn.clone();
+            tokio::spawn(async move {
+                let response = http.get(url).header("X-Min-Lsn", token).send().await?;
+                let status = response.status();
+                let body: serde_json::Value = response.json().await?;
+                anyhow::Ok((status, body))
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (status, page) = reader.await??;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["id"], course);
+        assert_eq!(page["description_html"], html.as_str());
+    }
+    let sent = proxy.commands_since(&commands);
+    let keys = proxy.arguments_since(&arguments);
+    let mgets = sent.get("MGET").copied().unwrap_or(0);
+    assert!(
+        (1..=2).contains(&mgets) && sent.len() == 1,
+        "twenty concurrent reads sent {sent:?}"
+    );
+    // Marker, watermark, page and stats: four keys an MGET.
+    assert_eq!(
+        keys.get("MGET").copied(),
+        Some(4 * mgets),
+        "the MGETs asked for {keys:?}"
+    );
+    let (mgets_after, reads_after) = mget_counters(&stack, &query).await?;
+    assert_eq!(
+        (mgets_after - mgets_before, reads_after - reads_before),
+        (mgets, 20),
+        "the query API's own count of MGETs and the reads they carried"
+    );
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_past_what_was_seen_polls_the_watermark_then_reads_once() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     stack.start_projector().await?;
@@ -1058,6 +1129,24 @@ async fn query_api_through(
     Ok((url, stop))
 }
 
+/// The query API's `query_api_redis_mgets_total` and
+/// `query_api_redis_mget_reads_total`.
+async fn mget_counters(stack: &Stack, query: &str) -> anyhow::Result<(u64, u64)> {
+    let metrics = stack
+        .send(stack.http.get(format!("{query}/metrics")))
+        .await?;
+    let text = String::from_utf8_lossy(&metrics.raw);
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .with_context(|| format!("no {name} in {text}"))
+    };
+    Ok((
+        counter("query_api_redis_mgets_total")?,
+        counter("query_api_redis_mget_reads_total")?,
+    ))
+}
+
 /// A TCP proxy in front of Redis. Every reply chunk reaches the client
 /// `delay` after Redis sent it (chunks are delayed side by side, not one
 /// after another), so a read costs one `delay` per sequential round trip
@@ -1065,6 +1154,8 @@ async fn query_api_through(
 struct SlowRedis {
     addr: SocketAddr,
     commands: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Arguments (keys, for an MGET) sent with each command, by name.
+    arguments: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl SlowRedis {
@@ -1076,7 +1167,8 @@ impl SlowRedis {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let commands = Arc::new(Mutex::new(BTreeMap::new()));
-        let counted = commands.clone();
+        let arguments = Arc::new(Mutex::new(BTreeMap::new()));
+        let counted = (commands.clone(), arguments.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -1085,32 +1177,48 @@ impl SlowRedis {
                 tokio::spawn(relay(client, server, delay, counted.clone()));
             }
         });
-        Ok(Self { addr, commands })
+        Ok(Self {
+            addr,
+            commands,
+            arguments,
+        })
     }
 
     fn commands(&self) -> BTreeMap<String, u64> {
         self.commands.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
+    fn arguments(&self) -> BTreeMap<String, u64> {
+        self.arguments.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
     /// Commands sent since `before` was taken, by name.
     fn commands_since(&self, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-        let mut sent = self.commands();
-        for (name, n) in before {
-            if let Some(now) = sent.get_mut(name) {
-                *now -= n;
-            }
-        }
-        sent.retain(|_, n| *n > 0);
-        sent
+        since(self.commands(), before)
+    }
+
+    /// Arguments sent since `before` was taken, by command name.
+    fn arguments_since(&self, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        since(self.arguments(), before)
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    server: TcpStream,
-    delay: Duration,
-    commands: Arc<Mutex<BTreeMap<String, u64>>>,
-) {
+/// `now` less `before`, name by name, without the names that did not move.
+fn since(now: BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut sent = now;
+    for (name, n) in before {
+        if let Some(now) = sent.get_mut(name) {
+            *now -= n;
+        }
+    }
+    sent.retain(|_, n| *n > 0);
+    sent
+}
+
+type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
+
+async fn relay(client: TcpStream, server: TcpStream, delay: Duration, counts: (Counts, Counts)) {
+    let (commands, arguments) = counts;
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     // Requests: forwarded at once, counted.
@@ -1119,8 +1227,11 @@ async fn relay(
         let mut chunk = vec![0; 64 * 1024];
         while let Ok(n @ 1..) = client_read.read(&mut chunk).await {
             pending.extend_from_slice(&chunk[..n]);
-            while let Some((name, used)) = next_command(&pending) {
+            while let Some((name, args, used)) = next_command(&pending) {
                 pending.drain(..used);
+                if let Ok(mut a) = arguments.lock() {
+                    *a.entry(name.clone()).or_default() += args;
+                }
                 if let Ok(mut c) = commands.lock() {
                     *c.entry(name).or_default() += 1;
                 }
@@ -1152,8 +1263,9 @@ async fn relay(
 }
 
 /// The name of the first complete RESP command in `buf` (an array of bulk
-/// strings, as clients send them) and its length in bytes.
-fn next_command(buf: &[u8]) -> Option<(String, usize)> {
+/// strings, as clients send them), its number of arguments and its length
+/// in bytes.
+fn next_command(buf: &[u8]) -> Option<(String, u64, usize)> {
     fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
         let end = buf.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
         Some((&buf[at..end], end + 2))
@@ -1179,5 +1291,5 @@ fn next_command(buf: &[u8]) -> Option<(String, usize)> {
         }
         at = end + 2;
     }
-    Some((name, at))
+    Some((name, count.saturating_sub(1) as u64, at))
 }

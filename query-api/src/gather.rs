@@ -9,10 +9,22 @@
 //! before; a busy one sends one command for several reads, each read still
 //! getting its keys read at one instant (one MGET is atomic).
 //!
+//! A key several gathered reads ask for is sent once, and its value shared
+//! (a reference count, not a copy): every read carries the generation
+//! marker and watermark, and at a sale's start most ask for the same hot
+//! pages, which Redis then sends, and this process receives and parses,
+//! once per MGET rather than once per read.
+//!
 //! Written here because no Redis client gathers commands this way: fred and
 //! redis-rs pipeline what is queued, which sends as many commands as reads.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock,
+    },
+};
 
 use fred::{
     prelude::{Client, KeysInterface},
@@ -32,15 +44,33 @@ const MAX_GATHERED_KEYS: usize = 2048;
 pub(crate) struct Gather {
     client: Client,
     state: Arc<Mutex<State>>,
+    /// MGETs sent, and the reads they carried.
+    counts: Arc<Counts>,
+}
+
+/// How many MGETs were sent and how many reads they carried: their ratio
+/// is how much gathering saves.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub sent: AtomicU64,
+    pub reads: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
     /// An MGET is on its way.
     busy: bool,
-    /// The reads waiting for the next MGET: the batch they will read from,
-    /// and their keys, in the order they joined.
-    next: Option<(Arc<Batch>, Vec<Key>)>,
+    /// The reads waiting for the next MGET.
+    next: Option<Next>,
+}
+
+/// The next MGET: the batch its reads will read from, its distinct keys in
+/// the order first asked, and where each key is among them.
+struct Next {
+    batch: Arc<Batch>,
+    keys: Vec<Key>,
+    at: HashMap<Key, usize, foldhash::fast::RandomState>,
+    reads: u64,
 }
 
 /// The reply of one gathered MGET, awaited by the reads it carries.
@@ -65,7 +95,13 @@ impl Gather {
         Gather {
             client,
             state: Arc::default(),
+            counts: Arc::default(),
         }
+    }
+
+    /// MGETs sent, and reads carried, so far.
+    pub(crate) fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// The values of `keys`, read at one instant: by an MGET of their own
@@ -74,34 +110,39 @@ impl Gather {
     pub(crate) async fn mget(&self, keys: Vec<Key>) -> Reply {
         let joined = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let gathered = state.next.as_ref().map_or(0, |(_, k)| k.len());
+            let gathered = state.next.as_ref().map_or(0, |next| next.keys.len());
             if !state.busy {
                 state.busy = true;
                 Err((keys, true))
             } else if gathered + keys.len() > MAX_GATHERED_KEYS {
                 Err((keys, false))
             } else {
-                let (batch, gathered) = state.next.get_or_insert_with(Default::default);
-                let start = gathered.len();
-                gathered.extend(keys);
-                Ok((batch.clone(), start, gathered.len()))
+                let next = state.next.get_or_insert_with(Next::new);
+                Ok((next.batch.clone(), next.join(keys)))
             }
         };
-        let (batch, start, end) = match joined {
+        let (batch, slots) = match joined {
             Ok(joined) => joined,
             Err((keys, leads)) => {
                 // The read that found the way free sends the next batch
                 // when it is answered.
                 let _in_flight = leads.then_some(InFlight(self));
+                self.counts.sent.fetch_add(1, Relaxed);
+                self.counts.reads.fetch_add(1, Relaxed);
                 return mget(&self.client, keys).await;
             }
         };
         let reply = batch.wait().await;
         match reply {
-            Ok(values) => values
-                .get(start..end)
-                .map(<[Value]>::to_vec)
-                .ok_or_else(|| short_reply(values.len(), end)),
+            Ok(values) => slots
+                .iter()
+                .map(|&at| {
+                    values
+                        .get(at)
+                        .cloned()
+                        .ok_or_else(|| short_reply(values.len(), at + 1))
+                })
+                .collect(),
             Err(err) => Err(err.clone()),
         }
     }
@@ -109,7 +150,9 @@ impl Gather {
     /// Sends the waiting batch, if any, in a task of its own (its reads may
     /// be cancelled, the batch must not be); else marks the way free.
     fn send_next(&self) {
-        let (batch, keys) = {
+        let Next {
+            batch, keys, reads, ..
+        } = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match state.next.take() {
                 Some(next) => next,
@@ -119,6 +162,8 @@ impl Gather {
                 }
             }
         };
+        self.counts.sent.fetch_add(1, Relaxed);
+        self.counts.reads.fetch_add(reads, Relaxed);
         // Reached from a drop too, possibly as the runtime shuts down: never
         // panic for want of one (the waiting reads are being dropped then).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -131,6 +176,33 @@ impl Gather {
             let _ = batch.reply.set(reply);
             batch.done.notify_waiters();
         });
+    }
+}
+
+impl Next {
+    fn new() -> Self {
+        Next {
+            batch: Arc::default(),
+            keys: Vec::new(),
+            at: HashMap::default(),
+            reads: 0,
+        }
+    }
+
+    /// Adds a read's keys (those not asked for yet) and returns where each
+    /// of its keys will be in the reply.
+    fn join(&mut self, keys: Vec<Key>) -> Vec<usize> {
+        self.reads += 1;
+        keys.into_iter()
+            .map(|key| {
+                let next = self.keys.len();
+                let at = *self.at.entry(key.clone()).or_insert(next);
+                if at == next {
+                    self.keys.push(key);
+                }
+                at
+            })
+            .collect()
     }
 }
 

@@ -30,7 +30,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, RwLock},
 };
 
 use arc_swap::ArcSwapOption;
@@ -223,6 +223,12 @@ impl Store {
     /// The pre-warmed views of running and imminent sale events.
     pub fn warm(&self) -> &Arc<Prewarm> {
         &self.warm
+    }
+
+    /// (MGETs sent, reads they carried) since start.
+    pub fn gathered(&self) -> (u64, u64) {
+        let counts = self.gather.counts();
+        (counts.sent.load(Relaxed), counts.reads.load(Relaxed))
     }
 
     /// The projection state of a warm hit.

@@ -34,6 +34,7 @@ pub(super) async fn ready(
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
     let (hits, misses) = state.store.warm().counts();
+    let (mgets, gathered) = state.store.gathered();
     let _ = write!(
         text,
         "# HELP query_api_prewarm_hits_total Reads answered from the pre-warmed in-process views.\n\
@@ -41,7 +42,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
          # HELP query_api_prewarm_misses_total Reads of course pages, cards and events that went to Redis.\n\
          # TYPE query_api_prewarm_misses_total counter\nquery_api_prewarm_misses_total {misses}\n\
          # HELP query_api_prewarm_events Sale events whose views are held in process now.\n\
-         # TYPE query_api_prewarm_events gauge\nquery_api_prewarm_events {}\n",
+         # TYPE query_api_prewarm_events gauge\nquery_api_prewarm_events {}\n\
+         # HELP query_api_redis_mgets_total MGETs sent to a single Redis (each may carry several reads).\n\
+         # TYPE query_api_redis_mgets_total counter\nquery_api_redis_mgets_total {mgets}\n\
+         # HELP query_api_redis_mget_reads_total Reads carried by those MGETs.\n\
+         # TYPE query_api_redis_mget_reads_total counter\nquery_api_redis_mget_reads_total {gathered}\n",
         state.store.warm().events().len()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
