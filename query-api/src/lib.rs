@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub store: Arc<store::Store>,
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Course pages last served from Redis, by the bytes they were made of.
+    pub pages: served::Pages,
 }
 
 impl std::ops::Deref for AppState {
@@ -77,6 +79,7 @@ impl Application {
             store: Arc::new(store),
             config: Arc::new(config),
             metrics,
+            pages: served::Pages::default(),
         }));
         Ok(Self {
             listener,

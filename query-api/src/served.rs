@@ -8,8 +8,9 @@
 //! body, so it changes exactly when the body does (a sale that the clock
 //! starts or ends included) and is the same in every process.
 
-use std::fmt::Display;
+use std::{fmt::Display, sync::Arc};
 
+use arc_swap::ArcSwapOption;
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -31,6 +32,94 @@ pub struct Served {
 pub enum Course {
     Served(Served),
     Stored { page: Bytes, stats: Bytes },
+}
+
+/// The course pages last served from Redis, each with the stored bytes it
+/// was made from: a page read again with the very same bytes, while the
+/// clock is in the same span between sale boundaries, is the same body, so
+/// it is handed out again instead of being decompressed, joined and hashed
+/// anew. Every read still reads Redis and compares what it got: this only
+/// skips recomputing a pure function of those bytes and that span.
+///
+/// Bounded: one entry per slot, a course's slot fixed by its id, a later
+/// course in the slot replacing the one before. A course is kept only when
+/// it is read twice in a row in its slot, so reads spread over many courses
+/// cost a comparison and no copy.
+pub struct Pages {
+    slots: Box<[ArcSwapOption<Slot>]>,
+}
+
+/// What a slot holds.
+enum Slot {
+    /// The course was read once (and not kept).
+    Seen(i64),
+    /// A course's page, as last served.
+    Made(Made),
+}
+
+struct Made {
+    id: i64,
+    /// The page as Redis holds it, and its stats (owned copies, so that a
+    /// kept page never holds a larger reply buffer alive).
+    page: Bytes,
+    stats: Bytes,
+    /// Where the clock may be for `served` to be right.
+    validity: Validity,
+    served: Served,
+}
+
+/// Slots of [`Pages`]: every course of a 125-course sale fits, at about
+/// 20 KB each (a page stored and served, and its stats).
+const PAGE_SLOTS: usize = 512;
+
+impl Default for Pages {
+    fn default() -> Self {
+        Pages {
+            slots: (0..PAGE_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+}
+
+impl Pages {
+    /// The served course detail of course `id` from its stored page (its
+    /// view value) and stats, as [`stored_course_page`] makes it: the one
+    /// made last when both are the same bytes and `now` is in its span.
+    pub fn serve(
+        &self,
+        id: i64,
+        page: &Bytes,
+        stats: &Bytes,
+        now: DateTime<Utc>,
+    ) -> Result<Served, ApiError> {
+        let slot = &self.slots[id.rem_euclid(PAGE_SLOTS as i64) as usize];
+        let held = slot.load();
+        let seen = match held.as_deref() {
+            Some(Slot::Made(made)) if made.id == id => {
+                if made.page == page && made.stats == stats && made.validity.contains(now) {
+                    return Ok(made.served.clone());
+                }
+                true
+            }
+            Some(Slot::Seen(seen)) => *seen == id,
+            _ => false,
+        };
+        let served = stored_course_page(id, page, stats, now)?;
+        let next = if seen {
+            Slot::Made(Made {
+                id,
+                page: Bytes::copy_from_slice(page),
+                stats: Bytes::copy_from_slice(stats),
+                validity: Validity::of_stored(stats, now)?,
+                served: served.clone(),
+            })
+        } else {
+            Slot::Seen(id)
+        };
+        // Whichever of two concurrent reads stores last wins: both made
+        // the page from what Redis held then.
+        slot.store(Some(Arc::new(next)));
+        Ok(served)
+    }
 }
 
 /// A course card as read: served already (right at this moment), or as
@@ -284,6 +373,70 @@ mod tests {
         assert_eq!(a, etag(7, b"{\"sale\":null}").expect("tag"));
         let text = a.to_str().expect("ascii");
         assert!(text.starts_with("\"7-") && text.ends_with('"') && text.len() == 20);
+    }
+
+    /// A stored page (LZ4, as the projector writes a large one) and stats
+    /// with one sale from 2 to 6 o'clock.
+    fn stored(price: i64) -> (Bytes, Bytes) {
+        let html = (0..400).map(|i| format!("<p>{i}</p>")).collect::<String>();
+        let page = serde_json::to_vec(&serde_json::json!({"id": 7, "description_html": html}))
+            .expect("json");
+        let stats = format!(
+            r#"{{"student_count":3,"lsn":"0/1","sales":[{{"event_id":1,"price_krw":{price},"discount_percent":50,"starts_at":"2026-11-21T02:00:00Z","ends_at":"2026-11-21T06:00:00Z","seats_left":null}}]}}"#
+        );
+        (Bytes::from(views::encode(&page)), Bytes::from(stats))
+    }
+
+    #[test]
+    fn a_page_read_again_with_the_same_bytes_is_the_body_made_before() {
+        let pages = Pages::default();
+        let (page, stats) = stored(500);
+        let first = pages.serve(7, &page, &stats, at(3)).expect("served");
+        let expected = stored_course_page(7, &page, &stats, at(3)).expect("served");
+        assert_eq!(first.body, expected.body);
+        assert_eq!(first.etag, expected.etag);
+        // Read once: seen, not kept. Read again: kept; then handed out.
+        let second = pages.serve(7, &page, &stats, at(3)).expect("served");
+        let copy = (page.to_vec().into(), stats.to_vec().into());
+        let third = pages.serve(7, &copy.0, &copy.1, at(4)).expect("served");
+        assert_eq!(
+            second.body.as_ptr(),
+            third.body.as_ptr(),
+            "the same body, not made again"
+        );
+        assert_ne!(first.body.as_ptr(), second.body.as_ptr());
+    }
+
+    #[test]
+    fn a_kept_page_is_made_anew_for_other_bytes_another_sale_span_or_course() {
+        let pages = Pages::default();
+        let (page, stats) = stored(500);
+        pages.serve(7, &page, &stats, at(3)).expect("served");
+        let kept = pages.serve(7, &page, &stats, at(3)).expect("served");
+        let at_price = |body: &Bytes| {
+            let json: serde_json::Value = serde_json::from_slice(body).expect("json");
+            json["sale"]["price_krw"].as_i64()
+        };
+        let (_, cheaper) = stored(400);
+        let changed = pages.serve(7, &page, &cheaper, at(3)).expect("served");
+        assert_eq!(at_price(&changed.body), Some(400));
+        assert_ne!(changed.etag, kept.etag);
+        let ended = pages.serve(7, &page, &cheaper, at(6)).expect("served");
+        assert_eq!(at_price(&ended.body), None, "the sale ended at 6");
+        // Another course in the same slot is another page.
+        let other = 7 + PAGE_SLOTS as i64;
+        let (other_page, other_stats) = stored(500);
+        let served = pages
+            .serve(other, &other_page, &other_stats, at(3))
+            .expect("served");
+        assert!(served
+            .etag
+            .expect("tag")
+            .to_str()
+            .expect("ascii")
+            .starts_with(&format!("\"{other}-")));
+        let again = pages.serve(7, &page, &cheaper, at(6)).expect("served");
+        assert_eq!(again.body, ended.body);
     }
 
     #[test]

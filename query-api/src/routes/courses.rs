@@ -9,7 +9,7 @@ use super::{answer, at_least, min_lsn, missing, ReadHeaders};
 use crate::{
     error::ApiError,
     params::{parse_ids, PathId, QueryParams},
-    served::{self, CardList, Course},
+    served::{CardList, Course},
     AppState,
 };
 
@@ -51,7 +51,7 @@ pub(super) async fn detail(
     let served = match course {
         None => return Ok(missing(&projection, format!("course {id} has no view"))),
         Some(Course::Served(served)) => served,
-        Some(Course::Stored { page, stats }) => served::stored_course_page(id, &page, &stats, now)?,
+        Some(Course::Stored { page, stats }) => state.pages.serve(id, &page, &stats, now)?,
     };
     Ok(answer(&projection, &headers, served.etag, served.body))
 }
