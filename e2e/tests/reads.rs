@@ -151,13 +151,8 @@ async fn a_hundred_and_twenty_five_cards_cost_one_round_trip_to_redis() -> anyho
     // every reply by DELAY and counts the commands it forwards: a read's
     // time in units of DELAY is its number of sequential round trips.
     const DELAY: Duration = Duration::from_millis(400);
-    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
-    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
+    let (proxy, query, _stop) = slow_query_api(&stack, DELAY, &path).await?;
     let get = |path: String| stack.send(stack.http.get(format!("{query}{path}")));
-    ok(
-        get(path.clone()).await?,
-        "warm-up: learns the live generation",
-    );
 
     let stats_before = command_calls(&stack).await?;
     let before = proxy.commands();
@@ -228,13 +223,9 @@ async fn concurrent_reads_of_one_course_share_one_redis_read() -> anyhow::Result
     );
 
     const DELAY: Duration = Duration::from_millis(300);
-    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
-    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
-    let url = format!("{query}/v1/courses/{course}");
-    ok(
-        stack.send(stack.http.get(&url)).await?,
-        "warm-up: learns the live generation",
-    );
+    let path = format!("/v1/courses/{course}");
+    let (proxy, query, _stop) = slow_query_api(&stack, DELAY, &path).await?;
+    let url = format!("{query}{path}");
 
     let before = proxy.commands();
     let readers: Vec<_> = (0..20)
@@ -903,14 +894,8 @@ async fn concurrent_reads_of_different_courses_are_gathered_into_one_mget() -> a
     );
 
     const DELAY: Duration = Duration::from_millis(300);
-    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
-    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
-    ok(
-        stack
-            .send(stack.http.get(format!("{query}/v1/courses/{}", courses[0])))
-            .await?,
-        "warm-up: learns the live generation",
-    );
+    let warm_up = format!("/v1/courses/{}", courses[0]);
+    let (proxy, query, _stop) = slow_query_api(&stack, DELAY, &warm_up).await?;
 
     // Twenty reads at once: the first goes alone, the other nineteen arrive
     // while it is on its way and share the next MGET.
@@ -969,14 +954,8 @@ async fn gathered_reads_of_one_course_send_its_keys_once() -> anyhow::Result<()>
     );
 
     const DELAY: Duration = Duration::from_millis(300);
-    let proxy = SlowRedis::start(&stack.redis_url, DELAY).await?;
-    let (query, _stop) = query_api_through(&proxy, &stack.prefix).await?;
-    ok(
-        stack
-            .send(stack.http.get(format!("{query}/v1/courses/{course}")))
-            .await?,
-        "warm-up: learns the live generation",
-    );
+    let warm_up = format!("/v1/courses/{course}");
+    let (proxy, query, _stop) = slow_query_api(&stack, DELAY, &warm_up).await?;
 
     // Twenty reads of one course at once, each with a reached token (so
     // none is answered by another's read): the first goes alone, the other
@@ -1127,6 +1106,25 @@ async fn query_api_through(
         let _ = stopped.await;
     }));
     Ok((url, stop))
+}
+
+/// A query API whose only way to Redis is a [`SlowRedis`] holding every
+/// reply back by `delay`, after a first read of `warm_up` (answered 200),
+/// which teaches it the live generation.
+async fn slow_query_api(
+    stack: &Stack,
+    delay: Duration,
+    warm_up: &str,
+) -> anyhow::Result<(SlowRedis, String, oneshot::Sender<()>)> {
+    let proxy = SlowRedis::start(&stack.redis_url, delay).await?;
+    let (query, stop) = query_api_through(&proxy, &stack.prefix).await?;
+    ok(
+        stack
+            .send(stack.http.get(format!("{query}{warm_up}")))
+            .await?,
+        "warm-up: learns the live generation",
+    );
+    Ok((proxy, query, stop))
 }
 
 /// The query API's `query_api_redis_mgets_total` and
