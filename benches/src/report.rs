@@ -406,18 +406,18 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
             profile_sentence(r, "hot course"),
         ),
         "redis_over_bare" => format!(
-            "{}Every read is one round trip for the generation marker, its watermark, the course's page and stats (an \
-             MGET, shared by the reads that arrive while another is on its way), \
-             an LZ4 decompression of the page into the response buffer, the sale picked from the stats' short sales \
-             list and an xxh3 hash of the result for the `ETag`; the marker and watermark are parsed only when their \
-             bytes change. Redis, the query API and the load \
-             generator share the two cores{}. {}Redis's own share is small; most of the difference is the query API's \
-             round trip to Redis (a socket write and read on the loopback, and the wake-ups of the client's \
-             connection task: each command is queued to it and its answer routed back). In trials neither a Unix \
-             socket to Redis nor another client (redis-rs against fred, at the same number of commands in flight) \
-             changed that cost measurably; sharing one MGET among the reads that arrive together did, and is in. \
-             Closing the rest of the gap: more reads answered from process memory (a bounded cache of served pages \
-             beyond the pre-warmed events, kept fresh as the warm set is).",
+            "{}Every read is one round trip for the generation marker, its watermark, the course's page and stats: an \
+             MGET, shared by the reads that arrive while another is on its way, which asks for a key several of them \
+             want once (so Redis sends the hot page once per MGET, not once per read). The page is then made from \
+             the bytes read: decompressed, joined with the stats, its sale picked and its `ETag` hashed, unless the \
+             last page made for that course came from the very same bytes in the same span between sale boundaries, \
+             which is handed out again (every read still reads Redis and compares). Redis, the query API and the load \
+             generator share the two cores{}. {}Most of what is left is the service around every read (HTTP, the \
+             response's socket write, which on the loopback also runs the receiver's side) and the query API's round \
+             trip to Redis (a socket write and read on the loopback, and the wake-ups of the client's connection \
+             task). In trials neither a Unix socket to Redis nor another client (redis-rs against fred, at the same \
+             number of commands in flight) changed that cost measurably; sharing one MGET among the reads that arrive \
+             together, sending each key once and reusing a page made from the same bytes did, and are in.",
             cpu_sentence(r),
             // Absent when this run did not benchmark Redis alone (`--only`).
             if redis_get > 0.0 {
@@ -425,7 +425,7 @@ fn analysis(key: &str, r: &Results) -> Option<String> {
             } else {
                 String::new()
             },
-            profile_sentence(r, "random course")
+            profile_sentence(r, "Redis path (read-your-writes token)")
         ),
         "redis_over_pg" => format!(
             "The monolith's hot page aggregates the course's enrollments on every read ({:.0} req/s); its cheapest \
@@ -636,7 +636,9 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
              read-your-writes token the projection has reached (`?min_lsn=`, from a query API with pre-warming off): \
              no in-process copy answers and no answer is shared with another read, so each read waits for a Redis \
              round trip (an MGET of its own, or one it shares with the reads that arrived while one was on its way) \
-             and does its own LZ4 decompression and join of page and stats. It is set against the bare endpoint sending the very same \
+             and compares the bytes it got with those the course's last page was made from (the same bytes: that \
+             page is sent again; other bytes: a new page is decompressed and joined). It is set against the bare \
+             endpoint sending the very same \
              bytes and against the monolith computing that page live (student count and top companies over the \
              course's enrollments). The random courses take the same Redis path with an uncached key each time; \
              against the monolith's cheapest page (one row, the count kept on it) they are reported beside the \

@@ -547,15 +547,20 @@ async fn reads_scenario(
         results.cart = Some(cart);
         results.read_cpu = cpu;
     }
-    if let (Some((requests_a, trips_a)), Some((requests_b, trips_b))) =
+    if let (Some((requests_a, trips_a, mgets_a)), Some((requests_b, trips_b, mgets_b))) =
         (unwarmed_before, round_trips(unwarmed_addr).await)
     {
-        let (requests, trips) = (requests_b - requests_a, trips_b - trips_a);
-        if requests > 0.0 {
+        let (requests, trips, mgets) = (
+            requests_b - requests_a,
+            trips_b - trips_a,
+            mgets_b - mgets_a,
+        );
+        if requests > 0.0 && mgets > 0.0 {
             results.notes.push(format!(
-                "The hot course's Redis-path reads: {requests:.0} answered, {trips:.0} Redis round trips waited \
-                 for ({:.2} per read).",
-                trips / requests
+                "The hot course's Redis-path reads: {requests:.0} answered, each waiting for a Redis round trip \
+                 ({:.2} per read); {mgets:.0} MGETs carried them ({:.2} reads per MGET).",
+                trips / requests,
+                requests / mgets
             ));
         }
     }
@@ -577,6 +582,19 @@ async fn reads_scenario(
             "query API process, hot course read at saturation",
             query_addr,
             Arc::new(|_| load::get_request("/v1/courses/1")),
+            ctx.scale.read_connections,
+        )
+        .await;
+        if let Some(p) = record(results, "profile (reads)", outcome) {
+            results.profiles.push(p);
+        }
+        let hot_redis = format!("/v1/courses/1?min_lsn={}", targets.reached_lsn);
+        let outcome = profile_load(
+            ctx,
+            unwarmed.pid(),
+            "query API process, hot course, Redis path (read-your-writes token) at saturation",
+            unwarmed_addr,
+            Arc::new(move |_| load::get_request(&hot_redis)),
             ctx.scale.read_connections,
         )
         .await;
@@ -664,14 +682,16 @@ async fn cache_hits(addr: SocketAddr) -> Option<f64> {
     .await
 }
 
-/// The query API's requests answered and Redis round trips so far.
-async fn round_trips(addr: SocketAddr) -> Option<(f64, f64)> {
+/// The query API's requests answered, Redis round trips waited for and
+/// MGETs sent so far.
+async fn round_trips(addr: SocketAddr) -> Option<(f64, f64, f64)> {
     let requests = metric_sum(addr, |name| name == "query_api_requests_total").await?;
     let trips = metric_sum(addr, |name| {
         name == "query_api_redis_roundtrip_seconds_count"
     })
     .await?;
-    Some((requests, trips))
+    let mgets = metric_sum(addr, |name| name == "query_api_redis_mgets_total").await?;
+    Some((requests, trips, mgets))
 }
 
 /// The directory of the running executable's sibling binaries.
