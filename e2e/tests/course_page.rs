@@ -257,6 +257,7 @@ async fn bad_reads_get_the_spec_status_and_a_json_error_body() -> anyhow::Result
         assert_eq!(a.body["error"]["code"], code, "{path}");
         assert!(a.body["error"]["message"].is_string(), "{path}");
         assert!(!a.header("x-projection-lsn").is_empty() || status != StatusCode::OK);
+        assert!(!a.header("x-request-id").is_empty(), "{path}");
     }
 
     let wrong_method = stack
@@ -264,6 +265,7 @@ async fn bad_reads_get_the_spec_status_and_a_json_error_body() -> anyhow::Result
         .await?;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.body["error"]["code"], "method_not_allowed");
+    assert!(!wrong_method.header("x-request-id").is_empty());
 
     // A token from the future is not reached in time: 503 not_yet_projected.
     let future = stack

@@ -156,17 +156,15 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             .get::<MatchedPath>()
             .map(|p| p.as_str()),
     );
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.header_value().clone());
+    // Borrowed for the span; `PropagateRequestIdLayer` puts the id on the
+    // response.
+    let request_id = request.extensions().get::<RequestId>();
     // The method is in the "request served" line, not the span: a span's
     // fields are formatted when it is made, on every request.
     let span = tracing::info_span!(
         "request",
         request_id = request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
+            .and_then(|id| id.header_value().to_str().ok())
             .unwrap_or("-"),
         route = state.metrics.name(&route),
     );
@@ -180,11 +178,5 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         tracing::debug!(%method, status, elapsed_us = took.as_micros() as u64, "request served");
         response
     };
-    let mut response = tracing::Instrument::instrument(served, span).await;
-    if let Some(id) = request_id {
-        if !response.headers().contains_key("x-request-id") {
-            response.headers_mut().insert("x-request-id", id);
-        }
-    }
-    response
+    tracing::Instrument::instrument(served, span).await
 }

@@ -34,7 +34,16 @@ impl Counter {
 impl MakeRequestId for Counter {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Relaxed);
-        HeaderValue::try_from(format!("{}-{n:x}", self.tag))
+        // Written by hand: `format!` was a tenth of what the request id
+        // layer cost per request.
+        let mut id = Vec::with_capacity(self.tag.len() + 17);
+        id.extend_from_slice(self.tag.as_bytes());
+        id.push(b'-');
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            id.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
+        }
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
             .ok()
             .map(RequestId::new)
     }
@@ -57,7 +66,15 @@ mod tests {
         let distinct: std::collections::HashSet<&String> = made.iter().collect();
         assert_eq!(distinct.len(), made.len());
         assert!(made[0].ends_with("-0") && made[255].ends_with("-ff"));
+        assert!(made[16].ends_with("-10") && made[299].ends_with("-12b"));
         let tag = made[0].split('-').next().expect("tag");
         assert!(made.iter().all(|id| id.starts_with(tag)));
+
+        ids.next.store(u64::MAX, Relaxed);
+        let last = ids.make_request_id(&request).expect("an id");
+        assert_eq!(
+            last.header_value().to_str().expect("text"),
+            format!("{tag}-ffffffffffffffff")
+        );
     }
 }

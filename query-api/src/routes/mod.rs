@@ -59,6 +59,13 @@ pub(crate) fn router() -> Router<AppState> {
         .route(openapi, get(reference::openapi))
 }
 
+// Header names made at compile time: a name given as a string is parsed and
+// checked on every use, a measurable cost per read.
+const X_MIN_LSN: HeaderName = HeaderName::from_static("x-min-lsn");
+const X_MAX_WAIT_MS: HeaderName = HeaderName::from_static("x-max-wait-ms");
+const X_PROJECTION_LSN: HeaderName = HeaderName::from_static("x-projection-lsn");
+const X_VIEW_STALE: HeaderName = HeaderName::from_static("x-view-stale");
+
 /// The request headers a read looks at (`X-Min-Lsn`, `X-Max-Wait-Ms`,
 /// `If-None-Match`), taken alone: copying the whole map, as the `HeaderMap`
 /// extractor does, was a cost of every read.
@@ -70,11 +77,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadHeaders {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         // An empty map does not allocate; most reads send none of these.
         let mut taken = HeaderMap::new();
-        for name in [
-            HeaderName::from_static("x-min-lsn"),
-            HeaderName::from_static("x-max-wait-ms"),
-            header::IF_NONE_MATCH,
-        ] {
+        for name in [X_MIN_LSN, X_MAX_WAIT_MS, header::IF_NONE_MATCH] {
             for value in parts.headers.get_all(&name) {
                 taken.append(name.clone(), value.clone());
             }
@@ -98,7 +101,7 @@ fn min_lsn(
     query: Option<&str>,
 ) -> Result<Option<MinLsn>, ApiError> {
     let header = headers
-        .get("x-min-lsn")
+        .get(X_MIN_LSN)
         .map(|v| {
             v.to_str()
                 .map_err(|_| ApiError::BadRequest("X-Min-Lsn is not text".into()))
@@ -111,7 +114,7 @@ fn min_lsn(
         .trim()
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an LSN like 0/16B3748")))?;
-    let wait_ms = match headers.get("x-max-wait-ms") {
+    let wait_ms = match headers.get(X_MAX_WAIT_MS) {
         None => state.config.default_max_wait_ms,
         Some(v) => v
             .to_str()
@@ -152,7 +155,8 @@ where
         .is_some_and(|seen| seen < min.lsn);
     loop {
         while poll {
-            if state.store.projection_lsn().await? >= min.lsn {
+            // Boxed: a rare wait, kept out of every read's future.
+            if Box::pin(state.store.projection_lsn()).await? >= min.lsn {
                 poll = false;
             } else if tokio::time::Instant::now() >= min.deadline {
                 return Err(ApiError::NotYetProjected);
@@ -214,10 +218,10 @@ fn freshness(projection: &Projection, mut response: Response) -> Response {
         None => HeaderValue::try_from(projection.lsn.to_string()).ok(),
     };
     if let Some(lsn) = lsn {
-        headers.insert("x-projection-lsn", lsn);
+        headers.insert(X_PROJECTION_LSN, lsn);
     }
     if projection.stale {
-        headers.insert("x-view-stale", HeaderValue::from_static("true"));
+        headers.insert(X_VIEW_STALE, HeaderValue::from_static("true"));
     }
     response
 }
