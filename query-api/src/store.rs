@@ -325,8 +325,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Projection, Option<Course>), ApiError> {
         let stored = |(page, stats)| Course::Stored { page, stats };
+        // The Redis reads below are boxed: their futures are large, and
+        // inline they would make every read's future as large, a copy of
+        // kilobytes each time it is moved, pre-warmed hits included.
         if !cached {
-            let (projection, parts) = self.course_parts(id).await?;
+            let (projection, parts) = Box::pin(self.course_parts(id)).await?;
             return Ok((projection, parts.map(stored)));
         }
         if let Some(hit) = self.warm.course(id, now) {
@@ -340,7 +343,7 @@ impl Store {
         };
         let result = cell
             .get_or_init(|| async {
-                self.course_parts(id)
+                Box::pin(self.course_parts(id))
                     .await
                     .map_err(|err| matches!(err, ApiError::Rebuilding))
             })
