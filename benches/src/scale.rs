@@ -89,7 +89,7 @@ impl Scale {
             cold_enrollments: 10,
             cart_size: 125,
             warmup: Duration::from_secs(1),
-            rounds: 3,
+            rounds: 5,
             round: Duration::from_secs(5),
             rate_phase: Duration::from_secs(10),
             read_connections: 32,
