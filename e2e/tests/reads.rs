@@ -212,20 +212,9 @@ async fn a_hundred_and_twenty_five_cards_cost_one_round_trip_to_redis() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_of_one_course_share_one_redis_read() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let course = stack.course("Popular", "<p>p</p>", 1000).await?;
-    let lsn = stack.current_lsn().await?;
-    stack.start_projector().await?;
-    ok(
-        stack
-            .get_fresh(&format!("/v1/courses/{course}"), &lsn)
-            .await?,
-        "fresh",
-    );
-
-    const DELAY: Duration = Duration::from_millis(300);
-    let path = format!("/v1/courses/{course}");
-    let (proxy, query, _stop) = slow_query_api(&stack, DELAY, &path).await?;
-    let url = format!("{query}{path}");
+    let (course, _, (proxy, query, _stop)) =
+        one_course_behind_slow_redis(&mut stack, "<p>p</p>").await?;
+    let url = format!("{query}/v1/courses/{course}");
 
     let before = proxy.commands();
     let readers: Vec<_> = (0..20)
@@ -943,19 +932,8 @@ async fn concurrent_reads_of_different_courses_are_gathered_into_one_mget() -> a
 async fn gathered_reads_of_one_course_send_its_keys_once() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let html = "<p>the hot course</p>".repeat(300);
-    let course = stack.course("Hot", &html, 9_000).await?;
-    let lsn = stack.current_lsn().await?;
-    stack.start_projector().await?;
-    ok(
-        stack
-            .get_fresh(&format!("/v1/courses/{course}"), &lsn)
-            .await?,
-        "fresh",
-    );
-
-    const DELAY: Duration = Duration::from_millis(300);
-    let warm_up = format!("/v1/courses/{course}");
-    let (proxy, query, _stop) = slow_query_api(&stack, DELAY, &warm_up).await?;
+    let (course, lsn, (proxy, query, _stop)) =
+        one_course_behind_slow_redis(&mut stack, &html).await?;
 
     // Twenty reads of one course at once, each with a reached token (so
     // none is answered by another's read): the first goes alone, the other
@@ -1125,6 +1103,22 @@ async fn slow_query_api(
         "warm-up: learns the live generation",
     );
     Ok((proxy, query, stop))
+}
+
+/// One course described by `html`, projected, and a query API behind a
+/// [`SlowRedis`] (300 ms a round trip) that has read it once: the course,
+/// the LSN it is projected at, and the proxy, URL and stop of that API.
+async fn one_course_behind_slow_redis(
+    stack: &mut Stack,
+    html: &str,
+) -> anyhow::Result<(i64, String, (SlowRedis, String, oneshot::Sender<()>))> {
+    let course = stack.course("Popular", html, 1000).await?;
+    let lsn = stack.current_lsn().await?;
+    stack.start_projector().await?;
+    let path = format!("/v1/courses/{course}");
+    ok(stack.get_fresh(&path, &lsn).await?, "fresh");
+    let slow = slow_query_api(stack, Duration::from_millis(300), &path).await?;
+    Ok((course, lsn, slow))
 }
 
 /// The query API's `query_api_redis_mgets_total` and
