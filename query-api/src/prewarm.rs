@@ -36,7 +36,7 @@ use views::{EventView, GenerationMarker, Keys, Lsn};
 
 use crate::{
     error::ApiError,
-    served::{self, Card, CardList, Course, Event, EventPage, Served, Validity},
+    served::{self, Card, CardList, Course, Event, EventPage, Ready, Served, Validity},
 };
 
 /// A warm set older than this is not served (SPEC: changes visible within 1 s).
@@ -67,13 +67,6 @@ struct Stored {
     /// The raw Redis value, to skip decoding (and serving) what did not change.
     raw: Bytes,
     json: Bytes,
-}
-
-/// A served body and the span of the clock it is right for.
-#[derive(Clone)]
-struct Ready<T> {
-    value: T,
-    valid: Validity,
 }
 
 /// A map by id (or kind and id), hashed for speed: the keys are ids.

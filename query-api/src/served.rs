@@ -34,6 +34,13 @@ pub enum Course {
     Stored { page: Bytes, stats: Bytes },
 }
 
+/// A served body and the span of the clock it is right for.
+#[derive(Clone)]
+pub struct Ready<T> {
+    pub value: T,
+    pub valid: Validity,
+}
+
 /// The course pages last served from Redis, each with the stored bytes it
 /// was made from: a page read again with the very same bytes, while the
 /// clock is in the same span between sale boundaries, is the same body, so
@@ -63,9 +70,7 @@ struct Made {
     /// kept page never holds a larger reply buffer alive).
     page: Bytes,
     stats: Bytes,
-    /// Where the clock may be for `served` to be right.
-    validity: Validity,
-    served: Served,
+    served: Ready<Served>,
 }
 
 /// Slots of [`Pages`]: every course of a 125-course sale fits, at about
@@ -95,8 +100,8 @@ impl Pages {
         let held = slot.load();
         let seen = match held.as_deref() {
             Some(Slot::Made(made)) if made.id == id => {
-                if made.page == page && made.stats == stats && made.validity.contains(now) {
-                    return Ok(made.served.clone());
+                if made.page == page && made.stats == stats && made.served.valid.contains(now) {
+                    return Ok(made.served.value.clone());
                 }
                 true
             }
@@ -109,8 +114,10 @@ impl Pages {
                 id,
                 page: Bytes::copy_from_slice(page),
                 stats: Bytes::copy_from_slice(stats),
-                validity: Validity::of_stored(stats, now)?,
-                served: served.clone(),
+                served: Ready {
+                    value: served.clone(),
+                    valid: Validity::of_stored(stats, now)?,
+                },
             })
         } else {
             Slot::Seen(id)
