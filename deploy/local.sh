@@ -434,7 +434,7 @@ cmd_test() {
     # The outage test stops and starts PostgreSQL: only ever our own.
     if pg_ours_running; then export TEST_PG_CONTROL="$ROOT/deploy/local.sh"; fi
     TEST_DATABASE_URL="$DATABASE_URL_TEST" TEST_REDIS_URL="$REDIS_URL_LOCAL" \
-      cargo test --workspace || status=$?
+      cargo test --workspace --no-fail-fast || status=$?
   fi
   exit "$status"
 }

@@ -81,13 +81,18 @@ pub struct Results {
 pub struct Ratio {
     pub key: String,
     pub name: String,
-    /// `None` when a scenario it needs did not run.
+    /// `None` when a scenario it needs did not run, or when it ran but
+    /// could not measure what the goal is stated at (see `unmeasured`).
     pub value: Option<f64>,
     /// The goal as written (`≥ 0.8`), or `reported` for context rows.
     pub goal: String,
     pub met: Option<bool>,
     /// The two figures it divides.
     pub detail: String,
+    /// Why a scenario that ran gave no value: the host could not carry the
+    /// load the goal is stated at (a slow or busy machine, not a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmeasured: Option<String>,
 }
 
 impl Results {
@@ -129,6 +134,7 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
                 goal: goal.to_owned(),
                 met,
                 detail,
+                unmeasured: None,
             });
         };
     let f = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
@@ -261,34 +267,14 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
         "≥ 0.7",
         format!("{} / {} changes/s", f(proj), f(recv)),
     );
-    // A rate at which no order got through has no lag to report, and one
-    // the command API fell well short of measured a lighter load.
-    let top = r
-        .freshness
-        .iter()
-        .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))
-        .filter(|t| t.orders > 0);
-    let short = top.filter(|t| t.achieved_rps < 0.9 * t.offered_rps);
+    let top = top_freshness(&r.freshness);
     push(
         "freshness_p99",
         "freshness p99 at 1,000 orders/s (ms)",
-        top.filter(|_| short.is_none()).map(|t| t.p99_ms),
+        top.value,
         Some(1.0),
         "≤ 50",
-        match top {
-            Some(t) => format!(
-                "p99 {:.1} ms at {:.0} orders/s offered ({:.0} achieved{})",
-                t.p99_ms,
-                t.offered_rps,
-                t.achieved_rps,
-                if short.is_some() {
-                    ": too few to count"
-                } else {
-                    ""
-                }
-            ),
-            None => "–".into(),
-        },
+        top.detail,
     );
     let lz4 = r.storage.as_ref().map(|s| s.view_ratio);
     push(
@@ -305,7 +291,52 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
             None => "–".into(),
         },
     );
+    if let Some(ratio) = out.iter_mut().find(|x| x.key == "freshness_p99") {
+        ratio.unmeasured = top.unmeasured;
+    }
     out
+}
+
+/// The freshness ratio's parts, from the phase at the highest offered rate.
+struct TopFreshness {
+    value: Option<f64>,
+    detail: String,
+    unmeasured: Option<String>,
+}
+
+/// A rate at which no order got through has no lag to report; one the
+/// command API fell well short of measured a lighter load than the goal's,
+/// so it gives no value either, and says why.
+fn top_freshness(freshness: &[Freshness]) -> TopFreshness {
+    let Some(top) = freshness
+        .iter()
+        .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))
+        .filter(|t| t.orders > 0)
+    else {
+        return TopFreshness {
+            value: None,
+            detail: "–".into(),
+            unmeasured: None,
+        };
+    };
+    let short = top.achieved_rps < 0.9 * top.offered_rps;
+    TopFreshness {
+        value: (!short).then_some(top.p99_ms),
+        detail: format!(
+            "p99 {:.1} ms at {:.0} orders/s offered ({:.0} achieved{})",
+            top.p99_ms,
+            top.offered_rps,
+            top.achieved_rps,
+            if short { ": too few to count" } else { "" }
+        ),
+        unmeasured: short.then(|| {
+            format!(
+                "the command API answered {:.0} of the {:.0} orders/s offered, so the lag was measured at a \
+                 lighter load",
+                top.achieved_rps, top.offered_rps
+            )
+        }),
+    }
 }
 
 /// Share of a profile's samples taken by a process or library whose name
@@ -823,9 +854,21 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         }
     }
     let missed: Vec<&Ratio> = r.ratios.iter().filter(|x| x.met == Some(false)).collect();
+    let unmeasured: Vec<(&Ratio, &str)> = r
+        .ratios
+        .iter()
+        .filter_map(|x| x.unmeasured.as_deref().map(|why| (x, why)))
+        .collect();
     let _ = writeln!(md, "## Closing note\n");
+    for (ratio, why) in &unmeasured {
+        let _ = writeln!(md, "- **{}: not measured in this run:** {why}.", ratio.name);
+    }
     if missed.is_empty() && r.errors.is_empty() {
-        let _ = writeln!(md, "Every goal is met in this run.");
+        if unmeasured.is_empty() {
+            let _ = writeln!(md, "Every goal is met in this run.");
+        } else {
+            let _ = writeln!(md, "\nEvery goal measured in this run is met.");
+        }
     } else {
         for ratio in missed {
             let _ = writeln!(
@@ -879,4 +922,50 @@ fn subjects_table(md: &mut String, subjects: &[Subject]) {
         );
     }
     let _ = writeln!(md);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(offered_rps: f64, achieved_rps: f64, orders: u64) -> Freshness {
+        Freshness {
+            offered_rps,
+            achieved_rps,
+            orders,
+            errors: 0,
+            unseen: 0,
+            p50_ms: 3.0,
+            p95_ms: 8.0,
+            p99_ms: 12.5,
+            max_ms: 20.0,
+            samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn freshness_is_read_at_the_highest_rate_the_command_api_carried() {
+        let top = top_freshness(&[phase(80.0, 79.0, 40), phase(20.0, 20.0, 10)]);
+        assert_eq!(top.value, Some(12.5));
+        assert!(top.unmeasured.is_none());
+        assert!(top
+            .detail
+            .starts_with("p99 12.5 ms at 80 orders/s offered (79 achieved)"));
+    }
+
+    #[test]
+    fn a_rate_the_command_api_fell_short_of_gives_a_reason_instead_of_a_value() {
+        let top = top_freshness(&[phase(20.0, 20.0, 10), phase(80.0, 44.0, 22)]);
+        assert_eq!(top.value, None);
+        let why = top.unmeasured.expect("a reason");
+        assert!(why.contains("44 of the 80 orders/s"), "{why}");
+        assert!(top.detail.ends_with("too few to count)"), "{}", top.detail);
+    }
+
+    #[test]
+    fn no_orders_at_all_is_no_value_and_no_reason() {
+        let top = top_freshness(&[phase(80.0, 0.0, 0)]);
+        assert_eq!(top.value, None);
+        assert!(top.unmeasured.is_none());
+    }
 }

@@ -136,11 +136,13 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     );
     assert_eq!(r["redis_benchmark"].as_array().map(Vec::len), Some(2));
 
-    // Every ratio of the table has a value, and the report and plots exist.
+    // Every ratio of the table has a value, or says why the host could
+    // not carry the load it is stated at (a busy machine is not a failure);
+    // and the report and plots exist.
     for ratio in r["ratios"].as_array().expect("ratios") {
         assert!(
-            ratio["value"].as_f64().is_some(),
-            "ratio without a value: {ratio}"
+            ratio["value"].as_f64().is_some() != ratio["unmeasured"].is_string(),
+            "a ratio has either a value or a reason it has none: {ratio}"
         );
     }
     let name = r["meta"]["name"].as_str().expect("name");
