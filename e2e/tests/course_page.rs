@@ -256,7 +256,13 @@ async fn bad_reads_get_the_spec_status_and_a_json_error_body() -> anyhow::Result
         );
         assert_eq!(a.body["error"]["code"], code, "{path}");
         assert!(a.body["error"]["message"].is_string(), "{path}");
-        assert!(!a.header("x-projection-lsn").is_empty() || status != StatusCode::OK);
+        // A view looked for and not found says at which LSN it was not;
+        // a request refused before any read (400, unknown route) has none.
+        assert_eq!(
+            !a.header("x-projection-lsn").is_empty(),
+            path == "/v1/courses/424242",
+            "{path}"
+        );
         assert!(!a.header("x-request-id").is_empty(), "{path}");
     }
 
@@ -280,6 +286,28 @@ async fn bad_reads_get_the_spec_status_and_a_json_error_body() -> anyhow::Result
     assert_eq!(future.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(future.body["error"]["code"], "not_yet_projected");
     assert_eq!(future.header("retry-after"), "1");
+    // It says how far the projection had come: short of the token.
+    let projected: views::Lsn = future.header("x-projection-lsn").parse()?;
+    assert!(projected > views::Lsn(0) && projected < "FFFF/0".parse()?);
+
+    // A wait too long for any integer is the longest wait, not an error:
+    // a token already reached answers at once.
+    let reached = stack
+        .send(
+            stack
+                .http
+                .get(format!("{}/v1/courses/1", stack.query))
+                .header("X-Min-Lsn", "0/1")
+                .header("X-Max-Wait-Ms", "99999999999999999999"),
+        )
+        .await?;
+    assert!(
+        [StatusCode::OK, StatusCode::NOT_FOUND].contains(&reached.status),
+        "{}: {}",
+        reached.status,
+        reached.body
+    );
+    assert!(!reached.header("x-projection-lsn").is_empty());
 
     // The caller's request id comes back.
     let traced = stack

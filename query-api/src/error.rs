@@ -28,9 +28,11 @@ pub enum ApiError {
     /// 405: wrong method on a known route.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    /// 503: the projection has not reached the asked LSN in time.
+    /// 503: the projection has not reached the asked LSN in time; it had
+    /// reached this one (sent as `X-Projection-Lsn`, so the caller sees how
+    /// far behind it is).
     #[error("the projection has not reached the requested LSN yet")]
-    NotYetProjected,
+    NotYetProjected(views::Lsn),
     /// 503: no view generation is live yet.
     #[error("views are being built; try again shortly")]
     Rebuilding,
@@ -63,7 +65,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::NotYetProjected => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_projected"),
+            ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_projected"),
             ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "rebuilding"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
@@ -76,6 +78,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::NotYetProjected(lsn) = &self {
+            if let Ok(lsn) = HeaderValue::try_from(lsn.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(crate::routes::X_PROJECTION_LSN, lsn);
+            }
         }
         response
     }

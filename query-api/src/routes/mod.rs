@@ -63,7 +63,7 @@ pub(crate) fn router() -> Router<AppState> {
 // checked on every use, a measurable cost per read.
 const X_MIN_LSN: HeaderName = HeaderName::from_static("x-min-lsn");
 const X_MAX_WAIT_MS: HeaderName = HeaderName::from_static("x-max-wait-ms");
-const X_PROJECTION_LSN: HeaderName = HeaderName::from_static("x-projection-lsn");
+pub(crate) const X_PROJECTION_LSN: HeaderName = HeaderName::from_static("x-projection-lsn");
 const X_VIEW_STALE: HeaderName = HeaderName::from_static("x-view-stale");
 
 /// The request headers a read looks at (`X-Min-Lsn`, `X-Max-Wait-Ms`,
@@ -114,19 +114,28 @@ fn min_lsn(
         .trim()
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an LSN like 0/16B3748")))?;
-    let wait_ms = match headers.get(X_MAX_WAIT_MS) {
-        None => state.config.default_max_wait_ms,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::BadRequest("X-Max-Wait-Ms is not a whole number".into()))?,
-    }
-    .min(5_000);
+    let wait_ms =
+        match headers.get(X_MAX_WAIT_MS) {
+            None => state.config.default_max_wait_ms,
+            Some(v) => v.to_str().ok().and_then(max_wait_ms).ok_or_else(|| {
+                ApiError::BadRequest("X-Max-Wait-Ms is not a whole number".into())
+            })?,
+        }
+        .min(5_000);
     Ok(Some(MinLsn {
         lsn,
         deadline: tokio::time::Instant::now() + Duration::from_millis(wait_ms),
     }))
+}
+
+/// `X-Max-Wait-Ms` as milliseconds: a whole number, however many digits
+/// (it is clamped to 5 s after, so one past `u64` is as good as 5 s).
+fn max_wait_ms(raw: &str) -> Option<u64> {
+    let digits = raw.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
 }
 
 /// Read-your-writes: `read(cached)` answers at once without a token; with
@@ -156,10 +165,11 @@ where
     loop {
         while poll {
             // Boxed: a rare wait, kept out of every read's future.
-            if Box::pin(state.store.projection_lsn()).await? >= min.lsn {
+            let projected = Box::pin(state.store.projection_lsn()).await?;
+            if projected >= min.lsn {
                 poll = false;
             } else if tokio::time::Instant::now() >= min.deadline {
-                return Err(ApiError::NotYetProjected);
+                return Err(ApiError::NotYetProjected(projected));
             } else {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -169,7 +179,7 @@ where
             return Ok((projection, value));
         }
         if tokio::time::Instant::now() >= min.deadline {
-            return Err(ApiError::NotYetProjected);
+            return Err(ApiError::NotYetProjected(projection.lsn));
         }
         poll = true;
     }
@@ -252,6 +262,16 @@ fn list_page(head: &[u8], list: &crate::store::ListPage) -> Result<Vec<u8>, ApiE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_wait_is_any_whole_number_and_nothing_else() {
+        assert_eq!(max_wait_ms("250"), Some(250));
+        assert_eq!(max_wait_ms(" 0 "), Some(0));
+        assert_eq!(max_wait_ms("99999999999999999999"), Some(u64::MAX));
+        for bad in ["", " ", "-1", "+5", "1.5", "1e3", "abc", "5 0"] {
+            assert_eq!(max_wait_ms(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn if_none_match_compares_weakly_and_accepts_a_list_or_a_star() {

@@ -43,8 +43,9 @@ pub(super) async fn openapi() -> Response {
 Every read answers `X-Projection-Lsn` (the LSN up to which every change was applied when the data was read) \
 and, while a replacement view generation is built, `X-View-Stale: true`. Read-your-writes: send the \
 `X-Commit-Lsn` of a write as `X-Min-Lsn` (or `?min_lsn=`) and the read waits, at most `X-Max-Wait-Ms` \
-(default 1000, at most 5000), until the projection has reached it; else 503 `not_yet_projected`. \
-Errors are `{\"error\": {\"code\", \"message\", \"fields\"?}}`; every 503 carries `Retry-After`."
+(default 1000, at most 5000; a larger number waits 5000), until the projection has reached it; else 503 \
+`not_yet_projected`, whose `X-Projection-Lsn` says how far the projection had come. Requests refused before \
+any view is read (400, 401, 422) carry no `X-Projection-Lsn`. Errors are `{\"error\": {\"code\", \"message\", \"fields\"?}}`; every 503 carries `Retry-After`."
     ),
     paths(
         super::courses::detail,
