@@ -60,6 +60,22 @@ async fn an_email_taken_in_another_case_is_409_email_taken() {
 }
 
 #[tokio::test]
+async fn an_email_taken_in_another_case_of_a_non_ascii_letter_is_409_email_taken() {
+    let app = spawn_app().await;
+    app.create_user("Élodie.Ærø@Exämple.com", None).await;
+
+    let response = app
+        .post_json(
+            "/v1/users",
+            &json!({ "email": "élodie.ærø@EXÄMPLE.com", "name": "Someone Else" }),
+        )
+        .await;
+
+    assert_error(response, 409, "email_taken").await;
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+}
+
+#[tokio::test]
 async fn a_user_with_a_bad_email_and_an_empty_name_is_422_naming_both_fields() {
     let app = spawn_app().await;
 
