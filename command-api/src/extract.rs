@@ -2,14 +2,15 @@
 //! turn bodies, paths and headers into values or into the SPEC's errors, never
 //! into axum's plain-text rejections.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::request::Parts;
+use axum::http::{header, request::Parts, HeaderMap};
 use axum::Json;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON body whose rejections answer in the SPEC's error format.
+/// A JSON object body whose rejections answer in the SPEC's error format.
 pub(crate) struct AppJson<T>(pub(crate) T);
 
 impl<S, T> FromRequest<S> for AppJson<T>
@@ -20,12 +21,44 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body = Bytes::from_request(req, state).await?;
+        // serde fills a struct from a JSON array too, field by position; every
+        // body of the SPEC is an object, and `["a@b.c","A"]` is not one.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".to_owned(),
+            ));
+        }
+        let Json(value) = Json::<T>::from_bytes(&body)?;
         Ok(AppJson(value))
     }
 }
 
-/// The one id in a path such as `/v1/courses/{id}`: a positive 64-bit integer.
+/// `Content-Type` is `application/json` or `application/<name>+json`, with
+/// any parameters. Written here rather than left to axum's check: the `mime`
+/// parser behind it refuses the optional space before `;` that HTTP allows
+/// (`application/json ; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application")
+        && (subtype == "json" || (subtype.len() > 5 && subtype.ends_with("+json")))
+}
+
+/// The one id in a path such as `/v1/courses/{id}`: a positive 64-bit
+/// integer in decimal digits (no sign), as the query API reads ids.
 pub(crate) struct PathId(pub(crate) i64);
 
 impl<S> FromRequestParts<S> for PathId
@@ -35,13 +68,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(id) = Path::<i64>::from_request_parts(parts, state).await?;
-        if id <= 0 {
-            return Err(ApiError::BadRequest(
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        match raw.parse::<i64>() {
+            Ok(id) if id > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(PathId(id)),
+            _ => Err(ApiError::BadRequest(
                 "ids in the path are positive integers".to_owned(),
-            ));
+            )),
         }
-        Ok(PathId(id))
     }
 }
 
@@ -58,10 +91,14 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get("idempotency-key")
-            .ok_or(ApiError::IdempotencyKeyRequired)?;
+        let mut sent = parts.headers.get_all("idempotency-key").iter();
+        let value = sent.next().ok_or(ApiError::IdempotencyKeyRequired)?;
+        // Two keys would make the request's identity a guess.
+        if sent.next().is_some() {
+            return Err(ApiError::BadRequest(
+                "send one `Idempotency-Key` header, not several".to_owned(),
+            ));
+        }
         let bytes = value.as_bytes();
         let visible = bytes.iter().all(|byte| (0x21..=0x7e).contains(byte));
         if bytes.is_empty() || bytes.len() > IDEMPOTENCY_KEY_MAX_LEN || !visible {
@@ -71,5 +108,38 @@ where
         }
         // Visible ASCII is valid UTF-8, so this conversion loses nothing.
         Ok(IdempotencyKey(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_application_json_or_a_json_suffix_with_any_parameters() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header"));
+            is_json(&headers)
+        };
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json ; charset=UTF-8",
+            "application/problem+json",
+        ] {
+            assert!(with(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/jsonx",
+            "application/+json",
+            "json",
+            "application/xml; x=application/json",
+        ] {
+            assert!(!with(no), "{no}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
     }
 }
