@@ -273,16 +273,17 @@ async fn bad_reads_get_the_spec_status_and_a_json_error_body() -> anyhow::Result
     assert_eq!(wrong_method.body["error"]["code"], "method_not_allowed");
     assert!(!wrong_method.header("x-request-id").is_empty());
 
-    // A token from the future is not reached in time: 503 not_yet_projected.
-    let future = stack
-        .send(
+    let at_least = |token: &'static str, wait_ms: &'static str| {
+        stack.send(
             stack
                 .http
                 .get(format!("{}/v1/courses/1", stack.query))
-                .header("X-Min-Lsn", "FFFF/0")
-                .header("X-Max-Wait-Ms", "50"),
+                .header("X-Min-Lsn", token)
+                .header("X-Max-Wait-Ms", wait_ms),
         )
-        .await?;
+    };
+    // A token from the future is not reached in time: 503 not_yet_projected.
+    let future = at_least("FFFF/0", "50").await?;
     assert_eq!(future.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(future.body["error"]["code"], "not_yet_projected");
     assert_eq!(future.header("retry-after"), "1");
@@ -292,15 +293,7 @@ async fn bad_reads_get_the_spec_status_and_a_json_error_body() -> anyhow::Result
 
     // A wait too long for any integer is the longest wait, not an error:
     // a token already reached answers at once.
-    let reached = stack
-        .send(
-            stack
-                .http
-                .get(format!("{}/v1/courses/1", stack.query))
-                .header("X-Min-Lsn", "0/1")
-                .header("X-Max-Wait-Ms", "99999999999999999999"),
-        )
-        .await?;
+    let reached = at_least("0/1", "99999999999999999999").await?;
     assert!(
         [StatusCode::OK, StatusCode::NOT_FOUND].contains(&reached.status),
         "{}: {}",
