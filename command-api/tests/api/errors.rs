@@ -10,13 +10,8 @@ async fn a_body_that_is_not_json_is_400_bad_request() {
     let app = spawn_app().await;
 
     let response = app
-        .client
-        .post(app.url("/v1/users"))
-        .header("content-type", "application/json")
-        .body("{\"email\": ")
-        .send()
-        .await
-        .expect("answered");
+        .post_raw("/v1/users", "application/json", "{\"email\": ")
+        .await;
 
     assert_error(response, 400, "bad_request").await;
 }
@@ -48,13 +43,12 @@ async fn a_body_with_the_wrong_content_type_is_415() {
     let app = spawn_app().await;
 
     let response = app
-        .client
-        .post(app.url("/v1/users"))
-        .header("content-type", "text/plain")
-        .body(r#"{"email":"a@example.com","name":"A"}"#)
-        .send()
-        .await
-        .expect("answered");
+        .post_raw(
+            "/v1/users",
+            "text/plain",
+            r#"{"email":"a@example.com","name":"A"}"#,
+        )
+        .await;
 
     assert_error(response, 415, "unsupported_media_type").await;
 }
@@ -110,13 +104,12 @@ async fn json_with_parameters_after_a_space_is_still_json() {
     let app = spawn_app().await;
 
     let response = app
-        .client
-        .post(app.url("/v1/users"))
-        .header("content-type", "application/json ; charset=UTF-8")
-        .body(r#"{"email":"spaced@example.com","name":"Spaced"}"#)
-        .send()
-        .await
-        .expect("answered");
+        .post_raw(
+            "/v1/users",
+            "application/json ; charset=UTF-8",
+            r#"{"email":"spaced@example.com","name":"Spaced"}"#,
+        )
+        .await;
 
     assert_eq!(response.status(), 201);
 }

@@ -225,6 +225,17 @@ impl TestApp {
             .expect("the request is answered")
     }
 
+    /// POSTs `body` as it is, under the given `Content-Type`.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
     pub async fn patch_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .patch(self.url(path))
