@@ -90,7 +90,11 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
             "{} had errors",
             s["key"]
         );
-        if !s["at_90"].is_null() {
+        // A schedule slower than one request per phase may have none due in
+        // its window (a busy machine's slow subject): nothing to check then.
+        if !s["at_90"].is_null()
+            && number(s, "at_90.offered_rps") * number(s, "at_90.duration_s") >= 1.0
+        {
             assert!(
                 number(s, "at_90.ok") > 0.0,
                 "{} answered nothing on the schedule",
