@@ -12,6 +12,8 @@ use views::{
     CourseCard, CoursePage, CourseStats, EventView, Lsn, OrderItem, OrderView, Sale, TopCompany,
 };
 
+// Re-exported: the sink reads stored timestamps through the projection.
+pub use crate::decode::parse_pg_timestamp;
 use crate::decode::{Change, COURSE_FIELDS};
 
 /// The stamp of entities built from the initial snapshot: older than any
@@ -531,58 +533,6 @@ fn pick_top<'a>(tallies: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<TopCom
         .collect()
 }
 
-/// Parses PostgreSQL's text form of a `timestamptz` (sessions run with
-/// `TimeZone=UTC`, `DateStyle=ISO`), e.g. `2026-11-21 21:30:00.123456+00`.
-pub fn parse_pg_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    parse_utc_timestamp(text).or_else(|| {
-        DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
-    })
-}
-
-/// The form every timestamp takes here (`YYYY-MM-DD HH:MM:SS[.f]+00`),
-/// read by hand: chrono's format-string parser was a tenth of the
-/// projector's rendering, which reads `created_at` at every flush.
-fn parse_utc_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    let b = text.as_bytes();
-    let rest = text.strip_suffix("+00")?;
-    if rest.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b' '
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let digits = rest.get(r)?;
-        digits
-            .bytes()
-            .all(|d| d.is_ascii_digit())
-            .then(|| digits.parse().ok())?
-    };
-    let micros = match rest.get(19..) {
-        Some("") => 0,
-        Some(fraction) => {
-            let digits = fraction.strip_prefix('.')?;
-            // PostgreSQL prints at most microseconds; more is not its text.
-            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|d| d.is_ascii_digit())
-            {
-                return None;
-            }
-            let value: u32 = digits.parse().ok()?;
-            value * 10u32.pow(6 - digits.len() as u32)
-        }
-        None => return None,
-    };
-    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
-    let time =
-        chrono::NaiveTime::from_hms_micro_opt(num(11..13)?, num(14..16)?, num(17..19)?, micros)?;
-    Some(date.and_time(time).and_utc())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,13 +572,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_postgres_timestamps_with_and_without_fraction() {
-        let t = parse_pg_timestamp("2026-11-21 21:30:00.123456+00").expect("parses");
-        assert_eq!(t.to_rfc3339(), "2026-11-21T21:30:00.123456+00:00");
-        assert!(parse_pg_timestamp("2026-11-21 21:30:00+00").is_some());
-    }
-
-    #[test]
     fn a_known_course_picks_its_top_five_as_top_five_sorts_them() {
         let tallies: Vec<(String, i64)> = (0..40)
             .map(|i| (format!("company {:02}", (i * 17) % 40), (i * 7) % 6))
@@ -639,35 +582,6 @@ mod tests {
         assert!(KnownCourse::new(HashMap::new(), &[])
             .top_companies()
             .is_empty());
-    }
-
-    #[test]
-    fn the_hand_parser_reads_timestamps_as_chrono_does() {
-        for text in [
-            "2026-11-21 21:30:00+00",
-            "2026-11-21 21:30:00.1+00",
-            "2026-11-21 21:30:00.120000+00",
-            "2026-11-21 21:30:00.000001+00",
-            "1999-12-31 23:59:59.999999+00",
-            "2028-02-29 00:00:00+00",
-        ] {
-            let by_chrono = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
-                .expect("chrono parses")
-                .with_timezone(&Utc);
-            assert_eq!(parse_utc_timestamp(text), Some(by_chrono), "{text}");
-        }
-        for text in [
-            "2026-02-30 00:00:00+00",
-            "2026-11-21T21:30:00+00",
-            "2026-11-21 21:30:00.+00",
-            "2026-11-21 21:30+00",
-            "2026-11-21 21:30:00.1234567+00",
-            "x",
-        ] {
-            assert_eq!(parse_utc_timestamp(text), None, "{text}");
-        }
-        let offset = parse_pg_timestamp("2026-11-21 21:30:00+09").expect("other offsets fall back");
-        assert_eq!(offset.to_rfc3339(), "2026-11-21T12:30:00+00:00");
     }
 
     #[test]

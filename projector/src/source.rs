@@ -18,8 +18,8 @@ use futures_util::TryStreamExt;
 
 use crate::{
     config::Config,
-    decode::{Change, COURSE_FIELDS, EVENT_FIELDS, ORDER_FIELDS},
-    projection::{parse_pg_timestamp, stamp, Batch, Entity, Entry, LibraryOp},
+    decode::{parse_pg_timestamp, Change, COURSE_FIELDS, EVENT_FIELDS, ORDER_FIELDS},
+    projection::{stamp, Batch, Entity, Entry, LibraryOp},
     sink::Sink,
 };
 
