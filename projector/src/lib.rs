@@ -1,18 +1,21 @@
 //! The projector: PostgreSQL logical replication in, Redis views out.
 //!
-//! Pipeline: `source` (slot, snapshot, replication connection) → `decode`
-//! (pgoutput → changes) → `projection` (stamped per-entity entries, view
-//! rendering) → `sink` (idempotent Redis writes) → `pipeline` (watermark and
-//! confirmation, which never pass what Redis acknowledged).
+//! Modules follow the stream: `startup` (resume or rebuild) → `source` →
+//! `decode` → `projection` → `sink` → `pipeline` (confirms nothing Redis has
+//! not acknowledged); `monitor` runs beside it; `ops` are the subcommands.
 
 mod config;
 mod decode;
 mod http;
 mod metrics;
+mod monitor;
+mod ops;
 mod pipeline;
+mod preload;
 mod projection;
 mod sink;
 mod source;
+mod startup;
 
 use std::{
     future::Future,
@@ -23,13 +26,11 @@ use std::{
 use anyhow::Context;
 pub use config::{Cli, Command, Config};
 use metrics::Metrics;
+use monitor::Monitor;
+pub use ops::{drop_slot, request_rebuild, status};
 use sink::Sink;
 use tokio::sync::watch;
-use views::{GenerationMarker, Keys, Lsn, VIEW_SCHEMA_VERSION};
-
-/// How long an old generation outlives the switch in a cluster before it is
-/// deleted: well past a query API's Redis timeout (500 ms by default).
-const CLUSTER_CLEANUP_GRACE: Duration = Duration::from_secs(5);
+use views::Keys;
 
 /// Runs the daemon until `shutdown` resolves: serves the ops endpoints, builds
 /// views when needed, and streams changes, reconnecting after failures.
@@ -103,8 +104,8 @@ pub async fn run(
     Ok(())
 }
 
-/// One life of the replication connection: decide between resuming and
-/// rebuilding, then stream until shutdown (`Ok`) or a failure (`Err`).
+/// One life of the replication connection: resume or rebuild, then stream
+/// until shutdown (`Ok`) or a failure (`Err`).
 async fn cycle(
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -120,107 +121,16 @@ async fn cycle(
     metrics.postgres_up.store(true, Relaxed);
     source::ensure_publication(&pg, &config.publication).await?;
 
-    let marker = sink.marker().await?;
-    let slot = source::slot_info(&pg, &config.slot).await?;
-    let rebuild_requested = sink.take_rebuild_request().await?;
-    let resume_from = match (&marker, &slot) {
-        _ if rebuild_requested => {
-            tracing::info!("a rebuild was requested; building a fresh generation while the live one keeps serving");
-            None
-        }
-        (Some(m), Some(s)) if m.schema == VIEW_SCHEMA_VERSION && s.wal_status != "lost" => {
-            let watermark = sink.watermark(m.generation).await?.unwrap_or_default();
-            if watermark >= s.confirmed_flush {
-                Some((m.generation, watermark))
-            } else {
-                tracing::warn!(generation = m.generation, %watermark, confirmed = %s.confirmed_flush,
-                    "redis holds less than the slot confirmed (restored or failed over?); rebuilding");
-                None
-            }
-        }
-        (Some(m), Some(s)) if s.wal_status == "lost" => {
-            tracing::error!(generation = m.generation, slot = %config.slot, "the replication slot was invalidated (WAL removed); creating a new slot and rebuilding");
-            None
-        }
-        (Some(m), Some(_)) => {
-            tracing::info!(
-                schema = m.schema,
-                current = VIEW_SCHEMA_VERSION,
-                "view schema changed; rebuilding"
-            );
-            None
-        }
-        (None, _) => {
-            tracing::info!("no live view generation in redis; building one");
-            None
-        }
-        (Some(_), None) => {
-            tracing::warn!(slot = %config.slot, "replication slot is missing; creating it and rebuilding");
-            None
-        }
-    };
-
-    let (repl, generation, applied) = match resume_from {
-        Some((generation, watermark)) => {
-            let repl =
-                pgwire_replication::ReplicationClient::connect(source::replication_config(config)?)
-                    .await
-                    .context("opening the replication connection")?;
-            tracing::info!(generation, %watermark, slot = %config.slot, "resuming replication");
-            (repl, generation, watermark)
-        }
-        None => {
-            if let Some(s) = &slot {
-                anyhow::ensure!(
-                    !s.active,
-                    "replication slot {} is in use by another process",
-                    config.slot
-                );
-                source::drop_slot(&pg, &config.slot).await?;
-            }
-            let generation = sink.next_generation().await?;
-            if let Some(m) = &marker {
-                // Readers keep the old generation, marked stale, meanwhile.
-                sink.set_marker(&GenerationMarker {
-                    building: Some(generation),
-                    ..m.clone()
-                })
-                .await?;
-            }
-            let (repl, consistent_point) =
-                source::create_slot_and_build(config, &sink, generation, metrics).await?;
-            sink.set_watermark(generation, consistent_point).await?;
-            sink.set_marker(&GenerationMarker {
-                generation,
-                schema: VIEW_SCHEMA_VERSION,
-                building: None,
-            })
-            .await?;
-            metrics.rebuilds.fetch_add(1, Relaxed);
-            tracing::info!(generation, %consistent_point, "generation is live");
-            let cleaner = sink.clone();
-            tokio::spawn(async move {
-                if cleaner.is_clustered() {
-                    // A reader's closing marker proves its keys were read
-                    // before the switch only on one Redis: in a cluster they
-                    // sit on other nodes, read in no set order with it. Past
-                    // a query API's Redis timeout, no such read is served.
-                    tokio::time::sleep(CLUSTER_CLEANUP_GRACE).await;
-                }
-                match cleaner.delete_older_generations(generation).await {
-                    Ok(n) => tracing::info!(keys = n, "deleted the keys of older generations"),
-                    Err(err) => tracing::warn!(error = %err, "could not delete older generations"),
-                }
-            });
-            (repl, generation, consistent_point)
-        }
-    };
-    let mut repl = repl;
+    let seen = startup::observe(&sink, &pg, &config.slot).await?;
+    let plan = startup::plan(&seen);
+    let startup::Opened {
+        mut repl,
+        generation,
+        applied,
+    } = startup::open(plan, &seen, config, &sink, &pg, metrics).await?;
     if !repl.is_running() {
         anyhow::bail!("replication connection closed before streaming");
     }
-    // A gated session (after a build) starts here; a plain one already did.
-    let _ = repl.start().await;
     repl.wait_started().await.context("starting replication")?;
     metrics.generation.store(generation, Relaxed);
     metrics.ready.store(true, Relaxed);
@@ -240,7 +150,7 @@ async fn cycle(
         }
         .run(),
     );
-    let preload = tokio::spawn(preload_known(
+    let preload = tokio::spawn(preload::preload_known(
         pg.clone(),
         sink.clone(),
         metrics.clone(),
@@ -260,187 +170,4 @@ async fn cycle(
     monitor.abort();
     preload.abort();
     result
-}
-
-/// Remembers the courses' aggregates in the background after the stream
-/// starts (see [`Sink::preload_known`]): without it, the first enrollment
-/// of every course after a start costs the flush a second round trip.
-/// Best effort: a failure only means those courses are read back later.
-async fn preload_known(
-    pg: Arc<tokio_postgres::Client>,
-    sink: Sink,
-    metrics: Arc<Metrics>,
-    generation: u64,
-) {
-    let started = std::time::Instant::now();
-    let ids = match pg
-        .query(
-            "SELECT id FROM courses ORDER BY id LIMIT $1",
-            &[&(sink::KNOWN_COURSES as i64)],
-        )
-        .await
-    {
-        Ok(rows) => rows
-            .iter()
-            .map(|row| row.get::<_, i64>(0))
-            .collect::<Vec<_>>(),
-        Err(err) => {
-            tracing::warn!(error = %err, "could not list the courses to remember");
-            return;
-        }
-    };
-    let outcome = sink.preload_known(generation, &ids).await;
-    metrics
-        .remembered_courses
-        .store(sink.remembered_courses() as u64, Relaxed);
-    match outcome {
-        Ok(loaded) => tracing::info!(
-            loaded,
-            remembered = sink.remembered_courses(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "remembered the courses' aggregates"
-        ),
-        Err(err) => tracing::warn!(error = %err, "could not remember the courses' aggregates"),
-    }
-}
-
-/// Heartbeats into the WAL, slot statistics, and the watch on the
-/// generation marker: when Redis lost it (restart without persistence,
-/// FLUSHALL), `lost` fires within a second and the projector rebuilds.
-struct Monitor {
-    pg: Arc<tokio_postgres::Client>,
-    sink: Sink,
-    slot: String,
-    heartbeat: Duration,
-    metrics: Arc<Metrics>,
-    /// The generation the stream writes.
-    generation: u64,
-    /// Fired when that generation is no longer live or a rebuild is asked for.
-    lost: watch::Sender<bool>,
-    /// Told after each flush that applied transactions.
-    nudge: Arc<tokio::sync::Notify>,
-}
-
-impl Monitor {
-    async fn run(self) {
-        let Monitor {
-            pg,
-            sink,
-            slot,
-            heartbeat,
-            metrics,
-            generation,
-            lost,
-            nudge,
-        } = self;
-        let mut last_beat = tokio::time::Instant::now();
-        let mut stats = tokio::time::interval(Duration::from_secs(2));
-        let mut marker = tokio::time::interval(Duration::from_millis(500));
-        let mut beat = tokio::time::interval(heartbeat);
-        loop {
-            tokio::select! {
-                _ = stats.tick() => {
-                    match source::slot_info(&pg, &slot).await {
-                        Ok(Some(info)) => {
-                            metrics.postgres_up.store(true, Relaxed);
-                            metrics.retained_wal_bytes.store(info.retained_bytes, Relaxed);
-                            metrics.server_wal_lsn.fetch_max(info.current_wal.0, Relaxed);
-                            if info.wal_status == "lost" {
-                                tracing::error!(slot, "replication slot invalidated: its WAL was removed (max_slot_wal_keep_size); the projector will rebuild");
-                            }
-                        }
-                        Ok(None) => tracing::warn!(slot, "replication slot disappeared"),
-                        Err(err) => {
-                            metrics.postgres_up.store(false, Relaxed);
-                            tracing::warn!(error = %err, "postgres statistics query failed");
-                        }
-                    }
-                    let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
-                    metrics.redis_up.store(up, Relaxed);
-                }
-                _ = marker.tick() => {
-                    if sink.rebuild_requested().await.unwrap_or(false) {
-                        tracing::info!("rebuild requested; stopping the stream to build a fresh generation");
-                        let _ = lost.send(true);
-                    }
-                    match sink.marker().await {
-                        Ok(Some(m)) if m.generation == generation => {}
-                        Ok(found) => {
-                            tracing::error!(generation, found = ?found.map(|m| m.generation), "the live generation marker is gone from redis (data lost?); rebuilding");
-                            let _ = lost.send(true);
-                        }
-                        Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
-                    }
-                }
-                // After applying transactions: a read-your-writes token is taken
-                // after its COMMIT and may lie past the commit record (other WAL
-                // in between); a heartbeat right away moves the watermark past
-                // it instead of waiting for the next keepalive.
-                _ = nudge.notified() => {
-                    if last_beat.elapsed() >= Duration::from_millis(20) {
-                        last_beat = tokio::time::Instant::now();
-                        if let Err(err) = source::heartbeat(&pg).await {
-                            tracing::warn!(error = %err, "heartbeat failed");
-                        }
-                    }
-                }
-                _ = beat.tick() => {
-                    last_beat = tokio::time::Instant::now();
-                    if let Err(err) = source::heartbeat(&pg).await {
-                        tracing::warn!(error = %err, "heartbeat failed");
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `projector status`: prints the slot, lag, retained WAL, generation and watermark as JSON.
-pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
-    let pg = source::connect(&config.database_url).await?;
-    let slot = source::slot_info(&pg, &config.slot).await?;
-    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
-    let marker = sink.marker().await?;
-    let watermark = match &marker {
-        Some(m) => sink.watermark(m.generation).await?,
-        None => None,
-    };
-    Ok(serde_json::json!({
-        "slot": config.slot,
-        "slot_exists": slot.is_some(),
-        "slot_active": slot.as_ref().map(|s| s.active),
-        "wal_status": slot.as_ref().map(|s| s.wal_status.clone()),
-        "confirmed_flush_lsn": slot.as_ref().map(|s| s.confirmed_flush.to_string()),
-        "current_wal_lsn": slot.as_ref().map(|s| s.current_wal.to_string()),
-        "lag_bytes": slot.as_ref().map(|s| s.current_wal.0.saturating_sub(s.confirmed_flush.0)),
-        "retained_wal_bytes": slot.as_ref().map(|s| s.retained_bytes),
-        "generation": marker.as_ref().map(|m| m.generation),
-        "building": marker.as_ref().and_then(|m| m.building),
-        "watermark": watermark.map(|w: Lsn| w.to_string()),
-    }))
-}
-
-/// `projector rebuild`: asks the running daemon (or the next one to start)
-/// to build a fresh generation and switch readers to it.
-pub async fn request_rebuild(config: &Config) -> anyhow::Result<()> {
-    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
-    sink.request_rebuild().await?;
-    Ok(())
-}
-
-/// `projector drop-slot`: drops the slot (the daemon must be stopped).
-pub async fn drop_slot(config: &Config) -> anyhow::Result<bool> {
-    let pg = source::connect(&config.database_url).await?;
-    match source::slot_info(&pg, &config.slot).await? {
-        None => Ok(false),
-        Some(s) => {
-            anyhow::ensure!(
-                !s.active,
-                "slot {} is in use: stop the projector first",
-                config.slot
-            );
-            source::drop_slot(&pg, &config.slot).await?;
-            Ok(true)
-        }
-    }
 }

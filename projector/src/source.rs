@@ -116,10 +116,50 @@ pub async fn ensure_publication(pg: &Client, publication: &str) -> anyhow::Resul
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
     pub confirmed_flush: Lsn,
-    pub wal_status: String,
+    pub wal_status: SlotStatus,
     pub active: bool,
     pub current_wal: Lsn,
     pub retained_bytes: u64,
+}
+
+/// Whether the slot's WAL is still there (`pg_replication_slots.wal_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotStatus {
+    /// Within `max_wal_size`.
+    Reserved,
+    /// Past `max_wal_size`, kept by the slot.
+    Extended,
+    /// Past `max_slot_wal_keep_size`: removed at the next checkpoint unless
+    /// the slot catches up.
+    Unreserved,
+    /// WAL the slot needs was removed: it can no longer stream.
+    Lost,
+    /// NULL (no WAL reserved yet) or a value this version does not know.
+    Unreported,
+}
+
+impl SlotStatus {
+    /// Reads PostgreSQL's text; anything unknown is [`SlotStatus::Unreported`].
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "reserved" => SlotStatus::Reserved,
+            "extended" => SlotStatus::Extended,
+            "unreserved" => SlotStatus::Unreserved,
+            "lost" => SlotStatus::Lost,
+            _ => SlotStatus::Unreported,
+        }
+    }
+
+    /// PostgreSQL's text ("" when unreported).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotStatus::Reserved => "reserved",
+            SlotStatus::Extended => "extended",
+            SlotStatus::Unreserved => "unreserved",
+            SlotStatus::Lost => "lost",
+            SlotStatus::Unreported => "",
+        }
+    }
 }
 
 /// The slot's state, or `None` when it does not exist.
@@ -137,7 +177,7 @@ pub async fn slot_info(pg: &Client, slot: &str) -> anyhow::Result<Option<SlotInf
         None => None,
         Some(row) => Some(SlotInfo {
             confirmed_flush: row.get::<_, String>(0).parse()?,
-            wal_status: row.get(1),
+            wal_status: SlotStatus::parse(row.get(1)),
             active: row.get(2),
             current_wal: row.get::<_, String>(3).parse()?,
             retained_bytes: row.get::<_, i64>(4).max(0) as u64,

@@ -1,0 +1,55 @@
+//! The ops subcommands: `status`, `rebuild` and `drop-slot`.
+
+use views::{Keys, Lsn};
+
+use crate::{config::Config, sink::Sink, source};
+
+/// `projector status`: prints the slot, lag, retained WAL, generation and watermark as JSON.
+pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let pg = source::connect(&config.database_url).await?;
+    let slot = source::slot_info(&pg, &config.slot).await?;
+    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+    let marker = sink.marker().await?;
+    let watermark = match &marker {
+        Some(m) => sink.watermark(m.generation).await?,
+        None => None,
+    };
+    Ok(serde_json::json!({
+        "slot": config.slot,
+        "slot_exists": slot.is_some(),
+        "slot_active": slot.as_ref().map(|s| s.active),
+        "wal_status": slot.as_ref().map(|s| s.wal_status.as_str()),
+        "confirmed_flush_lsn": slot.as_ref().map(|s| s.confirmed_flush.to_string()),
+        "current_wal_lsn": slot.as_ref().map(|s| s.current_wal.to_string()),
+        "lag_bytes": slot.as_ref().map(|s| s.current_wal.0.saturating_sub(s.confirmed_flush.0)),
+        "retained_wal_bytes": slot.as_ref().map(|s| s.retained_bytes),
+        "generation": marker.as_ref().map(|m| m.generation),
+        "building": marker.as_ref().and_then(|m| m.building),
+        "watermark": watermark.map(|w: Lsn| w.to_string()),
+    }))
+}
+
+/// `projector rebuild`: asks the running daemon (or the next one to start)
+/// to build a fresh generation and switch readers to it.
+pub async fn request_rebuild(config: &Config) -> anyhow::Result<()> {
+    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+    sink.request_rebuild().await?;
+    Ok(())
+}
+
+/// `projector drop-slot`: drops the slot (the daemon must be stopped).
+pub async fn drop_slot(config: &Config) -> anyhow::Result<bool> {
+    let pg = source::connect(&config.database_url).await?;
+    match source::slot_info(&pg, &config.slot).await? {
+        None => Ok(false),
+        Some(s) => {
+            anyhow::ensure!(
+                !s.active,
+                "slot {} is in use: stop the projector first",
+                config.slot
+            );
+            source::drop_slot(&pg, &config.slot).await?;
+            Ok(true)
+        }
+    }
+}
