@@ -1,9 +1,8 @@
-//! The streaming loop: replication events → decoded changes → batches →
-//! Redis flushes → watermark → confirmation to PostgreSQL.
+//! The streaming loop: replication events → changes → batches → Redis
+//! flushes → watermark → confirmation to PostgreSQL.
 //!
-//! Guarantee: the LSN confirmed to PostgreSQL never passes what Redis has
-//! acknowledged. A transaction's end LSN is written as the watermark and
-//! confirmed only after every change up to it was applied by a flush.
+//! Guarantee: the LSN confirmed never passes what Redis acknowledged; a
+//! transaction's end is the watermark only once a flush applied all before it.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -90,9 +89,8 @@ impl Pipeline<'_> {
         let mut batch = Batch::default();
         let mut txn: Option<OpenTxn> = None;
         let mut deadline: Option<Instant> = None;
-        // The stream keeps being received and decoded while the previous
-        // batch is written to Redis: one flush in flight, the next batch
-        // growing meanwhile (so a backlog drains in larger flushes).
+        // Receiving goes on while the previous batch is written: one flush
+        // in flight, the next batch growing (a backlog drains in larger flushes).
         let mut inflight: Option<InFlight> = None;
         // The linger ran out while a flush was in flight: flush when it ends.
         let mut due = false;
@@ -158,10 +156,9 @@ impl Pipeline<'_> {
                                 open.next_index += 1;
                             }
                             if batch.changes >= self.max_changes {
-                                // A full batch (or a large transaction: stamps
-                                // let a replay resume exactly after it) waits
-                                // for the flush in flight, which bounds memory
-                                // to two batches.
+                                // A full batch waits for the flush in flight
+                                // (memory: two batches); a large transaction is
+                                // split, its stamps let a replay resume after it.
                                 if let Some(flight) = inflight.take() {
                                     self.finished(&repl, flight.await).await?;
                                 }
@@ -201,9 +198,8 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Starts applying the batch (leaving an empty one in its place); the
-    /// flush stores the watermark of the last transaction it completed once
-    /// Redis has acknowledged every change up to it.
+    /// Starts applying the batch (leaving an empty one); the flush stores the
+    /// watermark of the last transaction it completed once Redis acknowledged it.
     fn start_flush(&self, batch: &mut Batch) -> InFlight {
         let batch = std::mem::take(batch);
         let sink = self.sink.clone();
@@ -241,9 +237,8 @@ impl Pipeline<'_> {
         })
     }
 
-    /// Takes a finished flush's outcome: counts it and confirms its watermark
-    /// to PostgreSQL (never before Redis acknowledged it: the flush stored it
-    /// only after its writes were answered).
+    /// Counts a finished flush and confirms its watermark to PostgreSQL (the
+    /// flush stored it only after Redis answered its writes).
     async fn finished(
         &mut self,
         repl: &ReplicationClient,
@@ -283,11 +278,10 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// The stream is past `lsn` outside any transaction (a keepalive, a
-    /// heartbeat): once what was received is applied, the watermark may move
-    /// there. At once when nothing is pending; else with the pending batch,
-    /// so a read-your-writes token just past a commit is reached by the next
-    /// flush even while orders keep streaming in.
+    /// The stream passed `lsn` outside any transaction (keepalive,
+    /// heartbeat): the watermark moves there at once when nothing is pending,
+    /// else with the next flush, so a read-your-writes token just past a
+    /// commit is reached while orders keep streaming in.
     async fn passed(
         &mut self,
         repl: &ReplicationClient,

@@ -1,11 +1,9 @@
-//! PostgreSQL, the source: the control connection (publication, slot
-//! inspection, heartbeats), the replication connection, and the initial
-//! build from a consistent snapshot.
+//! PostgreSQL, the source: the control connection (publication, slot,
+//! heartbeats), the replication connection, and the initial build.
 //!
-//! The initial build is exact by construction: the slot is created with an
-//! exported snapshot, every view is built from that snapshot, and streaming
-//! starts at the slot's consistent point, so the stream carries exactly the
-//! transactions the snapshot does not contain (nothing missed, nothing twice).
+//! The build is exact: the slot exports a snapshot, every view is built from
+//! it, and streaming starts at the slot's consistent point (nothing missed,
+//! nothing twice).
 
 use std::{str::FromStr, time::Duration};
 
@@ -52,11 +50,8 @@ pub async fn connect(database_url: &str) -> anyhow::Result<Client> {
 }
 
 /// Checks that the publication exists and carries every table the views
-/// need; creates it when missing and the role may (it owns the tables).
-///
-/// The migrations create the default publication, so a role with only
-/// REPLICATION and SELECT (DESIGN.md: least privilege) runs with it; another
-/// name needs an owner's rights the first time.
+/// need; creates it when missing and the role owns the tables. (The
+/// migrations create the default one, so a least-privilege role runs with it.)
 pub async fn ensure_publication(pg: &Client, publication: &str) -> anyhow::Result<()> {
     let exists = pg
         .query_opt(
@@ -237,9 +232,9 @@ pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> 
     .with_buffer_size(4096))
 }
 
-/// Creates the slot with an exported snapshot, builds `generation` from it,
-/// and returns the client ready to `start()` streaming from the consistent
-/// point, with that point.
+/// Creates the slot with an exported snapshot and builds `generation` from
+/// it; returns the gated session, to `start()` at the consistent point, and
+/// that point.
 pub async fn create_slot_and_build(
     config: &Config,
     sink: &Sink,
@@ -407,9 +402,8 @@ async fn build_from_snapshot(
     Ok(())
 }
 
-/// Streams snapshot rows into batches written through the same idempotent
-/// path as the live stream, with stamps below any streamed change. Memory is
-/// bounded by one batch, whatever the size of the tables.
+/// Snapshot rows into batches, written like the live stream's with stamps
+/// below any streamed change; memory is bounded by one batch.
 struct SnapshotBuild<'a> {
     sink: &'a Sink,
     generation: u64,
@@ -547,4 +541,19 @@ fn int(row: &tokio_postgres::Row, i: usize) -> anyhow::Result<i64> {
     text(row, i)
         .parse()
         .with_context(|| format!("snapshot column {i} is not an integer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_statuses_read_and_print_as_postgres_writes_them() {
+        for text in ["reserved", "extended", "unreserved", "lost"] {
+            assert_eq!(SlotStatus::parse(text).as_str(), text);
+        }
+        assert_eq!(SlotStatus::parse("lost"), SlotStatus::Lost);
+        assert_eq!(SlotStatus::parse(""), SlotStatus::Unreported);
+        assert_eq!(SlotStatus::parse("normal"), SlotStatus::Unreported);
+    }
 }
