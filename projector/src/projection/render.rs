@@ -1,0 +1,265 @@
+//! Views rendered from an entity's aggregates, as the JSON readers get.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use views::{
+    CourseCard, CoursePage, CourseStats, EventView, OrderItem, OrderView, Sale, TopCompany,
+};
+
+use super::batch::{stamp_lsn, SNAPSHOT_STAMP};
+use crate::decode::parse_pg_timestamp;
+
+/// How many companies a course page lists (SPEC: `top_companies`).
+const TOP: usize = 5;
+
+/// When and how much an event sells its courses for (events never change
+/// after they are created, so the projector may keep them in memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTerms {
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub discount_percent: i32,
+}
+
+impl EventTerms {
+    /// Reads the terms from an event aggregate.
+    pub fn from_agg(agg: &HashMap<String, String>) -> Option<Self> {
+        Some(EventTerms {
+            starts_at: parse_pg_timestamp(agg.get("starts_at")?)?,
+            ends_at: parse_pg_timestamp(agg.get("ends_at")?)?,
+            discount_percent: agg.get("discount_percent")?.parse().ok()?,
+        })
+    }
+}
+
+/// The events a course aggregate says it is sold by (`ev:<event id>`).
+pub fn course_event_ids(agg: &HashMap<String, String>) -> Vec<i64> {
+    agg.keys()
+        .filter_map(|k| k.strip_prefix("ev:")?.parse().ok())
+        .collect()
+}
+
+fn lsn_of(agg: &HashMap<String, String>) -> String {
+    stamp_lsn(
+        agg.get("stamp")
+            .map(String::as_str)
+            .unwrap_or(SNAPSHOT_STAMP),
+    )
+    .to_string()
+}
+
+/// A course rendered from its aggregates: the page (only when asked for),
+/// the stats and the card, as JSON.
+#[derive(Debug)]
+pub struct RenderedCourse {
+    pub page: Option<Vec<u8>>,
+    pub stats: Vec<u8>,
+    pub card: Vec<u8>,
+}
+
+/// Renders a course from its aggregate hash, its top companies and the terms
+/// of its events: the stats and card always, the page when `with_page` (the
+/// aggregate then holds `description_html`). `None` while the course row
+/// itself has not been seen.
+pub fn render_course(
+    id: i64,
+    agg: &HashMap<String, String>,
+    top_companies: Vec<TopCompany>,
+    events: &HashMap<i64, EventTerms>,
+    with_page: bool,
+) -> Option<RenderedCourse> {
+    let text = |k: &str| agg.get(k).cloned().unwrap_or_default();
+    let price_krw: i64 = agg.get("price_krw")?.parse().ok()?;
+    let mut sales: Vec<Sale> = course_event_ids(agg)
+        .into_iter()
+        .filter_map(|event_id| {
+            let terms = events.get(&event_id)?;
+            let seats_left = match agg.get(&format!("ev:{event_id}")).map(String::as_str) {
+                Some("-") | None => None,
+                Some(limit) => {
+                    let limit: i64 = limit.parse().ok()?;
+                    let claimed: i64 = agg
+                        .get(&format!("cl:{event_id}"))
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                    Some((limit - claimed).max(0))
+                }
+            };
+            Some(Sale {
+                event_id,
+                price_krw: price_krw * (100 - i64::from(terms.discount_percent)) / 100,
+                discount_percent: terms.discount_percent,
+                starts_at: terms.starts_at,
+                ends_at: terms.ends_at,
+                seats_left,
+            })
+        })
+        .collect();
+    sales.sort_by_key(|s| s.event_id);
+    let page = CoursePage {
+        id,
+        title: text("title"),
+        summary: text("summary"),
+        // Filled only when the page is written: the aggregate carries the
+        // HTML only then (an enrollment never moves 10 KB out of Redis).
+        description_html: if with_page {
+            text("description_html")
+        } else {
+            String::new()
+        },
+        category: text("category"),
+        instructor: text("instructor"),
+        price_krw,
+        created_at: parse_pg_timestamp(agg.get("created_at")?)?,
+    };
+    let stats = CourseStats {
+        student_count: agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0),
+        top_companies,
+        lsn: lsn_of(agg),
+        sales,
+    };
+    let card = CourseCard::new(&page, &stats);
+    Some(RenderedCourse {
+        page: if with_page {
+            Some(serde_json::to_vec(&page).ok()?)
+        } else {
+            None
+        },
+        stats: serde_json::to_vec(&stats).ok()?,
+        card: serde_json::to_vec(&card).ok()?,
+    })
+}
+
+/// Renders an event view; `None` while the event row has not been seen.
+pub fn render_event(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
+    let terms = EventTerms::from_agg(agg)?;
+    let mut course_ids: Vec<i64> = agg
+        .keys()
+        .filter_map(|k| k.strip_prefix("course:")?.parse().ok())
+        .collect();
+    course_ids.sort_unstable();
+    serde_json::to_vec(&EventView {
+        id,
+        name: agg.get("name")?.clone(),
+        starts_at: terms.starts_at,
+        ends_at: terms.ends_at,
+        discount_percent: terms.discount_percent,
+        course_ids,
+        lsn: lsn_of(agg),
+    })
+    .ok()
+}
+
+/// Renders an order view; `None` while the order row has not been seen.
+pub fn render_order(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
+    let mut items: Vec<OrderItem> = agg
+        .iter()
+        .filter_map(|(k, v)| {
+            Some(OrderItem {
+                course_id: k.strip_prefix("item:")?.parse().ok()?,
+                price_krw: v.parse().ok()?,
+            })
+        })
+        .collect();
+    items.sort_by_key(|i| i.course_id);
+    serde_json::to_vec(&OrderView {
+        id,
+        user_id: agg.get("user_id")?.parse().ok()?,
+        status: agg.get("status")?.clone(),
+        total_krw: agg.get("total_krw")?.parse().ok()?,
+        items,
+        event_id: agg.get("event_id").and_then(|e| e.parse().ok()),
+        created_at: parse_pg_timestamp(agg.get("created_at")?)?,
+        lsn: lsn_of(agg),
+    })
+    .ok()
+}
+
+/// Orders company tallies as SPEC asks: most students first, ties by name.
+pub fn top_five(tallies: &[(String, i64)]) -> Vec<TopCompany> {
+    pick_top(tallies.iter().map(|(c, n)| (c.as_str(), *n)))
+}
+
+/// The first [`TOP`] of `tallies` in SPEC's order, empty ones dropped,
+/// picked in one pass without copying or sorting the others (a hot course
+/// has a tally per company of its students).
+pub(super) fn pick_top<'a>(tallies: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<TopCompany> {
+    let mut top: Vec<(&str, i64)> = Vec::with_capacity(TOP + 1);
+    for (company, n) in tallies {
+        if n <= 0 {
+            continue;
+        }
+        let at = top.partition_point(|&(c, m)| m > n || (m == n && c < company));
+        if at < TOP {
+            top.insert(at, (company, n));
+            top.truncate(TOP);
+        }
+    }
+    top.into_iter()
+        .map(|(company, students)| TopCompany {
+            company: company.to_owned(),
+            students,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_five_sorts_by_students_then_name_and_drops_empty() {
+        let top = top_five(&[
+            ("b".into(), 3),
+            ("a".into(), 3),
+            ("z".into(), 9),
+            ("gone".into(), 0),
+            ("c".into(), 1),
+            ("d".into(), 1),
+            ("e".into(), 1),
+        ]);
+        let names: Vec<_> = top.iter().map(|t| t.company.as_str()).collect();
+        assert_eq!(names, ["z", "a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_course_sale_is_priced_down_and_counts_claimed_seats() {
+        let agg: HashMap<String, String> = [
+            ("title", "t"),
+            ("price_krw", "10001"),
+            ("created_at", "2026-11-21 21:30:00+00"),
+            ("n", "3"),
+            ("ev:4", "10"),
+            ("cl:4", "3"),
+            ("ev:5", "-"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let terms = EventTerms {
+            starts_at: parse_pg_timestamp("2026-11-21 20:00:00+00").expect("time"),
+            ends_at: parse_pg_timestamp("2026-11-22 20:00:00+00").expect("time"),
+            discount_percent: 33,
+        };
+        let events = HashMap::from([(4, terms.clone()), (5, terms)]);
+        let rendered = render_course(1, &agg, Vec::new(), &events, false).expect("renders");
+        assert!(rendered.page.is_none(), "the page only when asked for");
+        let stats: serde_json::Value = serde_json::from_slice(&rendered.stats).expect("json");
+        assert_eq!(
+            stats["sales"][0]["price_krw"], 6700,
+            "10001 * 67 / 100 rounded down"
+        );
+        assert_eq!(stats["sales"][0]["seats_left"], 7);
+        assert!(stats["sales"][1]["seats_left"].is_null());
+        assert_eq!(stats["student_count"], 3);
+        let card: serde_json::Value = serde_json::from_slice(&rendered.card).expect("json");
+        assert!(card.get("description_html").is_none() && card.get("top_companies").is_none());
+        assert_eq!(card["sales"], stats["sales"]);
+        let with_page = render_course(1, &agg, Vec::new(), &events, true).expect("renders");
+        let page: serde_json::Value =
+            serde_json::from_slice(&with_page.page.expect("asked for")).expect("json");
+        assert_eq!(page["title"], "t");
+        assert!(page.get("student_count").is_none() && page.get("sales").is_none());
+    }
+}
