@@ -9,6 +9,8 @@ use axum::{
     Json,
 };
 
+use crate::{headers::X_PROJECTION_LSN, served::Corrupt, store::StoreError};
+
 /// What went wrong with a read.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,19 +43,21 @@ pub enum ApiError {
     Unavailable,
 }
 
-impl From<fred::error::Error> for ApiError {
-    fn from(err: fred::error::Error) -> Self {
-        tracing::error!(error = %err, "redis error");
-        ApiError::Unavailable
+/// The one place a read's failure becomes an answer; the store has logged
+/// Redis errors and corrupt values where it met them.
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable | StoreError::Corrupt(_) => ApiError::Unavailable,
+            StoreError::Rebuilding => ApiError::Rebuilding,
+            StoreError::NotYetProjected(lsn) => ApiError::NotYetProjected(lsn),
+        }
     }
 }
 
-impl ApiError {
-    /// A stored value the query API cannot read: logged once, and the client
-    /// gets a 503 rather than wrong data or a panic.
-    pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, what, "corrupt value in redis");
-        ApiError::Unavailable
+impl From<Corrupt> for ApiError {
+    fn from(err: Corrupt) -> Self {
+        StoreError::from(err).into()
     }
 }
 
@@ -81,11 +85,49 @@ impl IntoResponse for ApiError {
         }
         if let ApiError::NotYetProjected(lsn) = &self {
             if let Ok(lsn) = HeaderValue::try_from(lsn.to_string()) {
-                response
-                    .headers_mut()
-                    .insert(crate::routes::X_PROJECTION_LSN, lsn);
+                response.headers_mut().insert(X_PROJECTION_LSN, lsn);
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(err: StoreError) -> (StatusCode, Option<HeaderValue>) {
+        let response = ApiError::from(err).into_response();
+        let lsn = response.headers().get(X_PROJECTION_LSN).cloned();
+        (response.status(), lsn)
+    }
+
+    #[test]
+    fn every_store_error_is_a_503_and_only_a_late_projection_says_its_lsn() {
+        let lsn: views::Lsn = "0/16B3748".parse().expect("an lsn");
+        let corrupt = Corrupt::new("course card", "test");
+        for err in [
+            StoreError::Unavailable,
+            StoreError::Rebuilding,
+            corrupt.into(),
+        ] {
+            assert_eq!(
+                answered(err),
+                (StatusCode::SERVICE_UNAVAILABLE, None),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            answered(StoreError::NotYetProjected(lsn)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(HeaderValue::from_static("0/16B3748"))
+            )
+        );
+        assert!(matches!(
+            ApiError::from(StoreError::Rebuilding),
+            ApiError::Rebuilding
+        ));
+        assert!(matches!(ApiError::from(corrupt), ApiError::Unavailable));
     }
 }

@@ -1,10 +1,11 @@
-//! The storefront's read API: the last step of command → projector → query.
-//! It reads only Redis (never PostgreSQL, not even as a dependency) and
-//! serves the views the projector precomputed.
+//! The storefront's read API: serves the views the projector precomputed,
+//! from Redis only (PostgreSQL is not even a dependency).
 
 mod config;
 mod error;
+mod freshness;
 mod gather;
+mod headers;
 mod metrics;
 mod params;
 mod prewarm;
@@ -22,6 +23,7 @@ use axum::{
     response::Response,
     BoxError, Router,
 };
+use bytes::Bytes;
 pub use config::Config;
 use error::ApiError;
 use tower::ServiceBuilder;
@@ -41,6 +43,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Course pages last served from Redis, by the bytes they were made of.
     pub pages: served::Pages,
+    /// The OpenAPI document, rendered once.
+    pub openapi: Bytes,
 }
 
 impl std::ops::Deref for AppState {
@@ -61,7 +65,8 @@ pub struct Application {
 impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(metrics::Metrics::new(&routes::PATHS));
+        let (routes, document) = routes::router();
+        let metrics = Arc::new(metrics::Metrics::new(&routes::paths(&document)));
         let store = store::Store::connect(
             &config.redis_url,
             Keys::new(config.key_prefix.clone()),
@@ -80,10 +85,11 @@ impl Application {
             config: Arc::new(config),
             metrics,
             pages: served::Pages::default(),
+            openapi: Bytes::from(document.to_json()?),
         }));
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(routes, state),
             warm,
         })
     }
@@ -118,7 +124,7 @@ impl Application {
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(routes: Router<AppState>, state: AppState) -> Router {
     // One stack applied once: each `Router::layer` call wraps every route in
     // a boxed service of its own, a clone and an allocation per request.
     let stack = ServiceBuilder::new()
@@ -139,7 +145,7 @@ fn router(state: AppState) -> Router {
         ))
         .timeout(state.config.request_timeout());
 
-    routes::router()
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(stack)

@@ -50,7 +50,7 @@ pub enum RouteId {
 #[derive(Debug)]
 pub struct Metrics {
     /// The table's route names, in the order of `routes`.
-    names: Vec<&'static str>,
+    names: Vec<String>,
     routes: Vec<RouteMetrics>,
     /// Routes outside the table.
     others: Mutex<BTreeMap<String, RouteMetrics>>,
@@ -113,9 +113,9 @@ impl RouteMetrics {
 
 impl Metrics {
     /// Counters for `routes` (the router's paths) and unmatched requests.
-    pub fn new(routes: &[&'static str]) -> Self {
-        let mut names = routes.to_vec();
-        names.push(UNMATCHED);
+    pub fn new(routes: &[impl AsRef<str>]) -> Self {
+        let mut names: Vec<String> = routes.iter().map(|r| r.as_ref().to_owned()).collect();
+        names.push(UNMATCHED.to_owned());
         Self {
             routes: names.iter().map(|_| RouteMetrics::new()).collect(),
             names,
@@ -137,7 +137,7 @@ impl Metrics {
     /// The label of `route`.
     pub fn name<'a>(&'a self, route: &'a RouteId) -> &'a str {
         match route {
-            RouteId::Known(i) => self.names[*i],
+            RouteId::Known(i) => &self.names[*i],
             RouteId::Other(name) => name,
         }
     }
@@ -168,7 +168,7 @@ impl Metrics {
         let mut routes: Vec<(&str, &RouteMetrics)> = self
             .names
             .iter()
-            .copied()
+            .map(String::as_str)
             .zip(&self.routes)
             .filter(|(_, m)| m.latency.count() > 0)
             .collect();

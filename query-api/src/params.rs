@@ -1,21 +1,44 @@
-//! The parameters of the read endpoints (the query end of command → projector
-//! → query), parsed into values that are valid by construction. A value of
-//! the wrong type is 400 `bad_request`; a well-typed value out of range is
-//! 422 `validation_failed` naming its field (SPEC "Errors").
+//! The read endpoints' parameters, parsed into values valid by construction:
+//! a value of the wrong type is 400 `bad_request`; a well-typed value out of
+//! range is 422 `validation_failed` naming its field (SPEC "Errors").
 
 use std::collections::BTreeMap;
 
 use axum::{
     extract::{FromRequestParts, Path, Query},
-    http::request::Parts,
+    http::{header, request::Parts, HeaderMap},
 };
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    headers::{X_MAX_WAIT_MS, X_MIN_LSN},
+    store::{Page, Sort},
+};
 
 /// Most ids one `GET /v1/courses?ids=` may ask for.
 pub(crate) const MAX_IDS: usize = 500;
 /// Largest page of a list.
 pub(crate) const MAX_LIMIT: i64 = 100;
+
+/// The request headers a read looks at (`X-Min-Lsn`, `X-Max-Wait-Ms`,
+/// `If-None-Match`), taken alone: copying the whole map, as the `HeaderMap`
+/// extractor does, was a cost of every read.
+pub(crate) struct ReadHeaders(pub HeaderMap);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // An empty map does not allocate; most reads send none of these.
+        let mut taken = HeaderMap::new();
+        for name in [X_MIN_LSN, X_MAX_WAIT_MS, header::IF_NONE_MATCH] {
+            for value in parts.headers.get_all(&name) {
+                taken.append(name.clone(), value.clone());
+            }
+        }
+        Ok(ReadHeaders(taken))
+    }
+}
 
 /// The query string as name/value pairs; a malformed one is the app's own 400
 /// (axum's rejection would be plain text).
@@ -131,34 +154,6 @@ pub(crate) fn parse_ids(params: &QueryParams) -> Result<Vec<i64>, ApiError> {
         ));
     }
     Ok(ids)
-}
-
-/// A window of a list: `?limit=&offset=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Page {
-    /// 1 to [`MAX_LIMIT`].
-    pub limit: i64,
-    /// 0 or more.
-    pub offset: i64,
-}
-
-impl Page {
-    /// The inclusive rank range of the page, as `ZRANGE` takes it.
-    pub(crate) fn ranks(&self) -> (i64, i64) {
-        (
-            self.offset,
-            self.offset.saturating_add(self.limit.saturating_sub(1)),
-        )
-    }
-}
-
-/// The order of a category's courses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sort {
-    /// Most active students first, then id ascending.
-    Popular,
-    /// Newest first, then id descending.
-    Newest,
 }
 
 /// `?limit=&offset=` with `default_limit`; every field out of range is named

@@ -27,7 +27,6 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fred::{prelude::*, types::Key};
@@ -35,8 +34,8 @@ use serde::Serialize;
 use views::{EventView, GenerationMarker, Keys, Lsn};
 
 use crate::{
-    error::ApiError,
-    served::{self, Card, CardList, Course, Event, EventPage, Ready, Served, Validity},
+    headers::Watermark,
+    served::{self, Card, CardList, Corrupt, Course, Event, EventPage, Ready, Served, Validity},
 };
 
 /// A warm set older than this is not served (SPEC: changes visible within 1 s).
@@ -75,9 +74,8 @@ type ById<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Default)]
 struct WarmSet {
     generation: u64,
-    lsn: Lsn,
-    /// `lsn` as the `X-Projection-Lsn` value, made once per refresh.
-    lsn_header: Option<HeaderValue>,
+    /// Its header value made once per refresh.
+    watermark: Watermark,
     stale: bool,
     events: Vec<WarmEvent>,
     /// Every view read, by kind and id (no key string built per request).
@@ -104,8 +102,7 @@ impl WarmSet {
 pub struct Hit<T> {
     pub value: T,
     pub generation: u64,
-    pub lsn: Lsn,
-    pub lsn_header: Option<HeaderValue>,
+    pub watermark: Watermark,
     pub stale: bool,
 }
 
@@ -183,7 +180,7 @@ impl Prewarm {
         ids: &[i64],
         now: DateTime<Utc>,
         list: &mut CardList,
-    ) -> Option<Hit<Result<(), ApiError>>> {
+    ) -> Option<Hit<Result<(), Corrupt>>> {
         self.lookup(|set| {
             // Every id is looked up before anything is appended.
             let found = ids
@@ -220,8 +217,7 @@ impl Prewarm {
                 Some(Hit {
                     value,
                     generation: set.generation,
-                    lsn: set.lsn,
-                    lsn_header: set.lsn_header.clone(),
+                    watermark: set.watermark.clone(),
                     stale: set.stale,
                 })
             }
@@ -324,8 +320,7 @@ impl Prewarm {
         let lsn: Lsn = watermark.and_then(|w| w.parse().ok()).unwrap_or_default();
         let mut set = WarmSet {
             generation,
-            lsn,
-            lsn_header: HeaderValue::try_from(lsn.to_string()).ok(),
+            watermark: Watermark::new(lsn),
             stale: marker.building.is_some(),
             events,
             event_views,

@@ -17,7 +17,19 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use views::{EventView, Sale};
 
-use crate::error::ApiError;
+/// A stored value that cannot be read: logged once where it is found, and
+/// the client gets a 503 rather than wrong data or a panic.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("corrupt {0} in redis")]
+pub struct Corrupt(&'static str);
+
+impl Corrupt {
+    /// `what` could not be read, for the reason `err`.
+    pub fn new(what: &'static str, err: impl Display) -> Self {
+        tracing::error!(error = %err, what, "corrupt value in redis");
+        Corrupt(what)
+    }
+}
 
 /// A body ready to send, and its `ETag`.
 #[derive(Debug, Clone)]
@@ -95,7 +107,7 @@ impl Pages {
         page: &Bytes,
         stats: &Bytes,
         now: DateTime<Utc>,
-    ) -> Result<Served, ApiError> {
+    ) -> Result<Served, Corrupt> {
         let slot = &self.slots[id.rem_euclid(PAGE_SLOTS as i64) as usize];
         let held = slot.load();
         let seen = match held.as_deref() {
@@ -189,13 +201,13 @@ impl Validity {
 
     /// The span around `now` of a stored course stats or card (its trailing
     /// `sales`): parsed whole, so only at refresh time, never per request.
-    pub fn of_stored(stored: &[u8], now: DateTime<Utc>) -> Result<Self, ApiError> {
+    pub fn of_stored(stored: &[u8], now: DateTime<Utc>) -> Result<Self, Corrupt> {
         #[derive(Deserialize)]
         struct Candidates {
             sales: Vec<Sale>,
         }
         let candidates: Candidates =
-            serde_json::from_slice(stored).map_err(|err| ApiError::corrupt("course sales", err))?;
+            serde_json::from_slice(stored).map_err(|err| Corrupt::new("course sales", err))?;
         Ok(Self::around(&candidates.sales, now))
     }
 
@@ -220,7 +232,7 @@ pub fn course_page(
     page: &[u8],
     stats: &[u8],
     now: DateTime<Utc>,
-) -> Result<Served, ApiError> {
+) -> Result<Served, Corrupt> {
     tagged_page(id, views::serve_course_page(page, stats, now))
 }
 
@@ -230,12 +242,12 @@ pub fn stored_course_page(
     value: &[u8],
     stats: &[u8],
     now: DateTime<Utc>,
-) -> Result<Served, ApiError> {
+) -> Result<Served, Corrupt> {
     tagged_page(id, views::serve_stored_course_page(value, stats, now))
 }
 
-fn tagged_page(id: i64, body: Result<Vec<u8>, impl Display>) -> Result<Served, ApiError> {
-    let body = body.map_err(|err| ApiError::corrupt("course page", err))?;
+fn tagged_page(id: i64, body: Result<Vec<u8>, impl Display>) -> Result<Served, Corrupt> {
+    let body = body.map_err(|err| Corrupt::new("course page", err))?;
     Ok(Served {
         etag: etag(id, &body),
         body: Bytes::from(body),
@@ -244,15 +256,15 @@ fn tagged_page(id: i64, body: Result<Vec<u8>, impl Display>) -> Result<Served, A
 
 /// A stored card served by the clock `now`: `sale` is the pick among its
 /// candidates (with `only_event`, that event's sale while it runs).
-pub fn card(stored: &[u8], now: DateTime<Utc>, only_event: Option<i64>) -> Result<Bytes, ApiError> {
+pub fn card(stored: &[u8], now: DateTime<Utc>, only_event: Option<i64>) -> Result<Bytes, Corrupt> {
     views::serve_course(stored, now, only_event)
         .map(Bytes::from)
-        .map_err(|err| ApiError::corrupt("course card", err))
+        .map_err(|err| Corrupt::new("course card", err))
 }
 
 impl Card<'_> {
     /// Appends the served card to `list` (by the clock `now` when stored).
-    pub fn serve_into(self, list: &mut CardList, now: DateTime<Utc>) -> Result<(), ApiError> {
+    pub fn serve_into(self, list: &mut CardList, now: DateTime<Utc>) -> Result<(), Corrupt> {
         match self {
             Card::Served(body) => list.push(body),
             Card::Stored(stored) => list.push(&card(stored, now, None)?),
@@ -299,7 +311,7 @@ impl CardList {
 
 /// The event page `{"id","name","starts_at","ends_at","discount_percent","courses":[card...]}`:
 /// each card's `sale` is this event's while it runs (by the clock `now`).
-pub fn event_page(page: &EventPage, now: DateTime<Utc>) -> Result<Served, ApiError> {
+pub fn event_page(page: &EventPage, now: DateTime<Utc>) -> Result<Served, Corrupt> {
     #[derive(Serialize)]
     struct Head<'a> {
         id: i64,
@@ -316,7 +328,7 @@ pub fn event_page(page: &EventPage, now: DateTime<Utc>) -> Result<Served, ApiErr
         ends_at: event.ends_at,
         discount_percent: event.discount_percent,
     })
-    .map_err(|err| ApiError::corrupt("event view", err))?;
+    .map_err(|err| Corrupt::new("event view", err))?;
     // `{...}` becomes `{...,"courses":`.
     head.pop();
     head.extend_from_slice(b",\"courses\":");
@@ -332,7 +344,7 @@ pub fn event_page(page: &EventPage, now: DateTime<Utc>) -> Result<Served, ApiErr
 }
 
 /// The span in which [`event_page`] serves the same bytes.
-pub fn event_validity(page: &EventPage, now: DateTime<Utc>) -> Result<Validity, ApiError> {
+pub fn event_validity(page: &EventPage, now: DateTime<Utc>) -> Result<Validity, Corrupt> {
     page.cards.iter().try_fold(Validity::ALWAYS, |span, card| {
         Ok(span.meet(Validity::of_stored(card, now)?))
     })

@@ -1,32 +1,19 @@
-//! Reads of the views in Redis, through the key layout of the `views` crate:
-//! the query end of command → projector → query.
+//! Reads of the views in Redis through the `views` key layout: stored
+//! values, and the state of the projection they were read at.
 //!
-//! Every read is one pipeline, so one round trip per Redis node whatever the
-//! number of keys: the generation marker, that generation's watermark, the
-//! keys asked for, and the marker again. The closing marker proves the
-//! generation stayed live while its keys were read: the projector deletes a
+//! A read is one pipeline (one round trip per node): the generation marker,
+//! its watermark, the keys, and the marker again. The projector deletes a
 //! generation only after switching the marker away from it, so an unchanged
-//! marker means no key read was deleted in between. A list (a ranking, a
-//! library, an event) takes a second pipeline for its cards, closed by the
-//! marker the same way: two round trips whatever its length.
+//! closing marker proves no key read was deleted meanwhile. A list takes a
+//! second pipeline for its cards, closed the same way.
 //!
-//! On a single Redis a read made only of GETs is sent as one MGET of the
-//! marker, the watermark and the keys: one command instead of one per key
-//! (a client's per-command cost dominates a 125-card cart), and read at one
-//! instant, so the marker read with the keys proves its generation was live
-//! for all of them and no closing marker is needed. Reads that arrive while
-//! such an MGET is on its way share the next one (`crate::gather`): each
-//! still gets its keys read at one instant. In cluster mode the keys live on
-//! several nodes, so they stay separate GETs that the client routes per node.
-//!
-//! A cluster runs the commands of one pipeline on several nodes in no set
-//! order, which costs two of the guarantees above their proof. The closing
-//! marker no longer proves the keys on other nodes were read before a
-//! switch: the projector waits well past a read's timeout before deleting
-//! an old generation from a cluster. And the watermark read beside the views
-//! may be newer than they are: a read in cluster mode reports instead the
-//! watermark of an earlier round trip that completed before it was sent
-//! (the freshest one seen), never more than the views it read hold.
+//! On a single Redis a read of GETs alone is one MGET of marker, watermark
+//! and keys, read at one instant (so no closing marker) and shared with the
+//! reads that arrive meanwhile (`crate::gather`): one command, not one per
+//! key. A cluster runs a pipeline's commands on several nodes in no set
+//! order, so the projector waits past a read's timeout before deleting an
+//! old generation, and a read reports the watermark of an earlier completed
+//! round trip (the floor), never more than the views it read hold.
 
 use std::{
     collections::HashMap,
@@ -34,27 +21,57 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use axum::http::HeaderValue;
-use bytes::{Buf, Bytes};
-use tokio::sync::OnceCell;
-
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fred::{
-    clients::Pipeline,
     prelude::*,
     types::{Key, Value},
 };
+use tokio::sync::OnceCell;
 use views::{EventView, GenerationMarker, Keys, Lsn};
 
 use crate::{
-    error::ApiError,
-    params::{Page, Sort},
+    headers::Watermark,
     prewarm::Prewarm,
-    served::{Card, CardList, Course, Event, EventPage},
+    served::{Card, CardList, Corrupt, Course, Event, EventPage},
 };
 
-/// Attempts before a read whose generation keeps moving gives up with 503.
+mod generation;
+mod list;
+mod pipeline;
+
+pub use list::{List, ListPage, Page, Sort};
+
+use generation::{Floor, Parsed};
+use pipeline::{convert, distinct, in_slots, queue, views_of, zcard, Op};
+
+/// Attempts before a read whose generation keeps moving gives up.
 const ATTEMPTS: usize = 3;
+
+/// What can go wrong reading the views.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable or failed (logged where it happened).
+    #[error("redis is unavailable")]
+    Unavailable,
+    /// No view generation is live, or it kept moving during the read.
+    #[error("no view generation is live")]
+    Rebuilding,
+    /// The projection did not reach a read's minimum LSN in time; it had
+    /// reached this one.
+    #[error("the projection has not reached the requested lsn; it is at {0}")]
+    NotYetProjected(Lsn),
+    /// A stored value cannot be read.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+impl From<fred::error::Error> for StoreError {
+    fn from(err: fred::error::Error) -> Self {
+        tracing::error!(error = %err, "redis error");
+        StoreError::Unavailable
+    }
+}
 
 /// The state of the projection a read saw: what the response headers say.
 #[derive(Debug, Clone)]
@@ -62,42 +79,9 @@ pub struct Projection {
     generation: u64,
     /// The watermark of the generation read: every change up to it is in
     /// what was read (it is read before the views, which only move forward).
-    pub lsn: Lsn,
-    /// `lsn` as a header value, when made ahead (pre-warmed reads, and
-    /// Redis reads of a watermark seen before).
-    pub lsn_header: Option<HeaderValue>,
+    pub watermark: Watermark,
     /// A replacement generation is being built; this one may lag.
     pub stale: bool,
-}
-
-/// A list of course ids kept as a sorted set.
-#[derive(Debug, Clone, Copy)]
-pub enum List<'a> {
-    /// A category's courses in the given order.
-    Category(&'a str, Sort),
-    /// A user's library, newest enrollment first.
-    Library(i64),
-}
-
-/// A page of a list: the stored cards of its ids, in list order (ids whose
-/// card is missing are skipped), and the length of the whole list.
-pub struct ListPage {
-    pub cards: Vec<Bytes>,
-    pub total: u64,
-}
-
-/// One command of a pipeline.
-enum Op {
-    Get(String),
-    /// `ZRANGE key start stop [REV]`.
-    Range {
-        key: String,
-        start: i64,
-        stop: i64,
-        rev: bool,
-    },
-    /// `ZCARD key`.
-    Count(String),
 }
 
 /// What one pipeline found.
@@ -133,37 +117,11 @@ pub struct Store {
     floor: Arc<ArcSwapOption<Floor>>,
 }
 
-/// A watermark known to be applied before any read sent after it was seen.
-#[derive(Debug)]
-struct Floor {
-    generation: u64,
-    lsn: Lsn,
-    header: Option<HeaderValue>,
-}
-
-/// The generation marker and watermark last read, with their parse: every
-/// read gets both back (the marker twice), and they change only when the
-/// projector flushes, so a read whose bytes are the same ones skips the JSON
-/// parse of the marker and the parse and formatting of the LSN.
-#[derive(Default)]
-struct Parsed {
-    marker: ArcSwapOption<(Bytes, Marker)>,
-    watermark: ArcSwapOption<(Bytes, Lsn, Option<HeaderValue>)>,
-}
-
-/// What a read needs of a [`GenerationMarker`].
-#[derive(Debug, Clone, Copy)]
-struct Marker {
-    generation: u64,
-    /// A replacement generation is being built.
-    building: bool,
-}
-
 /// A course's page as Redis holds it, and its stats' JSON.
 type CourseParts = (Bytes, Bytes);
 
-/// The shared outcome of one course read (`Err(true)`: no live generation).
-type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), bool>>;
+/// The shared outcome of one course read.
+type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), StoreError>>;
 
 impl Store {
     /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
@@ -176,9 +134,8 @@ impl Store {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
         let mut config = url.config();
-        // A first connection that fails goes through the reconnect policy
-        // like any other; fred's default gives up on it for good, so a query
-        // API started before Redis would never serve.
+        // fred's default gives up on a failed first connection for good: a
+        // query API started before Redis would never serve.
         config.fail_fast = false;
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
@@ -189,12 +146,10 @@ impl Store {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()?;
-        // Connect in the background: the API serves 503 until Redis answers
-        // instead of refusing to start. The first attempt is awaited (at most
-        // `timeout`) so that reads right after start do not find it pending.
-        // Reads answer 503 without sending while Redis is away (see
-        // `connected`), so no read logs the outage: it is logged here, once
-        // per lost connection or failed reconnection attempt.
+        // Connect in the background (reads fail `Unavailable` until Redis
+        // answers), awaiting the first attempt so reads right after start do
+        // not find it pending. Reads do not send while Redis is away (see
+        // `connected`), so the outage is logged here, once per attempt.
         client.on_error(|(error, server)| async move {
             let server = server.as_ref().map(tracing::field::display);
             tracing::warn!(error = %error, server, "redis connection failed: reads answer 503 until it is back");
@@ -235,21 +190,19 @@ impl Store {
     fn warm_projection<T>(hit: &crate::prewarm::Hit<T>) -> Projection {
         Projection {
             generation: hit.generation,
-            lsn: hit.lsn,
-            lsn_header: hit.lsn_header.clone(),
+            watermark: hit.watermark.clone(),
             stale: hit.stale,
         }
     }
 
     /// `Unavailable` at once while the client is not connected: a command
     /// sent then would wait in fred's queue for a reconnection or the whole
-    /// command timeout, and the caller would get the same 503 only later.
-    /// Reads the pre-warmed set answers never come here.
-    fn connected(&self) -> Result<(), ApiError> {
+    /// command timeout, only to fail the same way later.
+    fn connected(&self) -> Result<(), StoreError> {
         if self.client.is_connected() {
             Ok(())
         } else {
-            Err(ApiError::Unavailable)
+            Err(StoreError::Unavailable)
         }
     }
 
@@ -259,7 +212,7 @@ impl Store {
     }
 
     /// The live generation marker.
-    pub async fn marker(&self) -> Result<Option<GenerationMarker>, ApiError> {
+    pub async fn marker(&self) -> Result<Option<GenerationMarker>, StoreError> {
         self.connected()?;
         let raw: Option<String> = self.client.get(self.marker_key.clone()).await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
@@ -268,45 +221,27 @@ impl Store {
     /// The last watermark this process read, of whichever generation: a
     /// hint of how far the projection is, never a proof.
     pub fn last_seen_lsn(&self) -> Option<Lsn> {
-        self.parsed.watermark.load().as_ref().map(|w| w.1)
+        self.parsed.last_lsn()
     }
 
-    /// The watermark of the live generation (503 `rebuilding` if none is live).
-    pub async fn projection_lsn(&self) -> Result<Lsn, ApiError> {
-        let marker = self.marker().await?.ok_or(ApiError::Rebuilding)?;
-        Ok(self.read_floor(marker.generation).await?.lsn)
+    /// The watermark of the live generation (`Rebuilding` if none is live).
+    pub async fn projection_lsn(&self) -> Result<Lsn, StoreError> {
+        let marker = self.marker().await?.ok_or(StoreError::Rebuilding)?;
+        Ok(self.read_floor(marker.generation).await?.watermark.lsn)
     }
 
     /// Reads the watermark of `generation` on its own and raises the floor
     /// to it: every read sent after this returns may report it.
-    async fn read_floor(&self, generation: u64) -> Result<Arc<Floor>, ApiError> {
+    async fn read_floor(&self, generation: u64) -> Result<Arc<Floor>, StoreError> {
         self.connected()?;
         let raw: Option<Value> = self.client.get(self.keys.watermark(generation)).await?;
-        let (lsn, header) = self.parsed.watermark(raw)?;
-        Ok(self.raise_floor(generation, lsn, header))
-    }
-
-    /// The floor after a completed read of `generation`'s watermark: the
-    /// freshest seen of the newest generation (generations only grow).
-    fn raise_floor(&self, generation: u64, lsn: Lsn, header: Option<HeaderValue>) -> Arc<Floor> {
-        let seen = Arc::new(Floor {
-            generation,
-            lsn,
-            header,
-        });
-        let previous = self.floor.rcu(|current| match current {
-            Some(f) if (f.generation, f.lsn) >= (generation, lsn) => Some(f.clone()),
-            _ => Some(seen.clone()),
-        });
-        match previous {
-            Some(f) if f.generation == generation && f.lsn > lsn => f,
-            _ => seen,
-        }
+        let watermark = self.parsed.watermark(raw)?;
+        Ok(generation::raise(&self.floor, generation, watermark))
     }
 
     /// What a read of `generation` sent now may report in cluster mode: the
     /// floor, read first if it is of another generation (once per switch).
-    async fn floor_for(&self, generation: u64) -> Result<Arc<Floor>, ApiError> {
+    async fn floor_for(&self, generation: u64) -> Result<Arc<Floor>, StoreError> {
         match self.floor.load_full() {
             Some(floor) if floor.generation == generation => Ok(floor),
             _ => self.read_floor(generation).await,
@@ -323,7 +258,7 @@ impl Store {
         id: i64,
         cached: bool,
         now: DateTime<Utc>,
-    ) -> Result<(Projection, Option<Course>), ApiError> {
+    ) -> Result<(Projection, Option<Course>), StoreError> {
         let stored = |(page, stats)| Course::Stored { page, stats };
         // The Redis reads below are boxed: their futures are large, and
         // inline they would make every read's future as large, a copy of
@@ -338,15 +273,11 @@ impl Store {
         // Coalesce concurrent misses: the first reader reads, the others
         // await its answer.
         let cell = {
-            let mut inflight = self.inflight.lock().map_err(|_| ApiError::Unavailable)?;
+            let mut inflight = self.inflight.lock().map_err(|_| StoreError::Unavailable)?;
             inflight.entry(id).or_default().clone()
         };
         let result = cell
-            .get_or_init(|| async {
-                Box::pin(self.course_parts(id))
-                    .await
-                    .map_err(|err| matches!(err, ApiError::Rebuilding))
-            })
+            .get_or_init(|| async { Box::pin(self.course_parts(id)).await })
             .await
             .clone();
         if let Ok(mut inflight) = self.inflight.lock() {
@@ -354,17 +285,14 @@ impl Store {
                 inflight.remove(&id);
             }
         }
-        match result {
-            Ok((projection, parts)) => Ok((projection, parts.map(stored))),
-            Err(true) => Err(ApiError::Rebuilding),
-            Err(false) => Err(ApiError::Unavailable),
-        }
+        let (projection, parts) = result?;
+        Ok((projection, parts.map(stored)))
     }
 
     /// A course's page as stored (still encoded: it is decoded straight
     /// into the served body) and its stats, in one round trip; `None` unless
     /// both are there (the projector writes them together).
-    async fn course_parts(&self, id: i64) -> Result<(Projection, Option<CourseParts>), ApiError> {
+    async fn course_parts(&self, id: i64) -> Result<(Projection, Option<CourseParts>), StoreError> {
         let (projection, mut values) = self
             .read(|keys, g| {
                 vec![
@@ -385,7 +313,7 @@ impl Store {
     }
 
     /// The order view of `id` (JSON, stored as served).
-    pub async fn order(&self, id: i64) -> Result<(Projection, Option<Bytes>), ApiError> {
+    pub async fn order(&self, id: i64) -> Result<(Projection, Option<Bytes>), StoreError> {
         self.one_view(|keys, g| keys.order_view(g, id)).await
     }
 
@@ -399,7 +327,7 @@ impl Store {
         cached: bool,
         now: DateTime<Utc>,
         list: &mut CardList,
-    ) -> Result<(Projection, Vec<i64>), ApiError> {
+    ) -> Result<(Projection, Vec<i64>), StoreError> {
         if cached {
             if let Some(hit) = self.warm.cards(ids, now, list) {
                 let projection = Self::warm_projection(&hit);
@@ -434,7 +362,7 @@ impl Store {
         &self,
         list: List<'_>,
         page: Page,
-    ) -> Result<(Projection, ListPage), ApiError> {
+    ) -> Result<(Projection, ListPage), StoreError> {
         let (start, stop) = page.ranks();
         let first = |keys: &Keys, g: u64| {
             let (key, rev) = match list {
@@ -461,10 +389,7 @@ impl Store {
                 let total = values.next().map(zcard).transpose()?.unwrap_or(0);
                 let ids = members
                     .iter()
-                    .map(|m| {
-                        m.parse::<i64>()
-                            .map_err(|_| ApiError::corrupt("list member", m))
-                    })
+                    .map(|m| m.parse::<i64>().map_err(|_| Corrupt::new("list member", m)))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((total, ids))
             })
@@ -485,7 +410,7 @@ impl Store {
         id: i64,
         cached: bool,
         now: DateTime<Utc>,
-    ) -> Result<(Projection, Option<Event>), ApiError> {
+    ) -> Result<(Projection, Option<Event>), StoreError> {
         if cached {
             if let Some(hit) = self.warm.event(id, now) {
                 return Ok((Self::warm_projection(&hit), Some(hit.value)));
@@ -499,7 +424,7 @@ impl Store {
                         return Ok((None, Vec::new()));
                     };
                     let event: EventView = serde_json::from_slice(&json)
-                        .map_err(|err| ApiError::corrupt("event view", err))?;
+                        .map_err(|err| Corrupt::new("event view", err))?;
                     let ids = event.course_ids.clone();
                     Ok((Some(event), ids))
                 },
@@ -518,7 +443,7 @@ impl Store {
     async fn one_view(
         &self,
         key: impl Fn(&Keys, u64) -> String,
-    ) -> Result<(Projection, Option<Bytes>), ApiError> {
+    ) -> Result<(Projection, Option<Bytes>), StoreError> {
         let (projection, values) = self.read(|keys, g| vec![Op::Get(key(keys, g))]).await?;
         let view = views_of(values, "view")?.pop().flatten();
         Ok((projection, view))
@@ -531,8 +456,8 @@ impl Store {
     async fn then_cards<T>(
         &self,
         first: impl Fn(&Keys, u64) -> Vec<Op>,
-        ids_of: impl Fn(Vec<Value>) -> Result<(T, Vec<i64>), ApiError>,
-    ) -> Result<(Projection, (T, Vec<Option<Bytes>>)), ApiError> {
+        ids_of: impl Fn(Vec<Value>) -> Result<(T, Vec<i64>), StoreError>,
+    ) -> Result<(Projection, (T, Vec<Option<Bytes>>)), StoreError> {
         for _ in 0..ATTEMPTS {
             let (projection, values) = self.read(&first).await?;
             let (found, ids) = ids_of(values)?;
@@ -552,7 +477,7 @@ impl Store {
                 Attempt::Moved(generation) => self.remember(generation),
             }
         }
-        Err(ApiError::Rebuilding)
+        Err(StoreError::Rebuilding)
     }
 
     /// One pipeline of `ops` in the live generation, starting from the one
@@ -560,7 +485,7 @@ impl Store {
     async fn read(
         &self,
         ops: impl Fn(&Keys, u64) -> Vec<Op>,
-    ) -> Result<(Projection, Vec<Value>), ApiError> {
+    ) -> Result<(Projection, Vec<Value>), StoreError> {
         let mut generation = self
             .generation
             .read()
@@ -579,7 +504,7 @@ impl Store {
                 }
             }
         }
-        Err(ApiError::Rebuilding)
+        Err(StoreError::Rebuilding)
     }
 
     fn remember(&self, generation: u64) {
@@ -590,7 +515,7 @@ impl Store {
 
     /// Marker, watermark of `generation`, `ops` (and the marker again unless
     /// sent as one MGET): one round trip.
-    async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, ApiError> {
+    async fn attempt(&self, generation: u64, ops: Vec<Op>) -> Result<Attempt, StoreError> {
         self.connected()?;
         let clustered = self.client.is_clustered();
         let floor = if clustered {
@@ -628,155 +553,22 @@ impl Store {
         let opening = self.parsed.marker(values.next())?;
         let closing = closing.unwrap_or(opening);
         let (Some(opening), Some(closing)) = (opening, closing) else {
-            return Err(ApiError::Rebuilding);
+            return Err(StoreError::Rebuilding);
         };
         if opening.generation != generation || closing.generation != generation {
             return Ok(Attempt::Moved(closing.generation));
         }
-        let (mut lsn, mut lsn_header) = self.parsed.watermark(values.next())?;
+        let mut watermark = self.parsed.watermark(values.next())?;
         if let Some(floor) = floor {
             // This watermark's read is complete now: later reads may report it.
-            self.raise_floor(generation, lsn, lsn_header);
-            (lsn, lsn_header) = (floor.lsn, floor.header.clone());
+            generation::raise(&self.floor, generation, watermark);
+            watermark = floor.watermark.clone();
         }
         let projection = Projection {
             generation,
-            lsn,
-            lsn_header,
+            watermark,
             stale: closing.building,
         };
         Ok(Attempt::Read(projection, values.collect()))
     }
-}
-
-impl Parsed {
-    /// The marker in `value` (`None`: no live generation), parsed unless
-    /// it is the bytes parsed last.
-    fn marker(&self, value: Option<Value>) -> Result<Option<Marker>, ApiError> {
-        let Some(raw) = convert::<Option<Bytes>>(value, "generation marker")? else {
-            return Ok(None);
-        };
-        if let Some(last) = &*self.marker.load() {
-            if last.0 == raw {
-                return Ok(Some(last.1));
-            }
-        }
-        let parsed: GenerationMarker = serde_json::from_slice(&raw)
-            .map_err(|err| ApiError::corrupt("generation marker", err))?;
-        let marker = Marker {
-            generation: parsed.generation,
-            building: parsed.building.is_some(),
-        };
-        self.marker.store(Some(Arc::new((raw, marker))));
-        Ok(Some(marker))
-    }
-
-    /// The watermark in `value` and its header value, parsed and formatted
-    /// unless it is the bytes seen last (absent or unreadable: 0/0, as
-    /// before a generation's first flush).
-    fn watermark(&self, value: Option<Value>) -> Result<(Lsn, Option<HeaderValue>), ApiError> {
-        let Some(raw) = convert::<Option<Bytes>>(value, "watermark")? else {
-            return Ok((Lsn::default(), None));
-        };
-        if let Some(last) = &*self.watermark.load() {
-            if last.0 == raw {
-                return Ok((last.1, last.2.clone()));
-            }
-        }
-        let lsn: Lsn = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_default();
-        let header = HeaderValue::try_from(lsn.to_string()).ok();
-        self.watermark
-            .store(Some(Arc::new((raw, lsn, header.clone()))));
-        Ok((lsn, header))
-    }
-}
-
-impl Op {
-    fn is_get(&self) -> bool {
-        matches!(self, Op::Get(_))
-    }
-
-    fn into_get_key(self) -> Option<Key> {
-        match self {
-            Op::Get(key) => Some(key.into()),
-            _ => None,
-        }
-    }
-}
-
-async fn queue(pipe: &Pipeline<Client>, op: Op) -> Result<(), fred::error::Error> {
-    match op {
-        Op::Get(key) => pipe.get(key).await,
-        Op::Count(key) => pipe.zcard(key).await,
-        Op::Range {
-            key,
-            start,
-            stop,
-            rev,
-        } => pipe.zrange(key, start, stop, None, rev, None, false).await,
-    }
-}
-
-/// The distinct ids in first-seen order, and for each id asked the index of
-/// its distinct id.
-fn distinct(ids: &[i64]) -> (Vec<i64>, Vec<usize>) {
-    let mut index = HashMap::with_capacity(ids.len());
-    let mut distinct = Vec::with_capacity(ids.len());
-    let slots = ids
-        .iter()
-        .map(|id| {
-            *index.entry(*id).or_insert_with(|| {
-                distinct.push(*id);
-                distinct.len() - 1
-            })
-        })
-        .collect();
-    (distinct, slots)
-}
-
-/// The values of the distinct ids put back in the order asked: moved when
-/// no id repeats (the common case), shared where one does.
-fn in_slots(values: Vec<Option<Bytes>>, slots: &[usize]) -> Vec<Option<Bytes>> {
-    if values.len() == slots.len() {
-        return values;
-    }
-    slots.iter().map(|&i| values[i].clone()).collect()
-}
-
-fn convert<T: FromValue>(value: Option<Value>, what: &str) -> Result<T, ApiError> {
-    value
-        .unwrap_or(Value::Null)
-        .convert()
-        .map_err(|err| ApiError::corrupt(what, err))
-}
-
-fn zcard(value: Value) -> Result<u64, ApiError> {
-    convert(Some(value), "list length")
-}
-
-/// Stored view values decoded to their JSON (`None`: no such key).
-fn views_of(values: Vec<Value>, what: &str) -> Result<Vec<Option<Bytes>>, ApiError> {
-    values
-        .into_iter()
-        .map(|value| {
-            let Some(value) = convert::<Option<Bytes>>(Some(value), what)? else {
-                return Ok(None);
-            };
-            let decoded = match views::decode(&value) {
-                Ok(std::borrow::Cow::Borrowed(_)) => None,
-                Ok(std::borrow::Cow::Owned(json)) => Some(Bytes::from(json)),
-                Err(err) => return Err(ApiError::corrupt(what, err)),
-            };
-            // Raw JSON: the value itself past its format byte, neither copied
-            // nor sliced (a slice is a shared count taken and dropped).
-            Ok(Some(decoded.unwrap_or_else(|| {
-                let mut json = value;
-                json.advance(1);
-                json
-            })))
-        })
-        .collect()
 }

@@ -3,10 +3,11 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, at_least, list_page, min_lsn, ReadHeaders};
+use super::answer::{answer, list_page};
 use crate::{
     error::ApiError,
-    params::{parse_sorted_page, PathText, QueryParams},
+    freshness::{at_least, min_lsn},
+    params::{parse_sorted_page, PathText, QueryParams, ReadHeaders},
     store::List,
     AppState,
 };
@@ -46,9 +47,13 @@ pub(super) async fn courses(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let (sort, page) = parse_sorted_page(&params, DEFAULT_LIMIT)?;
-    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let min = min_lsn(
+        &headers,
+        params.min_lsn()?,
+        state.config.default_max_wait_ms,
+    )?;
     let (store, category) = (&state.store, category.as_str());
-    let (projection, list) = at_least(&state, min, |_| {
+    let (projection, list) = at_least(&state.store, min, |_| {
         store.list(List::Category(category, sort), page)
     })
     .await?;

@@ -5,10 +5,11 @@ use std::io::Write;
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, at_least, min_lsn, missing, ReadHeaders};
+use super::answer::{answer, missing};
 use crate::{
     error::ApiError,
-    params::{parse_ids, PathId, QueryParams},
+    freshness::{at_least, min_lsn},
+    params::{parse_ids, PathId, QueryParams, ReadHeaders},
     served::{CardList, Course},
     AppState,
 };
@@ -43,11 +44,15 @@ pub(super) async fn detail(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let min = min_lsn(
+        &headers,
+        params.min_lsn()?,
+        state.config.default_max_wait_ms,
+    )?;
     let now = chrono::Utc::now();
     let store = &state.store;
     let (projection, course) =
-        at_least(&state, min, |cached| store.course(id, cached, now)).await?;
+        at_least(&state.store, min, |cached| store.course(id, cached, now)).await?;
     let served = match course {
         None => return Ok(missing(&projection, format!("course {id} has no view"))),
         Some(Course::Served(served)) => served,
@@ -83,10 +88,14 @@ pub(super) async fn cards(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&params)?;
-    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let min = min_lsn(
+        &headers,
+        params.min_lsn()?,
+        state.config.default_max_wait_ms,
+    )?;
     let now = chrono::Utc::now();
     let (store, ids) = (&state.store, ids.as_slice());
-    let (projection, (list, absent)) = at_least(&state, min, |cached| async move {
+    let (projection, (list, absent)) = at_least(&state.store, min, |cached| async move {
         let mut list = CardList::new(b"{\"courses\":", ids.len());
         let (projection, absent) = store.cards(ids, cached, now, &mut list).await?;
         Ok((projection, (list, absent)))

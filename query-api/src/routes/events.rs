@@ -3,10 +3,11 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, at_least, min_lsn, missing, ReadHeaders};
+use super::answer::{answer, missing};
 use crate::{
     error::ApiError,
-    params::{PathId, QueryParams},
+    freshness::{at_least, min_lsn},
+    params::{PathId, QueryParams, ReadHeaders},
     served::{self, Event},
     AppState,
 };
@@ -41,10 +42,15 @@ pub(super) async fn event(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let min = min_lsn(
+        &headers,
+        params.min_lsn()?,
+        state.config.default_max_wait_ms,
+    )?;
     let now = chrono::Utc::now();
     let store = &state.store;
-    let (projection, page) = at_least(&state, min, |cached| store.event(id, cached, now)).await?;
+    let (projection, page) =
+        at_least(&state.store, min, |cached| store.event(id, cached, now)).await?;
     let served = match page {
         None => return Ok(missing(&projection, format!("event {id} has no view"))),
         Some(Event::Served(served)) => served,

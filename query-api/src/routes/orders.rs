@@ -2,10 +2,11 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, at_least, min_lsn, missing, ReadHeaders};
+use super::answer::{answer, missing};
 use crate::{
     error::ApiError,
-    params::{PathId, QueryParams},
+    freshness::{at_least, min_lsn},
+    params::{PathId, QueryParams, ReadHeaders},
     served, AppState,
 };
 
@@ -39,9 +40,13 @@ pub(super) async fn order(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let min = min_lsn(
+        &headers,
+        params.min_lsn()?,
+        state.config.default_max_wait_ms,
+    )?;
     let store = &state.store;
-    let (projection, stored) = at_least(&state, min, |_| store.order(id)).await?;
+    let (projection, stored) = at_least(&state.store, min, |_| store.order(id)).await?;
     let Some(stored) = stored else {
         return Ok(missing(&projection, format!("order {id} has no view")));
     };

@@ -2,10 +2,11 @@
 
 use axum::{extract::State, response::Response};
 
-use super::{answer, at_least, list_page, min_lsn, ReadHeaders};
+use super::answer::{answer, list_page};
 use crate::{
     error::ApiError,
-    params::{parse_page, PathId, QueryParams},
+    freshness::{at_least, min_lsn},
+    params::{parse_page, PathId, QueryParams, ReadHeaders},
     store::List,
     AppState,
 };
@@ -44,10 +45,16 @@ pub(super) async fn library(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let page = parse_page(&params, DEFAULT_LIMIT)?;
-    let min = min_lsn(&state, &headers, params.min_lsn()?)?;
+    let min = min_lsn(
+        &headers,
+        params.min_lsn()?,
+        state.config.default_max_wait_ms,
+    )?;
     let store = &state.store;
-    let (projection, list) =
-        at_least(&state, min, |_| store.list(List::Library(user_id), page)).await?;
+    let (projection, list) = at_least(&state.store, min, |_| {
+        store.list(List::Library(user_id), page)
+    })
+    .await?;
     let head = format!("{{\"user_id\":{user_id},\"courses\":");
     let body = list_page(head.as_bytes(), &list)?;
     Ok(answer(&projection, &headers, None, body))

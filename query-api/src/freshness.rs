@@ -1,0 +1,178 @@
+//! Read-your-writes: a read with a token (`X-Min-Lsn` or `?min_lsn=`) is
+//! answered only from views at least that fresh, waiting at most
+//! `X-Max-Wait-Ms` for the projection to get there.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use views::Lsn;
+
+use crate::{
+    error::ApiError,
+    headers::{X_MAX_WAIT_MS, X_MIN_LSN},
+    store::{Projection, Store, StoreError},
+};
+
+/// The longest a read waits for its token, whatever it asks.
+const MAX_WAIT_MS: u64 = 5_000;
+
+/// A caller's token and until when it may wait for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinLsn {
+    lsn: Lsn,
+    deadline: tokio::time::Instant,
+}
+
+/// The caller's token, if it sent one (the header wins over `query`), with
+/// `default_wait_ms` unless it says how long to wait.
+pub(crate) fn min_lsn(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    default_wait_ms: u64,
+) -> Result<Option<MinLsn>, ApiError> {
+    let header = headers
+        .get(X_MIN_LSN)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("X-Min-Lsn is not text".into()))
+        })
+        .transpose()?;
+    let Some(raw) = header.or(query) else {
+        return Ok(None);
+    };
+    let lsn: Lsn = raw
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an LSN like 0/16B3748")))?;
+    let wait_ms =
+        match headers.get(X_MAX_WAIT_MS) {
+            None => default_wait_ms,
+            Some(v) => v.to_str().ok().and_then(max_wait_ms).ok_or_else(|| {
+                ApiError::BadRequest("X-Max-Wait-Ms is not a whole number".into())
+            })?,
+        }
+        .min(MAX_WAIT_MS);
+    Ok(Some(MinLsn {
+        lsn,
+        deadline: tokio::time::Instant::now() + Duration::from_millis(wait_ms),
+    }))
+}
+
+/// `X-Max-Wait-Ms` as milliseconds: a whole number, however many digits
+/// (it is clamped after, so one past `u64` is as good as the longest wait).
+fn max_wait_ms(raw: &str) -> Option<u64> {
+    let digits = raw.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
+}
+
+/// `read(cached)` answered at once without a token. With one, it reads
+/// Redis itself (`cached` false: an in-process copy may lag) and its answer
+/// counts once the watermark read with it reaches the token: one round trip
+/// when it already has (the common case). A token past the last watermark
+/// seen (a write just made) is waited for by polling the watermark alone,
+/// shared by every waiting read, then read; `NotYetProjected` when the wait
+/// is over.
+pub(crate) async fn at_least<T, F, Fut>(
+    store: &Store,
+    min: Option<MinLsn>,
+    mut read: F,
+) -> Result<(Projection, T), StoreError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<(Projection, T), StoreError>>,
+{
+    let Some(min) = min else {
+        return read(true).await;
+    };
+    let mut poll = store.last_seen_lsn().is_some_and(|seen| seen < min.lsn);
+    loop {
+        while poll {
+            // Boxed: a rare wait, kept out of every read's future.
+            let projected = Box::pin(store.projection_lsn()).await?;
+            if projected >= min.lsn {
+                poll = false;
+            } else if tokio::time::Instant::now() >= min.deadline {
+                return Err(StoreError::NotYetProjected(projected));
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let (projection, value) = read(false).await?;
+        if projection.watermark.lsn >= min.lsn {
+            return Ok((projection, value));
+        }
+        if tokio::time::Instant::now() >= min.deadline {
+            return Err(StoreError::NotYetProjected(projection.watermark.lsn));
+        }
+        poll = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn max_wait_is_any_whole_number_and_nothing_else() {
+        assert_eq!(max_wait_ms("250"), Some(250));
+        assert_eq!(max_wait_ms(" 0 "), Some(0));
+        assert_eq!(max_wait_ms("99999999999999999999"), Some(u64::MAX));
+        for bad in ["", " ", "-1", "+5", "1.5", "1e3", "abc", "5 0"] {
+            assert_eq!(max_wait_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_token_comes_from_the_header_before_the_query_and_is_optional() {
+        let none = min_lsn(&HeaderMap::new(), None, 1_000).expect("parses");
+        assert!(none.is_none());
+        let from_query = min_lsn(&HeaderMap::new(), Some("0/10"), 1_000).expect("parses");
+        assert_eq!(from_query.map(|m| m.lsn), "0/10".parse().ok());
+        let both =
+            min_lsn(&headers(&[("x-min-lsn", " 0/20 ")]), Some("0/10"), 1_000).expect("parses");
+        assert_eq!(both.map(|m| m.lsn), "0/20".parse().ok());
+    }
+
+    #[test]
+    fn a_bad_token_or_wait_is_a_bad_request() {
+        for (pairs, query) in [
+            (&[][..], Some("16B3748")),
+            (&[("x-min-lsn", "nope")][..], None),
+            (&[("x-min-lsn", "0/1"), ("x-max-wait-ms", "-1")][..], None),
+        ] {
+            let err = min_lsn(&headers(pairs), query, 1_000).expect_err("refused");
+            assert!(
+                matches!(err, ApiError::BadRequest(_)),
+                "{pairs:?} {query:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wait_is_clamped_to_the_longest_allowed() {
+        let start = tokio::time::Instant::now();
+        let min = min_lsn(
+            &headers(&[("x-min-lsn", "0/1"), ("x-max-wait-ms", "60000")]),
+            None,
+            1_000,
+        )
+        .expect("parses")
+        .expect("a token");
+        assert!(
+            min.deadline <= start + Duration::from_millis(MAX_WAIT_MS) + Duration::from_secs(1)
+        );
+        assert!(min.deadline >= start + Duration::from_millis(MAX_WAIT_MS));
+    }
+}
