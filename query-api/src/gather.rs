@@ -1,22 +1,13 @@
-//! Concurrent reads gathered into one MGET (query end of command →
-//! projector → query; one Redis only).
+//! Concurrent reads gathered into one MGET (one Redis only): a round trip
+//! costs more than the read itself.
 //!
-//! A read's round trip costs the query API more than the read itself: a
-//! socket write and read, and the wake-ups of the client's connection task.
-//! While one MGET is on its way, the reads that arrive wait for the next
-//! one, which carries all their keys; when the MGET in flight is answered,
-//! the next is sent at once. An idle server sends each read alone, as
-//! before; a busy one sends one command for several reads, each read still
-//! getting its keys read at one instant (one MGET is atomic).
-//!
-//! A key several gathered reads ask for is sent once, and its value shared
-//! (a reference count, not a copy): every read carries the generation
-//! marker and watermark, and at a sale's start most ask for the same hot
-//! pages, which Redis then sends, and this process receives and parses,
-//! once per MGET rather than once per read.
-//!
-//! Written here because no Redis client gathers commands this way: fred and
-//! redis-rs pipeline what is queued, which sends as many commands as reads.
+//! While one MGET is on its way, arriving reads wait for the next, which
+//! carries all their keys and is sent as soon as the first is answered; an
+//! idle server sends each read alone. Each read still gets its keys read at
+//! one instant (an MGET is atomic). A key asked by several reads (the
+//! marker, the watermark, a sale's hot pages) is sent and parsed once, its
+//! value shared. Written here because fred and redis-rs pipeline what is
+//! queued: as many commands as reads.
 
 use std::{
     collections::HashMap,

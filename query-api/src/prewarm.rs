@@ -1,21 +1,17 @@
 //! Pre-warming: ahead of each sale event, the event's view and every view of
 //! its courses are held in process, ready to serve, until the event ends.
 //!
-//! Freshness by polling, not by invalidation messages: every refresh reads
-//! the warm set again in one round trip per Redis node (a few hundred keys)
-//! and swaps the new set in. A change is therefore visible within one
-//! refresh interval plus the projection's own lag, and the cache stays
-//! correct through what push invalidation gets wrong with fred (tracking lost
-//! on reconnect, the FLUSHALL invalidation dropped, cluster BCAST reaching
-//! one node): a set that could not be refreshed for a second is not served.
+//! Kept fresh by polling, not invalidation: each refresh reads the whole set
+//! in one round trip per node and swaps it in, so a change shows within one
+//! interval plus the projection's lag, and nothing push invalidation loses
+//! with fred (tracking after a reconnect, FLUSHALL, cluster BCAST) can leave
+//! it stale; a set not refreshed for a second is not served.
 //!
-//! Entries hold the stored JSON (with every candidate sale) and, computed at
-//! refresh time, the served bytes and `ETag` of each course page, card and
-//! event page with the span of the clock they are right for: until the next
-//! start or end of a sale they contain. A hit inside that span costs a map
-//! lookup; outside it (a boundary passed since the last refresh) the entry
-//! is served from its stored JSON by the clock, so no served entry outlives
-//! a sale boundary it contains.
+//! Entries hold the stored JSON and, made at refresh, the served bytes and
+//! `ETag` of each page, card and event page with the span of the clock they
+//! are right for (until a sale they contain starts or ends). Inside it a hit
+//! is a map lookup; outside it the entry is served from its JSON by the
+//! clock, so no served entry outlives a sale boundary.
 
 use std::{
     collections::HashMap,
@@ -171,10 +167,8 @@ impl Prewarm {
     /// The cards of `ids`, in order, appended to `list` if every one is
     /// warm (else `list` is left as it was). Counts a hit or a miss.
     ///
-    /// Copied into the body straight from the warm set: handing out a
-    /// reference-counted copy of each card had every concurrent cart bump
-    /// and drop the same 125 shared counters, whose cache lines the cores
-    /// then passed back and forth.
+    /// Copied straight into the body: a shared copy per card had concurrent
+    /// carts bounce the cache lines of the same 125 reference counts.
     pub fn cards(
         &self,
         ids: &[i64],

@@ -1,6 +1,5 @@
-//! Request ids for the responses and logs of the query end of command →
-//! projector → query: the caller's `X-Request-Id` when it sends one, else
-//! one made here.
+//! Request ids for responses and logs: the caller's `X-Request-Id` when it
+//! sends one, else one made here.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},

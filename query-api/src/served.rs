@@ -1,12 +1,10 @@
-//! Served bodies, where command → projector → query ends: stored views
-//! turned into the bytes a response carries, by this process's clock, with
-//! an exact entity tag and the span of time in which they stay right.
+//! Served bodies: stored views turned into a response's bytes by this
+//! process's clock, with an exact `ETag` and the span in which they hold.
 //!
-//! Nothing here parses a whole view: a course page is the stored page and
-//! stats joined as bytes (`views::serve_course_page`), a list is its served
-//! cards spliced between a head and a tail, and an `ETag` is a hash of the
-//! body, so it changes exactly when the body does (a sale that the clock
-//! starts or ends included) and is the same in every process.
+//! Nothing here parses a whole view: a course page is its stored page and
+//! stats joined as bytes, a list its cards spliced between a head and a
+//! tail. An `ETag` hashes the body, so it changes exactly when the body does
+//! (a sale starting or ending included) and is the same in every process.
 
 use std::{fmt::Display, sync::Arc};
 
@@ -54,16 +52,13 @@ pub struct Ready<T> {
 }
 
 /// The course pages last served from Redis, each with the stored bytes it
-/// was made from: a page read again with the very same bytes, while the
-/// clock is in the same span between sale boundaries, is the same body, so
-/// it is handed out again instead of being decompressed, joined and hashed
-/// anew. Every read still reads Redis and compares what it got: this only
-/// skips recomputing a pure function of those bytes and that span.
+/// was made from: the same bytes in the same span between sale boundaries
+/// make the same body, so it is handed out again rather than decompressed,
+/// joined and hashed anew (every read still reads Redis and compares).
 ///
-/// Bounded: one entry per slot, a course's slot fixed by its id, a later
-/// course in the slot replacing the one before. A course is kept only when
-/// it is read twice in a row in its slot, so reads spread over many courses
-/// cost a comparison and no copy.
+/// Bounded: one slot per id modulo the size, a later course replacing the
+/// one before; a course is kept only when read twice in a row in its slot,
+/// so reads spread over many courses cost a comparison and no copy.
 pub struct Pages {
     slots: Box<[ArcSwapOption<Slot>]>,
 }

@@ -249,10 +249,9 @@ impl Store {
     }
 
     /// The course page of `id`: served already when pre-warmed (and right
-    /// at `now`), else its stored page and stats, read together in one
-    /// round trip. `cached`: a pre-warmed copy may answer, and concurrent
-    /// reads of one course share one Redis read; a caller that waited for
-    /// its `X-Min-Lsn` passes `false` and reads Redis itself.
+    /// at `now`), else its stored page and stats in one round trip. With
+    /// `cached` false (read-your-writes) neither a pre-warmed copy nor a
+    /// concurrent read of the same course may answer.
     pub async fn course(
         &self,
         id: i64,
