@@ -14,6 +14,10 @@
 //! order, so the projector waits past a read's timeout before deleting an
 //! old generation, and a read reports the watermark of an earlier completed
 //! round trip (the floor), never more than the views it read hold.
+//!
+//! Two reads hand over response bytes, for measured per-read cost: a warm
+//! hit is the body made at refresh, and cards are copied straight into the
+//! body being built (no shared count per card).
 
 use std::{
     collections::HashMap,
