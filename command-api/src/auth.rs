@@ -8,7 +8,7 @@ use axum::http::HeaderValue;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// Proof that the request may make back-office writes: it carried the
 /// configured admin token, or none is configured (development mode).

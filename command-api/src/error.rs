@@ -30,6 +30,11 @@ impl FieldErrors {
         }
     }
 
+    /// Whether no problem was recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Moves the problem recorded under `from` to `to`, for a route whose
     /// field has another name than the one the shared check used.
     pub(crate) fn rename(mut self, from: &'static str, to: &'static str) -> Self {

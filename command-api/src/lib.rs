@@ -5,6 +5,7 @@
 //! Tests and an all-in-one binary start it in-process with [`Application`].
 
 mod auth;
+mod checkout;
 mod config;
 mod db;
 mod error;
@@ -13,6 +14,7 @@ mod extract;
 mod metrics;
 mod routes;
 mod startup;
+mod state;
 
 pub use config::Config;
 
@@ -20,6 +22,6 @@ pub use config::Config;
 /// exactly what the handlers run.
 #[doc(hidden)]
 pub mod statements {
-    pub use crate::routes::orders::COURSE_PRICES;
+    pub use crate::checkout::COURSE_PRICES;
 }
 pub use startup::{migrate, Application};

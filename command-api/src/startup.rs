@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routes::{self, AppState};
+use crate::routes;
+use crate::state::AppState;
 
 /// The API, bound to its port and ready to serve.
 pub struct Application {

@@ -1,21 +1,18 @@
-//! `POST /v1/enrollments` on the command side (command → projector → query):
-//! enrolling without checkout where the price is 0. It is written as a free
-//! order of one course, so seats, cancellation and the projector's views treat
-//! it exactly like any other purchase.
+//! `POST /v1/enrollments`: enrolling without checkout where the price is 0,
+//! written by the checkout as a free order of one course.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::Connection;
+use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::checkout::{self, CheckoutError, Enrollment};
 use crate::db::commit_lsn;
 use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
-use crate::routes::orders::{write_order, NewOrder, Pricing};
-use crate::routes::{written, AppState};
+use crate::routes::written;
+use crate::state::AppState;
 
 /// A direct enrollment.
 #[derive(Deserialize, ToSchema)]
@@ -26,19 +23,6 @@ pub(super) struct CreateEnrollment {
     /// A running 100%-off event of the course; claims one of its seats.
     #[serde(default)]
     event_id: Option<i64>,
-}
-
-/// An enrollment as stored: an insert-only fact, revoked only by cancelling
-/// its order.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Enrollment {
-    id: i64,
-    user_id: i64,
-    course_id: i64,
-    order_id: Option<i64>,
-    event_id: Option<i64>,
-    company: Option<String>,
-    created_at: DateTime<Utc>,
 }
 
 /// Enroll without checkout, where the price is 0.
@@ -77,36 +61,22 @@ pub(super) async fn create(
         errors.add("event_id", "must be a positive integer");
     }
     errors.into_result()?;
-    let order = NewOrder {
-        user_id: request.user_id,
-        course_ids: vec![request.course_id],
-        event_id: request.event_id,
-    };
 
     let mut conn = state.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let receipt = write_order(&mut tx, &order, Pricing::FreeOnly)
-        .await
-        .map_err(|err| match err {
-            // The shared checks speak of `course_ids`; this route has `course_id`.
-            ApiError::Validation(fields) => {
-                ApiError::Validation(fields.rename("course_ids", "course_id"))
-            }
-            other => other,
-        })?;
-    let enrollment: Enrollment = sqlx::query_as(
-        "SELECT id, user_id, course_id, order_id, event_id, company, created_at \
-         FROM enrollments WHERE order_id = $1",
+    let enrollment = checkout::enroll(
+        &mut conn,
+        request.user_id,
+        request.course_id,
+        request.event_id,
     )
-    .bind(receipt.id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!(
-        enrollment_id = enrollment.id,
-        order_id = receipt.id,
-        "direct enrollment"
-    );
+    .await
+    .map_err(|err| match err {
+        // The checkout speaks of `course_ids`; this route has `course_id`.
+        CheckoutError::Invalid(fields) => {
+            ApiError::Validation(fields.rename("course_ids", "course_id"))
+        }
+        other => other.into(),
+    })?;
     let lsn = commit_lsn(&mut conn).await;
     Ok(written(StatusCode::CREATED, lsn, &enrollment))
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Unavailable};
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// How long `/ready` waits for PostgreSQL before it says 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);

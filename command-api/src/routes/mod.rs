@@ -6,7 +6,7 @@ mod courses;
 mod enrollments;
 mod events;
 mod health;
-pub(crate) mod orders;
+mod orders;
 mod reference;
 mod users;
 
@@ -19,7 +19,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, BoxError, Json, Router};
 use serde::Serialize;
-use sqlx::PgPool;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -33,21 +32,10 @@ use utoipa_axum::routes;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics, RouteLabel};
+use crate::state::AppState;
 
 /// Header carrying the read-your-writes token of a successful write.
 pub(crate) const X_COMMIT_LSN: HeaderName = HeaderName::from_static("x-commit-lsn");
-
-/// What every handler shares.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) pool: PgPool,
-    /// `None`: back-office writes are open (development mode).
-    pub(crate) admin_token: Option<Arc<str>>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) max_connections: u32,
-    /// The API reference, rendered once from the routes that are served.
-    pub(crate) openapi: Bytes,
-}
 
 /// The whole application as one service. Fails only if the API reference
 /// cannot be rendered.

@@ -11,7 +11,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// What the document says about the whole API; the paths are added by the
 /// router as it registers each route.
