@@ -1,5 +1,4 @@
-//! The admin token that guards back-office writes on the command side
-//! (command → projector → query): course and event changes.
+//! The admin token that guards back-office writes: course and event changes.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;

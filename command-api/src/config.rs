@@ -1,6 +1,5 @@
-//! Settings of the command side (command → projector → query): where the write
-//! model lives, how the HTTP server listens, and the limits that keep it
-//! answering under load.
+//! Settings: where the write model lives, how the server listens, and the
+//! limits that keep it answering under load.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -1,6 +1,5 @@
-//! The command side's PostgreSQL connections (command → projector → query):
-//! a bounded pool whose every statement runs under a timeout, and the commit
-//! LSN handed to clients as their read-your-writes token.
+//! PostgreSQL connections: a bounded pool whose statements run under a
+//! timeout, and the commit LSN handed to clients as a read-your-writes token.
 
 use std::str::FromStr;
 

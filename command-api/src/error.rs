@@ -1,5 +1,5 @@
-//! How the command side (command → projector → query) says no: one error type
-//! whose response is the SPEC's status, code and JSON body.
+//! How the command API says no: one error type whose response is the SPEC's
+//! status, code and JSON body.
 
 use std::collections::BTreeMap;
 
@@ -115,8 +115,15 @@ fn describe_courses(ids: &[i64]) -> String {
     if ids.is_empty() {
         return "one of the courses".to_owned();
     }
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!("course(s) {}", list.join(", "))
+    format!("course(s) {}", join_ids(ids))
+}
+
+/// `3, 7`: ids as a message lists them.
+pub(crate) fn join_ids(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The body of every 4xx and 5xx answer.
@@ -264,10 +271,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Errors that go away by themselves: the pool is exhausted, the server is
-/// unreachable, shutting down or refusing connections, a statement timed out,
-/// a serialization conflict. A client should retry them, so they are 503, not
-/// 500, and nothing a client sends can cause them.
+/// Errors that go away by themselves (pool exhausted, server unreachable or
+/// shutting down, statement timeout, serialization conflict): 503, so clients
+/// retry; nothing a client sends causes them.
 fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut

@@ -1,5 +1,4 @@
-//! Expiry of checkout idempotency keys on the command side (command →
-//! projector → query): keys older than the TTL are deleted in small batches,
+//! Expiry of idempotency keys: keys older than the TTL go in small batches,
 //! so no single statement leaves a storm of dead tuples for vacuum.
 
 use std::time::Duration;

@@ -1,6 +1,5 @@
-//! Request extractors of the command side (command → projector → query): they
-//! turn bodies, paths and headers into values or into the SPEC's errors, never
-//! into axum's plain-text rejections.
+//! Request extractors: bodies, paths and headers become values or the SPEC's
+//! errors, never axum's plain-text rejections.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};

@@ -1,10 +1,10 @@
-//! The command side of command → projector → query: an HTTP API that
-//! validates each write and commits it to PostgreSQL in one transaction. The
-//! projector reads those commits from the WAL; this crate never talks to Redis.
+//! The command side: an HTTP API that validates each write and commits it to
+//! PostgreSQL in one transaction; the projector reads the commits from the WAL.
 //!
 //! Tests and an all-in-one binary start it in-process with [`Application`].
 
 mod auth;
+mod catalogue;
 mod checkout;
 mod config;
 mod db;
@@ -13,6 +13,7 @@ mod expiry;
 mod extract;
 mod metrics;
 mod routes;
+mod sale_event;
 mod startup;
 mod state;
 

@@ -1,5 +1,5 @@
-//! The `command-api` binary, the command side of command → projector → query:
-//! parses the settings, then serves (the default) or applies migrations.
+//! The `command-api` binary: parses the settings, then serves (the default)
+//! or applies migrations.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -1,5 +1,5 @@
-//! Starting the command side (command → projector → query): bind first, then
-//! serve until told to stop, so tests can run the real app on port 0.
+//! Starting the command API: bind first, then serve until told to stop, so
+//! tests can run the real app on port 0.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -109,11 +109,3 @@ impl CheckoutError {
         CheckoutError::Invalid(errors)
     }
 }
-
-/// `1, 2, 3`: ids as a message lists them.
-pub(crate) fn join(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::pricing::{discounted, COURSE_PRICES};
-use super::{join, seats, CheckoutError, Item, NewOrder, OrderStatus, Pricing, Receipt};
-use crate::error::{violates, FieldErrors};
+use super::{seats, CheckoutError, Item, NewOrder, OrderStatus, Pricing, Receipt};
+use crate::error::{join_ids, violates, FieldErrors};
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -82,7 +82,7 @@ pub(super) async fn write(
     if !unknown.is_empty() {
         errors.add(
             "course_ids",
-            format!("unknown course ids: {}", join(&unknown)),
+            format!("unknown course ids: {}", join_ids(&unknown)),
         );
     }
     match (order.event_id, &event) {

@@ -1,9 +1,8 @@
 //! Prices of an order: list prices, and the sale price inside a running event.
 
-/// The prices of an order's courses: one statement with one array parameter
-/// whatever the cart's size, so it stays one primary-key index lookup where a
-/// growing `IN (...)` list would be planned anew and could fall back to a
-/// scan. Heavy columns stay out: only ids and prices.
+/// The prices of an order's courses. One array parameter whatever the cart's
+/// size keeps it one primary-key lookup, where a growing `IN (...)` list is
+/// planned anew and may scan; only ids and prices, no heavy columns.
 pub const COURSE_PRICES: &str = "SELECT id, price_krw FROM courses WHERE id = ANY($1)";
 
 /// The sale price: `price * (100 - discount) / 100`, rounded down.

@@ -1,19 +1,19 @@
-//! `POST /v1/courses` and `PATCH /v1/courses/{id}` on the command side
-//! (command → projector → query): the catalogue the course views are built from.
+//! `POST /v1/courses` and `PATCH /v1/courses/{id}`: parse and check a
+//! course's fields, then write them to the catalogue.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
-use sqlx::{Postgres, QueryBuilder};
+use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
 use crate::auth::Admin;
+use crate::catalogue::{self, Course, CourseChanges};
 use crate::db::commit_lsn;
 use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::{AppJson, PathId};
-use crate::routes::{written, AppState};
+use crate::routes::written;
+use crate::state::AppState;
 
 /// Longest title or instructor accepted, in characters.
 const TITLE_MAX_CHARS: usize = 200;
@@ -23,26 +23,7 @@ const SUMMARY_MAX_CHARS: usize = 2_000;
 const CATEGORY_MAX_CHARS: usize = 100;
 /// Highest price accepted: a trillion won keeps any 500-course order total,
 /// and the discount arithmetic on it, far inside 64 bits.
-pub(super) const PRICE_MAX_KRW: i64 = 1_000_000_000_000;
-
-/// Every column a client sees, heavy HTML included: only single-course
-/// answers select it.
-const COURSE_COLUMNS: &str = "id, title, summary, description_html, category, instructor, \
-                              price_krw, created_at, updated_at";
-
-/// A course as stored, with its HTML.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Course {
-    id: i64,
-    title: String,
-    summary: String,
-    description_html: String,
-    category: String,
-    instructor: String,
-    price_krw: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
+const PRICE_MAX_KRW: i64 = 1_000_000_000_000;
 
 /// A new course.
 #[derive(Deserialize, ToSchema)]
@@ -98,28 +79,6 @@ where
     D: Deserializer<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
-}
-
-/// Course fields that passed validation; `None` means "leave as is".
-#[derive(Default)]
-struct CourseChanges {
-    title: Option<String>,
-    summary: Option<String>,
-    description_html: Option<String>,
-    category: Option<String>,
-    instructor: Option<String>,
-    price_krw: Option<i64>,
-}
-
-impl CourseChanges {
-    fn is_empty(&self) -> bool {
-        self.title.is_none()
-            && self.summary.is_none()
-            && self.description_html.is_none()
-            && self.category.is_none()
-            && self.instructor.is_none()
-            && self.price_krw.is_none()
-    }
 }
 
 fn required_text(
@@ -262,20 +221,7 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let course = CourseChanges::try_from(request)?;
     let mut conn = state.pool.acquire().await?;
-    let created: Course = sqlx::query_as(
-        "INSERT INTO courses (title, summary, description_html, category, instructor, price_krw) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         RETURNING id, title, summary, description_html, category, instructor, price_krw, \
-                   created_at, updated_at",
-    )
-    .bind(course.title)
-    .bind(course.summary)
-    .bind(course.description_html)
-    .bind(course.category)
-    .bind(course.instructor)
-    .bind(course.price_krw)
-    .fetch_one(&mut *conn)
-    .await?;
+    let created = catalogue::create(&mut conn, course).await?;
     let lsn = commit_lsn(&mut conn).await;
     Ok(written(StatusCode::CREATED, lsn, &created))
 }
@@ -311,44 +257,7 @@ pub(super) async fn update(
 ) -> Result<Response, ApiError> {
     let changes = CourseChanges::try_from(request)?;
     let mut conn = state.pool.acquire().await?;
-    let course: Option<Course> = if changes.is_empty() {
-        let mut query = QueryBuilder::<Postgres>::new("SELECT ");
-        query
-            .push(COURSE_COLUMNS)
-            .push(" FROM courses WHERE id = ")
-            .push_bind(id);
-        query.build_query_as().fetch_optional(&mut *conn).await?
-    } else {
-        let mut query = QueryBuilder::<Postgres>::new("UPDATE courses SET ");
-        let mut set = query.separated(", ");
-        // Column names are fixed text; every value is a bound parameter.
-        if let Some(title) = changes.title {
-            set.push("title = ").push_bind_unseparated(title);
-        }
-        if let Some(summary) = changes.summary {
-            set.push("summary = ").push_bind_unseparated(summary);
-        }
-        if let Some(description_html) = changes.description_html {
-            set.push("description_html = ")
-                .push_bind_unseparated(description_html);
-        }
-        if let Some(category) = changes.category {
-            set.push("category = ").push_bind_unseparated(category);
-        }
-        if let Some(instructor) = changes.instructor {
-            set.push("instructor = ").push_bind_unseparated(instructor);
-        }
-        if let Some(price_krw) = changes.price_krw {
-            set.push("price_krw = ").push_bind_unseparated(price_krw);
-        }
-        set.push("updated_at = now()");
-        query
-            .push(" WHERE id = ")
-            .push_bind(id)
-            .push(" RETURNING ")
-            .push(COURSE_COLUMNS);
-        query.build_query_as().fetch_optional(&mut *conn).await?
-    };
+    let course = catalogue::update(&mut conn, id, changes).await?;
     let course = course.ok_or_else(|| ApiError::NotFound(format!("there is no course {id}")))?;
     let lsn = commit_lsn(&mut conn).await;
     Ok(written(StatusCode::OK, lsn, &course))

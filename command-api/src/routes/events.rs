@@ -1,6 +1,5 @@
-//! `POST /v1/events` on the command side (command → projector → query): a
-//! sale event, its courses, and one seat row per limited seat, which checkout
-//! later claims and the projector counts as seats left.
+//! `POST /v1/events`: parse and check a sale event, then create it with its
+//! courses and seats.
 
 use std::collections::HashSet;
 
@@ -8,15 +7,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Datelike, FixedOffset, SubsecRound, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::Connection;
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::Admin;
 use crate::db::commit_lsn;
-use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
+use crate::error::{join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
-use crate::routes::{written, AppState};
+use crate::routes::written;
+use crate::sale_event::{self, Event, EventError, NewEvent};
+use crate::state::AppState;
 
 /// Longest event name accepted, in characters.
 const NAME_MAX_CHARS: usize = 200;
@@ -56,17 +56,6 @@ struct CreateEventCourse {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 100_000)]
     seat_limit: Option<i64>,
-}
-
-/// An event that passed the checks that need no database.
-struct NewEvent {
-    name: String,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
-    discount_percent: i32,
-    course_ids: Vec<i64>,
-    /// `None`: unlimited seats.
-    seat_limits: Vec<Option<i32>>,
 }
 
 impl TryFrom<CreateEvent> for NewEvent {
@@ -164,34 +153,6 @@ fn event_time(
     value
 }
 
-/// An event as stored.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-#[schema(as = SaleEvent)]
-struct EventRow {
-    id: i64,
-    name: String,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
-    discount_percent: i32,
-    created_at: DateTime<Utc>,
-}
-
-/// A course of an event as stored.
-#[derive(Serialize, ToSchema)]
-struct EventCourse {
-    course_id: i64,
-    /// `null`: unlimited.
-    seat_limit: Option<i32>,
-}
-
-/// An event with its courses.
-#[derive(Serialize, ToSchema)]
-struct Event {
-    #[serde(flatten)]
-    event: EventRow,
-    courses: Vec<EventCourse>,
-}
-
 /// Create a sale event.
 ///
 /// Each limited seat becomes a row that checkout claims, so buyers never
@@ -219,79 +180,14 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let event = NewEvent::try_from(request)?;
     let mut conn = state.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-
-    let known: Vec<i64> = sqlx::query_scalar("SELECT id FROM courses WHERE id = ANY($1)")
-        .bind(&event.course_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-    let known: HashSet<i64> = known.into_iter().collect();
-    let unknown: Vec<String> = event
-        .course_ids
-        .iter()
-        .filter(|id| !known.contains(id))
-        .map(i64::to_string)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(FieldErrors::single(
-            "courses",
-            format!("unknown course ids: {}", unknown.join(", ")),
-        ));
-    }
-
-    let created: EventRow = sqlx::query_as(
-        "INSERT INTO sale_events (name, starts_at, ends_at, discount_percent) \
-         VALUES ($1, $2, $3, $4) \
-         RETURNING id, name, starts_at, ends_at, discount_percent, created_at",
-    )
-    .bind(&event.name)
-    .bind(event.starts_at)
-    .bind(event.ends_at)
-    .bind(event.discount_percent)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO sale_event_courses (event_id, course_id, seat_limit) \
-         SELECT $1, c.course_id, c.seat_limit \
-         FROM UNNEST($2::bigint[], $3::integer[]) AS c(course_id, seat_limit)",
-    )
-    .bind(created.id)
-    .bind(&event.course_ids)
-    .bind(&event.seat_limits)
-    .execute(&mut *tx)
-    .await?;
-    // One row per seat, so buyers claim different rows instead of
-    // decrementing one shared counter.
-    sqlx::query(
-        "INSERT INTO event_seats (event_id, course_id, seat_no) \
-         SELECT $1, c.course_id, seat.no \
-         FROM UNNEST($2::bigint[], $3::integer[]) AS c(course_id, seat_limit) \
-         CROSS JOIN LATERAL generate_series(1, c.seat_limit) AS seat(no) \
-         WHERE c.seat_limit IS NOT NULL",
-    )
-    .bind(created.id)
-    .bind(&event.course_ids)
-    .bind(&event.seat_limits)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-
+    let created = sale_event::create(&mut conn, event)
+        .await
+        .map_err(|err| match err {
+            EventError::UnknownCourses(ids) => {
+                FieldErrors::single("courses", format!("unknown course ids: {}", join_ids(&ids)))
+            }
+            EventError::Database(err) => ApiError::Database(err),
+        })?;
     let lsn = commit_lsn(&mut conn).await;
-    let courses = event
-        .course_ids
-        .iter()
-        .zip(&event.seat_limits)
-        .map(|(course_id, seat_limit)| EventCourse {
-            course_id: *course_id,
-            seat_limit: *seat_limit,
-        })
-        .collect();
-    Ok(written(
-        StatusCode::CREATED,
-        lsn,
-        &Event {
-            event: created,
-            courses,
-        },
-    ))
+    Ok(written(StatusCode::CREATED, lsn, &created))
 }

@@ -1,5 +1,5 @@
-//! Probes and metrics of the command side (command → projector → query): is
-//! the process up, can it reach PostgreSQL, how is it doing.
+//! Probes and metrics: is the process up, can it reach PostgreSQL, how is it
+//! doing.
 
 use std::time::Duration;
 

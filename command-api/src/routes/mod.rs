@@ -1,6 +1,5 @@
-//! The command side's HTTP surface (command → projector → query): every route,
-//! and the layers that give each request an id, a span, a deadline and a place
-//! in the concurrency budget.
+//! The HTTP surface: every route, and the layers that give each request an
+//! id, a span, a deadline and a place in the concurrency budget.
 
 mod courses;
 mod enrollments;

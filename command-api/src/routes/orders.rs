@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::checkout::{self, join, CheckoutError, NewOrder, Placed, Receipt};
+use crate::checkout::{self, CheckoutError, NewOrder, Placed, Receipt};
 use crate::db::commit_lsn;
-use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
+use crate::error::{join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::{AppJson, IdempotencyKey, PathId};
 use crate::routes::written;
 use crate::state::AppState;
@@ -70,7 +70,7 @@ impl TryFrom<CreateOrder> for NewOrder {
                     "course_ids",
                     format!(
                         "must not repeat a course id (repeated: {})",
-                        join(&repeated)
+                        join_ids(&repeated)
                     ),
                 );
             }
@@ -217,5 +217,36 @@ mod tests {
         assert!(NewOrder::try_from(request(vec![1, 2, 1])).is_err());
         assert!(NewOrder::try_from(request(vec![1, -2])).is_err());
         assert!(NewOrder::try_from(request((1..=500).collect())).is_ok());
+    }
+
+    #[test]
+    fn checkout_refusals_answer_with_the_spec_statuses() {
+        use axum::response::IntoResponse;
+
+        let status = |err: CheckoutError| ApiError::from(err).into_response().status();
+        let mut fields = FieldErrors::default();
+        fields.add("user_id", "there is no user 7");
+        assert_eq!(
+            status(CheckoutError::Invalid(fields)),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(CheckoutError::AlreadyEnrolled(vec![3])),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(CheckoutError::SoldOut(vec![3])),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(status(CheckoutError::KeyReused), StatusCode::CONFLICT);
+        assert_eq!(
+            status(CheckoutError::KeyChangingHands),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(CheckoutError::NoOrder(9)), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(CheckoutError::KeyWithoutResponse),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

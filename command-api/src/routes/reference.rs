@@ -1,6 +1,5 @@
-//! The command side's API reference (command → projector → query): an
-//! OpenAPI document generated from the handlers' annotations and the request
-//! and response types, so it cannot drift from the code.
+//! The API reference: an OpenAPI document generated from the handlers'
+//! annotations and types, so it cannot drift from the code.
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;

@@ -1,5 +1,5 @@
-//! `POST /v1/users` on the command side (command → projector → query): a new
-//! buyer, whose company the projector tallies per course.
+//! `POST /v1/users`: a new buyer, whose company the projector tallies per
+//! course.
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -1,5 +1,4 @@
-//! Tests of the command side (command → projector → query): `POST /v1/courses`
-//! and `PATCH /v1/courses/{id}`.
+//! `POST /v1/courses` and `PATCH /v1/courses/{id}`.
 
 use serde_json::{json, Value};
 

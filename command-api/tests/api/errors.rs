@@ -1,5 +1,4 @@
-//! Tests of the command side (command → projector → query): every refusal is
-//! the SPEC's JSON error, whatever layer produced it.
+//! Every refusal is the SPEC's JSON error, whatever layer produced it.
 
 use serde_json::{json, Value};
 

@@ -1,5 +1,4 @@
-//! Tests of the command side (command → projector → query): `POST /v1/events`,
-//! `POST /v1/orders/{id}/cancel` and `POST /v1/enrollments`.
+//! `POST /v1/events`, `POST /v1/orders/{id}/cancel` and `POST /v1/enrollments`.
 
 use serde_json::{json, Value};
 

@@ -1,6 +1,5 @@
-//! Tests of the command side's (command → projector → query) ops surface:
-//! `/health`, `/ready`, `/metrics`, load shedding, request deadlines, the
-//! request id in every log line, and the generated API reference.
+//! The ops surface: `/health`, `/ready`, `/metrics`, load shedding, request
+//! deadlines, the request id in every log line, and the API reference.
 
 use std::sync::Arc;
 

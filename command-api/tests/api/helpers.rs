@@ -1,5 +1,5 @@
-//! Test harness of the command side (command → projector → query): a fresh
-//! PostgreSQL database per test, migrated, and the real app on a free port.
+//! Test harness: a fresh PostgreSQL database per test, migrated, and the
+//! real app on a free port.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock};

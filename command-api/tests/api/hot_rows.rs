@@ -1,7 +1,5 @@
-//! Tests of the command side (command → projector → query): the hot-row
-//! rule. Checkout, cancellation and direct enrollment only insert facts and
-//! touch rows of their own order; no request updates a row that many buyers
-//! share (a course, a user, an event).
+//! The hot-row rule: checkout, cancellation and direct enrollment insert facts
+//! and touch only their own order's rows, never a row many buyers share.
 
 use serde_json::{json, Value};
 

@@ -1,6 +1,5 @@
-//! Tests of the command side (command → projector → query): carts of up to
-//! 500 courses are written with one statement per table and looked up
-//! through the primary key, however many ids they hold.
+//! Carts of up to 500 courses: one statement per table, looked up through
+//! the primary key, however many ids they hold.
 
 use serde_json::{json, Value};
 

@@ -1,5 +1,5 @@
-//! Integration tests of the command side (command → projector → query),
-//! against a real PostgreSQL: one fresh database per test.
+//! Integration tests of the command API against a real PostgreSQL, one fresh
+//! database per test.
 
 mod courses;
 mod errors;

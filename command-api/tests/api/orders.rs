@@ -1,5 +1,4 @@
-//! Tests of the command side (command → projector → query): `POST /v1/orders`,
-//! its pricing, seats, enrollments and idempotency.
+//! `POST /v1/orders`: pricing, seats, enrollments and idempotency.
 
 use serde_json::{json, Value};
 

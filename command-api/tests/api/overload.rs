@@ -1,6 +1,5 @@
-//! Tests of the command side (command → projector → query) staying up: a
-//! bounded pool that refuses instead of queueing, PostgreSQL going away and
-//! coming back, and a graceful stop on SIGTERM.
+//! Staying up: a bounded pool that refuses instead of queueing, PostgreSQL
+//! going away and coming back, and a graceful stop on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

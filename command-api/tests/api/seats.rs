@@ -1,6 +1,5 @@
-//! Tests of the command side (command → projector → query): event seats
-//! claimed by many buyers at once, and cancellation as a compensating action
-//! that gives them back.
+//! Event seats claimed by many buyers at once, and cancellation giving them
+//! back.
 
 use std::sync::Arc;
 use std::time::Duration;

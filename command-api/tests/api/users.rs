@@ -1,4 +1,4 @@
-//! Tests of the command side (command → projector → query): `POST /v1/users`.
+//! `POST /v1/users`.
 
 use serde_json::{json, Value};
 
