@@ -9,11 +9,14 @@
 //! with the load generator. Each scenario works in its own database,
 //! replication slot and Redis key prefix, and drops them at the end.
 
+mod analysis;
 pub mod baseline;
 pub mod corpus;
+pub mod goals;
 pub mod load;
 pub mod plot;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod scale;
 pub mod scenarios;

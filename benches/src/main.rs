@@ -128,8 +128,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => {}
     }
     if let Some(json) = cli.render {
-        let mut results: benches::report::Results = serde_json::from_slice(&std::fs::read(&json)?)?;
-        results.ratios = benches::report::ratios(&results);
+        let mut results: benches::results::Results = serde_json::from_slice(&std::fs::read(&json)?)?;
+        results.ratios = benches::goals::ratios(&results);
         let dir = json.parent().map(PathBuf::from).unwrap_or_default();
         benches::report::write(&results, &dir)?;
         println!(

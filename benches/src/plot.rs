@@ -9,7 +9,7 @@ use std::{fs::File, io::BufWriter, path::Path, sync::OnceLock};
 use anyhow::{anyhow, Result};
 use plotters::{coord::Shift, prelude::*};
 
-use crate::{load::Phase, report::Results, scenarios::Subject};
+use crate::{load::Phase, results::Results, scenarios::Subject};
 
 const FONT_FILES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

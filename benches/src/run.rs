@@ -16,7 +16,8 @@ use sqlx::{Connection, PgConnection};
 use crate::{
     corpus::Corpus,
     load,
-    report::{self, Meta, Results, Timings},
+    goals, report,
+    results::{Meta, Results, Timings},
     scale::Scale,
     scenarios::{
         freshness, orders,
@@ -183,7 +184,7 @@ pub async fn run(options: Options) -> Result<Results> {
     }
     results.meta.duration_s = started.elapsed().as_secs_f64();
     results.meta.load_after = load_average();
-    results.ratios = report::ratios(&results);
+    results.ratios = goals::ratios(&results);
     report::write(&results, &options.out_dir)?;
     Ok(results)
 }

@@ -1,0 +1,287 @@
+//! The ratios the report opens with, each against its goal: the figures they
+//! divide, whether the goal is met, and why a ratio could not be measured.
+
+use crate::{
+    results::{Ratio, Results},
+    scenarios::{freshness::Freshness, Subject},
+};
+
+fn rps(s: Option<&Subject>) -> Option<f64> {
+    s.map(Subject::max_rps).filter(|v| *v > 0.0)
+}
+
+/// The ratios the report opens with.
+pub fn ratios(r: &Results) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    let mut push =
+        |key: &str, name: &str, num: Option<f64>, den: Option<f64>, goal: &str, detail: String| {
+            let value = match (num, den) {
+                (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+                _ => None,
+            };
+            let met = value.and_then(|v| {
+                if let Some(t) = goal.strip_prefix("≥ ") {
+                    t.parse::<f64>().ok().map(|t| v >= t)
+                } else if let Some(t) = goal.strip_prefix("≤ ") {
+                    t.parse::<f64>().ok().map(|t| v <= t)
+                } else {
+                    None
+                }
+            });
+            out.push(Ratio {
+                key: key.to_owned(),
+                name: name.to_owned(),
+                value,
+                goal: goal.to_owned(),
+                met,
+                detail,
+                unmeasured: None,
+            });
+        };
+    let f = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
+    let (bare, hot, hot_redis, random) = (
+        rps(r.read("bare")),
+        rps(r.read("hot")),
+        rps(r.read("hot_redis")),
+        rps(r.read("random")),
+    );
+    let (pg_count, pg_companies, pg_hot) = (
+        rps(r.read("pg_count")),
+        rps(r.read("pg_companies")),
+        rps(r.read("pg_companies_hot")),
+    );
+    push(
+        "hot_over_bare",
+        "warmed hot read RPS / bare axum RPS",
+        hot,
+        bare,
+        "≥ 0.8",
+        format!("{} / {} req/s", f(hot), f(bare)),
+    );
+    // The issue's subject is one page, the hot course's: the bare endpoint
+    // sends its bytes, and the same page from PostgreSQL is the monolith's
+    // live aggregate of it. Random courses are reported beside it.
+    push(
+        "redis_over_bare",
+        "Redis-path read RPS / bare axum RPS (hot course, read-your-writes token)",
+        hot_redis,
+        bare,
+        "≥ 0.5",
+        format!("{} / {} req/s", f(hot_redis), f(bare)),
+    );
+    push(
+        "redis_over_pg",
+        "Redis-path read RPS / PostgreSQL-path read RPS (the same page: hot course, student count and top companies)",
+        hot_redis,
+        pg_hot,
+        "≥ 15",
+        format!("{} / {} req/s", f(hot_redis), f(pg_hot)),
+    );
+    push(
+        "random_over_bare",
+        "Redis-path read RPS / bare axum RPS (random course of all)",
+        random,
+        bare,
+        "reported",
+        format!("{} / {} req/s", f(random), f(bare)),
+    );
+    push(
+        "random_over_pg",
+        "Redis-path read RPS / PostgreSQL-path read RPS (random course, page with student count kept on the row)",
+        random,
+        pg_count,
+        "reported",
+        format!("{} / {} req/s", f(random), f(pg_count)),
+    );
+    push(
+        "random_over_pg_companies",
+        "Redis-path read RPS / PostgreSQL-path read RPS (random course, page with top companies)",
+        random,
+        pg_companies,
+        "reported",
+        format!("{} / {} req/s", f(random), f(pg_companies)),
+    );
+    let (cart, single) = match &r.cart {
+        Some(c) => (Some(c.cart.latency.p50_ms), Some(c.single.latency.p50_ms)),
+        None => (None, None),
+    };
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
+    push(
+        "cart_over_single",
+        "125-id cart latency / single read latency (p50, same rate)",
+        cart,
+        single,
+        "≤ 2",
+        format!(
+            "{} / {} ms at {:.0} req/s",
+            ms(cart),
+            ms(single),
+            r.cart.as_ref().map(|c| c.rate).unwrap_or(0.0)
+        ),
+    );
+    let (hot_o, spread_o) = (rps(r.order("cqrs_hot")), rps(r.order("cqrs_spread")));
+    push(
+        "hot_over_spread_orders",
+        "hot-course orders/s / spread orders/s",
+        hot_o,
+        spread_o,
+        "≥ 0.9",
+        format!("{} / {} orders/s", f(hot_o), f(spread_o)),
+    );
+    let (mono_hot, mono_spread) = (
+        rps(r.order("monolith_hot")),
+        rps(r.order("monolith_spread")),
+    );
+    push(
+        "monolith_hot_over_spread_orders",
+        "monolith path: hot-course orders/s / spread orders/s",
+        mono_hot,
+        mono_spread,
+        "reported",
+        format!(
+            "{} / {} orders/s (expected about 0.2)",
+            f(mono_hot),
+            f(mono_spread)
+        ),
+    );
+    let pgbench = r.pgbench.as_ref().map(|p| p.tps);
+    push(
+        "endpoint_over_pgbench",
+        "order endpoint orders/s / pgbench same SQL",
+        spread_o,
+        pgbench,
+        "≥ 0.6",
+        format!("{} / {} orders/s", f(spread_o), f(pgbench)),
+    );
+    let (proj, recv) = match &r.stream {
+        Some(s) => (
+            Some(s.projector_changes_per_s),
+            Some(s.recvlogical_changes_per_s),
+        ),
+        None => (None, None),
+    };
+    push(
+        "projector_over_recvlogical",
+        "projector changes/s / pg_recvlogical changes/s",
+        proj,
+        recv,
+        "≥ 0.7",
+        format!("{} / {} changes/s", f(proj), f(recv)),
+    );
+    let top = top_freshness(&r.freshness);
+    push(
+        "freshness_p99",
+        "freshness p99 at 1,000 orders/s (ms)",
+        top.value,
+        Some(1.0),
+        "≤ 50",
+        top.detail,
+    );
+    let lz4 = r.storage.as_ref().map(|s| s.view_ratio);
+    push(
+        "lz4_over_raw",
+        "LZ4 bytes / raw bytes, course view with 10 KB of real HTML",
+        lz4,
+        Some(1.0),
+        "≤ 0.55",
+        match &r.storage {
+            Some(s) => format!(
+                "{:.0} / {:.0} bytes per view (mean of {})",
+                s.mean_view_stored_bytes, s.mean_view_raw_bytes, s.views
+            ),
+            None => "–".into(),
+        },
+    );
+    if let Some(ratio) = out.iter_mut().find(|x| x.key == "freshness_p99") {
+        ratio.unmeasured = top.unmeasured;
+    }
+    out
+}
+
+/// The freshness ratio's parts, from the phase at the highest offered rate.
+struct TopFreshness {
+    value: Option<f64>,
+    detail: String,
+    unmeasured: Option<String>,
+}
+
+/// A rate at which no order got through has no lag to report; one the
+/// command API fell well short of measured a lighter load than the goal's,
+/// so it gives no value either, and says why.
+fn top_freshness(freshness: &[Freshness]) -> TopFreshness {
+    let Some(top) = freshness
+        .iter()
+        .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))
+        .filter(|t| t.orders > 0)
+    else {
+        return TopFreshness {
+            value: None,
+            detail: "–".into(),
+            unmeasured: None,
+        };
+    };
+    let short = top.achieved_rps < 0.9 * top.offered_rps;
+    TopFreshness {
+        value: (!short).then_some(top.p99_ms),
+        detail: format!(
+            "p99 {:.1} ms at {:.0} orders/s offered ({:.0} achieved{})",
+            top.p99_ms,
+            top.offered_rps,
+            top.achieved_rps,
+            if short { ": too few to count" } else { "" }
+        ),
+        unmeasured: short.then(|| {
+            format!(
+                "the command API answered {:.0} of the {:.0} orders/s offered, so the lag was measured at a \
+                 lighter load",
+                top.achieved_rps, top.offered_rps
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(offered_rps: f64, achieved_rps: f64, orders: u64) -> Freshness {
+        Freshness {
+            offered_rps,
+            achieved_rps,
+            orders,
+            errors: 0,
+            unseen: 0,
+            p50_ms: 3.0,
+            p95_ms: 8.0,
+            p99_ms: 12.5,
+            max_ms: 20.0,
+            samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn freshness_is_read_at_the_highest_rate_the_command_api_carried() {
+        let top = top_freshness(&[phase(80.0, 79.0, 40), phase(20.0, 20.0, 10)]);
+        assert_eq!(top.value, Some(12.5));
+        assert!(top.unmeasured.is_none());
+        assert!(top
+            .detail
+            .starts_with("p99 12.5 ms at 80 orders/s offered (79 achieved)"));
+    }
+
+    #[test]
+    fn a_rate_the_command_api_fell_short_of_gives_a_reason_instead_of_a_value() {
+        let top = top_freshness(&[phase(20.0, 20.0, 10), phase(80.0, 44.0, 22)]);
+        assert_eq!(top.value, None);
+        let why = top.unmeasured.expect("a reason");
+        assert!(why.contains("44 of the 80 orders/s"), "{why}");
+        assert!(top.detail.ends_with("too few to count)"), "{}", top.detail);
+    }
+
+    #[test]
+    fn no_orders_at_all_is_no_value_and_no_reason() {
+        let top = top_freshness(&[phase(80.0, 0.0, 0)]);
+        assert_eq!(top.value, None);
+        assert!(top.unmeasured.is_none());
+    }
+}
