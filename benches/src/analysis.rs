@@ -1,22 +1,70 @@
-//! The prose under a missed goal: what the figures of the same run say about
-//! it, with every comparison and verdict computed from those figures.
+//! The report's prose that judges figures, above all under a missed goal:
+//! every comparison and verdict in it is computed from the same run.
 
-use crate::{results::Results, scenarios::Subject};
+use std::cmp::Ordering;
 
-/// Share of a profile's samples taken by a process or library whose name
-/// contains `name` (0 when there is no such profile or line).
-fn share(r: &Results, profile: &str, name: &str) -> f64 {
-    r.profiles
-        .iter()
-        .filter(|p| p.what.contains(profile))
-        .flat_map(|p| p.dsos.iter())
-        .filter(|(_, n)| n.contains(name))
-        .map(|(pct, _)| *pct)
-        .sum()
+use crate::{goals::rps, results::Results, scenarios::Subject};
+
+/// Two figures within this fraction of each other read as "about the same".
+const SAME_WITHIN: f64 = 0.05;
+/// A symbol with at least this share of a profile's samples is a hot spot.
+const HOT_SPOT_PERCENT: f64 = 10.0;
+/// A commit-to-visible lag at least this long counts as a stall.
+const STALL_MS: f64 = 100.0;
+
+/// How a measured figure compares with another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    Lower,
+    Same,
+    Higher,
 }
 
-/// "In the profile of ..., the kernel takes N% and the hottest symbols are
-/// ...": the evidence for an analysis, or nothing when it was not profiled.
+fn relation(figure: f64, other: f64) -> Relation {
+    if (figure - other).abs() <= SAME_WITHIN * other.abs() {
+        Relation::Same
+    } else if figure < other {
+        Relation::Lower
+    } else {
+        Relation::Higher
+    }
+}
+
+/// "1 core" or "N cores", as the run recorded the machine.
+fn cores(r: &Results) -> String {
+    match r.meta.machine.cores {
+        1 => "1 core".to_owned(),
+        n => format!("{n} cores"),
+    }
+}
+
+/// The query API's in-process cache hits during the reads, from the run's
+/// note; `None` when they were not counted.
+fn cache_hits(r: &Results) -> Option<f64> {
+    r.notes.iter().find_map(|note| {
+        note.strip_prefix("The query API counted ")?
+            .split_once(" in-process cache hits")?
+            .0
+            .parse()
+            .ok()
+    })
+}
+
+/// Share of a profile's samples taken by a process or library whose name
+/// contains `name`; `None` when there is no such profile.
+fn share(r: &Results, profile: &str, name: &str) -> Option<f64> {
+    let p = r.profiles.iter().find(|p| p.what.contains(profile))?;
+    Some(
+        p.dsos
+            .iter()
+            .filter(|(_, n)| n.contains(name))
+            .map(|(pct, _)| *pct)
+            .sum(),
+    )
+}
+
+/// The kernel's share and the hottest symbols of a profile, and whether one
+/// of them is a hot spot; nothing when it was not profiled.
 fn profile_sentence(r: &Results, profile: &str) -> String {
     let Some(p) = r.profiles.iter().find(|p| p.what.contains(profile)) else {
         return String::new();
@@ -33,164 +81,246 @@ fn profile_sentence(r: &Results, profile: &str) -> String {
         .take(5)
         .map(|(v, n)| format!("`{n}` {v:.1}%"))
         .collect();
+    let verdict = match p.symbols.first() {
+        Some((top, name)) if *top >= HOT_SPOT_PERCENT => {
+            format!(": `{name}` is a hot spot at {top:.1}%")
+        }
+        Some((top, _)) => format!(": none takes more than {top:.1}%, a spread per-request cost"),
+        None => String::new(),
+    };
     format!(
-        "In the profile ({}), the kernel's socket work takes {kernel:.0}% of the samples and the hottest symbols \
-         are {}: no single hot spot, a spread per-request cost. ",
+        "In the profile ({}), the kernel takes {kernel:.0}% of the samples and the hottest symbols are {}{verdict}. ",
         p.what,
         hottest.join(", ")
     )
 }
 
-/// The CPU per read of the Redis path against the bare endpoint's, and
-/// the ratio of throughputs those costs allow on shared cores.
-fn cpu_sentence(r: &Results) -> String {
+/// The CPU per read of `key` against the bare endpoint's at one rate, the
+/// ratio of throughputs those costs allow, and how the ratio measured at
+/// saturation compares with it.
+fn cpu_sentence(r: &Results, key: &str, what: &str) -> String {
     let of = |key: &str| r.read_cpu.iter().find(|c| c.key == key);
-    let (Some(bare), Some(redis)) = (of("bare"), of("hot_redis")) else {
+    let (Some(bare), Some(path)) = (of("bare"), of(key)) else {
         return String::new();
     };
-    format!(
-        "At one rate, a Redis-path read cost {:.1} µs of CPU in all (query API {:.1}, Redis {}, load generator {:.1}) \
-         against {:.1} µs for the bare endpoint (server {:.1}, load generator {:.1}): with every process on the same \
-         two cores, those costs alone allow a ratio of about {:.2}; at saturation it is lower still, as the bare \
-         endpoint and its load generator get cheaper per request when each wake-up finds many connections ready, \
-         while each Redis-path read also waits for its own round trip to Redis. ",
-        redis.total_us(),
-        redis.server_us,
-        redis
-            .redis_us
+    let allowed = bare.total_us() / path.total_us().max(f64::EPSILON);
+    let mut out = format!(
+        "At {:.0} req/s, {what} cost {:.1} µs of CPU in all (query API {:.1}, Redis {}, load generator {:.1}) \
+         against {:.1} µs for the bare endpoint (server {:.1}, load generator {:.1}): with every process on the \
+         same {}, those costs alone allow a ratio of about {allowed:.2}",
+        path.rate,
+        path.total_us(),
+        path.server_us,
+        path.redis_us
             .map(|v| format!("{v:.1}"))
             .unwrap_or_else(|| "unmeasured".into()),
-        redis.load_us,
+        path.load_us,
         bare.total_us(),
         bare.server_us,
         bare.load_us,
-        bare.total_us() / redis.total_us().max(f64::EPSILON),
-    )
+        cores(r),
+    );
+    if let (Some(n), Some(d)) = (rps(r.read(key)), rps(r.read("bare"))) {
+        let measured = n / d;
+        out += &match relation(measured, allowed) {
+            Relation::Lower => format!(
+                "; at saturation it was {measured:.2}, lower, so more than the CPU per read holds this path back"
+            ),
+            Relation::Same => format!("; at saturation it was {measured:.2}, about the same"),
+            Relation::Higher => format!("; at saturation it was {measured:.2}, higher"),
+        };
+    }
+    let parts = [
+        ("the query API", path.server_us),
+        ("Redis", path.redis_us.unwrap_or(0.0)),
+        ("the load generator", path.load_us),
+    ];
+    if let Some((who, us)) = parts
+        .iter()
+        .max_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal))
+    {
+        out += &format!(". Of its CPU per read, {who} takes the most ({us:.1} µs)");
+    }
+    out + ". "
 }
 
-/// Why a goal is missed and what would close the gap: the analysis behind
-/// each ratio, from the profiles (`perf`) of this code on this machine and
-/// the figures of the same run; shown only where a goal is missed.
+/// Whether the read paths' maxima at saturation rank as their CPU per read
+/// at one rate does (the cheaper, the faster); nothing with fewer than two
+/// paths measured both ways.
+pub(crate) fn cpu_ranking(r: &Results) -> String {
+    let paths: Vec<(f64, f64)> = r
+        .read_cpu
+        .iter()
+        .filter_map(|c| Some((c.total_us(), rps(r.read(&c.key))?)))
+        .collect();
+    if paths.len() < 2 {
+        return String::new();
+    }
+    let follows = paths.iter().enumerate().all(|(i, (cpu_a, max_a))| {
+        paths[i + 1..].iter().all(|(cpu_b, max_b)| {
+            match (relation(*cpu_a, *cpu_b), relation(*max_a, *max_b)) {
+                (Relation::Same, _) | (_, Relation::Same) => true,
+                (cpu, max) => cpu != max,
+            }
+        })
+    });
+    if follows {
+        "Here the paths' maxima at saturation rank as their CPU per read does: the cheaper the read, the \
+         higher its maximum."
+            .to_owned()
+    } else {
+        "Here the paths' maxima at saturation do not rank as their CPU per read does: something besides CPU \
+         limits at least one of them."
+            .to_owned()
+    }
+}
+
+/// What the figures of the same run say about a missed goal; `None` for a
+/// ratio without analysis.
 pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
-    let rps = |k: &str| r.read(k).map(Subject::max_rps).unwrap_or(0.0);
-    let redis_get = r
-        .redis_benchmark
-        .iter()
-        .find(|b| b.what.contains("view"))
-        .map(|b| b.rps)
-        .unwrap_or(0.0);
-    let served_warm = r
-        .notes
-        .iter()
-        .any(|n| n.contains("in-process cache hits") && !n.contains(" 0 in-process"));
-    Some(match key {
+    let read = |k: &str| r.read(k).map(Subject::max_rps).unwrap_or(0.0);
+    let order = |k: &str| r.order(k).map(Subject::max_rps).unwrap_or(0.0);
+    let text = match key {
         "hot_over_bare" => format!(
-            "The bare endpoint writes a prepared buffer. {}{}Closing the gap: fewer layers per request (the \
-             request id, span, metrics, concurrency limit, load shedding and timeout each wrap the call on their \
-             own) or a second core's worth of headroom beside Redis and the load generator.",
-            if served_warm {
-                "A warmed read is a lookup: the served bytes and `ETag` of a pre-warmed page are made when the warm \
-                 set is refreshed, so a hit parses, copies and hashes nothing; what is left per request is the \
-                 service around it (HTTP parsing, the request id, the request's span and metrics, the concurrency \
-                 limit, load shedding and timeout layers, the freshness headers), which the bare endpoint does not \
-                 have. "
-            } else {
-                "Pre-warming did not serve these reads (no cache hits were counted), so the warmed read measured the \
-                 Redis path (see the next row). "
+            "The bare endpoint sends a prepared buffer; a warmed read is a lookup in the warm set, around which \
+             the query API adds HTTP parsing, the request id, span and metrics, the concurrency limit, load \
+             shedding, the timeout and the freshness headers. {}{}{}",
+            match cache_hits(r) {
+                Some(hits) if hits > 0.0 => {
+                    format!("The query API counted {hits:.0} in-process cache hits during the reads. ")
+                }
+                Some(_) => "The query API counted no in-process cache hits during the reads, so the warmed \
+                            read took the Redis path (see the next row). "
+                    .to_owned(),
+                None => String::new(),
             },
+            cpu_sentence(r, "hot", "a warmed read"),
             profile_sentence(r, "hot course"),
         ),
-        "redis_over_bare" => format!(
-            "{}Every read is one round trip for the generation marker, its watermark, the course's page and stats: an \
-             MGET, shared by the reads that arrive while another is on its way, which asks for a key several of them \
-             want once (so Redis sends the hot page once per MGET, not once per read). The page is then made from \
-             the bytes read: decompressed, joined with the stats, its sale picked and its `ETag` hashed, unless the \
-             last page made for that course came from the very same bytes in the same span between sale boundaries, \
-             which is handed out again (every read still reads Redis and compares). Redis, the query API and the load \
-             generator share the two cores{}. {}Most of what is left is the service around every read (HTTP, the \
-             response's socket write, which on the loopback also runs the receiver's side) and the query API's round \
-             trip to Redis (a socket write and read on the loopback, and the wake-ups of the client's connection \
-             task). In trials neither a Unix socket to Redis nor another client (redis-rs against fred, at the same \
-             number of commands in flight) changed that cost measurably; sharing one MGET among the reads that arrive \
-             together, sending each key once and reusing a page made from the same bytes did, and are in.",
-            cpu_sentence(r),
-            // Absent when this run did not benchmark Redis alone (`--only`).
-            if redis_get > 0.0 {
-                format!("; redis-benchmark alone reached {redis_get:.0} GET/s of the same value")
-            } else {
-                String::new()
-            },
-            profile_sentence(r, "Redis path (read-your-writes token)")
-        ),
+        "redis_over_bare" => {
+            let redis_get = r
+                .redis_benchmark
+                .iter()
+                .find(|b| b.what.contains("view"))
+                .map(|b| b.rps)
+                .filter(|v| *v > 0.0);
+            format!(
+                "{}Each read of this path fetches the generation marker, its watermark, the course's page and \
+                 stats with an MGET, shared by the reads that arrive while one is on its way{}. {}",
+                cpu_sentence(r, "hot_redis", "a Redis-path read"),
+                // Absent when this run did not benchmark Redis alone (`--only`).
+                match redis_get {
+                    Some(get) => format!(
+                        "; redis-benchmark alone reached {get:.0} GET/s of the same value, against {:.0} reads/s \
+                         by this path",
+                        read("hot_redis")
+                    ),
+                    None => String::new(),
+                },
+                profile_sentence(r, "Redis path (read-your-writes token)")
+            )
+        }
         "redis_over_pg" => format!(
             "The monolith's hot page aggregates the course's enrollments on every read ({:.0} req/s); its cheapest \
-             page, one row with the count kept on it, reached {:.0} req/s, where the Redis path of a random course \
-             reached {:.0}. Closing the gap is on the Redis path (see above).",
-            rps("pg_companies_hot"),
-            rps("pg_count"),
-            rps("random"),
+             page, one row with the count kept on it, reached {:.0} req/s, and the Redis path of a random course \
+             {:.0} ({:.2} times the cheapest page).",
+            read("pg_companies_hot"),
+            read("pg_count"),
+            read("random"),
+            read("random") / read("pg_count").max(f64::EPSILON),
         ),
-        "cart_over_single" => "The cart's 125 courses are the running event's, so they are pre-warmed: each \
-             served card (sale already picked for the current sale window) is copied from the warm set straight \
-             into the body, with no per-card reference count taken or dropped, and the ids are looked up with a \
-             fast hasher. What is left is the size: the cart's body is about 3.5 times the single page's, and \
-             every byte crosses the loopback twice and is read by the load generator, on the same two cores. \
-             Read from Redis instead (cards not warm), the 125 cards are one MGET and each is served by the clock \
-             from its stored sales list."
-            .to_owned(),
-        "hot_over_spread_orders" => "Every hot order inserts into the same leaf pages of `enrollments_course_idx` \
-             (all keys equal) and of the partial unique index, so the inserts contend on buffer locks; there is no \
-             shared row, so the gap stays small. Closing it: an index that spreads equal keys (a hash index, or a \
-             key with the enrollment id first)."
-            .to_owned(),
-        "endpoint_over_pgbench" => format!(
-            "pgbench runs the same statements from a thin C client; the command API adds HTTP and JSON handling, a \
-             pool checkout, nine round trips to PostgreSQL per order plus one for the commit LSN, and it and the load \
-             generator take CPU from PostgreSQL on the same two cores (whole-machine order profile: PostgreSQL \
-             {:.0}%, the API's and the generator's runtime threads {:.0}%). Closing the gap: fewer round trips \
-             (the order's inserts in one statement with data-modifying CTEs, or pipelined execution) and the commit \
-             LSN from the same round trip as the COMMIT.",
-            share(r, "orders", "postgres"),
-            share(r, "orders", "tokio")
-        ),
-        "projector_over_recvlogical" => {
-            let cpu = r
-                .stream
-                .as_ref()
-                .and_then(|s| Some((s.cpu.as_ref()?.per_change_us(s.changes), s)));
-            let budget = match cpu {
-                Some(((projector, redis, walsender, total), s)) => format!(
-                    " Per row change the drain cost {projector:.1} µs of CPU in the projector, {redis:.1} µs in \
-                     Redis and {} in the walsender that decodes the slot, {total:.1} µs in all: on two cores that \
-                     is a ceiling of {:.0} changes/s with nothing else running, {:.2} of pg_recvlogical's rate, \
-                     before any wait between the stages. Redis alone, single-threaded, would cap the drain at \
-                     {:.0} changes/s.",
-                    walsender
-                        .map(|w| format!("{w:.1} µs"))
-                        .unwrap_or_else(|| "an unmeasured share".to_owned()),
-                    2e6 / total.max(f64::EPSILON),
-                    2e6 / total.max(f64::EPSILON) / s.recvlogical_changes_per_s.max(1.0),
-                    1e6 / redis.max(f64::EPSILON),
-                ),
-                None => String::new(),
+        "cart_over_single" => {
+            let c = r.cart.as_ref()?;
+            format!(
+                "At {:.0} req/s the cart of {} courses answered in p50 {:.2} ms and p99 {:.2} ms, one of its \
+                 courses alone in p50 {:.2} ms and p99 {:.2} ms. The cart's courses are the running event's, which \
+                 the query API pre-warms; cards that are not warm are read from Redis in one MGET.",
+                c.rate,
+                r.meta.scale.cart_size,
+                c.cart.latency.p50_ms,
+                c.cart.latency.p99_ms,
+                c.single.latency.p50_ms,
+                c.single.latency.p99_ms,
+            )
+        }
+        "hot_over_spread_orders" => {
+            let (mono_hot, mono_spread) = (order("monolith_hot"), order("monolith_spread"));
+            let monolith = if mono_hot > 0.0 && mono_spread > 0.0 {
+                format!(
+                    " The monolith, which also updates the course's row, reached {:.2} of its spread rate.",
+                    mono_hot / mono_spread
+                )
+            } else {
+                String::new()
             };
             format!(
-                "pg_recvlogical throws the decoded stream away; the projector turns it into views before it \
-                 confirms. In the drain profile the projector takes {:.0}% of the machine, Redis {:.0}% and \
-                 PostgreSQL's decoding {:.0}%.{budget} An enrollment touches only its course's small stats view \
-                 and card, never the 10 KB page; a new order, and a course whose aggregate the projector holds, \
-                 are applied and written by one script call each, 32 calls to a command (fred flushes its socket \
-                 after every script command); a flush's first step goes to Redis in chunks while the rest is \
-                 planned, with one sorted-set command per key (rankings, libraries); script arguments are slices \
-                 of shared buffers; a known course is advanced in place and its top five picked without copying \
-                 its tallies; mimalloc is the allocator (glibc's heap consolidation was a sixth of the drain). \
-                 Closing the gap: two flushes in flight, so that the projector finishes one while Redis starts \
-                 the next (delicate: per-entity stamps mean a later flush must not apply an entity before an \
-                 earlier one does), and the projector and Redis on cores of their own, not shared with \
-                 PostgreSQL's decoder.",
-                share(r, "projector draining", "projector") + share(r, "projector draining", "tokio"),
+                "Hot orders reached {:.0} orders/s against {:.0} spread.{monolith} No row is shared, but every hot \
+                 order inserts into the same leaf pages of `enrollments_course_idx` (all keys equal) and of the \
+                 partial unique index. A candidate: an index that spreads equal keys (a hash index, or a key with \
+                 the enrollment id first).",
+                order("cqrs_hot"),
+                order("cqrs_spread"),
+            )
+        }
+        "endpoint_over_pgbench" => {
+            let profile = match (
+                share(r, "orders", "postgres"),
+                share(r, "orders", "tokio"),
+            ) {
+                (Some(pg), Some(rt)) => format!(
+                    " In the whole-machine order profile PostgreSQL takes {pg:.0}% of the samples and the API's \
+                     and the load generator's runtime threads {rt:.0}%, on {}.",
+                    cores(r)
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "pgbench runs the same statements from a thin C client; the command API adds HTTP and JSON \
+                 handling, a pool checkout, a round trip to PostgreSQL per statement and one for the commit \
+                 LSN.{profile} Candidates: fewer round trips (the order's inserts in one statement with \
+                 data-modifying CTEs, or pipelined execution) and the commit LSN in the COMMIT's round trip."
+            )
+        }
+        "projector_over_recvlogical" => {
+            let s = r.stream.as_ref()?;
+            let budget = match &s.cpu {
+                Some(cpu) => {
+                    let (projector, redis, walsender, total) = cpu.per_change_us(s.changes);
+                    let ceiling = r.meta.machine.cores.max(1) as f64 * 1e6 / total.max(f64::EPSILON);
+                    format!(
+                        " Per row change the drain cost {projector:.1} µs of CPU in the projector, {redis:.1} µs \
+                         in Redis and {} in the walsender that decodes the slot, {total:.1} µs in all: on {} that \
+                         is a ceiling of {:.0} changes/s with nothing else running, {:.2} of pg_recvlogical's \
+                         rate. Redis alone, single-threaded, would cap the drain at {:.0} changes/s.",
+                        walsender
+                            .map(|w| format!("{w:.1} µs"))
+                            .unwrap_or_else(|| "an unmeasured share".to_owned()),
+                        cores(r),
+                        ceiling,
+                        ceiling / s.recvlogical_changes_per_s.max(1.0),
+                        1e6 / redis.max(f64::EPSILON),
+                    )
+                }
+                None => String::new(),
+            };
+            let profile = match (
+                share(r, "projector draining", "projector"),
+                share(r, "projector draining", "tokio"),
                 share(r, "projector draining", "redis"),
-                share(r, "projector draining", "postgres")
+                share(r, "projector draining", "postgres"),
+            ) {
+                (Some(projector), Some(runtime), Some(redis), Some(postgres)) => format!(
+                    " In the drain profile the projector takes {:.0}% of the machine, Redis {redis:.0}% and \
+                     PostgreSQL's decoding {postgres:.0}%.",
+                    projector + runtime
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "pg_recvlogical throws the decoded stream away; the projector turns it into views in Redis \
+                 before it confirms.{profile}{budget} A candidate: two flushes in flight, so that the projector \
+                 plans one while Redis applies the other (a later flush must not apply an entity before an \
+                 earlier one does)."
             )
         }
         "freshness_p99" => {
@@ -199,26 +329,166 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                 .iter()
                 .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))?;
             let low = r.freshness.first()?;
-            let alone = match r.order("cqrs_spread").map(Subject::max_rps) {
-                Some(alone) if alone > 0.0 => format!(" (alone, {alone:.0})"),
+            let alone = match order("cqrs_spread") {
+                alone if alone > 0.0 => format!(" (alone, {alone:.0})"),
                 _ => String::new(),
+            };
+            let stalls = top.samples.iter().filter(|(_, ms)| *ms >= STALL_MS).count();
+            let tail = if top.samples.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " Of the {} lags sampled at that rate, {stalls} were {STALL_MS:.0} ms or more (the longest \
+                     {:.0} ms).",
+                    top.samples.len(),
+                    top.max_ms
+                )
             };
             format!(
                 "At {:.0} orders/s offered the whole pipeline (load generator, command API, PostgreSQL, projector, \
-                 Redis) shares two cores: with the projector and Redis busy beside it, the command API answered \
-                 {:.0} orders/s{alone}. The tail is a few stalls of 100 ms and more in which every stage waits, not \
-                 a backlog in one: in a diagnostic run with the projector's per-flush log (`BENCH_PROGRAM_LOG=\
-                 projector=debug`), flushes of a single transaction reached the projector 85 ms after their commit, \
-                 before it had done anything with them, while others waited on Redis as long; the host's CPU \
-                 pressure (`/proc/pressure/cpu`) read 30-50% even with the run stopped. At {:.0} orders/s the lag \
-                 is p50 {:.1} ms, p99 {:.1} ms. Closing the rest needs the programs off the database's machine, or \
-                 fewer programs per core.",
-                top.offered_rps, top.achieved_rps, low.offered_rps, low.p50_ms, low.p99_ms
+                 Redis) shares {}: the command API answered {:.0} orders/s{alone}.{tail} At {:.0} orders/s the \
+                 lag is p50 {:.1} ms, p99 {:.1} ms.",
+                top.offered_rps,
+                cores(r),
+                top.achieved_rps,
+                low.offered_rps,
+                low.p50_ms,
+                low.p99_ms
             )
         }
-        "lz4_over_raw" => "LZ4's fast mode finds fewer matches in prose than in markup; LZ4 HC or zstd would store \
-             fewer bytes at more CPU per write."
-            .to_owned(),
+        "lz4_over_raw" => {
+            let s = r.storage.as_ref()?;
+            format!(
+                "{} course views with a mean description of {:.0} bytes of HTML stored {:.0} of {:.0} bytes on \
+                 average with LZ4's fast mode. Candidates, not measured here: LZ4 HC or zstd, at more CPU per write.",
+                s.views, s.mean_description_bytes, s.mean_view_stored_bytes, s.mean_view_raw_bytes
+            )
+        }
         _ => return None,
-    })
+    };
+    Some(text.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A committed full run, as `--render` reads it.
+    fn committed() -> Results {
+        serde_json::from_str(include_str!("../results/2026-12-02.json")).expect("a results file")
+    }
+
+    fn subject_mut<'a>(r: &'a mut Results, key: &str) -> &'a mut Subject {
+        r.reads
+            .iter_mut()
+            .find(|s| s.key == key)
+            .expect("a subject")
+    }
+
+    #[test]
+    fn figures_within_five_percent_read_as_the_same() {
+        assert_eq!(relation(0.97, 1.0), Relation::Same);
+        assert_eq!(relation(0.9, 1.0), Relation::Lower);
+        assert_eq!(relation(1.1, 1.0), Relation::Higher);
+    }
+
+    #[test]
+    fn the_saturation_verdict_follows_the_measured_ratio() {
+        let mut r = committed();
+        let text = cpu_sentence(&r, "hot_redis", "a Redis-path read");
+        assert!(text.contains("at saturation it was 0.42, lower"), "{text}");
+
+        let bare = subject_mut(&mut r, "bare").saturation.achieved_rps;
+        subject_mut(&mut r, "hot_redis").saturation.achieved_rps = bare * 0.9;
+        let text = cpu_sentence(&r, "hot_redis", "a Redis-path read");
+        assert!(text.contains("at saturation it was 0.90, higher"), "{text}");
+    }
+
+    #[test]
+    fn the_cpu_sentence_counts_the_cores_the_run_recorded() {
+        let mut r = committed();
+        r.meta.machine.cores = 8;
+        let text = cpu_sentence(&r, "hot_redis", "a Redis-path read");
+        assert!(text.contains("the same 8 cores"), "{text}");
+        assert!(!text.contains("two cores"), "{text}");
+    }
+
+    #[test]
+    fn a_hot_spot_is_named_only_when_one_symbol_stands_out() {
+        let mut r = committed();
+        let profile = "hot course read at saturation";
+        let p = r
+            .profiles
+            .iter_mut()
+            .find(|p| p.what.contains(profile))
+            .expect("a profile");
+        p.symbols = vec![(13.6, "inflate".into()), (2.0, "memmove".into())];
+        assert!(profile_sentence(&r, profile).contains("`inflate` is a hot spot at 13.6%"));
+
+        let p = r
+            .profiles
+            .iter_mut()
+            .find(|p| p.what.contains(profile))
+            .expect("a profile");
+        p.symbols = vec![(4.0, "inflate".into()), (2.0, "memmove".into())];
+        let text = profile_sentence(&r, profile);
+        assert!(text.contains("none takes more than 4.0%"), "{text}");
+    }
+
+    #[test]
+    fn the_cpu_ranking_verdict_follows_the_figures() {
+        let mut r = committed();
+        let follows = "rank as their CPU per read does";
+        let cpu = |r: &Results, key: &str| {
+            r.read_cpu
+                .iter()
+                .find(|c| c.key == key)
+                .expect("cpu")
+                .total_us()
+        };
+        // The cheapest read gets the highest maximum, the dearest the lowest.
+        let mut keys: Vec<String> = r.read_cpu.iter().map(|c| c.key.clone()).collect();
+        keys.sort_by(|a, b| cpu(&r, a).total_cmp(&cpu(&r, b)));
+        for (rank, key) in keys.iter().enumerate() {
+            subject_mut(&mut r, key).saturation.achieved_rps = 100_000.0 / (rank + 1) as f64;
+        }
+        assert!(cpu_ranking(&r).contains(follows), "{}", cpu_ranking(&r));
+        // The dearest read now gets the highest maximum.
+        let dearest = keys.last().expect("a path").clone();
+        subject_mut(&mut r, &dearest).saturation.achieved_rps = 1_000_000.0;
+        assert!(
+            cpu_ranking(&r).contains("do not rank"),
+            "{}",
+            cpu_ranking(&r)
+        );
+    }
+
+    #[test]
+    fn cache_hits_are_read_from_the_note_and_zero_hits_say_so() {
+        let mut r = committed();
+        assert_eq!(cache_hits(&r), Some(5_536_047.0));
+        let text = analysis("hot_over_bare", &r).expect("an analysis");
+        assert!(
+            text.contains("counted 5536047 in-process cache hits"),
+            "{text}"
+        );
+
+        r.notes = vec!["The query API counted 0 in-process cache hits during the reads.".into()];
+        let text = analysis("hot_over_bare", &r).expect("an analysis");
+        assert!(text.contains("counted no in-process cache hits"), "{text}");
+
+        r.notes.clear();
+        let text = analysis("hot_over_bare", &r).expect("an analysis");
+        assert!(!text.contains("cache hits"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_profile_gives_no_shares_rather_than_zeros() {
+        let mut r = committed();
+        r.profiles.clear();
+        let text = analysis("projector_over_recvlogical", &r).expect("an analysis");
+        assert!(!text.contains("drain profile"), "{text}");
+        let text = analysis("endpoint_over_pgbench", &r).expect("an analysis");
+        assert!(!text.contains("order profile"), "{text}");
+    }
 }

@@ -1,13 +1,12 @@
 //! The baselines the figures are read against, each served by a child
-//! process of the `bench` binary (never in the load generator's runtime):
+//! process of the `bench` binary, never in the load generator's runtime.
 //!
-//! - the HTTP ceiling: a bare axum endpoint answering the very bytes the
-//!   query API answers for the hot course page;
-//! - the monolith: the same course page built from PostgreSQL on every read
-//!   (axum + sqlx, one round trip, the joins and aggregates it needs, with
-//!   proper indexes), and the same order transaction as the command API
-//!   plus `UPDATE courses SET student_count = student_count + 1`, the hot
-//!   row our schema bans. It runs on a database of its own with that column.
+//! - The HTTP ceiling: a bare axum endpoint answering the hot course page's
+//!   very bytes.
+//! - The monolith: the course page built from PostgreSQL on every read, and
+//!   the command API's order transaction plus `UPDATE courses SET
+//!   student_count = student_count + 1`, the hot row our schema bans, on a
+//!   database of its own.
 
 use std::{collections::HashMap, net::SocketAddr, path::Path, str::FromStr, time::Duration};
 

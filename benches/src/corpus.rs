@@ -1,6 +1,6 @@
-//! Course text that looks like production: descriptions cut from real HTML
-//! (the books shipped with the Rust toolchain's documentation, when they are
-//! installed), or, failing that, drawn from a large generated vocabulary.
+//! Course text that looks like production: real HTML (the Rust books, when
+//! installed), else a large generated vocabulary.
+//!
 //! A repeated string compresses twenty times better than real HTML and would
 //! make every size and speed figure a lie.
 

@@ -1,16 +1,13 @@
 //! The load generator: a lean HTTP/1.1 client (hyper, one connection per
-//! task, no pool) with two modes.
+//! task, no pool) that saturates or holds a fixed rate.
 //!
-//! - Saturation: every connection sends its next request as soon as the
-//!   previous answer is read; the completions per second are the throughput.
-//! - Fixed rate (open loop): request `i` is due at `start + i / rate`
-//!   whatever happened before, and a free connection sends it then. When
-//!   the service stalls, later requests wait for a connection and their
-//!   latency counts from the moment they were due, so a stall is never
-//!   hidden by the generator slowing down (no coordinated omission). When a
-//!   connection was idle and slept until the due time, the latency counts
-//!   from the actual send, so the timer's own lateness (up to a
-//!   millisecond) is not blamed on the service.
+//! - Saturation: each connection sends its next request as soon as the
+//!   previous answer is read.
+//! - Fixed rate (open loop): request `i` is due at `start + i / rate`, and
+//!   its latency counts from then, so a stall is never hidden by the
+//!   generator slowing down (no coordinated omission). A connection that
+//!   slept until the due time counts from the actual send, so the timer's
+//!   own lateness is not blamed on the service.
 //!
 //! Every run is bounded: nothing is sent after its end, and answers still
 //! outstanding 15 s later are abandoned.

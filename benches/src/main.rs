@@ -1,6 +1,5 @@
 //! `bench`: runs every scenario against the local stack and writes the
-//! report; `bench serve-bare` and `bench serve-monolith` are the baselines'
-//! servers, started by the run itself as child processes.
+//! report; `serve-bare` and `serve-monolith` are the baselines' servers.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -128,7 +127,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => {}
     }
     if let Some(json) = cli.render {
-        let mut results: benches::results::Results = serde_json::from_slice(&std::fs::read(&json)?)?;
+        let mut results: benches::results::Results =
+            serde_json::from_slice(&std::fs::read(&json)?)?;
         results.ratios = benches::goals::ratios(&results);
         let dir = json.parent().map(PathBuf::from).unwrap_or_default();
         benches::report::write(&results, &dir)?;

@@ -1,8 +1,7 @@
-//! The report's plots, drawn with plotters into an RGB buffer and written
-//! as PNG. Text needs a TrueType font: one found on the system (DejaVu
-//! Sans, which Debian installs with most desktops and many servers) is
-//! loaded at run time; without one the plots are drawn without text and the
-//! Markdown beside them carries the labels.
+//! The report's plots, drawn with plotters and written as PNG.
+//!
+//! Text needs a TrueType font found on the system (DejaVu Sans); without
+//! one the plots have no text and the Markdown beside them has the labels.
 
 use std::{fs::File, io::BufWriter, path::Path, sync::OnceLock};
 

@@ -6,9 +6,9 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::Result;
 
 use crate::{
-    analysis::analysis,
+    analysis::{analysis, cpu_ranking},
     plot,
-    results::{Ratio, Results},
+    results::{Meta, Ratio, Results},
     scenarios::Subject,
 };
 
@@ -30,6 +30,23 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
+/// The load average when the run started and ended, when recorded: how
+/// busy the machine was besides the run.
+fn load_sentence(m: &Meta) -> String {
+    if m.load_before.is_empty() {
+        return String::new();
+    }
+    let after = if m.load_after.is_empty() {
+        "–"
+    } else {
+        &m.load_after
+    };
+    format!(
+        " Load average (1, 5, 15 min) at the start: {}; at the end: {after}.",
+        m.load_before
+    )
+}
+
 /// The Markdown page.
 pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     let mut md = String::new();
@@ -38,14 +55,15 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     let _ = writeln!(
         md,
         "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; PostgreSQL {}, Redis {}. \
-         The machine is shared and small, so absolute figures drift from run to run; \
-         the ratios, measured side by side in one run, are what hold.\n",
+         Absolute figures drift from run to run; the ratios, measured side by side in one run, \
+         are what hold.{}\n",
         m.machine.cores,
         m.machine.cpu,
         m.machine.memory_gib,
         m.machine.kernel,
         m.machine.postgres,
-        m.machine.redis
+        m.machine.redis,
+        load_sentence(m)
     );
     let _ = writeln!(
         md,
@@ -116,17 +134,13 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     if r.read("hot_redis").is_some() {
         let _ = writeln!(
             md,
-            "The Redis-path goals are measured on the page the other goal rows send, the hot course's, read with a \
-             read-your-writes token the projection has reached (`?min_lsn=`, from a query API with pre-warming off): \
-             no in-process copy answers and no answer is shared with another read, so each read waits for a Redis \
-             round trip (an MGET of its own, or one it shares with the reads that arrived while one was on its way) \
-             and compares the bytes it got with those the course's last page was made from (the same bytes: that \
-             page is sent again; other bytes: a new page is decompressed and joined). It is set against the bare \
-             endpoint sending the very same \
-             bytes and against the monolith computing that page live (student count and top companies over the \
-             course's enrollments). The random courses take the same Redis path with an uncached key each time; \
-             against the monolith's cheapest page (one row, the count kept on it) they are reported beside the \
-             goals.\n"
+            "The Redis-path goals are measured on the hot course's page, read with a read-your-writes token the \
+             projection has reached (`?min_lsn=`, from a query API with pre-warming off), so no in-process copy \
+             answers: each read waits for an MGET to Redis, its own or one shared with the reads that arrived while \
+             it was on its way. It is set against the bare endpoint sending the very same bytes and against the \
+             monolith computing that page live (student count and top companies over the course's enrollments). \
+             The random courses take the same Redis path with an uncached key each time; against the monolith's \
+             cheapest page (one row, the count kept on it) they are reported beside the goals.\n"
         );
     }
     let behind = r
@@ -138,10 +152,8 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     if behind > 0 {
         let _ = writeln!(
             md,
-            "At 90% of the median maximum, {behind} subject(s) fell behind the schedule (requests unsent when \
-             the phase ended count as failed): the schedule asked for more than the service sustained during that \
-             phase (on this shared machine the load besides the run varies from round to round), so those 90% tails \
-             show queueing behind the schedule.\n"
+            "At 90% of the median maximum, {behind} subject(s) had requests that failed or were still unsent when \
+             the phase ended (both count as failed), so their 90% latencies are not those of a load they carried.\n"
         );
     }
     if !r.read_cpu.is_empty() {
@@ -150,8 +162,9 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
             md,
             "CPU per read: the hot course's page by each path, and the random courses, all at {rate:.0} req/s (half \
              the slowest path's maximum) for {:.1} s; user and system time of each process over the reads answered. \
-             At saturation the two cores are shared by all three, so a path's maximum follows its total.\n",
-            m.scale.rate_phase.as_secs_f64()
+             {}\n",
+            m.scale.rate_phase.as_secs_f64(),
+            cpu_ranking(r)
         );
         let _ = writeln!(
             md,
@@ -262,11 +275,12 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "CPU per row change during the projector's drain (user and system time of each process, \
-                 less noisy on a shared machine than the rates): {projector:.1} µs in the projector, \
-                 {redis:.1} µs in Redis, {walsender}{total:.1} µs in all. At that cost the two cores \
-                 carry at most {:.0} changes/s with nothing else running; the drain kept {:.2} cores busy.\n",
-                2e6 / total.max(f64::EPSILON),
+                "CPU per row change during the projector's drain (user and system time of each process): \
+                 {projector:.1} µs in the projector, {redis:.1} µs in Redis, {walsender}{total:.1} µs in all. \
+                 At that cost the {} cores carry at most {:.0} changes/s with nothing else running; the drain \
+                 kept {:.2} cores busy.\n",
+                m.machine.cores,
+                m.machine.cores as f64 * 1e6 / total.max(f64::EPSILON),
                 (cpu.projector_s + cpu.redis_s + cpu.walsender_s.unwrap_or(0.0)) / s.projector_s.max(f64::EPSILON),
             );
         }

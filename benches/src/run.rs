@@ -1,6 +1,6 @@
-//! One run, start to end: seed the databases, start the programs and the
-//! baselines, measure every scenario side by side, stop everything, drop
-//! every database, slot and key prefix the run made, and write the report.
+//! One run, start to end: seed, start the programs and baselines, measure
+//! every scenario, clean up, and write the report.
+//!
 //! A scenario that fails is recorded in the report and the run goes on.
 
 use std::{
@@ -15,8 +15,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::{
     corpus::Corpus,
-    load,
-    goals, report,
+    goals, load, report,
     results::{Meta, Results, Timings},
     scale::Scale,
     scenarios::{
@@ -558,8 +557,8 @@ async fn reads_scenario(
         );
         if requests > 0.0 && mgets > 0.0 {
             results.notes.push(format!(
-                "The hot course's Redis-path reads: {requests:.0} answered, each waiting for a Redis round trip \
-                 ({:.2} per read); {mgets:.0} MGETs carried them ({:.2} reads per MGET).",
+                "The hot course's Redis-path reads: {requests:.0} answered, {trips:.0} Redis round trips waited \
+                 for ({:.2} per read); {mgets:.0} MGETs carried them ({:.2} reads per MGET).",
                 trips / requests,
                 requests / mgets
             ));
@@ -571,8 +570,8 @@ async fn reads_scenario(
             b - a
         )),
         _ => results.notes.push(
-            "The query API exposes no in-process cache counters yet (pre-warming has not landed): \
-             the \"warmed\" hot read took the same Redis path as every other read, and will improve when pre-warm lands."
+            "The query API exposes no in-process cache counters, so its cache hits during the reads were not \
+             counted."
                 .to_owned(),
         ),
     }

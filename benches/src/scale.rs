@@ -1,6 +1,5 @@
-//! How big a run is: the full run (by hand, about a quarter of an hour on
-//! two cores) and the smoke run (CI, seconds) exercise the same scenarios at
-//! different sizes and durations.
+//! How big a run is: the full run (by hand) and the smoke run (CI) exercise
+//! the same scenarios at different sizes and durations.
 
 use std::time::Duration;
 

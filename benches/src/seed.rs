@@ -1,12 +1,10 @@
-//! Benchmark data, written straight into a migrated write model with SQL
-//! (`INSERT ... SELECT generate_series` and batched `UNNEST`), far faster
-//! than through the API; the projector's initial build then projects it.
+//! Benchmark data, written straight into a migrated write model with SQL,
+//! far faster than through the API; the projector's initial build follows.
 //!
-//! The shape is production's: users of whom a fifth name a company (a few
-//! thousand companies, a handful very common), 10 KB course descriptions of
-//! real HTML, tens of thousands of enrollments on the hot course, a long
-//! tail of quiet courses, and one running sale event over the cart's 125
-//! courses.
+//! The shape is production's: a fifth of users name a company (a few
+//! thousand, a handful very common), 10 KB descriptions of real HTML, tens of
+//! thousands of enrollments on the hot course, a long tail of quiet courses,
+//! and one running sale event over the cart's courses.
 
 use anyhow::{Context, Result};
 use chrono::{Duration as Days, Utc};

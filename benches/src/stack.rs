@@ -1,9 +1,8 @@
-//! The processes under test and the resources each scenario owns: the
-//! programs and baselines run as child processes on free loopback ports;
-//! databases, replication slots and Redis key prefixes are named after this
-//! run (`bench_<pid>_...`) and dropped at the end, and leftovers of runs that
-//! died are dropped at the start (a leaked slot makes PostgreSQL keep WAL
-//! forever).
+//! The processes under test and the resources each scenario owns, named
+//! after this run (`bench_<pid>_...`) and dropped at the end.
+//!
+//! Leftovers of runs that died are dropped at the start: a leaked slot makes
+//! PostgreSQL keep WAL forever.
 
 use std::{
     net::SocketAddr,

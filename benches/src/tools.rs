@@ -1,8 +1,5 @@
-//! The outside tools that give the databases' own ceilings: pgbench (the
-//! order SQL without any application in front), pg_recvlogical (the
-//! logical decoding stream without any projection behind it) and
-//! redis-benchmark (GET of the same values without any API in front), and
-//! what the machine is.
+//! The outside tools that give the databases' own ceilings (pgbench,
+//! pg_recvlogical, redis-benchmark), and what the machine is.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 

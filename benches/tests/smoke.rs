@@ -1,11 +1,9 @@
-//! The smoke run of every scenario, so the harness never rots: `bench
-//! --smoke` against the local stack (tiny data, sub-second phases), then a
-//! check that each scenario produced numbers. It asserts nothing about
-//! speed: a slow or busy machine passes, a broken scenario fails.
+//! The smoke run of every scenario, so the harness never rots: it checks
+//! that each scenario produced numbers, never how fast they are.
 //!
-//! Needs the local stack (`bash deploy/local.sh up`; `deploy/local.sh test`
-//! starts it) and the programs built beside this test
-//! (`cargo build --workspace --bins`, which `deploy/local.sh test` runs first).
+//! Needs the local stack (`bash deploy/local.sh up`) and the programs built
+//! beside this test (`cargo build --workspace --bins`); `deploy/local.sh
+//! test` does both.
 
 use std::path::PathBuf;
 

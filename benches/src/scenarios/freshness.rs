@@ -1,11 +1,10 @@
-//! Freshness: how long after the command API acknowledged an order (with
-//! its `X-Commit-Lsn`) the projection has applied it, at fixed order rates.
+//! Freshness: how long after the command API acknowledged an order the
+//! projection has applied it, at fixed order rates.
 //!
-//! A poller reads the live generation's watermark from Redis every
-//! millisecond; the projector moves it only after the views up to it are
-//! written, so the first time it is at or past an order's token is when
-//! that order became visible to the query API. Lag counts from the moment
-//! the client had the acknowledgement (the earliest it could look).
+//! A poller reads the live generation's watermark every millisecond; the
+//! projector moves it only after the views up to it are written, so the
+//! first time it reaches an order's token is when the order became visible.
+//! Lag counts from the acknowledgement, the earliest a client could look.
 
 use std::{
     net::SocketAddr,

@@ -1,7 +1,5 @@
-//! The scenarios, each next to its baseline: reads (the HTTP ceiling, the
-//! Redis path, the PostgreSQL path), orders (spread, hot, the monolith,
-//! pgbench), freshness, the projector against pg_recvlogical, and what a
-//! view costs in Redis.
+//! The scenarios, each next to its baseline: reads, orders, freshness, the
+//! projector against pg_recvlogical, and what a view costs in Redis.
 
 pub mod freshness;
 pub mod orders;

@@ -1,7 +1,5 @@
-//! Orders: through the command API spread over every course and all on
-//! the hot course; the monolith's write path (the same transaction plus the
-//! hot-row counter) the same two ways; and pgbench running the order SQL
-//! with no application in front (the database's own ceiling).
+//! Orders through the command API, spread and all on the hot course; the
+//! monolith's write path the same two ways; pgbench running the order SQL.
 
 use std::{
     net::SocketAddr,

@@ -1,6 +1,5 @@
-//! Reads: the same course page from the bare HTTP ceiling, from the query
-//! API (Redis), and from the monolith (PostgreSQL); the 125-course cart
-//! against a single page at the same rate.
+//! Reads of the same course page from the bare HTTP ceiling, the query API
+//! and the monolith; the cart against a single page at the same rate.
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -1,6 +1,5 @@
-//! What a view costs in Redis (bytes stored against the JSON it holds, LZ4
-//! over 1 KB as the views crate encodes it), and redis-benchmark GETs of
-//! those very values: Redis's own ceiling for the reads the query API does.
+//! What a view costs in Redis (bytes stored against the JSON it holds), and
+//! redis-benchmark GETs of those very values: Redis's own ceiling.
 
 use anyhow::{Context, Result};
 use fred::prelude::*;

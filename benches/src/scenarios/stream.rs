@@ -1,11 +1,8 @@
-//! The projector against the decode ceiling: the same backlog of order
-//! transactions, read from two slots created at the same point, once by
-//! pg_recvlogical (PostgreSQL decodes pgoutput, the client throws it away)
-//! and once by the projector (decodes, projects, writes Redis, confirms).
+//! The projector against the decode ceiling: one backlog drained from two
+//! slots made at the same point, by pg_recvlogical and by the projector.
 //!
-//! The backlog is written while neither consumer runs, so each drains the
-//! whole of it as fast as it can; the time counts from the start of the
-//! consumer's process to the last transaction applied (projector) or the
+//! The backlog is written while neither consumer runs; each time counts from
+//! the consumer's start to the last transaction applied (projector) or the
 //! end position reached (pg_recvlogical).
 
 use std::time::{Duration, Instant};
