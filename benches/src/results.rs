@@ -99,4 +99,20 @@ impl Results {
     pub fn order(&self, key: &str) -> Option<&Subject> {
         self.orders.iter().find(|s| s.key == key)
     }
+
+    /// Records the outcome of one scenario: its value, or its error.
+    pub fn record<T>(&mut self, what: &str, outcome: anyhow::Result<T>) -> Option<T> {
+        match outcome {
+            Ok(v) => Some(v),
+            Err(err) => {
+                tracing::error!(
+                    scenario = what,
+                    error = format!("{err:#}"),
+                    "scenario failed"
+                );
+                self.errors.push(format!("{what}: {err:#}"));
+                None
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@ pub mod stream;
 use std::{
     net::SocketAddr,
     sync::{atomic::AtomicI64, Arc},
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -19,6 +20,7 @@ use crate::{
     load::{self, MakeRequest, Mode, Phase, Spec},
     scale::Scale,
     stack::Env,
+    tools,
 };
 
 /// What every scenario gets.
@@ -185,4 +187,35 @@ pub async fn redis_cpu_s(redis: &fred::prelude::Client) -> Option<f64> {
 /// A well-mixed pseudo-random number for request `n` (the same every run).
 pub fn mix(n: u64) -> u64 {
     crate::corpus::SplitMix(n ^ 0xA5A5_5A5A).next_u64()
+}
+
+/// Seconds each profile samples.
+const PROFILE_SECONDS: u64 = 6;
+
+/// Saturates `addr` with `make` while perf samples `pid` (or the machine).
+pub async fn profile_load(
+    ctx: &Ctx,
+    pid: Option<u32>,
+    what: &str,
+    addr: SocketAddr,
+    make: load::MakeRequest,
+    connections: usize,
+) -> Result<tools::Profile> {
+    tracing::info!(what, "profiling");
+    let spec = load::Spec {
+        label: format!("profile: {what}"),
+        mode: load::Mode::Saturate { connections },
+        warmup: Duration::from_millis(500),
+        duration: Duration::from_secs(PROFILE_SECONDS),
+        capture: None,
+    };
+    let (_, profile) = tools::profile_while(
+        pid,
+        PROFILE_SECONDS,
+        what,
+        &ctx.env.log_dir,
+        load::run(addr, make, &spec),
+    )
+    .await?;
+    Ok(profile)
 }
