@@ -30,6 +30,21 @@
 //! `{P}` is `KEY_PREFIX`. Keys of one entity share the hash tag `{c<id>}` so a
 //! Lua script may touch them together in Redis Cluster. A generation `g{N}` is
 //! one complete set of views; readers follow the marker to the live one.
+//!
+//! The fields of the hashes, named once in [`crate::aggregate`] (the
+//! projector's Lua script uses the first five):
+//!
+//! ```text
+//! stamp             every agg      stamp of the last change applied
+//! vstamp            every agg      stamp of the views last written
+//! n                 course agg     active students
+//! cl:<event id>     course agg     seats claimed through that event
+//! description_html  course text    the page's HTML
+//! ev:<event id>     course agg     seat limit in that event; `-`: unlimited
+//! rankcat           course agg     the category the course is ranked in
+//! course:<id>       event agg      that course's seat limit; `-`: unlimited
+//! item:<course id>  order agg      the price paid for that course
+//! ```
 
 /// Default `KEY_PREFIX`.
 pub const DEFAULT_KEY_PREFIX: &str = "cqrs";

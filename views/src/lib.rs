@@ -5,6 +5,7 @@
 //! This crate is the only place that knows key names and value bytes, so the
 //! two sides of command → projector → query can never disagree on them.
 
+pub mod aggregate;
 mod codec;
 mod keys;
 mod lsn;
