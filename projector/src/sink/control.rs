@@ -1,0 +1,147 @@
+//! Generations and progress in Redis: the live-generation marker, each
+//! generation's watermark, rebuild requests, generation numbers, clean-up of
+//! old generations, and the refusal of a Redis that could evict views.
+
+use fred::prelude::*;
+use views::{GenerationMarker, Lsn};
+
+use super::{Sink, SinkError};
+
+impl Sink {
+    /// Refuses a Redis that could evict views (SPEC: `noeviction` only); in
+    /// a cluster, every primary holds views, so every primary is asked.
+    pub async fn check_no_eviction(&self) -> anyhow::Result<()> {
+        let policy = |reply: Vec<String>| reply.get(1).cloned().unwrap_or_default();
+        let policies = if self.client.is_clustered() {
+            let primaries = self
+                .client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .unwrap_or_default();
+            anyhow::ensure!(!primaries.is_empty(), "the redis cluster lists no primary");
+            let mut policies = Vec::with_capacity(primaries.len());
+            for node in primaries {
+                let reply: Vec<String> = self
+                    .client
+                    .with_cluster_node(node.clone())
+                    .config_get("maxmemory-policy")
+                    .await?;
+                policies.push((node.to_string(), policy(reply)));
+            }
+            policies
+        } else {
+            let reply: Vec<String> = self.client.config_get("maxmemory-policy").await?;
+            vec![("redis".to_owned(), policy(reply))]
+        };
+        for (node, policy) in policies {
+            anyhow::ensure!(
+                policy == "noeviction",
+                "{node}: maxmemory-policy is {policy:?}: views must never be evicted, set it to noeviction"
+            );
+        }
+        Ok(())
+    }
+
+    /// The live generation marker, if any.
+    pub async fn marker(&self) -> Result<Option<GenerationMarker>, SinkError> {
+        let raw: Option<String> = self.client.get(self.keys.generation_marker()).await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Makes `generation` the one readers use.
+    pub async fn set_marker(&self, marker: &GenerationMarker) -> Result<(), SinkError> {
+        let json = serde_json::to_string(marker).map_err(|e| SinkError::Reply(e.to_string()))?;
+        self.client
+            .set::<(), _, _>(self.keys.generation_marker(), json, None, None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the running daemon for a rebuild.
+    pub async fn request_rebuild(&self) -> Result<(), SinkError> {
+        let now = chrono::Utc::now().to_rfc3339();
+        self.client
+            .set::<(), _, _>(self.keys.rebuild_request(), now, None, None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a pending rebuild request, if any.
+    pub async fn take_rebuild_request(&self) -> Result<bool, SinkError> {
+        Ok(self
+            .client
+            .del::<u64, _>(self.keys.rebuild_request())
+            .await?
+            > 0)
+    }
+
+    /// A rebuild was asked for and not yet taken.
+    pub async fn rebuild_requested(&self) -> Result<bool, SinkError> {
+        Ok(self
+            .client
+            .exists::<u64, _>(self.keys.rebuild_request())
+            .await?
+            > 0)
+    }
+
+    /// A fresh generation number, never used before: at least the time in
+    /// milliseconds, so that even after Redis lost the counter a new
+    /// generation cannot collide with keys a stale writer left behind.
+    pub async fn next_generation(&self) -> Result<u64, SinkError> {
+        let counter: Option<u64> = self.client.get(self.keys.generation_counter()).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let generation = now_ms.max(counter.unwrap_or(0) + 1);
+        self.client
+            .set::<(), _, _>(
+                self.keys.generation_counter(),
+                generation,
+                None,
+                None,
+                false,
+            )
+            .await?;
+        Ok(generation)
+    }
+
+    /// The watermark of `generation`: every change up to it is applied.
+    pub async fn watermark(&self, generation: u64) -> Result<Option<Lsn>, SinkError> {
+        let raw: Option<String> = self.client.get(self.keys.watermark(generation)).await?;
+        Ok(raw.and_then(|r| r.parse().ok()))
+    }
+
+    /// Records that every change up to `lsn` is applied in `generation`.
+    pub async fn set_watermark(&self, generation: u64, lsn: Lsn) -> Result<(), SinkError> {
+        self.client
+            .set::<(), _, _>(
+                self.keys.watermark(generation),
+                lsn.to_string(),
+                None,
+                None,
+                false,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every view key and watermark of generations older than
+    /// `live` (the one switched from, and whatever a writer left after Redis
+    /// lost its marker), on every primary of a cluster. Newer generations
+    /// are left alone: one may be building already (generation numbers only
+    /// grow, see [`Sink::next_generation`]).
+    pub async fn delete_older_generations(&self, live: u64) -> Result<u64, SinkError> {
+        let mut deleted = 0;
+        for pattern in [
+            self.keys.all_generations_pattern(),
+            self.keys.all_watermarks_pattern(),
+        ] {
+            deleted += views::delete_matching(&self.client, &pattern, |key| {
+                self.keys.generation_of(key).is_none_or(|g| g >= live)
+            })
+            .await?;
+        }
+        Ok(deleted)
+    }
+}
