@@ -572,7 +572,13 @@ async fn a_course_changed_behind_the_projectors_back_is_read_back_not_overwritte
     let agg = keys.course_agg(marker.generation, course);
     stack
         .redis
-        .hset::<(), _, _>(&agg, [("n", "100"), ("stamp", "0")])
+        .hset::<(), _, _>(
+            &agg,
+            [
+                (views::aggregate::STUDENTS, "100"),
+                (views::aggregate::STAMP, "0"),
+            ],
+        )
         .await?;
 
     // The next enrollment finds Redis elsewhere than remembered, so it is

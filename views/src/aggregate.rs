@@ -35,21 +35,25 @@ pub const ORDER_ITEM_PREFIX: &str = "item:";
 pub const DESCRIPTION_HTML: &str = "description_html";
 
 /// `cl:<event id>`.
+#[inline]
 pub fn claimed(event_id: i64) -> String {
     format!("{CLAIMED_PREFIX}{event_id}")
 }
 
 /// `ev:<event id>`.
+#[inline]
 pub fn seat_limit(event_id: i64) -> String {
     format!("{SEAT_LIMIT_PREFIX}{event_id}")
 }
 
 /// `course:<course id>`.
+#[inline]
 pub fn event_course(course_id: i64) -> String {
     format!("{EVENT_COURSE_PREFIX}{course_id}")
 }
 
 /// `item:<course id>`.
+#[inline]
 pub fn order_item(course_id: i64) -> String {
     format!("{ORDER_ITEM_PREFIX}{course_id}")
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use views::Lsn;
+use views::{aggregate, Lsn};
 
 use crate::decode::{Change, COURSE_FIELDS};
 
@@ -86,7 +86,7 @@ pub fn aggregate_of(entries: &[Entry]) -> HashMap<String, String> {
             for (k, v) in fields {
                 agg.insert(k.clone(), v.clone());
             }
-            agg.insert("stamp".to_owned(), stamp.clone());
+            agg.insert(aggregate::STAMP.to_owned(), stamp.clone());
         }
     }
     agg
@@ -176,16 +176,16 @@ impl Batch {
             } => {
                 let limit = seat_limit
                     .map(|l| l.to_string())
-                    .unwrap_or_else(|| "-".into());
+                    .unwrap_or_else(|| aggregate::UNLIMITED.into());
                 self.fields(
                     Entity::Event(event_id),
                     stamp.clone(),
-                    vec![(format!("course:{course_id}"), limit.clone())],
+                    vec![(aggregate::event_course(course_id), limit.clone())],
                 );
                 self.fields(
                     Entity::Course(course_id),
                     stamp,
-                    vec![(format!("ev:{event_id}"), limit)],
+                    vec![(aggregate::seat_limit(event_id), limit)],
                 );
             }
             Change::OrderItem {
@@ -195,7 +195,7 @@ impl Batch {
             } => self.fields(
                 Entity::Order(order_id),
                 stamp,
-                vec![(format!("item:{course_id}"), price_krw.to_string())],
+                vec![(aggregate::order_item(course_id), price_krw.to_string())],
             ),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use views::TopCompany;
+use views::{aggregate, TopCompany};
 
 use super::{batch::Entry, render::pick_top};
 
@@ -20,7 +20,7 @@ impl KnownCourse {
     /// From an aggregate and all its tallies as the apply script returned
     /// them (the HTML, if returned, is not kept).
     pub fn new(mut agg: HashMap<String, String>, tallies: &[(String, i64)]) -> Self {
-        agg.remove("description_html");
+        agg.remove(aggregate::DESCRIPTION_HTML);
         KnownCourse {
             agg,
             tallies: tallies.iter().filter(|(_, n)| *n > 0).cloned().collect(),
@@ -29,7 +29,10 @@ impl KnownCourse {
 
     /// The stamp Redis must hold for this state to be its own.
     pub fn stamp(&self) -> &str {
-        self.agg.get("stamp").map(String::as_str).unwrap_or("")
+        self.agg
+            .get(aggregate::STAMP)
+            .map(String::as_str)
+            .unwrap_or("")
     }
 
     /// Moves this state past `entries`, as the apply script would; `false`
@@ -47,7 +50,7 @@ impl KnownCourse {
             match entry {
                 Entry::Fields { fields, .. } => {
                     for (k, v) in fields {
-                        if k == "description_html" {
+                        if k == aggregate::DESCRIPTION_HTML {
                             return false;
                         }
                         self.agg.insert(k.clone(), v.clone());
@@ -59,11 +62,11 @@ impl KnownCourse {
                     event_id,
                     ..
                 } => {
-                    if add(&mut self.agg, "n", *delta).is_none() {
+                    if add(&mut self.agg, aggregate::STUDENTS, *delta).is_none() {
                         return false;
                     }
                     if let Some(event) = event_id {
-                        if add(&mut self.agg, &format!("cl:{event}"), *delta).is_none() {
+                        if add(&mut self.agg, &aggregate::claimed(*event), *delta).is_none() {
                             return false;
                         }
                     }
@@ -83,10 +86,10 @@ impl KnownCourse {
                     }
                 }
             }
-            match self.agg.get_mut("stamp") {
+            match self.agg.get_mut(aggregate::STAMP) {
                 Some(last) => last.clone_from(stamp),
                 None => {
-                    self.agg.insert("stamp".to_owned(), stamp.clone());
+                    self.agg.insert(aggregate::STAMP.to_owned(), stamp.clone());
                 }
             }
         }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use views::{
-    CourseCard, CoursePage, CourseStats, EventView, OrderItem, OrderView, Sale, TopCompany,
+    aggregate, CourseCard, CoursePage, CourseStats, EventView, OrderItem, OrderView, Sale,
+    TopCompany,
 };
 
 use super::batch::{stamp_lsn, SNAPSHOT_STAMP};
@@ -36,13 +37,13 @@ impl EventTerms {
 /// The events a course aggregate says it is sold by (`ev:<event id>`).
 pub fn course_event_ids(agg: &HashMap<String, String>) -> Vec<i64> {
     agg.keys()
-        .filter_map(|k| k.strip_prefix("ev:")?.parse().ok())
+        .filter_map(|k| k.strip_prefix(aggregate::SEAT_LIMIT_PREFIX)?.parse().ok())
         .collect()
 }
 
 fn lsn_of(agg: &HashMap<String, String>) -> String {
     stamp_lsn(
-        agg.get("stamp")
+        agg.get(aggregate::STAMP)
             .map(String::as_str)
             .unwrap_or(SNAPSHOT_STAMP),
     )
@@ -75,12 +76,13 @@ pub fn render_course(
         .into_iter()
         .filter_map(|event_id| {
             let terms = events.get(&event_id)?;
-            let seats_left = match agg.get(&format!("ev:{event_id}")).map(String::as_str) {
-                Some("-") | None => None,
+            let limit = agg.get(&aggregate::seat_limit(event_id));
+            let seats_left = match limit.map(String::as_str) {
+                Some(aggregate::UNLIMITED) | None => None,
                 Some(limit) => {
                     let limit: i64 = limit.parse().ok()?;
                     let claimed: i64 = agg
-                        .get(&format!("cl:{event_id}"))
+                        .get(&aggregate::claimed(event_id))
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(0);
                     Some((limit - claimed).max(0))
@@ -104,7 +106,7 @@ pub fn render_course(
         // Filled only when the page is written: the aggregate carries the
         // HTML only then (an enrollment never moves 10 KB out of Redis).
         description_html: if with_page {
-            text("description_html")
+            text(aggregate::DESCRIPTION_HTML)
         } else {
             String::new()
         },
@@ -114,7 +116,10 @@ pub fn render_course(
         created_at: parse_pg_timestamp(agg.get("created_at")?)?,
     };
     let stats = CourseStats {
-        student_count: agg.get("n").and_then(|n| n.parse().ok()).unwrap_or(0),
+        student_count: agg
+            .get(aggregate::STUDENTS)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
         top_companies,
         lsn: lsn_of(agg),
         sales,
@@ -136,7 +141,7 @@ pub fn render_event(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
     let terms = EventTerms::from_agg(agg)?;
     let mut course_ids: Vec<i64> = agg
         .keys()
-        .filter_map(|k| k.strip_prefix("course:")?.parse().ok())
+        .filter_map(|k| k.strip_prefix(aggregate::EVENT_COURSE_PREFIX)?.parse().ok())
         .collect();
     course_ids.sort_unstable();
     serde_json::to_vec(&EventView {
@@ -157,7 +162,7 @@ pub fn render_order(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
         .iter()
         .filter_map(|(k, v)| {
             Some(OrderItem {
-                course_id: k.strip_prefix("item:")?.parse().ok()?,
+                course_id: k.strip_prefix(aggregate::ORDER_ITEM_PREFIX)?.parse().ok()?,
                 price_krw: v.parse().ok()?,
             })
         })
