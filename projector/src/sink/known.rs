@@ -11,12 +11,8 @@ use fred::prelude::*;
 use futures_util::future::try_join_all;
 use views::aggregate;
 
-use super::{script::parse_apply_reply, EntityAggregates, Sink, SinkError};
+use super::{script::parse_apply_reply, EntityAggregates, Sink, SinkError, KNOWN_COURSES};
 use crate::projection::{course_event_ids, Entity, EventTerms, KnownCourse};
-
-/// How many courses' aggregates the projector keeps in memory at most
-/// (a few hundred bytes each, more for a course with many companies).
-pub(crate) const KNOWN_COURSES: usize = 50_000;
 
 fn poisoned<T>(_: T) -> SinkError {
     SinkError::Reply("poisoned".into())

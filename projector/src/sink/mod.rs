@@ -29,9 +29,11 @@ use std::{
 use fred::{prelude::*, types::scripts::Script};
 use views::Keys;
 
-pub(crate) use known::KNOWN_COURSES;
-
 use crate::projection::{Batch, Entity, EventTerms, KnownCourse};
+
+/// How many courses' aggregates the projector keeps in memory at most
+/// (a few hundred bytes each, more for a course with many companies).
+pub(crate) const KNOWN_COURSES: usize = 50_000;
 
 /// A Redis failure while writing views.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,12 @@ pub enum SinkError {
     Redis(#[from] fred::error::Error),
     #[error("unexpected reply from a view script: {0}")]
     Reply(String),
+}
+
+impl From<script::BadReply> for SinkError {
+    fn from(script::BadReply(what): script::BadReply) -> Self {
+        SinkError::Reply(what.to_owned())
+    }
 }
 
 /// An entity with its aggregate hash and top company tallies, as the apply

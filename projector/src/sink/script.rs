@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use fred::prelude::*;
 
-use super::SinkError;
 use crate::projection::Entry;
 
 /// The loop both apply functions share: applies the entries in
@@ -406,9 +405,13 @@ impl ArgBuf {
 /// apply call returns them.
 pub(super) type AggReply = (HashMap<String, String>, Vec<(String, i64)>);
 
+/// A reply of the views script that is not what the call returns.
+#[derive(Debug)]
+pub(super) struct BadReply(pub(super) &'static str);
+
 /// Reads the apply call's reply (also the shape of `HGETALL` + `ZRANGE`).
-pub(super) fn parse_apply_reply(reply: Value) -> Result<AggReply, SinkError> {
-    let bad = |what: &str| SinkError::Reply(what.to_owned());
+pub(super) fn parse_apply_reply(reply: Value) -> Result<AggReply, BadReply> {
+    let bad = BadReply;
     let Value::Array(mut parts) = reply else {
         return Err(bad("apply reply is not an array"));
     };
