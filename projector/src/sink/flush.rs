@@ -36,12 +36,9 @@ enum Plan {
 impl Sink {
     /// Applies `batch` once (see [`Sink::apply`]).
     pub(super) async fn apply_once(&self, generation: u64, batch: &Batch) -> Result<(), SinkError> {
-        let keys = &self.keys;
-        // Each step goes as explicit pipelines of batched script calls: far
-        // less client work per entity than a command, let alone a future,
-        // each. The first step is sent in chunks as it is planned, so Redis
-        // runs one chunk while the next is planned. Library writes need
-        // nothing from the aggregates, so they go in the first step.
+        // Batched script calls on pipelines: far less client work per entity
+        // than a command each. Library writes need no aggregate, so they go
+        // in the first step, which is sent in chunks while it is planned.
         let mut buf = ArgBuf::new();
         let mut first = ChunkedStep::new(&self.client, &self.views);
         let terms = self.lock_events()?.clone();
@@ -82,24 +79,7 @@ impl Sink {
             }
         }
         if !stale.is_empty() {
-            let mut again = Calls::new(&self.client, &self.views);
-            for (entity, entries) in &stale {
-                let call = Call::Apply {
-                    keys: &self.apply_keys(generation, entity, false),
-                    flags: apply_flags(entity, entries),
-                    view: None,
-                    entries,
-                };
-                again.call(&mut buf, call).await?;
-            }
-            again.end_batch(&mut buf).await?;
-            let replies = again.send().await?;
-            if replies.len() != stale.len() {
-                return Err(SinkError::Reply("fewer replies than scripts".into()));
-            }
-            for ((entity, entries), reply) in stale.into_iter().zip(replies) {
-                aggs.push(self.applied(generation, entity, entries, reply)?);
-            }
+            aggs.extend(self.read_back(generation, stale, &mut buf).await?);
         }
         let events = self.event_terms(generation, &aggs).await?;
 
@@ -110,9 +90,51 @@ impl Sink {
             // Every entity was written by its apply script: no second step.
             return Ok(());
         }
+        self.write_views(generation, &aggs, &events, &mut buf).await
+    }
+
+    /// Applies the entities whose known state Redis refused, reading their
+    /// aggregates back.
+    async fn read_back(
+        &self,
+        generation: u64,
+        stale: Vec<(&Entity, &Vec<Entry>)>,
+        buf: &mut ArgBuf,
+    ) -> Result<Vec<EntityAggregates>, SinkError> {
+        let mut again = Calls::new(&self.client, &self.views);
+        for (entity, entries) in &stale {
+            let call = Call::Apply {
+                keys: &self.apply_keys(generation, entity, false),
+                flags: apply_flags(entity, entries),
+                view: None,
+                entries,
+            };
+            again.call(buf, call).await?;
+        }
+        again.end_batch(buf).await?;
+        let replies = again.send().await?;
+        if replies.len() != stale.len() {
+            return Err(SinkError::Reply("fewer replies than scripts".into()));
+        }
+        stale
+            .into_iter()
+            .zip(replies)
+            .map(|((entity, entries), reply)| self.applied(generation, entity, entries, reply))
+            .collect()
+    }
+
+    /// The second step: the views rendered from the aggregates, written if
+    /// newer than the stored ones, and the rankings and event index.
+    async fn write_views(
+        &self,
+        generation: u64,
+        aggs: &[EntityAggregates],
+        events: &HashMap<i64, EventTerms>,
+        buf: &mut ArgBuf,
+    ) -> Result<(), SinkError> {
         let mut second = Calls::new(&self.client, &self.views);
         let mut sorted = SortedSetWrites::default();
-        for (entity, agg, top, with_page) in &aggs {
+        for (entity, agg, top, with_page) in aggs {
             match entity {
                 Entity::Course(id) => self.rank(&mut sorted, generation, *id, agg, *with_page),
                 Entity::Event(id) => self.index_event(&mut sorted, generation, *id, agg),
@@ -122,56 +144,72 @@ impl Sink {
             if agg.get(aggregate::VIEW_STAMP).is_some_and(|v| *v >= stamp) {
                 continue;
             }
-            let (view_keys, values): (Vec<String>, Vec<Vec<u8>>) = match *entity {
-                Entity::Course(id) => {
-                    let Some(course) = render_course(id, agg, top_five(top), &events, *with_page)
-                    else {
-                        continue;
-                    };
-                    let mut view_keys = vec![
-                        keys.course_agg(generation, id),
-                        keys.course_stats(generation, id),
-                        keys.course_card(generation, id),
-                    ];
-                    let mut values = vec![course.stats, course.card];
-                    if let Some(page) = course.page {
-                        view_keys.push(keys.course_view(generation, id));
-                        values.push(page);
-                    }
-                    (view_keys, values)
-                }
-                Entity::Event(id) => match render_event(id, agg) {
-                    Some(view) => (
-                        vec![
-                            keys.event_agg(generation, id),
-                            keys.event_view(generation, id),
-                        ],
-                        vec![view],
-                    ),
-                    None => continue,
-                },
-                Entity::Order(id) => match render_order(id, agg) {
-                    Some(view) => (
-                        vec![
-                            keys.order_agg(generation, id),
-                            keys.order_view(generation, id),
-                        ],
-                        vec![view],
-                    ),
-                    None => continue,
-                },
+            let Some((view_keys, values)) =
+                self.render(generation, *entity, agg, top, *with_page, events)
+            else {
+                continue;
             };
             let call = Call::WriteViews {
                 keys: &view_keys,
                 stamp: &stamp,
                 views: &values,
             };
-            second.call(&mut buf, call).await?;
+            second.call(buf, call).await?;
         }
-        second.end_batch(&mut buf).await?;
+        second.end_batch(buf).await?;
         sorted.queue(&second.pipe).await?;
         second.send().await?;
         Ok(())
+    }
+
+    /// An entity's views and the keys they go to, after its aggregate's
+    /// key; `None` while its row has not been seen.
+    fn render(
+        &self,
+        generation: u64,
+        entity: Entity,
+        agg: &HashMap<String, String>,
+        top: &[(String, i64)],
+        with_page: bool,
+        events: &HashMap<i64, EventTerms>,
+    ) -> Option<(Vec<String>, Vec<Vec<u8>>)> {
+        let keys = &self.keys;
+        Some(match entity {
+            Entity::Course(id) => {
+                let course = render_course(id, agg, top_five(top), events, with_page)?;
+                let mut view_keys = vec![
+                    keys.course_agg(generation, id),
+                    keys.course_stats(generation, id),
+                    keys.course_card(generation, id),
+                ];
+                let mut values = vec![course.stats, course.card];
+                if let Some(page) = course.page {
+                    view_keys.push(keys.course_view(generation, id));
+                    values.push(page);
+                }
+                (view_keys, values)
+            }
+            Entity::Event(id) => {
+                let view = render_event(id, agg)?;
+                (
+                    vec![
+                        keys.event_agg(generation, id),
+                        keys.event_view(generation, id),
+                    ],
+                    vec![view],
+                )
+            }
+            Entity::Order(id) => {
+                let view = render_order(id, agg)?;
+                (
+                    vec![
+                        keys.order_agg(generation, id),
+                        keys.order_view(generation, id),
+                    ],
+                    vec![view],
+                )
+            }
+        })
     }
 
     /// Plans every entity of the batch and queues its call on the chunked

@@ -16,14 +16,10 @@
 //! flags  p: return description_html too; t: every company tally (else the top five)
 //! ```
 //!
-//! `apply` applies the entries newer than the stored `stamp` and returns
-//! the aggregate and the company tallies; with a `vstamp`, the caller
-//! rendered the view from the entries alone, and it is written instead
-//! (returns 0). `apply_known` does the same for a course whose state the
-//! projector knows, only if Redis is at `stamp`, and writes the stats and
-//! card rendered from it (1, else 0 and nothing changes). `write_views`
-//! writes the views if `stamp` is newer than the aggregate's `vstamp` (1 if
-//! it wrote). The script returns each call's result, in order.
+//! Entries newer than the aggregate's `stamp` are applied; views are
+//! written only over older ones (`vstamp`). The script returns each call's
+//! result in order: `apply` the aggregate and tallies (0 if it wrote the
+//! view itself), the others 1 if they wrote, else 0.
 
 use std::collections::HashMap;
 
@@ -170,15 +166,15 @@ const TALLIES_FLAG: u8 = b't';
 
 /// One call of the views script, encoded as the module's layout says.
 pub(super) enum Call<'a> {
-    /// Applies `entries`; with `view` (its stamp and JSON, rendered from
-    /// the entries alone), writes it to the fourth key instead of replying.
+    /// Applies `entries` and returns the aggregate; with `view` (its stamp
+    /// and JSON, rendered from the entries alone), writes it instead.
     Apply {
         keys: &'a [String; 4],
         flags: Flags,
         view: Option<(&'a str, &'a [u8])>,
         entries: &'a [Entry],
     },
-    /// Applies a known course's `entries` if Redis is at `stamp`, and
+    /// Applies a known course's `entries` only if Redis is at `stamp`, and
     /// writes the `stats` and `card` rendered from the state after them.
     ApplyKnown {
         keys: &'a [String; 5],
