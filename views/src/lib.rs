@@ -2,8 +2,8 @@
 //! the Redis key layout, the value codec, the shapes of the views, and where
 //! the Redis holding them is (`REDIS_URL`: one Redis or a cluster).
 //!
-//! This crate is the only place that knows key names and value bytes, so the
-//! two sides of command → projector → query can never disagree on them.
+//! This crate is the only place that knows key names, hash fields and value
+//! bytes, so writer and reader can never disagree on them.
 
 pub mod aggregate;
 mod codec;
