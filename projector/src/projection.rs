@@ -7,8 +7,6 @@ mod render;
 
 pub use batch::{aggregate_of, stamp, Batch, Entity, Entry, LibraryOp};
 pub use known::KnownCourse;
-// The sink reads stored timestamps through the projection.
-pub use crate::decode::parse_pg_timestamp;
 pub use render::{
     course_event_ids, render_course, render_event, render_order, top_five, EventTerms,
 };

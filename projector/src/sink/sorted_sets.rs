@@ -8,7 +8,7 @@ use fred::{clients::Pipeline, prelude::*};
 use views::aggregate;
 
 use super::{Sink, SinkError};
-use crate::projection::{parse_pg_timestamp, EventTerms};
+use crate::{decode::parse_pg_timestamp, projection::EventTerms};
 
 /// The sorted-set writes of one flush step. A flush ranks hundreds of
 /// courses in a handful of categories, and a command costs the client and
