@@ -55,6 +55,10 @@ pub struct Config {
     /// a read past it is answered 503 `unavailable`.
     #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
+
+    /// Log format (`RUST_LOG` picks what is logged).
+    #[command(flatten)]
+    pub log: service::LogArgs,
 }
 
 impl Config {

@@ -9,25 +9,18 @@ mod headers;
 mod metrics;
 mod params;
 mod prewarm;
-mod request_id;
 mod routes;
 mod served;
 mod store;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use axum::{
-    error_handling::HandleErrorLayer,
-    extract::{MatchedPath, Request, State},
-    middleware::{self, Next},
-    response::Response,
-    BoxError, Router,
-};
+use axum::{error_handling::HandleErrorLayer, BoxError, Router};
 use bytes::Bytes;
 pub use config::Config;
 use error::ApiError;
+use service::{RequestLayer, Server};
 use tower::ServiceBuilder;
-use tower_http::request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use views::Keys;
 
 /// Shared by every handler; cloned several times per request (the
@@ -57,7 +50,7 @@ impl std::ops::Deref for AppState {
 
 /// A bound, not yet running, query API.
 pub struct Application {
-    listener: tokio::net::TcpListener,
+    server: Server,
     router: Router,
     warm: (Arc<prewarm::Prewarm>, std::time::Duration),
 }
@@ -66,7 +59,7 @@ impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (routes, document) = routes::router();
-        let metrics = Arc::new(metrics::Metrics::new(&routes::paths(&document)));
+        let metrics = Arc::new(metrics::Metrics::new(routes::paths(&document)));
         let store = store::Store::connect(
             &config.redis_url,
             Keys::new(config.key_prefix.clone()),
@@ -76,7 +69,7 @@ impl Application {
         )
         .await?;
         let warm = (store.warm().clone(), config.prewarm_refresh());
-        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let server = Server::bind(config.addr).await?;
         if config.admin_token.is_none() {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
@@ -88,7 +81,7 @@ impl Application {
             openapi: Bytes::from(document.to_json()?),
         }));
         Ok(Self {
-            listener,
+            server,
             router: router(routes, state),
             warm,
         })
@@ -96,14 +89,12 @@ impl Application {
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
-        self.local_addr().port()
+        self.server.port()
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.server.local_addr()
     }
 
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
@@ -111,12 +102,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "query api listening");
         let (warm, every) = self.warm;
         let refresher = (!warm.is_off()).then(|| tokio::spawn(warm.run(every)));
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = self.server.serve("query api", self.router, shutdown).await;
         if let Some(refresher) = refresher {
             refresher.abort();
         }
@@ -128,9 +116,7 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
     // One stack applied once: each `Router::layer` call wraps every route in
     // a boxed service of its own, a clone and an allocation per request.
     let stack = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(request_id::Counter::new()))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(RequestLayer::new(state.metrics.requests.clone()))
         .layer(HandleErrorLayer::new(|err: BoxError| async move {
             if err.is::<tower::timeout::error::Elapsed>() {
                 tracing::warn!("request timed out");
@@ -150,39 +136,4 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(stack)
         .with_state(state)
-}
-
-/// One span per request carrying its request id; counts and times it.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // Borrowed, not copied: the route's name comes from the metrics' table.
-    let route = state.metrics.route(
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str()),
-    );
-    // Borrowed for the span; `PropagateRequestIdLayer` puts the id on the
-    // response.
-    let request_id = request.extensions().get::<RequestId>();
-    // The method is in the "request served" line, not the span: a span's
-    // fields are formatted when it is made, on every request.
-    let span = tracing::info_span!(
-        "request",
-        request_id = request_id
-            .and_then(|id| id.header_value().to_str().ok())
-            .unwrap_or("-"),
-        route = state.metrics.name(&route),
-    );
-    let method = request.method().clone();
-    // Served and logged inside the span, which is entered only while polled.
-    let served = async {
-        let response = next.run(request).await;
-        let status = response.status().as_u16();
-        let took = started.elapsed();
-        state.metrics.record(&route, status, took);
-        tracing::debug!(%method, status, elapsed_us = took.as_micros() as u64, "request served");
-        response
-    };
-    tracing::Instrument::instrument(served, span).await
 }

@@ -43,7 +43,7 @@ pub(crate) fn router() -> (Router<AppState>, Document) {
 /// Served but not in the document: probes, metrics and the document itself.
 fn undocumented() -> [(&'static str, MethodRouter<AppState>); 4] {
     [
-        ("/health", get(ops::health)),
+        ("/health", get(service::health)),
         ("/ready", get(ops::ready)),
         ("/metrics", get(ops::metrics)),
         ("/openapi.json", get(reference::openapi)),

@@ -1,21 +1,14 @@
-//! `GET /health`, `/ready` and `/metrics`: what ops and the load balancer ask.
-
-use std::fmt::Write;
+//! `GET /ready`, `/metrics` and `/v1/ops/prewarm`: what ops and the load balancer ask.
 
 use axum::{
     extract::State,
     http::{header, HeaderMap},
-    response::IntoResponse,
+    response::Response,
     Json,
 };
 use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, AppState};
-
-/// `GET /health`: the process runs.
-pub(super) async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
-}
 
 /// `GET /ready`: Redis answers and a view generation is live.
 pub(super) async fn ready(
@@ -30,26 +23,9 @@ pub(super) async fn ready(
     ))
 }
 
-/// `GET /metrics`: Prometheus text.
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut text = state.metrics.render();
-    let (hits, misses) = state.store.warm().counts();
-    let (mgets, gathered) = state.store.gathered();
-    let _ = write!(
-        text,
-        "# HELP query_api_prewarm_hits_total Reads answered from the pre-warmed in-process views.\n\
-         # TYPE query_api_prewarm_hits_total counter\nquery_api_prewarm_hits_total {hits}\n\
-         # HELP query_api_prewarm_misses_total Reads of course pages, cards and events that went to Redis.\n\
-         # TYPE query_api_prewarm_misses_total counter\nquery_api_prewarm_misses_total {misses}\n\
-         # HELP query_api_prewarm_events Sale events whose views are held in process now.\n\
-         # TYPE query_api_prewarm_events gauge\nquery_api_prewarm_events {}\n\
-         # HELP query_api_redis_mgets_total MGETs sent to a single Redis (each may carry several reads).\n\
-         # TYPE query_api_redis_mgets_total counter\nquery_api_redis_mgets_total {mgets}\n\
-         # HELP query_api_redis_mget_reads_total Reads carried by those MGETs.\n\
-         # TYPE query_api_redis_mget_reads_total counter\nquery_api_redis_mget_reads_total {gathered}\n",
-        state.store.warm().events().len()
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+/// `GET /metrics`: OpenMetrics text.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.exposition(&state.store)
 }
 
 /// `GET /v1/ops/prewarm` (admin token): the events held warm and how many

@@ -14,19 +14,25 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 /// cost of an atomic add, where a v4 UUID per request cost a random-number
 /// syscall on every read.
 #[derive(Debug, Clone)]
-pub(crate) struct Counter {
+pub struct Counter {
     tag: Arc<str>,
     next: Arc<AtomicU64>,
 }
 
 impl Counter {
     /// A counter with a fresh random tag.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         let random = uuid::Uuid::new_v4().as_u128();
         Self {
             tag: format!("{:012x}", random & 0xffff_ffff_ffff).into(),
             next: Arc::new(AtomicU64::new(0)),
         }
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

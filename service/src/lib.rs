@@ -1,0 +1,17 @@
+//! What makes each program a network service, done one way for all three so a
+//! fix reaches every one: logs, request ids, request spans and metrics,
+//! probes, the `/metrics` answer, binding and graceful shutdown.
+
+mod exposition;
+mod logs;
+mod request_id;
+mod requests;
+mod server;
+
+pub use exposition::Metrics;
+pub use logs::{LogArgs, LogFormat};
+/// The handles of the metrics library the programs record with.
+pub use metrics::{Counter, Gauge, Histogram};
+pub use request_id::Counter as RequestIds;
+pub use requests::{RequestLayer, RequestMetrics, RouteId};
+pub use server::{health, shutdown_signal, Server};
