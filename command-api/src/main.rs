@@ -4,7 +4,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use command_api::{Application, Config};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "command-api", version, args_conflicts_with_subcommands = true)]
@@ -14,6 +13,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: Config,
+    #[command(flatten)]
+    log: service::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -38,11 +39,7 @@ struct MigrateArgs {
 fn main() -> anyhow::Result<()> {
     // Invalid settings fail here, before the runtime starts.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    cli.log.init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,37 +59,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown_signal())
+    app.run_until_stopped(service::shutdown_signal())
         .await
         .context("server failed")
-}
-
-/// Completes on Ctrl-C or SIGTERM; in-flight requests then finish.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for sigterm");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received, draining requests");
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use service::Server;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -17,10 +17,9 @@ use crate::state::AppState;
 
 /// The API, bound to its port and ready to serve.
 pub struct Application {
-    listener: TcpListener,
+    server: Server,
     router: Router,
     pool: PgPool,
-    port: u16,
     key_ttl: Duration,
     sweep_interval: Duration,
 }
@@ -29,13 +28,9 @@ impl Application {
     /// Builds the pool (it connects lazily) and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = crate::db::pool(&config).context("invalid database url")?;
-        let listener = TcpListener::bind(config.addr)
+        let server = Server::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
-        let port = listener
-            .local_addr()
-            .context("cannot read the bound address")?
-            .port();
         let admin_token = config.admin_token().map(Arc::from);
         if admin_token.is_none() {
             tracing::warn!("no admin token set: back-office writes are open (development mode)");
@@ -43,17 +38,16 @@ impl Application {
         let state = AppState {
             pool: pool.clone(),
             admin_token,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::new()),
             max_connections: config.db_pool_size,
             // Filled in by `routes::router`, from the routes it serves.
             openapi: Default::default(),
         };
         let router = routes::router(state, &config).context("cannot render the API reference")?;
         Ok(Application {
-            listener,
+            server,
             router,
             pool,
-            port,
             key_ttl: config.idempotency_key_ttl,
             sweep_interval: config.idempotency_sweep_interval,
         })
@@ -61,7 +55,7 @@ impl Application {
 
     /// The port the listener is bound to (useful when the configuration said 0).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish
@@ -70,14 +64,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "command api listening");
         let sweeper = tokio::spawn(crate::expiry::run(
             self.pool.clone(),
             self.key_ttl,
             self.sweep_interval,
         ));
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        let served = self
+            .server
+            .serve("command api", self.router, shutdown)
             .await;
         sweeper.abort();
         self.pool.close().await;

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::HeaderValue;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -32,8 +30,8 @@ pub(super) struct Probe {
     tag = "ops",
     responses((status = 200, description = "The process runs.", body = Probe))
 )]
-pub(super) async fn health() -> Json<Probe> {
-    Json(Probe { status: "ok" })
+pub(super) async fn health() -> Json<serde_json::Value> {
+    service::health().await
 }
 
 /// Readiness: 200 when PostgreSQL answers `SELECT 1` within a second, else 503.
@@ -61,22 +59,16 @@ pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Probe>, 
     }
 }
 
-/// Prometheus metrics: requests by route and status, latency, shed load, pool usage.
+/// Metrics: requests by route and status, latency, shed load, pool usage.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "ops",
     responses(
-        (status = 200, description = "Prometheus text exposition format 0.0.4.",
-            body = String, content_type = "text/plain; version=0.0.4")
+        (status = 200, description = "OpenMetrics text format 1.0.0.",
+            body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")
     )
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.pool, state.max_connections);
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+    state.metrics.exposition(&state.pool, state.max_connections)
 }

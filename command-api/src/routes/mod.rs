@@ -9,20 +9,18 @@ mod orders;
 mod reference;
 mod users;
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{middleware, BoxError, Json, Router};
+use axum::{BoxError, Json, Router};
 use serde::Serialize;
+use service::RequestLayer;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::request_id::MakeRequestUuid;
 use tracing::Level;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -30,7 +28,7 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::{self, Metrics, RouteLabel};
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// Header carrying the read-your-writes token of a successful write.
@@ -55,7 +53,6 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
         .timeout(config.request_timeout);
 
     let body_limit = usize::try_from(config.body_limit_bytes).unwrap_or(usize::MAX);
-    let metrics = state.metrics.clone();
 
     // Each route is registered together with its annotation, so the API
     // reference lists exactly the routes served, with their methods.
@@ -73,47 +70,29 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))
         .routes(routes!(reference::openapi))
-        .route_layer(middleware::from_fn(metrics::tag_route))
         .split_for_parts();
     state.openapi = Bytes::from(document.to_json()?);
+    let requests = state
+        .metrics
+        .count_requests(document.paths.paths.into_keys());
 
+    // One stack applied once, outside every route and fallback, so panics,
+    // shed load and unknown paths are counted too. Writes are few and each
+    // worth a line, so every answer is logged; new ids stay UUIDs, as the
+    // write side's clients expect.
+    let stack = ServiceBuilder::new()
+        .layer(
+            RequestLayer::new(requests)
+                .log_answers_at(Level::INFO)
+                .ids(MakeRequestUuid),
+        )
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(DefaultBodyLimit::max(body_limit));
     Ok(routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO))
-                        // Failures are logged once, where they happen, with their cause.
-                        .on_failure(()),
-                )
-                .layer(middleware::from_fn_with_state(
-                    metrics,
-                    metrics::count_requests,
-                ))
-                .layer(CatchPanicLayer::custom(panicked)),
-        ))
-}
-
-/// One span per request, carrying its id so every log line of it can be found.
-fn request_span(request: &Request) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("-");
-    tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    )
+        .layer(stack)
+        .with_state(state))
 }
 
 /// A successful write: the status, `X-Commit-Lsn` when known, and the JSON body.
@@ -127,11 +106,11 @@ pub(crate) fn written<T: Serialize>(status: StatusCode, lsn: Option<String>, bod
 
 fn overloaded(metrics: &Metrics, err: BoxError) -> ApiError {
     if err.is::<tower::timeout::error::Elapsed>() {
-        metrics.count_timeout();
+        metrics.timed_out.increment(1);
         tracing::warn!("request timed out");
         ApiError::Unavailable("the request took too long, retry shortly")
     } else if err.is::<tower::load_shed::error::Overloaded>() {
-        metrics.count_shed();
+        metrics.shed.increment(1);
         tracing::warn!("request shed: concurrency limit reached");
         ApiError::Unavailable("the service is overloaded, retry shortly")
     } else {
@@ -143,14 +122,8 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no route matches this path".to_owned())
 }
 
-async fn method_not_allowed(matched: Option<MatchedPath>) -> Response {
-    let mut response = ApiError::MethodNotAllowed.into_response();
-    if let Some(matched) = matched {
-        response
-            .extensions_mut()
-            .insert(RouteLabel(Arc::from(matched.as_str())));
-    }
-    response
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn panicked(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
