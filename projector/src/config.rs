@@ -12,6 +12,8 @@ pub struct Cli {
     pub config: Config,
     #[command(subcommand)]
     pub command: Option<Command>,
+    #[command(flatten)]
+    pub log: service::LogArgs,
 }
 
 /// What to do; the daemon (`run`) when none is given.

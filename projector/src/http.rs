@@ -9,19 +9,18 @@ use axum::{
     routing::get,
     Json, Router,
 };
-
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use service::RequestLayer;
 
 use crate::metrics::Metrics;
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(service::health))
         .route("/ready", get(ready))
-        .route("/metrics", get(render))
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move { m.exposition() }),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -30,8 +29,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(RequestLayer::without_metrics())
         .with_state(metrics)
 }
 
@@ -49,13 +47,6 @@ async fn ready(State(m): State<Arc<Metrics>>) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         r
     }
-}
-
-async fn render(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
-    )
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -39,10 +39,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let listener = tokio::net::TcpListener::bind(config.addr)
+    let server = service::Server::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "projector ops endpoints listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -56,11 +55,7 @@ pub async fn run(
         }
     };
     let app = http::router(metrics.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop)
-            .await
-    });
+    let server = tokio::spawn(server.serve("projector ops endpoints", app, http_stop));
 
     const FIRST_RETRY: Duration = Duration::from_millis(500);
     let mut backoff = FIRST_RETRY;

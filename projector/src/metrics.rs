@@ -1,10 +1,16 @@
-//! Counters and gauges the projector exposes at `/metrics` (Prometheus text).
+//! The projector's counters and gauges: plain atomics the pipeline updates
+//! (and `/ready` reads), put in the shared exposition at scrape time.
 
 use std::{
-    fmt::Write,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, OnceLock,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
+
+use axum::response::Response;
+use service::{Counter, Gauge};
 
 /// Shared between the pipeline (writer) and the HTTP endpoints (reader).
 #[derive(Debug, Default)]
@@ -35,46 +41,104 @@ pub struct Metrics {
     pub commit_to_applied: Histogram,
 }
 
-/// A Prometheus histogram of seconds with fixed buckets, lock-free.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Count per bucket of [`BUCKETS`], then the overflow (`+Inf`).
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
 /// Upper bounds of the histogram's buckets, in seconds.
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+const COMMIT_TO_APPLIED: &str = "projector_commit_to_applied_seconds";
+
+/// Reads a gauge's value from the atomics.
+type ReadGauge = fn(&Metrics) -> f64;
+/// Reads a counter's value from the atomics.
+type ReadCounter = fn(&Metrics) -> u64;
+
+/// The exported series, set from the atomics at each scrape.
+#[derive(Debug)]
+struct Exported {
+    recorded: Arc<service::Metrics>,
+    gauges: Vec<(Gauge, ReadGauge)>,
+    counters: Vec<(Counter, ReadCounter)>,
+    commit_to_applied: service::Histogram,
+}
+
+/// The freshness histogram, with every exported series beside it: made on
+/// first use, inside the runtime their upkeep needs.
+#[derive(Debug)]
+pub struct Histogram(OnceLock<Exported>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self(OnceLock::new())
+    }
+}
+
 impl Histogram {
     pub fn observe(&self, value: std::time::Duration) {
-        let secs = value.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(BUCKETS.len());
-        self.counts[bucket].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(value.as_micros() as u64, Relaxed);
+        self.exported()
+            .commit_to_applied
+            .record(value.as_secs_f64());
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Relaxed);
-            match BUCKETS.get(i) {
-                Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
+    fn exported(&self) -> &Exported {
+        self.0.get_or_init(Exported::new)
+    }
+}
+
+impl Exported {
+    fn new() -> Self {
+        let recorded = service::Metrics::new(&[(COMMIT_TO_APPLIED, &BUCKETS)]);
+        fn flag(on: &AtomicBool) -> f64 {
+            f64::from(u8::from(on.load(Relaxed)))
         }
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let gauges: [(&str, &'static str, ReadGauge); 10] = [
+            ("projector_ready", "1 once the initial build is done and changes stream.", |m| flag(&m.ready)),
+            ("projector_redis_up", "1 while Redis answers.", |m| flag(&m.redis_up)),
+            ("projector_postgres_up", "1 while PostgreSQL answers.", |m| flag(&m.postgres_up)),
+            ("projector_generation", "The live view generation.", |m| m.generation.load(Relaxed) as f64),
+            ("projector_applied_lsn", "WAL position up to which every change is applied in Redis.", |m| m.applied_lsn.load(Relaxed) as f64),
+            ("projector_lag_bytes", "Bytes of WAL between the server's current position and the applied position.", |m| {
+                m.server_wal_lsn.load(Relaxed).saturating_sub(m.applied_lsn.load(Relaxed)) as f64
+            }),
+            ("projector_retained_wal_bytes", "WAL the server keeps for the projector's slot.", |m| m.retained_wal_bytes.load(Relaxed) as f64),
+            // A float: the exporter's counters count whole units.
+            ("projector_redis_flush_seconds_total", "Time Redis took for the flushes, in seconds (divide by flushes for the mean).", |m| {
+                m.flush_micros.load(Relaxed) as f64 / 1e6
+            }),
+            ("projector_seconds_since_last_transaction", "Seconds since the last applied source transaction (-1 before the first).", |m| {
+                match m.last_applied_unix_ms.load(Relaxed) {
+                    0 => -1.0,
+                    last => now_ms().saturating_sub(last) as f64 / 1e3,
+                }
+            }),
+            ("projector_remembered_courses", "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).", |m| {
+                m.remembered_courses.load(Relaxed) as f64
+            }),
+        ];
+        let counters: [(&str, &'static str, ReadCounter); 5] = [
+            ("projector_transactions_applied_total", "Source transactions applied.", |m| m.transactions.load(Relaxed)),
+            ("projector_changes_applied_total", "Row changes applied.", |m| m.changes.load(Relaxed)),
+            ("projector_redis_flushes_total", "Flushes written to Redis.", |m| m.flushes.load(Relaxed)),
+            ("projector_rebuilds_total", "Full rebuilds into a new generation since start.", |m| m.rebuilds.load(Relaxed)),
+            ("projector_failures_total", "Failures of the stream that were retried after a backoff (a requested rebuild or a lost generation is not one).", |m| {
+                m.failures.load(Relaxed)
+            }),
+        ];
+        Self {
+            gauges: gauges
+                .into_iter()
+                .map(|(name, help, read)| (recorded.gauge(name, help), read))
+                .collect(),
+            counters: counters
+                .into_iter()
+                .map(|(name, help, read)| (recorded.counter(name, help), read))
+                .collect(),
+            commit_to_applied: recorded.histogram(
+                COMMIT_TO_APPLIED,
+                "From a transaction's commit (server clock) until its views are in Redis, for the oldest transaction of each flush.",
+            ),
+            recorded,
+        }
     }
 }
 
@@ -91,127 +155,16 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let applied = self.applied_lsn.load(Relaxed);
-        let server = self.server_wal_lsn.load(Relaxed);
-        metric(
-            "projector_ready",
-            "gauge",
-            "1 once the initial build is done and changes stream.",
-            b(self.ready.load(Relaxed)),
-        );
-        metric(
-            "projector_redis_up",
-            "gauge",
-            "1 while Redis answers.",
-            b(self.redis_up.load(Relaxed)),
-        );
-        metric(
-            "projector_postgres_up",
-            "gauge",
-            "1 while PostgreSQL answers.",
-            b(self.postgres_up.load(Relaxed)),
-        );
-        metric(
-            "projector_generation",
-            "gauge",
-            "The live view generation.",
-            self.generation.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_applied_lsn",
-            "gauge",
-            "WAL position up to which every change is applied in Redis.",
-            applied as f64,
-        );
-        metric(
-            "projector_lag_bytes",
-            "gauge",
-            "Bytes of WAL between the server's current position and the applied position.",
-            server.saturating_sub(applied) as f64,
-        );
-        metric(
-            "projector_retained_wal_bytes",
-            "gauge",
-            "WAL the server keeps for the projector's slot.",
-            self.retained_wal_bytes.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_transactions_applied_total",
-            "counter",
-            "Source transactions applied.",
-            self.transactions.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_changes_applied_total",
-            "counter",
-            "Row changes applied.",
-            self.changes.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_redis_flushes_total",
-            "counter",
-            "Flushes written to Redis.",
-            self.flushes.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_redis_flush_seconds_total",
-            "counter",
-            "Time Redis took for the flushes, in seconds (divide by flushes for the mean).",
-            self.flush_micros.load(Relaxed) as f64 / 1e6,
-        );
-        let last = self.last_applied_unix_ms.load(Relaxed);
-        let since = if last == 0 {
-            -1.0
-        } else {
-            now_ms().saturating_sub(last) as f64 / 1e3
-        };
-        metric(
-            "projector_seconds_since_last_transaction",
-            "gauge",
-            "Seconds since the last applied source transaction (-1 before the first).",
-            since,
-        );
-        metric(
-            "projector_rebuilds_total",
-            "counter",
-            "Full rebuilds into a new generation since start.",
-            self.rebuilds.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_remembered_courses",
-            "gauge",
-            "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).",
-            self.remembered_courses.load(Relaxed) as f64,
-        );
-        metric(
-            "projector_failures_total",
-            "counter",
-            "Failures of the stream that were retried after a backoff (a requested rebuild or a lost generation is not one).",
-            self.failures.load(Relaxed) as f64,
-        );
-        self.commit_to_applied.render(
-            &mut out,
-            "projector_commit_to_applied_seconds",
-            "From a transaction's commit (server clock) until its views are in Redis, for the oldest transaction of each flush.",
-        );
-        out
-    }
-}
-
-fn b(v: bool) -> f64 {
-    if v {
-        1.0
-    } else {
-        0.0
+    /// The `/metrics` answer: the values now.
+    pub fn exposition(&self) -> Response {
+        let exported = self.commit_to_applied.exported();
+        for (gauge, read) in &exported.gauges {
+            gauge.set(read(self));
+        }
+        for (counter, read) in &exported.counters {
+            counter.absolute(read(self));
+        }
+        exported.recorded.exposition()
     }
 }
 
