@@ -6,8 +6,6 @@ use std::{sync::Arc, time::Duration};
 use axum::response::Response;
 use service::{Counter, Gauge, Histogram, RequestMetrics};
 
-use crate::store::Store;
-
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -72,15 +70,19 @@ impl Metrics {
         self.redis.record(took.as_secs_f64());
     }
 
-    /// The `/metrics` answer.
-    pub fn exposition(&self, store: &Store) -> Response {
-        let (hits, misses) = store.warm().counts();
-        let (mgets, gathered) = store.gathered();
+    /// The `/metrics` answer, with what the store counts itself: pre-warm
+    /// hits and misses, events held warm, MGETs and the reads they carried.
+    pub fn exposition(
+        &self,
+        (hits, misses): (u64, u64),
+        events: usize,
+        (mgets, reads): (u64, u64),
+    ) -> Response {
         self.hits.absolute(hits);
         self.misses.absolute(misses);
-        self.events.set(store.warm().events().len() as f64);
+        self.events.set(events as f64);
         self.mgets.absolute(mgets);
-        self.mget_reads.absolute(gathered);
+        self.mget_reads.absolute(reads);
         self.recorded.exposition()
     }
 }

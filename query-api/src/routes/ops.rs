@@ -25,7 +25,10 @@ pub(super) async fn ready(
 
 /// `GET /metrics`: OpenMetrics text.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.exposition(&state.store)
+    let warm = state.store.warm();
+    state
+        .metrics
+        .exposition(warm.counts(), warm.events().len(), state.store.gathered())
 }
 
 /// `GET /v1/ops/prewarm` (admin token): the events held warm and how many
