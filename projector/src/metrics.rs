@@ -36,9 +36,9 @@ pub struct Metrics {
     pub snapshot_rows: AtomicU64,
     /// Courses whose aggregate the sink remembers.
     pub remembered_courses: AtomicU64,
-    /// Commit (server clock) → applied in Redis, for the oldest transaction
-    /// of each flush: the projector's own view of freshness.
-    pub commit_to_applied: Histogram,
+    /// The exported series, made on first use: inside the runtime that
+    /// their upkeep task needs.
+    exported: OnceLock<Exported>,
 }
 
 /// Upper bounds of the histogram's buckets, in seconds.
@@ -60,29 +60,6 @@ struct Exported {
     gauges: Vec<(Gauge, ReadGauge)>,
     counters: Vec<(Counter, ReadCounter)>,
     commit_to_applied: service::Histogram,
-}
-
-/// The freshness histogram, with every exported series beside it: made on
-/// first use, inside the runtime their upkeep needs.
-#[derive(Debug)]
-pub struct Histogram(OnceLock<Exported>);
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self(OnceLock::new())
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, value: std::time::Duration) {
-        self.exported()
-            .commit_to_applied
-            .record(value.as_secs_f64());
-    }
-
-    fn exported(&self) -> &Exported {
-        self.0.get_or_init(Exported::new)
-    }
 }
 
 impl Exported {
@@ -143,6 +120,16 @@ impl Exported {
 }
 
 impl Metrics {
+    /// Commit (server clock) → applied in Redis, for the oldest transaction
+    /// of a flush: the projector's own view of freshness.
+    pub fn observe_commit_to_applied(&self, age: std::time::Duration) {
+        self.exported().commit_to_applied.record(age.as_secs_f64());
+    }
+
+    fn exported(&self) -> &Exported {
+        self.exported.get_or_init(Exported::new)
+    }
+
     /// Records a completed flush.
     pub fn flushed(&self, transactions: u64, changes: u64, redis: std::time::Duration) {
         self.flushes.fetch_add(1, Relaxed);
@@ -157,7 +144,7 @@ impl Metrics {
 
     /// The `/metrics` answer: the values now.
     pub fn exposition(&self) -> Response {
-        let exported = self.commit_to_applied.exported();
+        let exported = self.exported();
         for (gauge, read) in &exported.gauges {
             gauge.set(read(self));
         }

@@ -254,7 +254,7 @@ impl Pipeline<'_> {
             .store(self.sink.remembered_courses() as u64, Relaxed);
         if let Some(commit) = flushed.first_commit_unix_us {
             let age = Duration::from_micros(unix_now_us().saturating_sub(commit).max(0) as u64);
-            self.metrics.commit_to_applied.observe(age);
+            self.metrics.observe_commit_to_applied(age);
             tracing::debug!(
                 transactions = flushed.transactions,
                 changes = flushed.changes,
