@@ -91,6 +91,23 @@ impl Metrics {
             .register_gauge(&Key::from_name(name.to_owned()), &METADATA)
     }
 
+    /// The gauge `name` with `labels`, described by `help` (one call per
+    /// label set, each its own series).
+    pub fn labelled_gauge(
+        &self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Gauge {
+        self.describe(Kind::Gauge, name, help);
+        let labels = labels
+            .iter()
+            .map(|(k, v)| Label::from_static_parts(k, v))
+            .collect::<Vec<_>>();
+        self.recorder
+            .register_gauge(&Key::from_parts(name.to_owned(), labels), &METADATA)
+    }
+
     /// The histogram `name`, described by `help`.
     pub fn histogram(&self, name: &str, help: &'static str) -> Histogram {
         self.describe(Kind::Histogram, name, help);
