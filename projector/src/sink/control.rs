@@ -7,6 +7,21 @@ use views::{GenerationMarker, Lsn};
 
 use super::{Sink, SinkError};
 
+/// Sets KEYS[1] to the LSN ARGV[1] (`%X/%X`) unless it holds a later one;
+/// the halves are compared as numbers, as LSNs must be.
+const RAISE_WATERMARK: &str = r#"
+local function split(lsn)
+  local hi, lo = string.match(lsn or '', '^(%x+)/(%x+)$')
+  if not hi then return nil end
+  return tonumber(hi, 16), tonumber(lo, 16)
+end
+local nh, nl = split(ARGV[1])
+local ch, cl = split(redis.call('GET', KEYS[1]) or '')
+if nh and ch and (ch > nh or (ch == nh and cl >= nl)) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"#;
+
 impl Sink {
     /// Refuses a Redis that could evict views (SPEC: `noeviction` only); in
     /// a cluster, every primary holds views, so every primary is asked.
@@ -112,15 +127,17 @@ impl Sink {
         Ok(raw.and_then(|r| r.parse().ok()))
     }
 
-    /// Records that every change up to `lsn` is applied in `generation`.
+    /// Records that every change up to `lsn` is applied in `generation`;
+    /// never lowers it (a deposed instance that wakes up may still hold an
+    /// older flush).
     pub async fn set_watermark(&self, generation: u64, lsn: Lsn) -> Result<(), SinkError> {
+        // EVAL, not a loaded script: one call per flush, and Redis caches
+        // the compiled script by its text.
         self.client
-            .set::<(), _, _>(
-                self.keys.watermark(generation),
-                lsn.to_string(),
-                None,
-                None,
-                false,
+            .eval::<(), _, _, _>(
+                RAISE_WATERMARK,
+                vec![self.keys.watermark(generation)],
+                vec![lsn.to_string()],
             )
             .await?;
         Ok(())
