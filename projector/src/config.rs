@@ -21,10 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: build views if needed, then stream changes (default).
     Run,
-    /// Build a fresh generation and switch readers to it (the running daemon
+    /// Build a fresh generation and switch readers to it (the active daemon
     /// does it within a second; the live generation serves meanwhile).
     Rebuild,
-    /// Print the slot, its lag and retained WAL, the live generation and its watermark.
+    /// Print the slot, its lag, retained WAL and WAL limit, the active instance, the live generation and its watermark.
     Status,
     /// Drop the replication slot (for decommissioning; the next start rebuilds).
     DropSlot,
@@ -76,6 +76,14 @@ pub struct Config {
     /// Seconds between heartbeat messages emitted into the WAL so an idle slot keeps advancing.
     #[arg(long, env = "PROJECTOR_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_secs: u64,
+
+    /// This instance's name, shown as its replication connection's application_name and by `projector status` (default: host name and process id).
+    #[arg(long, env = "PROJECTOR_INSTANCE")]
+    pub instance_name: Option<String>,
+
+    /// Seconds after which the server drops an active instance that stopped answering (its wal_sender_timeout), freeing the slot for a standby.
+    #[arg(long, env = "PROJECTOR_TAKEOVER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub takeover_timeout_secs: u64,
 }
 
 impl Config {
@@ -94,6 +102,19 @@ impl Config {
 
     pub(crate) fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// The configured instance name, else `<host>-<pid>`.
+    pub(crate) fn instance_name(&self) -> String {
+        self.instance_name.clone().unwrap_or_else(|| {
+            // Linux names the host here; no crate needed for one file read.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "projector".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
     }
 }
 

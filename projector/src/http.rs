@@ -11,7 +11,7 @@ use axum::{
 };
 use service::RequestLayer;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, standby::Role};
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
@@ -33,16 +33,23 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// 200 only on the active instance once it streams.
 async fn ready(State(m): State<Arc<Metrics>>) -> Response {
-    if m.ready.load(Relaxed) && m.redis_up.load(Relaxed) && m.postgres_up.load(Relaxed) {
+    let role = m.role.get();
+    if role == Role::Active
+        && m.ready.load(Relaxed)
+        && m.redis_up.load(Relaxed)
+        && m.postgres_up.load(Relaxed)
+    {
         Json(serde_json::json!({"status": "ready", "generation": m.generation.load(Relaxed)}))
             .into_response()
     } else {
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the projector has not finished its initial build or lost PostgreSQL or Redis",
-        );
+        let message = if role == Role::Standby {
+            "standby: another projector instance holds the slot; this one takes over when it stops"
+        } else {
+            "the projector has not finished its initial build or lost PostgreSQL or Redis"
+        };
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
         r.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         r

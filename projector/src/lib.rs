@@ -3,6 +3,7 @@
 //! Modules follow the stream: `startup` (resume or rebuild) → `source` →
 //! `decode` → `projection` → `sink` → `pipeline` (confirms nothing Redis has
 //! not acknowledged); `monitor` runs beside it; `ops` are the subcommands.
+//! `standby` decides which one instance of a slot runs them.
 
 mod config;
 mod decode;
@@ -15,7 +16,9 @@ mod preload;
 mod projection;
 mod sink;
 mod source;
+mod standby;
 mod startup;
+mod wal;
 
 use std::{
     future::Future,
@@ -29,6 +32,7 @@ use metrics::Metrics;
 use monitor::Monitor;
 pub use ops::{drop_slot, request_rebuild, status};
 use sink::Sink;
+use standby::Role;
 use tokio::sync::watch;
 use views::Keys;
 
@@ -64,7 +68,9 @@ pub async fn run(
             break;
         }
         let started = std::time::Instant::now();
-        match cycle(&config, &metrics, &mut stop_rx).await {
+        let outcome = cycle(&config, &metrics, &mut stop_rx).await;
+        metrics.role.set(Role::Starting);
+        match outcome {
             Ok(pipeline::Stopped::Shutdown) => break,
             Ok(pipeline::Stopped::Restart) => {
                 // Not a failure: a requested rebuild or a lost generation
@@ -99,8 +105,9 @@ pub async fn run(
     Ok(())
 }
 
-/// One life of the replication connection: resume or rebuild, then stream
-/// until shutdown (`Ok`) or a failure (`Err`).
+/// One life of the replication connection: wait for the slot's lock as a
+/// standby, resume or rebuild, then stream until shutdown (`Ok`) or a
+/// failure (`Err`).
 async fn cycle(
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -115,14 +122,21 @@ async fn cycle(
     let pg = Arc::new(source::connect(&config.database_url).await?);
     metrics.postgres_up.store(true, Relaxed);
     source::ensure_publication(&pg, &config.publication).await?;
+    wal::check(&pg, metrics).await;
 
+    // Only the lock's holder observes: a standby must never take a rebuild
+    // request or touch the slot.
+    let Some(session) = standby::acquire(config, &metrics.role, stop).await? else {
+        return Ok(pipeline::Stopped::Shutdown);
+    };
+    metrics.role.set(Role::Active);
     let seen = startup::observe(&sink, &pg, &config.slot).await?;
     let plan = startup::plan(&seen);
     let startup::Opened {
         mut repl,
         generation,
         applied,
-    } = startup::open(plan, &seen, config, &sink, &pg, metrics).await?;
+    } = startup::open(plan, session, &seen, config, &sink, &pg, metrics).await?;
     if !repl.is_running() {
         anyhow::bail!("replication connection closed before streaming");
     }

@@ -12,6 +12,11 @@ use std::{
 use axum::response::Response;
 use service::{Counter, Gauge};
 
+use crate::{
+    standby::{Role, RoleCell},
+    wal::{WalGauges, EXPORTED_STATUSES},
+};
+
 /// Shared between the pipeline (writer) and the HTTP endpoints (reader).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -36,6 +41,10 @@ pub struct Metrics {
     pub snapshot_rows: AtomicU64,
     /// Courses whose aggregate the sink remembers.
     pub remembered_courses: AtomicU64,
+    /// Active, standby or starting: one instance per slot is active.
+    pub role: RoleCell,
+    /// `max_slot_wal_keep_size` and the slot's `wal_status`.
+    pub wal: WalGauges,
     /// The exported series, made on first use: inside the runtime that
     /// their upkeep task needs.
     exported: OnceLock<Exported>,
@@ -101,11 +110,37 @@ impl Exported {
                 m.failures.load(Relaxed)
             }),
         ];
+        let role_and_wal: [(&str, &'static str, ReadGauge); 2] = [
+            ("projector_active", "1 on the instance that holds the slot (streams); 0 on standbys.", |m| {
+                f64::from(u8::from(m.role.get() == Role::Active))
+            }),
+            ("projector_max_slot_wal_keep_size_bytes", "The server's max_slot_wal_keep_size in bytes; -1 when unlimited (the slot can fill the disk).", |m| {
+                m.wal.keep_bytes()
+            }),
+        ];
+        let mut gauges: Vec<(Gauge, ReadGauge)> = gauges
+            .into_iter()
+            .chain(role_and_wal)
+            .map(|(name, help, read)| (recorded.gauge(name, help), read))
+            .collect();
+        const WAL_STATUS: &str = "projector_slot_wal_status";
+        const WAL_STATUS_HELP: &str =
+            "1 for the slot's wal_status (reserved, extended, unreserved, lost), 0 for the others.";
+        let by_status: [ReadGauge; 4] = [
+            |m| m.wal.slot_is(EXPORTED_STATUSES[0]),
+            |m| m.wal.slot_is(EXPORTED_STATUSES[1]),
+            |m| m.wal.slot_is(EXPORTED_STATUSES[2]),
+            |m| m.wal.slot_is(EXPORTED_STATUSES[3]),
+        ];
+        for (status, read) in EXPORTED_STATUSES.iter().zip(by_status) {
+            let labels = [("status", status.as_str())];
+            gauges.push((
+                recorded.labelled_gauge(WAL_STATUS, WAL_STATUS_HELP, &labels),
+                read,
+            ));
+        }
         Self {
-            gauges: gauges
-                .into_iter()
-                .map(|(name, help, read)| (recorded.gauge(name, help), read))
-                .collect(),
+            gauges,
             counters: counters
                 .into_iter()
                 .map(|(name, help, read)| (recorded.counter(name, help), read))

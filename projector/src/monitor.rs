@@ -12,6 +12,7 @@ use crate::{
     metrics::Metrics,
     sink::Sink,
     source::{self, SlotStatus},
+    wal,
 };
 
 /// Watches one stream until aborted: `lost` fires within a second of Redis
@@ -52,6 +53,7 @@ impl Monitor {
                     match source::slot_info(&pg, &slot).await {
                         Ok(Some(info)) => {
                             metrics.postgres_up.store(true, Relaxed);
+                            metrics.wal.set_slot(info.wal_status);
                             metrics.retained_wal_bytes.store(info.retained_bytes, Relaxed);
                             metrics.server_wal_lsn.fetch_max(info.current_wal.0, Relaxed);
                             if info.wal_status == SlotStatus::Lost {
@@ -64,6 +66,7 @@ impl Monitor {
                             tracing::warn!(error = %err, "postgres statistics query failed");
                         }
                     }
+                    wal::check(&pg, &metrics).await;
                     let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
                     metrics.redis_up.store(up, Relaxed);
                 }

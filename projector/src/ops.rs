@@ -2,12 +2,15 @@
 
 use views::{Keys, Lsn};
 
-use crate::{config::Config, sink::Sink, source};
+use crate::{config::Config, sink::Sink, source, standby, wal};
 
-/// `projector status`: prints the slot, lag, retained WAL, generation and watermark as JSON.
+/// `projector status`: prints the slot, lag, retained WAL, WAL limit, the
+/// active instance, generation and watermark as JSON.
 pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
     let pg = source::connect(&config.database_url).await?;
     let slot = source::slot_info(&pg, &config.slot).await?;
+    let active = standby::holder(&pg, &config.slot).await?;
+    let (keep_text, keep) = wal::keep_size(&pg).await?;
     let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
     let marker = sink.marker().await?;
     let watermark = match &marker {
@@ -23,6 +26,9 @@ pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
         "current_wal_lsn": slot.as_ref().map(|s| s.current_wal.to_string()),
         "lag_bytes": slot.as_ref().map(|s| s.current_wal.0.saturating_sub(s.confirmed_flush.0)),
         "retained_wal_bytes": slot.as_ref().map(|s| s.retained_bytes),
+        "max_slot_wal_keep_size": keep_text,
+        "max_slot_wal_keep_size_bytes": keep.map(|k| k.as_metric() as i64),
+        "active_instance": active.map(|h| serde_json::json!({"name": h.name, "pid": h.pid})),
         "generation": marker.as_ref().map(|m| m.generation),
         "building": marker.as_ref().and_then(|m| m.building),
         "watermark": watermark.map(|w: Lsn| w.to_string()),

@@ -75,8 +75,11 @@ pub async fn ensure_publication(pg: &Client, publication: &str) -> anyhow::Resul
                      (they create cqrs_projector), or run with a role that owns the tables"
                 )
             }
-            // Another projector of this database created it meanwhile.
-            Err(err) if err.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+            // Another projector of this database created it meanwhile (a
+            // concurrent CREATE fails on the catalog's unique index).
+            Err(err)
+                if err.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                    || err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
             Err(err) => {
                 return Err(err).context("creating the publication (are the migrations applied?)")
             }
@@ -225,25 +228,28 @@ pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> 
     )
     .with_port(port)
     .with_tls(TlsConfig::disabled())
-    .with_options("-c TimeZone=UTC -c DateStyle=ISO")
-    .with_application_name("cqrs-projector")
+    // wal_sender_timeout (settable per session since PostgreSQL 12) bounds
+    // how long a frozen active instance keeps the slot and its lock.
+    .with_options(format!(
+        "-c TimeZone=UTC -c DateStyle=ISO -c wal_sender_timeout={}s",
+        config.takeover_timeout_secs
+    ))
+    .with_application_name(config.instance_name())
     .with_status_interval(Duration::from_millis(200))
     .with_wakeup_interval(Duration::from_secs(5))
     .with_buffer_size(4096))
 }
 
-/// Creates the slot with an exported snapshot and builds `generation` from
-/// it; returns the gated session, to `start()` at the consistent point, and
-/// that point.
+/// Creates the slot with an exported snapshot on the gated session `repl`
+/// and builds `generation` from it; returns the slot's consistent point, to
+/// `start()` the session at.
 pub async fn create_slot_and_build(
+    repl: &mut ReplicationClient,
     config: &Config,
     sink: &Sink,
     generation: u64,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<(ReplicationClient, Lsn)> {
-    let mut repl = ReplicationClient::connect_gated(replication_config(config)?)
-        .await
-        .context("opening the replication connection")?;
+) -> anyhow::Result<Lsn> {
     let rows = repl
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
@@ -264,7 +270,7 @@ pub async fn create_slot_and_build(
     let snapshot = text(2)?;
     tracing::info!(slot = %config.slot, %consistent_point, snapshot, "created replication slot; building views from its snapshot");
     build_from_snapshot(config, sink, generation, &snapshot, metrics).await?;
-    Ok((repl, consistent_point))
+    Ok(consistent_point)
 }
 
 async fn build_from_snapshot(

@@ -166,9 +166,12 @@ pub struct Opened {
     pub applied: Lsn,
 }
 
-/// Carries out `plan`: connects to resume, or drops the slot and builds.
+/// Carries out `plan` on the gated replication session `repl` (the one
+/// holding the instance's lock): starts it to resume, or drops the slot,
+/// creates it anew on that session and builds.
 pub async fn open(
     plan: Plan,
+    mut repl: ReplicationClient,
     seen: &Observed,
     config: &Config,
     sink: &Sink,
@@ -180,10 +183,10 @@ pub async fn open(
             generation,
             watermark,
         } => {
-            // A plain session sends START_REPLICATION itself once connected.
-            let repl = ReplicationClient::connect(source::replication_config(config)?)
-                .await
-                .context("opening the replication connection")?;
+            // The session was opened before the watermark was known, so it
+            // starts at the slot's confirmed position (at or before the
+            // watermark): what is replayed, the stamps skip.
+            repl.start().await.context("starting replication")?;
             tracing::info!(generation, %watermark, slot = %config.slot, "resuming replication");
             Ok(Opened {
                 repl,
@@ -193,7 +196,7 @@ pub async fn open(
         }
         Plan::Rebuild(reason) => {
             reason.log(&config.slot);
-            rebuild(seen, config, sink, pg, metrics).await
+            rebuild(repl, seen, config, sink, pg, metrics).await
         }
     }
 }
@@ -201,6 +204,7 @@ pub async fn open(
 /// Builds a fresh generation from a new slot and makes it live; readers keep
 /// the old one, marked stale, meanwhile.
 async fn rebuild(
+    mut repl: ReplicationClient,
     seen: &Observed,
     config: &Config,
     sink: &Sink,
@@ -223,8 +227,8 @@ async fn rebuild(
         })
         .await?;
     }
-    let (mut repl, consistent_point) =
-        source::create_slot_and_build(config, sink, generation, metrics).await?;
+    let consistent_point =
+        source::create_slot_and_build(&mut repl, config, sink, generation, metrics).await?;
     sink.set_watermark(generation, consistent_point).await?;
     sink.set_marker(&GenerationMarker {
         generation,
