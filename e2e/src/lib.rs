@@ -24,6 +24,8 @@ use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::Value as Json;
 use tokio::{process::Child, sync::oneshot};
 
+pub mod fleet;
+
 /// The administrative database URL (any database of the test server).
 pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -247,14 +249,9 @@ impl Stack {
         if self.projector.is_some() {
             bail!("projector already running");
         }
-        let child = tokio::process::Command::new(projector_binary()?)
-            .env("DATABASE_URL", &self.projector_database_url)
-            .env("REDIS_URL", &self.redis_url)
-            .env("KEY_PREFIX", &self.prefix)
+        let child = self
+            .projector_command()?
             .env("PROJECTOR_ADDR", &self.projector_addr)
-            .env("PROJECTOR_SLOT", &self.slot)
-            .env("PROJECTOR_PUBLICATION", &self.publication)
-            .env("PROJECTOR_HEARTBEAT_SECS", "1")
             .env(
                 "RUST_LOG",
                 std::env::var("PROJECTOR_LOG").unwrap_or_else(|_| "warn".into()),
@@ -265,6 +262,20 @@ impl Stack {
             .context("starting the projector binary")?;
         self.projector = Some(child);
         Ok(())
+    }
+
+    /// The projector binary with this stack's database, Redis, key prefix,
+    /// slot and publication (a daemon still needs `PROJECTOR_ADDR`).
+    pub fn projector_command(&self) -> Result<tokio::process::Command> {
+        let mut command = tokio::process::Command::new(projector_binary()?);
+        command
+            .env("DATABASE_URL", &self.projector_database_url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("KEY_PREFIX", &self.prefix)
+            .env("PROJECTOR_SLOT", &self.slot)
+            .env("PROJECTOR_PUBLICATION", &self.publication)
+            .env("PROJECTOR_HEARTBEAT_SECS", "1");
+        Ok(command)
     }
 
     /// Waits for the projector's `/ready`.

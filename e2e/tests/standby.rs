@@ -1,0 +1,367 @@
+//! Several projector processes against one slot: one is active, the others
+//! wait as standbys and take over when it dies or freezes; a deposed instance
+//! that wakes up never takes a view back in time.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use e2e::{
+    fleet::{wait_for_one_active, Instance},
+    Stack,
+};
+use reqwest::StatusCode;
+use serde_json::json;
+use views::Lsn;
+
+/// Generous: the machine running the tests may be busy.
+const TAKEOVER: Duration = Duration::from_secs(60);
+
+/// Orders for `users` one after another (every third cancelled), a few
+/// milliseconds apart; returns how many were written.
+fn order_stream(
+    stack: &Stack,
+    courses: &[i64],
+    users: &[i64],
+    tag: &'static str,
+) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
+    let (courses, users) = (courses.to_vec(), users.to_vec());
+    let (command, http) = (stack.command.clone(), stack.http.clone());
+    tokio::spawn(async move {
+        for (n, user) in users.iter().enumerate() {
+            let pick: Vec<i64> = courses
+                .iter()
+                .copied()
+                .filter(|c| (c + user + n as i64) % 3 != 0)
+                .collect();
+            let pick = if pick.is_empty() {
+                vec![courses[0]]
+            } else {
+                pick
+            };
+            let r = http
+                .post(format!("{command}/v1/orders"))
+                .header("Idempotency-Key", format!("{tag}-{user}"))
+                .json(&json!({"user_id": user, "course_ids": pick}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == StatusCode::CREATED, "order: {}", r.status());
+            let id = r.json::<serde_json::Value>().await?["id"]
+                .as_i64()
+                .unwrap_or(0);
+            if user % 3 == 0 {
+                let c = http
+                    .post(format!("{command}/v1/orders/{id}/cancel"))
+                    .send()
+                    .await?;
+                anyhow::ensure!(c.status() == StatusCode::OK, "cancel: {}", c.status());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::Ok(users.len())
+    })
+}
+
+/// Every course page (student count, top companies) and every order equals
+/// the tables, read fresh up to now.
+async fn assert_views_equal_tables(stack: &Stack) -> anyhow::Result<()> {
+    let lsn = stack.current_lsn().await?;
+    let rows = stack
+        .pg
+        .query(
+            "SELECT c.id, (SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.revoked_at IS NULL), \
+                    coalesce((SELECT json_agg(json_build_object('company', company, 'students', n) ORDER BY n DESC, company) \
+                      FROM (SELECT company, count(*) AS n FROM enrollments e \
+                             WHERE e.course_id = c.id AND e.revoked_at IS NULL AND company IS NOT NULL \
+                             GROUP BY company ORDER BY n DESC, company LIMIT 5) t)::text, '[]') \
+               FROM courses c ORDER BY c.id",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (id, count, top): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+        let page = stack.get_fresh(&format!("/v1/courses/{id}"), &lsn).await?;
+        assert_eq!(
+            page.status,
+            StatusCode::OK,
+            "course {id}: {}",
+            String::from_utf8_lossy(&page.raw)
+        );
+        assert_eq!(page.body["student_count"], count, "course {id}");
+        let top: serde_json::Value = serde_json::from_str(&top)?;
+        assert_eq!(page.body["top_companies"], top, "course {id}");
+    }
+    let orders = stack
+        .pg
+        .query("SELECT id, status, total_krw FROM orders ORDER BY id", &[])
+        .await?;
+    assert!(!orders.is_empty(), "the load wrote no orders");
+    for row in orders {
+        let (id, status, total): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let order = stack.get_fresh(&format!("/v1/orders/{id}"), &lsn).await?;
+        assert_eq!(order.status, StatusCode::OK, "order {id}");
+        assert_eq!(order.body["status"], status.as_str(), "order {id}");
+        assert_eq!(order.body["total_krw"], total, "order {id}");
+    }
+    Ok(())
+}
+
+/// The live generation, as the marker in Redis says.
+async fn generation(stack: &Stack) -> anyhow::Result<u64> {
+    let keys = views::Keys::new(stack.prefix.clone());
+    let marker: Option<String> =
+        fred::interfaces::KeysInterface::get(&stack.redis, keys.generation_marker()).await?;
+    let marker: views::GenerationMarker = serde_json::from_str(&marker.unwrap_or_default())?;
+    Ok(marker.generation)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_projector_waits_as_standby_and_takes_over_when_the_active_one_is_killed(
+) -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (courses, users) = stack.catalogue(4, 150).await?;
+    let mut fleet: Vec<Instance> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|name| stack.spawn_instance(name, &[]))
+        .collect::<anyhow::Result<_>>()?;
+    let active = wait_for_one_active(&fleet.iter().collect::<Vec<_>>(), TAKEOVER).await?;
+
+    let writer = order_stream(&stack, &courses, &users, "takeover");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let killed = fleet.remove(active);
+    let killed_name = killed.name.clone();
+    killed.kill().await?;
+
+    let survivors: Vec<&Instance> = fleet.iter().collect();
+    let next = wait_for_one_active(&survivors, TAKEOVER).await?;
+    assert_ne!(survivors[next].name, killed_name);
+    let written = writer.await??;
+    assert_eq!(written, users.len());
+    // Orders written after the kill reach the views through the new active one.
+    assert_views_equal_tables(&stack).await?;
+    assert!(
+        survivors[next].is_active().await,
+        "the new active instance stays active"
+    );
+    for instance in fleet {
+        instance.kill().await?;
+    }
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_active_projector_that_wakes_after_a_takeover_never_regresses_a_view(
+) -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (courses, users) = stack.catalogue(4, 120).await?;
+    // A long linger: when it freezes, the active instance holds a batch it
+    // has not written, and writes it first thing when it wakes.
+    let quick = [
+        ("PROJECTOR_TAKEOVER_TIMEOUT_SECS", "2"),
+        ("PROJECTOR_FLUSH_LINGER_MS", "1000"),
+    ];
+    let fleet: Vec<Instance> = ["alpha", "beta"]
+        .iter()
+        .map(|name| stack.spawn_instance(name, &quick))
+        .collect::<anyhow::Result<_>>()?;
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let first = wait_for_one_active(&all, TAKEOVER).await?;
+    let (paused, other) = (all[first], all[1 - first]);
+
+    // Watch every course page and the watermark from now on: nothing may
+    // go back, whoever writes.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (query, http, courses) = (stack.query.clone(), stack.http.clone(), courses.clone());
+        let watching = watching.clone();
+        tokio::spawn(async move {
+            let mut seen: HashMap<i64, Lsn> = HashMap::new();
+            let mut watermark = Lsn::default();
+            let mut reads = 0u64;
+            while watching.load(Ordering::Relaxed) {
+                for id in &courses {
+                    let r = http.get(format!("{query}/v1/courses/{id}")).send().await?;
+                    if r.status() != StatusCode::OK {
+                        continue;
+                    }
+                    let header: Lsn = r.headers()["x-projection-lsn"].to_str()?.parse()?;
+                    anyhow::ensure!(
+                        header >= watermark,
+                        "the watermark went back from {watermark} to {header}"
+                    );
+                    watermark = header;
+                    let body: serde_json::Value = r.json().await?;
+                    let lsn: Lsn = body["lsn"].as_str().unwrap_or("0/0").parse()?;
+                    let before = seen.entry(*id).or_default();
+                    anyhow::ensure!(
+                        lsn >= *before,
+                        "course {id}'s view went back from {before} to {lsn}"
+                    );
+                    *before = lsn;
+                    reads += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(reads)
+        })
+    };
+
+    // Frozen mid-stream: the server drops its session after the takeover
+    // timeout, and the standby takes the slot.
+    let writer = order_stream(&stack, &courses, &users[..60], "before");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    paused.signal("STOP")?;
+    let generation_before = generation(&stack).await?;
+    wait_for_one_active(&[other], TAKEOVER).await?;
+    writer.await??;
+    // The new active one has applied everything since, so whatever the
+    // frozen one still holds is older than what Redis has.
+    assert_views_equal_tables(&stack).await?;
+
+    // It wakes up with whatever it held, finds its session gone, and waits
+    // as a standby; more orders meanwhile.
+    paused.signal("CONT")?;
+    let writer = order_stream(&stack, &courses, &users[60..], "after");
+    let which = wait_for_one_active(&[paused, other], TAKEOVER).await?;
+    assert_eq!(which, 1, "the instance that took over stays active");
+    writer.await??;
+    assert_views_equal_tables(&stack).await?;
+
+    watching.store(false, Ordering::Relaxed);
+    let reads = watcher.await??;
+    assert!(reads > 0, "the watcher read no course page");
+    assert_eq!(
+        generation(&stack).await?,
+        generation_before,
+        "the takeover resumed the live generation, no rebuild"
+    );
+    assert_eq!(other.metric("projector_rebuilds_total").await?, Some(0.0));
+    assert!(
+        paused.is_standby().await,
+        "the woken instance is a standby:\n{}",
+        paused.tail(20)
+    );
+    for instance in fleet {
+        instance.kill().await?;
+    }
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_logs_that_it_waits_once() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let fleet: Vec<Instance> = ["alpha", "beta"]
+        .iter()
+        .map(|name| stack.spawn_instance(name, &[]))
+        .collect::<anyhow::Result<_>>()?;
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let first = wait_for_one_active(&all, TAKEOVER).await?;
+    let (active, standby) = (all[first], all[1 - first]);
+    // A dozen tries for the lock at least.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let waiting = standby.logged("is held by");
+    assert_eq!(waiting.len(), 1, "{waiting:#?}");
+    assert!(
+        waiting[0].contains(&format!("held by {}", active.name)),
+        "{}",
+        waiting[0]
+    );
+    assert!(
+        active.logged("is held by").is_empty(),
+        "the active one never waited"
+    );
+    assert!(standby.is_standby().await);
+    for instance in fleet {
+        instance.kill().await?;
+    }
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_status_names_the_active_instance() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut fleet: Vec<Instance> = ["alpha", "beta"]
+        .iter()
+        .map(|name| stack.spawn_instance(name, &[]))
+        .collect::<anyhow::Result<_>>()?;
+    let first = wait_for_one_active(&fleet.iter().collect::<Vec<_>>(), TAKEOVER).await?;
+
+    let status: serde_json::Value =
+        serde_json::from_str(&stack.projector_subcommand(&["status"]).await?)?;
+    let named = &status["active_instance"];
+    assert_eq!(named["name"], fleet[first].name.as_str(), "{status:#}");
+    // The pid is the server's: the active instance's replication session.
+    let pid = named["pid"].as_i64().unwrap_or_default() as i32;
+    let session: String = stack
+        .pg
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await?
+        .get(0);
+    assert_eq!(session, fleet[first].name);
+
+    fleet.remove(first).kill().await?;
+    wait_for_one_active(&[&fleet[0]], TAKEOVER).await?;
+    let status: serde_json::Value =
+        serde_json::from_str(&stack.projector_subcommand(&["status"]).await?)?;
+    assert_eq!(
+        status["active_instance"]["name"],
+        fleet[0].name.as_str(),
+        "{status:#}"
+    );
+    for instance in fleet {
+        instance.kill().await?;
+    }
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_request_is_carried_out_by_the_active_instance() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (courses, users) = stack.catalogue(3, 30).await?;
+    let fleet: Vec<Instance> = ["alpha", "beta"]
+        .iter()
+        .map(|name| stack.spawn_instance(name, &[]))
+        .collect::<anyhow::Result<_>>()?;
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let first = wait_for_one_active(&all, TAKEOVER).await?;
+    let (active, standby) = (all[first], all[1 - first]);
+    order_stream(&stack, &courses, &users[..15], "a").await??;
+    let before = generation(&stack).await?;
+    let built = active.metric("projector_rebuilds_total").await?;
+
+    stack.projector_subcommand(&["rebuild"]).await?;
+    let writer = order_stream(&stack, &courses, &users[15..], "b");
+    let deadline = std::time::Instant::now() + TAKEOVER;
+    while generation(&stack).await? == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new generation:\n{}",
+            active.tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer.await??;
+    assert_eq!(wait_for_one_active(&all, TAKEOVER).await?, first);
+    assert_eq!(
+        active.metric("projector_rebuilds_total").await?,
+        built.map(|n| n + 1.0),
+        "the active instance built the new generation"
+    );
+    assert_eq!(standby.metric("projector_rebuilds_total").await?, Some(0.0));
+    assert!(standby.is_standby().await, "the standby still waits");
+    assert_eq!(active.logged("a rebuild was requested").len(), 1);
+    assert!(standby.logged("a rebuild was requested").is_empty());
+    assert_views_equal_tables(&stack).await?;
+    for instance in fleet {
+        instance.kill().await?;
+    }
+    stack.cleanup().await
+}
