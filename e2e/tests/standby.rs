@@ -358,6 +358,10 @@ async fn a_rebuild_request_is_carried_out_by_the_active_instance() -> anyhow::Re
     assert_eq!(standby.metric("projector_rebuilds_total").await?, Some(0.0));
     assert!(standby.is_standby().await, "the standby still waits");
     assert_eq!(active.logged("a rebuild was requested").len(), 1);
+    assert!(
+        active.logged("is held by").is_empty(),
+        "restarting its stream, the active instance never called itself a standby"
+    );
     assert!(standby.logged("a rebuild was requested").is_empty());
     assert_views_equal_tables(&stack).await?;
     for instance in fleet {

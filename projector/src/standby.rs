@@ -18,8 +18,14 @@ use tokio::sync::watch;
 
 use crate::{config::Config, source};
 
-/// How often a standby asks for the lock.
+/// How often a standby looks at the lock. It takes a lock it has seen
+/// free twice in a row, so the holder restarting its stream (a rebuild, a
+/// lost generation) gets it back first, looking every [`REGRAB_POLL`].
 const POLL: Duration = Duration::from_millis(250);
+
+/// How often an instance whose own previous session still holds the lock
+/// (it is closing) asks again.
+const REGRAB_POLL: Duration = Duration::from_millis(20);
 
 /// How long a new holder waits for the previous walsender to free the slot
 /// (it releases the lock and the slot as it exits, not in one step).
@@ -121,48 +127,57 @@ pub async fn acquire(
         lock_key_sql(&config.slot)
     );
     let who = holder_sql(&config.slot);
-    // Logged once per holder, not once per try.
-    let mut waiting_for: Option<Holder> = None;
+    let me = config.instance_name();
+    // The holder waited for, by name: logged once, not once per try nor
+    // once per restart of its stream.
+    let mut waiting_for: Option<String> = None;
+    // The lock was free at the previous look.
+    let mut seen_free = false;
     loop {
-        let rows = repl
-            .simple_query(&try_lock)
-            .await
-            .context("asking for the slot's lock")?;
-        if text(&rows, 0).as_deref() == Some("t") {
-            break;
+        // A fresh start takes a free lock at once; a standby only one seen
+        // free a poll ago, so a holder restarting its stream keeps it.
+        if waiting_for.is_none() || seen_free {
+            let rows = repl
+                .simple_query(&try_lock)
+                .await
+                .context("asking for the slot's lock")?;
+            if text(&rows, 0).as_deref() == Some("t") {
+                break;
+            }
         }
-        role.set(Role::Standby);
         let rows = repl
             .simple_query(&who)
             .await
             .context("asking who holds the slot's lock")?;
-        let held_by = text(&rows, 0)
-            .zip(text(&rows, 1))
-            .map(|(name, pid)| Holder {
-                name,
-                pid: pid.parse().unwrap_or_default(),
-            });
-        if held_by.is_some() && held_by != waiting_for {
-            if let Some(h) = &held_by {
-                tracing::info!(
-                    slot = %config.slot,
-                    "standby: slot {} is held by {} (pid {}); waiting",
-                    config.slot,
-                    h.name,
-                    h.pid
-                );
+        let held_by = text(&rows, 0).zip(text(&rows, 1));
+        seen_free = held_by.is_none();
+        let poll = match held_by {
+            // This instance's previous session (before its stream restarted)
+            // is still closing: not a reason to call itself a standby.
+            Some((name, _)) if name == me => REGRAB_POLL,
+            Some((name, pid)) => {
+                role.set(Role::Standby);
+                if waiting_for.as_ref() != Some(&name) {
+                    tracing::info!(
+                        slot = %config.slot,
+                        "standby: slot {} is held by {name} (pid {pid}); waiting",
+                        config.slot,
+                    );
+                    waiting_for = Some(name);
+                }
+                POLL
             }
-            waiting_for = held_by;
-        }
+            None => POLL,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(poll) => {}
             _ = stop.wait_for(|s| *s) => return Ok(None),
         }
     }
     wait_until_slot_free(&mut repl, &config.slot).await?;
     tracing::info!(
         slot = %config.slot,
-        instance = %config.instance_name(),
+        instance = %me,
         took_over = waiting_for.is_some(),
         "this instance is active for the slot"
     );
