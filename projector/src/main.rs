@@ -28,7 +28,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rebuild => {
             projector::request_rebuild(&cli.config).await?;
-            println!("rebuild requested: the running projector builds a fresh generation now (or at its next start)");
+            println!("rebuild requested: the active projector builds a fresh generation now (or the next one to start)");
             Ok(())
         }
         Command::DropSlot => {

@@ -1,5 +1,6 @@
-//! Beside each stream: heartbeats into the WAL, slot and Redis health, and the
-//! watch on the generation marker (lost by Redis, or a rebuild asked for).
+//! Beside each stream: heartbeats into the WAL, slot, WAL-limit and Redis
+//! health, and the watch on the generation marker (lost by Redis, or a
+//! rebuild asked for).
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
