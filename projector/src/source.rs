@@ -269,7 +269,15 @@ pub async fn create_slot_and_build(
     let consistent_point: Lsn = text(1)?.parse()?;
     let snapshot = text(2)?;
     tracing::info!(slot = %config.slot, %consistent_point, snapshot, "created replication slot; building views from its snapshot");
-    build_from_snapshot(config, sink, generation, &snapshot, metrics).await?;
+    build_from_snapshot(
+        config,
+        sink,
+        generation,
+        &snapshot,
+        consistent_point,
+        metrics,
+    )
+    .await?;
     Ok(consistent_point)
 }
 
@@ -278,6 +286,7 @@ async fn build_from_snapshot(
     sink: &Sink,
     generation: u64,
     snapshot: &str,
+    consistent_point: Lsn,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
     let mut pg = connect(&config.database_url).await?;
@@ -298,7 +307,8 @@ async fn build_from_snapshot(
     let mut build = SnapshotBuild {
         sink,
         generation,
-        batch: Batch::default(),
+        consistent_point,
+        batch: SnapshotBuild::batch(consistent_point),
         index: 0,
         rows: 0,
         max: config.flush_max_changes as usize,
@@ -409,10 +419,13 @@ async fn build_from_snapshot(
 }
 
 /// Snapshot rows into batches, written like the live stream's with stamps
-/// below any streamed change; memory is bounded by one batch.
+/// below any streamed change (their views say the consistent point as
+/// `lsn`); memory is bounded by one batch.
 struct SnapshotBuild<'a> {
     sink: &'a Sink,
     generation: u64,
+    /// The slot's consistent point: the snapshot is exactly the data before it.
+    consistent_point: Lsn,
     batch: Batch,
     index: u32,
     rows: u64,
@@ -425,6 +438,13 @@ struct SnapshotBuild<'a> {
 }
 
 impl SnapshotBuild<'_> {
+    fn batch(consistent_point: Lsn) -> Batch {
+        Batch {
+            snapshot_lsn: consistent_point,
+            ..Batch::default()
+        }
+    }
+
     fn next_stamp(&mut self) -> String {
         self.index += 1;
         stamp(Lsn(0), self.index)
@@ -507,7 +527,7 @@ impl SnapshotBuild<'_> {
             return Ok(());
         }
         self.sink.apply(self.generation, &self.batch).await?;
-        self.batch = Batch::default();
+        self.batch = Self::batch(self.consistent_point);
         self.metrics
             .snapshot_rows
             .store(self.rows, std::sync::atomic::Ordering::Relaxed);

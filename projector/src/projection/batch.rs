@@ -126,6 +126,10 @@ pub struct Batch {
     pub first_commit_unix_us: Option<i64>,
     /// When this batch received its first completed transaction.
     pub first_received: Option<std::time::Instant>,
+    /// The consistent point of the snapshot an initial build's batch was
+    /// read from: the `lsn` its views say (SPEC: never 0/0), while their
+    /// stamps stay below every streamed change. Zero when streamed.
+    pub snapshot_lsn: Lsn,
 }
 
 impl Batch {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use views::{
-    aggregate, CourseCard, CoursePage, CourseStats, EventView, OrderItem, OrderView, Sale,
+    aggregate, CourseCard, CoursePage, CourseStats, EventView, Lsn, OrderItem, OrderView, Sale,
     TopCompany,
 };
 
@@ -41,13 +41,16 @@ pub fn course_event_ids(agg: &HashMap<String, String>) -> Vec<i64> {
         .collect()
 }
 
-fn lsn_of(agg: &HashMap<String, String>) -> String {
-    stamp_lsn(
+/// The `lsn` a view says: the commit LSN of the last change applied to its
+/// aggregate, or `snapshot_lsn` for one still as the initial build made it
+/// (its stamps carry commit LSN zero, below every streamed change).
+fn lsn_of(agg: &HashMap<String, String>, snapshot_lsn: Lsn) -> String {
+    let lsn = stamp_lsn(
         agg.get(aggregate::STAMP)
             .map(String::as_str)
             .unwrap_or(SNAPSHOT_STAMP),
-    )
-    .to_string()
+    );
+    if lsn == Lsn(0) { snapshot_lsn } else { lsn }.to_string()
 }
 
 /// A course rendered from its aggregates: the page (only when asked for),
@@ -62,13 +65,16 @@ pub struct RenderedCourse {
 /// Renders a course from its aggregate hash, its top companies and the terms
 /// of its events: the stats and card always, the page when `with_page` (the
 /// aggregate then holds `description_html`). `None` while the course row
-/// itself has not been seen.
+/// itself has not been seen. `snapshot_lsn`: see [`Batch::snapshot_lsn`].
+///
+/// [`Batch::snapshot_lsn`]: super::Batch::snapshot_lsn
 pub fn render_course(
     id: i64,
     agg: &HashMap<String, String>,
     top_companies: Vec<TopCompany>,
     events: &HashMap<i64, EventTerms>,
     with_page: bool,
+    snapshot_lsn: Lsn,
 ) -> Option<RenderedCourse> {
     let text = |k: &str| agg.get(k).cloned().unwrap_or_default();
     let price_krw: i64 = agg.get("price_krw")?.parse().ok()?;
@@ -121,7 +127,7 @@ pub fn render_course(
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
         top_companies,
-        lsn: lsn_of(agg),
+        lsn: lsn_of(agg, snapshot_lsn),
         sales,
     };
     let card = CourseCard::new(&page, &stats);
@@ -137,7 +143,7 @@ pub fn render_course(
 }
 
 /// Renders an event view; `None` while the event row has not been seen.
-pub fn render_event(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
+pub fn render_event(id: i64, agg: &HashMap<String, String>, snapshot_lsn: Lsn) -> Option<Vec<u8>> {
     let terms = EventTerms::from_agg(agg)?;
     let mut course_ids: Vec<i64> = agg
         .keys()
@@ -151,13 +157,13 @@ pub fn render_event(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
         ends_at: terms.ends_at,
         discount_percent: terms.discount_percent,
         course_ids,
-        lsn: lsn_of(agg),
+        lsn: lsn_of(agg, snapshot_lsn),
     })
     .ok()
 }
 
 /// Renders an order view; `None` while the order row has not been seen.
-pub fn render_order(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
+pub fn render_order(id: i64, agg: &HashMap<String, String>, snapshot_lsn: Lsn) -> Option<Vec<u8>> {
     let mut items: Vec<OrderItem> = agg
         .iter()
         .filter_map(|(k, v)| {
@@ -176,7 +182,7 @@ pub fn render_order(id: i64, agg: &HashMap<String, String>) -> Option<Vec<u8>> {
         items,
         event_id: agg.get("event_id").and_then(|e| e.parse().ok()),
         created_at: parse_pg_timestamp(agg.get("created_at")?)?,
-        lsn: lsn_of(agg),
+        lsn: lsn_of(agg, snapshot_lsn),
     })
     .ok()
 }
@@ -229,6 +235,37 @@ mod tests {
     }
 
     #[test]
+    fn a_view_built_from_the_snapshot_says_its_consistent_point_and_a_streamed_one_its_commit() {
+        use super::super::batch::stamp;
+        let point = Lsn(0x16B_3748);
+        let order = |stamp: String| -> HashMap<String, String> {
+            [
+                ("user_id", "7"),
+                ("status", "completed"),
+                ("total_krw", "1000"),
+                ("created_at", "2026-11-21 21:30:00+00"),
+                ("stamp", stamp.as_str()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        let lsn = |agg: &HashMap<String, String>, snapshot: Lsn| {
+            let view = render_order(1, agg, snapshot).expect("renders");
+            serde_json::from_slice::<serde_json::Value>(&view).expect("json")["lsn"].clone()
+        };
+        let built = order(stamp(Lsn(0), 42));
+        assert_eq!(lsn(&built, point), "0/16B3748");
+        assert!(
+            stamp(Lsn(0), 42) < stamp(Lsn(point.0 + 1), 0),
+            "its stamp stays below every streamed change"
+        );
+        let streamed = order(stamp(Lsn(0x1_0000_0000), 0));
+        assert_eq!(lsn(&streamed, point), "1/0");
+        assert_eq!(lsn(&streamed, Lsn(0)), "1/0");
+    }
+
+    #[test]
     fn a_course_sale_is_priced_down_and_counts_claimed_seats() {
         let agg: HashMap<String, String> = [
             ("title", "t"),
@@ -248,7 +285,7 @@ mod tests {
             discount_percent: 33,
         };
         let events = HashMap::from([(4, terms.clone()), (5, terms)]);
-        let rendered = render_course(1, &agg, Vec::new(), &events, false).expect("renders");
+        let rendered = render_course(1, &agg, Vec::new(), &events, false, Lsn(0)).expect("renders");
         assert!(rendered.page.is_none(), "the page only when asked for");
         let stats: serde_json::Value = serde_json::from_slice(&rendered.stats).expect("json");
         assert_eq!(
@@ -261,7 +298,7 @@ mod tests {
         let card: serde_json::Value = serde_json::from_slice(&rendered.card).expect("json");
         assert!(card.get("description_html").is_none() && card.get("top_companies").is_none());
         assert_eq!(card["sales"], stats["sales"]);
-        let with_page = render_course(1, &agg, Vec::new(), &events, true).expect("renders");
+        let with_page = render_course(1, &agg, Vec::new(), &events, true, Lsn(0)).expect("renders");
         let page: serde_json::Value =
             serde_json::from_slice(&with_page.page.expect("asked for")).expect("json");
         assert_eq!(page["title"], "t");

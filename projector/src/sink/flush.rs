@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use fred::prelude::*;
-use views::aggregate;
+use views::{aggregate, Lsn};
 
 use super::{
     calls::{Calls, ChunkedStep},
@@ -90,7 +90,8 @@ impl Sink {
             // Every entity was written by its apply script: no second step.
             return Ok(());
         }
-        self.write_views(generation, &aggs, &events, &mut buf).await
+        self.write_views(generation, &aggs, &events, batch.snapshot_lsn, &mut buf)
+            .await
     }
 
     /// Applies the entities whose known state Redis refused, reading their
@@ -130,11 +131,13 @@ impl Sink {
         generation: u64,
         aggs: &[EntityAggregates],
         events: &HashMap<i64, EventTerms>,
+        snapshot_lsn: Lsn,
         buf: &mut ArgBuf,
     ) -> Result<(), SinkError> {
         let mut second = Calls::new(&self.client, &self.views);
         let mut sorted = SortedSetWrites::default();
-        for (entity, agg, top, with_page) in aggs {
+        for aggregates in aggs {
+            let (entity, agg, _, with_page) = aggregates;
             match entity {
                 Entity::Course(id) => self.rank(&mut sorted, generation, *id, agg, *with_page),
                 Entity::Event(id) => self.index_event(&mut sorted, generation, *id, agg),
@@ -145,7 +148,7 @@ impl Sink {
                 continue;
             }
             let Some((view_keys, values)) =
-                self.render(generation, *entity, agg, top, *with_page, events)
+                self.render(generation, aggregates, events, snapshot_lsn)
             else {
                 continue;
             };
@@ -167,16 +170,15 @@ impl Sink {
     fn render(
         &self,
         generation: u64,
-        entity: Entity,
-        agg: &HashMap<String, String>,
-        top: &[(String, i64)],
-        with_page: bool,
+        (entity, agg, top, with_page): &EntityAggregates,
         events: &HashMap<i64, EventTerms>,
+        snapshot_lsn: Lsn,
     ) -> Option<(Vec<String>, Vec<Vec<u8>>)> {
-        let keys = &self.keys;
-        Some(match entity {
+        let (keys, with_page) = (&self.keys, *with_page);
+        Some(match *entity {
             Entity::Course(id) => {
-                let course = render_course(id, agg, top_five(top), events, with_page)?;
+                let course =
+                    render_course(id, agg, top_five(top), events, with_page, snapshot_lsn)?;
                 let mut view_keys = vec![
                     keys.course_agg(generation, id),
                     keys.course_stats(generation, id),
@@ -190,7 +192,7 @@ impl Sink {
                 (view_keys, values)
             }
             Entity::Event(id) => {
-                let view = render_event(id, agg)?;
+                let view = render_event(id, agg, snapshot_lsn)?;
                 (
                     vec![
                         keys.event_agg(generation, id),
@@ -200,7 +202,7 @@ impl Sink {
                 )
             }
             Entity::Order(id) => {
-                let view = render_order(id, agg)?;
+                let view = render_order(id, agg, snapshot_lsn)?;
                 (
                     vec![
                         keys.order_agg(generation, id),
@@ -305,7 +307,7 @@ impl Sink {
             // from the entries alone and is written by the apply script.
             Entity::Order(id) if batch.fresh.contains(entity) => {
                 let agg = aggregate_of(entries);
-                Ok(match render_order(id, &agg) {
+                Ok(match render_order(id, &agg, batch.snapshot_lsn) {
                     Some(view) => Plan::AtOnce {
                         stamp: agg.get(aggregate::STAMP).cloned().unwrap_or_default(),
                         view,
@@ -333,8 +335,14 @@ impl Sink {
                 {
                     return Ok(Plan::Apply);
                 }
-                let Some(course) = render_course(id, &next.agg, next.top_companies(), terms, false)
-                else {
+                let Some(course) = render_course(
+                    id,
+                    &next.agg,
+                    next.top_companies(),
+                    terms,
+                    false,
+                    batch.snapshot_lsn,
+                ) else {
                     return Ok(Plan::Apply);
                 };
                 Ok(Plan::Known {
