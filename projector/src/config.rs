@@ -84,6 +84,18 @@ pub struct Config {
     /// Seconds after which the server drops an active instance that stopped answering (its wal_sender_timeout), freeing the slot for a standby.
     #[arg(long, env = "PROJECTOR_TAKEOVER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub takeover_timeout_secs: u64,
+
+    /// Seconds the previous view schema's generation stays readable (stale) for the query APIs of the previous release after a new schema's generation went live; 0 deletes it at the switch.
+    #[arg(
+        long,
+        env = "PROJECTOR_PREVIOUS_SCHEMA_GRACE_SECS",
+        default_value_t = 3600
+    )]
+    pub previous_schema_grace_secs: u64,
+
+    /// Tests only (hidden): the view schema version this release writes, to run two releases side by side as in a rolling upgrade.
+    #[arg(long, env = "PROJECTOR_VIEW_SCHEMA_VERSION", hide = true, default_value_t = views::VIEW_SCHEMA_VERSION)]
+    pub view_schema_version: u32,
 }
 
 impl Config {
@@ -115,6 +127,10 @@ impl Config {
                 .unwrap_or_else(|| "projector".to_owned());
             format!("{host}-{}", std::process::id())
         })
+    }
+
+    pub(crate) fn previous_schema_grace(&self) -> Duration {
+        Duration::from_secs(self.previous_schema_grace_secs)
     }
 }
 

@@ -131,7 +131,7 @@ async fn cycle(
     };
     metrics.role.set(Role::Active);
     let seen = startup::observe(&sink, &pg, &config.slot).await?;
-    let plan = startup::plan(&seen);
+    let plan = startup::plan(&seen, config.view_schema_version);
     let startup::Opened {
         mut repl,
         generation,
@@ -154,6 +154,7 @@ async fn cycle(
             heartbeat: config.heartbeat(),
             metrics: metrics.clone(),
             generation,
+            previous_schema_grace: config.previous_schema_grace(),
             lost: lost_tx,
             nudge: nudge.clone(),
         }

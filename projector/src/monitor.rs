@@ -1,6 +1,7 @@
 //! Beside each stream: heartbeats into the WAL, slot, WAL-limit and Redis
 //! health, and the watch on the generation marker (lost by Redis, or a
-//! rebuild asked for).
+//! rebuild asked for; the previous view schema's generation retired once its
+//! grace is over).
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -9,10 +10,13 @@ use std::{
 
 use tokio::sync::watch;
 
+use views::GenerationMarker;
+
 use crate::{
     metrics::Metrics,
     sink::Sink,
     source::{self, SlotStatus},
+    startup::unix_ms,
     wal,
 };
 
@@ -26,6 +30,8 @@ pub struct Monitor {
     pub metrics: Arc<Metrics>,
     /// The generation the stream writes.
     pub generation: u64,
+    /// How long after a schema change the previous schema's generation stays readable.
+    pub previous_schema_grace: Duration,
     /// Fired when that generation is no longer live or a rebuild is asked for.
     pub lost: watch::Sender<bool>,
     /// Told after each flush that applied transactions.
@@ -41,6 +47,7 @@ impl Monitor {
             heartbeat,
             metrics,
             generation,
+            previous_schema_grace,
             lost,
             nudge,
         } = self;
@@ -76,10 +83,12 @@ impl Monitor {
                         tracing::info!("rebuild requested; stopping the stream to build a fresh generation");
                         let _ = lost.send(true);
                     }
-                    match sink.marker().await {
-                        Ok(Some(m)) if m.generation == generation => {}
+                    match sink.marker_as_stored().await {
+                        Ok(Some((raw, m))) if m.generation == generation => {
+                            retire_previous_schema(&sink, &raw, &m, previous_schema_grace).await;
+                        }
                         Ok(found) => {
-                            tracing::error!(generation, found = ?found.map(|m| m.generation), "the live generation marker is gone from redis (data lost?); rebuilding");
+                            tracing::error!(generation, found = ?found.map(|(_, m)| m.generation), "the live generation marker is gone from redis (data lost?); rebuilding");
                             let _ = lost.send(true);
                         }
                         Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
@@ -103,6 +112,41 @@ impl Monitor {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Once `grace` has passed since the live view schema went live, takes the
+/// previous schema's generation out of the marker (its query APIs answer
+/// `rebuilding` from then on) and deletes its keys.
+async fn retire_previous_schema(
+    sink: &Sink,
+    raw: &str,
+    marker: &GenerationMarker,
+    grace: Duration,
+) {
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    let Some(retired) = marker.retired(unix_ms(), grace_ms) else {
+        return;
+    };
+    match sink.replace_marker(Some(raw), &retired).await {
+        Ok(true) => {
+            let schemas: Vec<u32> = marker
+                .live
+                .keys()
+                .copied()
+                .filter(|s| *s != marker.schema)
+                .collect();
+            tracing::info!(
+                ?schemas,
+                "the previous view schema's grace is over; its generation is no longer readable"
+            );
+            sink.delete_unread_generations_soon(retired);
+        }
+        // Changed meanwhile: the next tick sees the new marker.
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "could not retire the previous view schema's generation")
         }
     }
 }

@@ -5,7 +5,8 @@ use views::{Keys, Lsn};
 use crate::{config::Config, sink::Sink, source, standby, wal};
 
 /// `projector status`: prints the slot, lag, retained WAL, WAL limit, the
-/// active instance, generation and watermark as JSON.
+/// active instance, generation (and the generation each view schema's
+/// readers read) and watermark as JSON.
 pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
     let pg = source::connect(&config.database_url).await?;
     let slot = source::slot_info(&pg, &config.slot).await?;
@@ -30,6 +31,8 @@ pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
         "max_slot_wal_keep_size_bytes": keep.map(|k| k.as_metric() as i64),
         "active_instance": active.map(|h| serde_json::json!({"name": h.name, "pid": h.pid})),
         "generation": marker.as_ref().map(|m| m.generation),
+        "schema": marker.as_ref().map(|m| m.schema),
+        "readable_by_schema": marker.as_ref().map(|m| &m.live),
         "building": marker.as_ref().and_then(|m| m.building),
         "watermark": watermark.map(|w: Lsn| w.to_string()),
     }))

@@ -1,11 +1,11 @@
 //! Each start resumes the live generation or builds a fresh one: [`plan`]
 //! decides from what Redis and PostgreSQL report, [`open`] carries it out.
 
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::Context;
 use pgwire_replication::ReplicationClient;
-use views::{GenerationMarker, Lsn, VIEW_SCHEMA_VERSION};
+use views::{GenerationMarker, Lsn};
 
 use crate::{
     config::Config,
@@ -13,10 +13,6 @@ use crate::{
     sink::Sink,
     source::{self, SlotInfo, SlotStatus},
 };
-
-/// How long an old generation outlives the switch in a cluster before it is
-/// deleted: well past a query API's Redis timeout (500 ms by default).
-const CLUSTER_CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
 /// What a start finds.
 #[derive(Debug, Clone)]
@@ -38,6 +34,10 @@ pub enum Plan {
     Resume { generation: u64, watermark: Lsn },
     /// Build a fresh generation from a new slot's snapshot.
     Rebuild(RebuildReason),
+    /// Leave the views alone: the live ones have a newer view schema than
+    /// this release's (an old instance still running during a rolling
+    /// upgrade must not undo it; `projector rebuild` rolls back).
+    Refuse { live_schema: u32 },
 }
 
 /// Why a start rebuilds.
@@ -51,7 +51,8 @@ pub enum RebuildReason {
     SlotMissing,
     /// PostgreSQL removed WAL the slot needed.
     SlotLost { generation: u64 },
-    /// The live generation's views have another schema.
+    /// The live generation's views have an older schema: built beside it,
+    /// which stays readable for the older query APIs.
     SchemaChanged { schema: u32 },
     /// Redis is behind what the slot confirmed (restored or failed over):
     /// the changes in between are gone from the slot.
@@ -84,9 +85,9 @@ pub async fn observe(
     })
 }
 
-/// Resume only when the live generation has the current schema, its slot
-/// still streams, and Redis holds at least what the slot confirmed.
-pub fn plan(seen: &Observed) -> Plan {
+/// Resume only when the live generation has this release's view `schema`,
+/// its slot still streams, and Redis holds at least what the slot confirmed.
+pub fn plan(seen: &Observed, schema: u32) -> Plan {
     use RebuildReason::*;
     if seen.rebuild_requested {
         return Plan::Rebuild(Requested);
@@ -94,6 +95,11 @@ pub fn plan(seen: &Observed) -> Plan {
     let Some(marker) = &seen.marker else {
         return Plan::Rebuild(NoGeneration);
     };
+    if marker.schema > schema {
+        return Plan::Refuse {
+            live_schema: marker.schema,
+        };
+    }
     let Some(slot) = &seen.slot else {
         return Plan::Rebuild(SlotMissing);
     };
@@ -102,7 +108,7 @@ pub fn plan(seen: &Observed) -> Plan {
             generation: marker.generation,
         });
     }
-    if marker.schema != VIEW_SCHEMA_VERSION {
+    if marker.schema != schema {
         return Plan::Rebuild(SchemaChanged {
             schema: marker.schema,
         });
@@ -122,7 +128,7 @@ pub fn plan(seen: &Observed) -> Plan {
 }
 
 impl RebuildReason {
-    fn log(self, slot: &str) {
+    fn log(self, slot: &str, current: u32) {
         match self {
             RebuildReason::Requested => tracing::info!(
                 "a rebuild was requested; building a fresh generation while the live one keeps serving"
@@ -140,8 +146,8 @@ impl RebuildReason {
             ),
             RebuildReason::SchemaChanged { schema } => tracing::info!(
                 schema,
-                current = VIEW_SCHEMA_VERSION,
-                "view schema changed; rebuilding"
+                current,
+                "view schema changed; building a generation of the new schema beside the live one, which stays readable for the previous release"
             ),
             RebuildReason::BehindSlot {
                 generation,
@@ -195,9 +201,15 @@ pub async fn open(
             })
         }
         Plan::Rebuild(reason) => {
-            reason.log(&config.slot);
+            reason.log(&config.slot, config.view_schema_version);
             rebuild(repl, seen, config, sink, pg, metrics).await
         }
+        Plan::Refuse { live_schema } => anyhow::bail!(
+            "the live views have view schema {live_schema}, newer than this release's {}: \
+             leaving them to the newer projector (to roll back, run `projector rebuild` \
+             with this release)",
+            config.view_schema_version
+        ),
     }
 }
 
@@ -220,25 +232,34 @@ async fn rebuild(
         source::drop_slot(pg, &config.slot).await?;
     }
     let generation = sink.next_generation().await?;
-    if let Some(marker) = &seen.marker {
-        sink.set_marker(&GenerationMarker {
-            building: Some(generation),
-            ..marker.clone()
-        })
-        .await?;
-    }
+    let building = match &seen.marker {
+        Some(marker) => Some(
+            sink.set_marker(&GenerationMarker {
+                building: Some(generation),
+                ..marker.clone()
+            })
+            .await?,
+        ),
+        None => None,
+    };
     let consistent_point =
         source::create_slot_and_build(&mut repl, config, sink, generation, metrics).await?;
     sink.set_watermark(generation, consistent_point).await?;
-    sink.set_marker(&GenerationMarker {
-        generation,
-        schema: VIEW_SCHEMA_VERSION,
-        building: None,
-    })
-    .await?;
+    let schema = config.view_schema_version;
+    let now = unix_ms();
+    let mut live = GenerationMarker::switched(seen.marker.as_ref(), generation, schema, now);
+    let grace = config.previous_schema_grace().as_millis() as u64;
+    if let Some(retired) = live.retired(now, grace) {
+        live = retired;
+    }
+    anyhow::ensure!(
+        sink.replace_marker(building.as_deref(), &live).await?,
+        "the generation marker changed while generation {generation} was built \
+         (another projector, or Redis lost its data); starting over"
+    );
     metrics.rebuilds.fetch_add(1, Relaxed);
-    tracing::info!(generation, %consistent_point, "generation is live");
-    delete_older_generations(sink.clone(), generation);
+    tracing::info!(generation, schema, %consistent_point, readable = ?live.live, "generation is live");
+    sink.delete_unread_generations_soon(live);
     // The build's session is gated: streaming starts here. (`start` only
     // fails on a session that is not gated; a worker that died meanwhile is
     // reported by `wait_started`.)
@@ -252,25 +273,18 @@ async fn rebuild(
     })
 }
 
-/// Deletes the keys of generations before `live`, in the background.
-fn delete_older_generations(sink: Sink, live: u64) {
-    tokio::spawn(async move {
-        if sink.is_clustered() {
-            // On one Redis, a reader's closing marker read proves its keys
-            // were read before the switch; in a cluster they sit on other
-            // nodes, so wait out a query API's Redis timeout instead.
-            tokio::time::sleep(CLUSTER_CLEANUP_GRACE).await;
-        }
-        match sink.delete_older_generations(live).await {
-            Ok(n) => tracing::info!(keys = n, "deleted the keys of older generations"),
-            Err(err) => tracing::warn!(error = %err, "could not delete older generations"),
-        }
-    });
+/// Milliseconds since the Unix epoch (the marker's clock).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use views::VIEW_SCHEMA_VERSION;
 
     const GENERATION: u64 = 4;
 
@@ -288,11 +302,12 @@ mod tests {
     /// reserved and confirmed at 0x100.
     fn healthy() -> Observed {
         Observed {
-            marker: Some(GenerationMarker {
-                generation: GENERATION,
-                schema: VIEW_SCHEMA_VERSION,
-                building: None,
-            }),
+            marker: Some(GenerationMarker::switched(
+                None,
+                GENERATION,
+                VIEW_SCHEMA_VERSION,
+                0,
+            )),
             watermark: Some(Lsn(0x200)),
             slot: Some(slot(SlotStatus::Reserved, 0x100)),
             rebuild_requested: false,
@@ -312,7 +327,7 @@ mod tests {
                 ..healthy()
             };
             assert_eq!(
-                plan(&seen),
+                plan(&seen, VIEW_SCHEMA_VERSION),
                 Plan::Resume {
                     generation: GENERATION,
                     watermark: Lsn(0x200)
@@ -329,7 +344,7 @@ mod tests {
             ..healthy()
         };
         assert_eq!(
-            plan(&seen),
+            plan(&seen, VIEW_SCHEMA_VERSION),
             Plan::Resume {
                 generation: GENERATION,
                 watermark: Lsn(0x100)
@@ -343,7 +358,10 @@ mod tests {
             rebuild_requested: true,
             ..healthy()
         };
-        assert_eq!(plan(&seen), Plan::Rebuild(RebuildReason::Requested));
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Rebuild(RebuildReason::Requested)
+        );
     }
 
     #[test]
@@ -353,7 +371,10 @@ mod tests {
             watermark: None,
             ..healthy()
         };
-        assert_eq!(plan(&seen), Plan::Rebuild(RebuildReason::NoGeneration));
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Rebuild(RebuildReason::NoGeneration)
+        );
     }
 
     #[test]
@@ -362,7 +383,10 @@ mod tests {
             slot: None,
             ..healthy()
         };
-        assert_eq!(plan(&seen), Plan::Rebuild(RebuildReason::SlotMissing));
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Rebuild(RebuildReason::SlotMissing)
+        );
     }
 
     #[test]
@@ -374,11 +398,11 @@ mod tests {
         let lost = Plan::Rebuild(RebuildReason::SlotLost {
             generation: GENERATION,
         });
-        assert_eq!(plan(&seen), lost);
+        assert_eq!(plan(&seen, VIEW_SCHEMA_VERSION), lost);
         if let Some(marker) = &mut seen.marker {
-            marker.schema = VIEW_SCHEMA_VERSION + 1;
+            marker.schema = VIEW_SCHEMA_VERSION - 1;
         }
-        assert_eq!(plan(&seen), lost);
+        assert_eq!(plan(&seen, VIEW_SCHEMA_VERSION), lost);
     }
 
     #[test]
@@ -388,9 +412,44 @@ mod tests {
             marker.schema = VIEW_SCHEMA_VERSION - 1;
         }
         assert_eq!(
-            plan(&seen),
+            plan(&seen, VIEW_SCHEMA_VERSION),
             Plan::Rebuild(RebuildReason::SchemaChanged {
                 schema: VIEW_SCHEMA_VERSION - 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_newer_view_schema_is_left_alone_unless_a_rebuild_is_requested() {
+        let mut seen = Observed {
+            slot: Some(slot(SlotStatus::Lost, 0x100)),
+            watermark: None,
+            ..healthy()
+        };
+        if let Some(marker) = &mut seen.marker {
+            marker.schema = VIEW_SCHEMA_VERSION + 1;
+        }
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Refuse {
+                live_schema: VIEW_SCHEMA_VERSION + 1
+            }
+        );
+        seen.rebuild_requested = true;
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Rebuild(RebuildReason::Requested),
+            "a rollback"
+        );
+    }
+
+    #[test]
+    fn the_schema_compared_is_the_one_this_release_writes() {
+        let seen = healthy();
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION + 1),
+            Plan::Rebuild(RebuildReason::SchemaChanged {
+                schema: VIEW_SCHEMA_VERSION
             })
         );
     }
@@ -403,7 +462,7 @@ mod tests {
                 ..healthy()
             };
             assert_eq!(
-                plan(&seen),
+                plan(&seen, VIEW_SCHEMA_VERSION),
                 Plan::Rebuild(RebuildReason::BehindSlot {
                     generation: GENERATION,
                     watermark: watermark.unwrap_or_default(),

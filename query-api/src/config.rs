@@ -56,6 +56,10 @@ pub struct Config {
     #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
 
+    /// Tests only (hidden): the view schema version this release reads, to run two releases side by side as in a rolling upgrade.
+    #[arg(long, env = "QUERY_VIEW_SCHEMA_VERSION", hide = true, default_value_t = views::VIEW_SCHEMA_VERSION)]
+    pub view_schema_version: u32,
+
     /// Log format (`RUST_LOG` picks what is logged).
     #[command(flatten)]
     pub log: service::LogArgs,

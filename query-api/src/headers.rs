@@ -10,6 +10,7 @@ pub(crate) const X_MIN_LSN: HeaderName = HeaderName::from_static("x-min-lsn");
 pub(crate) const X_MAX_WAIT_MS: HeaderName = HeaderName::from_static("x-max-wait-ms");
 pub(crate) const X_PROJECTION_LSN: HeaderName = HeaderName::from_static("x-projection-lsn");
 pub(crate) const X_VIEW_STALE: HeaderName = HeaderName::from_static("x-view-stale");
+pub(crate) const X_VIEW_GENERATION: HeaderName = HeaderName::from_static("x-view-generation");
 
 /// A watermark and its `X-Projection-Lsn` value, formatted where the
 /// watermark is first parsed and cloned (a reference count) per response.

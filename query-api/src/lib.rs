@@ -65,6 +65,7 @@ impl Application {
             Keys::new(config.key_prefix.clone()),
             config.prewarm_window,
             config.redis_timeout(),
+            config.view_schema_version,
             metrics.clone(),
         )
         .await?;

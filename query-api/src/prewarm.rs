@@ -107,18 +107,22 @@ pub struct Prewarm {
     client: Client,
     keys: Keys,
     window: Duration,
+    /// The view schema version whose generation is read.
+    schema: u32,
     set: ArcSwap<WarmSet>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl Prewarm {
-    /// A cache that warms each event `window` before it starts.
-    pub fn new(client: Client, keys: Keys, window: Duration) -> Self {
+    /// A cache that warms each event `window` before it starts, from the
+    /// generation of view schema `schema`.
+    pub fn new(client: Client, keys: Keys, window: Duration, schema: u32) -> Self {
         Self {
             client,
             keys,
             window,
+            schema,
             set: ArcSwap::from_pointee(WarmSet::default()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -238,16 +242,18 @@ impl Prewarm {
         let previous = self.set.load_full();
         let now = Utc::now();
         let marker: Option<String> = self.client.get(self.keys.generation_marker()).await?;
-        let Some(marker) = marker.and_then(|m| serde_json::from_str::<GenerationMarker>(&m).ok())
+        let Some(live) = marker
+            .and_then(|m| serde_json::from_str::<GenerationMarker>(&m).ok())
+            .and_then(|m| m.readable(self.schema))
         else {
-            // No live generation: nothing may be served.
+            // No live generation of this schema: nothing may be served.
             self.set.store(Arc::new(WarmSet {
                 refreshed: Some(Instant::now()),
                 ..Default::default()
             }));
             return Ok(());
         };
-        let generation = marker.generation;
+        let generation = live.generation;
 
         // Events that have not ended; those whose window has opened are warm.
         let pipe = self.client.pipeline();
@@ -315,7 +321,7 @@ impl Prewarm {
         let mut set = WarmSet {
             generation,
             watermark: Watermark::new(lsn),
-            stale: marker.building.is_some(),
+            stale: live.stale,
             events,
             event_views,
             ..Default::default()

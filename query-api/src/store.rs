@@ -32,7 +32,7 @@ use fred::{
     types::{Key, Value},
 };
 use tokio::sync::OnceCell;
-use views::{EventView, GenerationMarker, Keys, Lsn};
+use views::{EventView, Keys, Lsn, Readable};
 
 use crate::{
     headers::Watermark,
@@ -80,11 +80,13 @@ impl From<fred::error::Error> for StoreError {
 /// The state of the projection a read saw: what the response headers say.
 #[derive(Debug, Clone)]
 pub struct Projection {
-    generation: u64,
+    /// The generation read (always one of this query API's view schema).
+    pub generation: u64,
     /// The watermark of the generation read: every change up to it is in
     /// what was read (it is read before the views, which only move forward).
     pub watermark: Watermark,
-    /// A replacement generation is being built; this one may lag.
+    /// A replacement generation is being built, or a newer view schema's
+    /// went live: this one may lag.
     pub stale: bool,
 }
 
@@ -129,12 +131,14 @@ type CourseRead = OnceCell<Result<(Projection, Option<CourseParts>), StoreError>
 
 impl Store {
     /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
-    /// `timeout` bounds each command and connection attempt.
+    /// `timeout` bounds each command and connection attempt; only
+    /// generations of view schema `schema` are read.
     pub async fn connect(
         url: &views::RedisUrl,
         keys: Keys,
         prewarm_window: std::time::Duration,
         timeout: std::time::Duration,
+        schema: u32,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
         let mut config = url.config();
@@ -166,14 +170,19 @@ impl Store {
         client.connect();
         let _ = tokio::time::timeout(timeout, client.wait_for_connect()).await;
         Ok(Self {
-            warm: Arc::new(Prewarm::new(client.clone(), keys.clone(), prewarm_window)),
+            warm: Arc::new(Prewarm::new(
+                client.clone(),
+                keys.clone(),
+                prewarm_window,
+                schema,
+            )),
             gather: crate::gather::Gather::new(client.clone()),
             client,
             marker_key: Key::from(keys.generation_marker()),
             keys,
             generation: Arc::new(RwLock::new(None)),
             inflight: Arc::new(Mutex::new(HashMap::new())),
-            parsed: Arc::default(),
+            parsed: Arc::new(Parsed::new(schema)),
             floor: Arc::default(),
             metrics,
         })
@@ -215,11 +224,16 @@ impl Store {
         self.connected().is_ok() && self.client.ping::<()>(None).await.is_ok()
     }
 
-    /// The live generation marker.
-    pub async fn marker(&self) -> Result<Option<GenerationMarker>, StoreError> {
+    /// The live generation of this query API's view schema, if any.
+    pub async fn live(&self) -> Result<Option<Readable>, StoreError> {
         self.connected()?;
-        let raw: Option<String> = self.client.get(self.marker_key.clone()).await?;
-        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+        let raw: Option<Value> = self.client.get(self.marker_key.clone()).await?;
+        Ok(self.parsed.marker(raw)?)
+    }
+
+    /// The view schema version this query API reads.
+    pub fn schema(&self) -> u32 {
+        self.parsed.schema()
     }
 
     /// The last watermark this process read, of whichever generation: a
@@ -230,8 +244,8 @@ impl Store {
 
     /// The watermark of the live generation (`Rebuilding` if none is live).
     pub async fn projection_lsn(&self) -> Result<Lsn, StoreError> {
-        let marker = self.marker().await?.ok_or(StoreError::Rebuilding)?;
-        Ok(self.read_floor(marker.generation).await?.watermark.lsn)
+        let live = self.live().await?.ok_or(StoreError::Rebuilding)?;
+        Ok(self.read_floor(live.generation).await?.watermark.lsn)
     }
 
     /// Reads the watermark of `generation` on its own and raises the floor
@@ -570,7 +584,7 @@ impl Store {
         let projection = Projection {
             generation,
             watermark,
-            stale: closing.building,
+            stale: closing.stale,
         };
         Ok(Attempt::Read(projection, values.collect()))
     }

@@ -180,12 +180,37 @@ impl Fixture {
 
     async fn marker(&self, generation: u64, building: Option<u64>) -> anyhow::Result<()> {
         let marker = GenerationMarker {
-            generation,
-            schema: VIEW_SCHEMA_VERSION,
             building,
+            ..GenerationMarker::switched(None, generation, VIEW_SCHEMA_VERSION, 0)
         };
         self.set(self.keys.generation_marker(), serde_json::to_vec(&marker)?)
             .await
+    }
+
+    /// Writes `marker` as the generation marker.
+    async fn set_marker(&self, marker: &GenerationMarker) -> anyhow::Result<()> {
+        self.set(self.keys.generation_marker(), serde_json::to_vec(marker)?)
+            .await
+    }
+
+    /// Another query API on this fixture's keys, of view schema `schema` (a
+    /// release beside this one); returns its URL and what stops it.
+    async fn release(
+        &self,
+        schema: u32,
+    ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+        let redis_url: views::RedisUrl = std::env::var("TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
+            .parse()?;
+        let mut config = Config::for_tests(redis_url, self.keys.prefix());
+        config.view_schema_version = schema;
+        let app = Application::build(config).await?;
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Ok((url, stop))
     }
 
     /// A live generation with a watermark and one course card.
@@ -461,5 +486,131 @@ async fn prewarmed_pages_cards_and_events_change_at_the_moment_a_sale_starts() -
         f.warm_hits().await? > hits,
         "the pages came from the pre-warmed set"
     );
+    f.cleanup().await
+}
+
+/// What one query API answered for a read: status, the generation read,
+/// whether it was marked stale, and the body.
+async fn read_at(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+) -> anyhow::Result<(StatusCode, Option<String>, bool, Json)> {
+    let response = http.get(format!("{url}{path}")).send().await?;
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (generation, stale) = (
+        header("x-view-generation"),
+        header("x-view-stale").as_deref() == Some("true"),
+    );
+    Ok((
+        status,
+        generation,
+        stale,
+        response.json().await.unwrap_or(Json::Null),
+    ))
+}
+
+#[tokio::test]
+async fn a_query_api_reads_only_the_generation_of_its_own_view_schema_through_an_upgrade(
+) -> anyhow::Result<()> {
+    let f = Fixture::start().await?;
+    let (new, _stop_new) = f.release(VIEW_SCHEMA_VERSION + 1).await?;
+    let old = f.url.clone();
+    let now = Utc::now();
+    let running = sale(
+        5,
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+    );
+    // Generation 1 is of this release's schema, 2 of the next one's; their
+    // course 2 differs in its student count, so a body says which it is.
+    for (generation, students) in [(1, 1), (2, 2)] {
+        f.generation(generation, "0/10", "card").await?;
+        f.course(
+            generation,
+            2,
+            &stats(students, "0/10", vec![running.clone()]),
+        )
+        .await?;
+        f.event(generation, &running, vec![2]).await?;
+    }
+    let paths = ["/v1/courses/2", "/v1/courses?ids=2", "/v1/events/5"];
+    let students = |path: &str, body: &Json| match path {
+        "/v1/courses/2" => body["student_count"].as_i64(),
+        "/v1/courses?ids=2" | "/v1/events/5" => body["courses"][0]["student_count"].as_i64(),
+        _ => None,
+    };
+    let http = &f.http;
+
+    // Before the upgrade: the old release serves 1; the new one has nothing.
+    let before = GenerationMarker::switched(None, 1, VIEW_SCHEMA_VERSION, 0);
+    f.set_marker(&before).await?;
+    for path in paths {
+        let (status, generation, stale, body) = read_at(http, &old, path).await?;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!((generation.as_deref(), stale), (Some("1"), false), "{path}");
+        assert_eq!(students(path, &body), Some(1), "{path}: {body}");
+        let (status, _, _, body) = read_at(http, &new, path).await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(body["error"]["code"], "rebuilding", "{path}");
+    }
+    let (status, _, _, _) = read_at(http, &new, "/ready").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The new schema's generation is built: the old release serves 1, stale.
+    f.set_marker(&GenerationMarker {
+        building: Some(2),
+        ..before.clone()
+    })
+    .await?;
+    for path in paths {
+        let (status, generation, stale, _) = read_at(http, &old, path).await?;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!((generation.as_deref(), stale), (Some("1"), true), "{path}");
+        let (status, _, _, _) = read_at(http, &new, path).await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+    }
+
+    // Switched: each release reads its own schema's generation, the old one
+    // stale, from Redis and from its pre-warmed set alike.
+    let after = GenerationMarker::switched(Some(&before), 2, VIEW_SCHEMA_VERSION + 1, 1);
+    f.set_marker(&after).await?;
+    let hits = f.warm_hits().await?;
+    for _ in 0..8 {
+        for path in paths {
+            let (status, generation, stale, body) = read_at(http, &old, path).await?;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!((generation.as_deref(), stale), (Some("1"), true), "{path}");
+            assert_eq!(students(path, &body), Some(1), "{path}: {body}");
+            let (status, generation, stale, body) = read_at(http, &new, path).await?;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!((generation.as_deref(), stale), (Some("2"), false), "{path}");
+            assert_eq!(students(path, &body), Some(2), "{path}: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        f.warm_hits().await? > hits,
+        "the old release's warm set was read too"
+    );
+
+    // The previous schema retired: the old release answers rebuilding.
+    f.set_marker(&after.retired(u64::MAX, 0).expect("retires"))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for path in paths.into_iter().chain(["/ready"]) {
+        let (status, _, _, body) = read_at(http, &old, path).await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "rebuilding", "{path}");
+        let (status, _, _, _) = read_at(http, &new, path).await?;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
     f.cleanup().await
 }

@@ -1,7 +1,7 @@
 //! The Redis key layout, in one place for both sides.
 //!
 //! ```text
-//! {P}:meta:generation            string  JSON GenerationMarker: the live generation
+//! {P}:meta:generation            string  JSON GenerationMarker: the live generation, and per view schema the one its readers read
 //! {P}:meta:g{N}:watermark        string  LSN text: every change up to it is applied in g{N}
 //! {P}:meta:generation-counter    string  the last generation number handed out
 //! {P}:meta:rebuild-requested     string  time a rebuild was asked for (`projector rebuild`)

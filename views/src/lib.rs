@@ -9,6 +9,7 @@ pub mod aggregate;
 mod codec;
 mod keys;
 mod lsn;
+mod marker;
 mod model;
 mod redis;
 
@@ -18,9 +19,10 @@ pub use codec::{
 };
 pub use keys::{ranking_member, Keys, DEFAULT_KEY_PREFIX};
 pub use lsn::{Lsn, ParseLsnError};
+pub use marker::{GenerationMarker, Readable};
 pub use model::{
     pick_sale, serve_course, serve_course_page, serve_stored_course_page, CourseCard, CoursePage,
-    CourseStats, EventView, GenerationMarker, OrderItem, OrderView, Sale, ServeError,
-    StoredPageError, TopCompany, VIEW_SCHEMA_VERSION,
+    CourseStats, EventView, OrderItem, OrderView, Sale, ServeError, StoredPageError, TopCompany,
+    VIEW_SCHEMA_VERSION,
 };
 pub use redis::{delete_matching, RedisUrl, RedisUrlError, REDIS_URL_FORMS};

@@ -16,21 +16,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a view's shape changes, so a release rebuilds into a new
-/// generation instead of serving mixed shapes.
+/// generation (beside the old one, which the previous release's readers keep
+/// reading) instead of serving mixed shapes.
 pub const VIEW_SCHEMA_VERSION: u32 = 3;
-
-/// The value of the generation marker: which generation readers use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationMarker {
-    /// The live generation number.
-    pub generation: u64,
-    /// [`VIEW_SCHEMA_VERSION`] of the views in it.
-    pub schema: u32,
-    /// A rebuild in progress into this generation, if any (readers keep
-    /// serving `generation`, marked stale).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub building: Option<u64>,
-}
 
 /// A sale of a course by one event (a candidate until the clock picks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
-//! Generations and progress in Redis: the live-generation marker, each
-//! generation's watermark, rebuild requests, generation numbers, clean-up of
-//! old generations, and the refusal of a Redis that could evict views.
+//! Generations and progress in Redis: the live-generation marker (switched
+//! in one step), each generation's watermark, rebuild requests, generation
+//! numbers, clean-up of old generations, and the refusal of a Redis that
+//! could evict views.
 
 use fred::prelude::*;
 use views::{GenerationMarker, Lsn};
@@ -59,17 +60,56 @@ impl Sink {
 
     /// The live generation marker, if any.
     pub async fn marker(&self) -> Result<Option<GenerationMarker>, SinkError> {
-        let raw: Option<String> = self.client.get(self.keys.generation_marker()).await?;
-        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+        Ok(self.marker_as_stored().await?.map(|(_, marker)| marker))
     }
 
-    /// Makes `generation` the one readers use.
-    pub async fn set_marker(&self, marker: &GenerationMarker) -> Result<(), SinkError> {
-        let json = serde_json::to_string(marker).map_err(|e| SinkError::Reply(e.to_string()))?;
+    /// The live generation marker and its stored JSON (what
+    /// [`Sink::replace_marker`] compares), if any.
+    pub async fn marker_as_stored(&self) -> Result<Option<(String, GenerationMarker)>, SinkError> {
+        let raw: Option<String> = self.client.get(self.keys.generation_marker()).await?;
+        Ok(raw.and_then(|r| {
+            let marker = serde_json::from_str(&r).ok()?;
+            Some((r, marker))
+        }))
+    }
+
+    /// Writes the marker; returns the JSON written.
+    pub async fn set_marker(&self, marker: &GenerationMarker) -> Result<String, SinkError> {
+        let json = marker_json(marker)?;
         self.client
-            .set::<(), _, _>(self.keys.generation_marker(), json, None, None, false)
+            .set::<(), _, _>(
+                self.keys.generation_marker(),
+                json.as_str(),
+                None,
+                None,
+                false,
+            )
             .await?;
-        Ok(())
+        Ok(json)
+    }
+
+    /// Writes the marker only if it is still `expected` (its stored JSON;
+    /// `None`: absent), in one step; `false` if it was not. A switch must
+    /// not overwrite a marker it did not see (another instance's, or none
+    /// after Redis lost its data along with the generation just built).
+    pub async fn replace_marker(
+        &self,
+        expected: Option<&str>,
+        marker: &GenerationMarker,
+    ) -> Result<bool, SinkError> {
+        // A marker's JSON is never empty, so "" stands for an absent one.
+        const REPLACE: &str = "local now = redis.call('GET', KEYS[1]) or '' \
+            if now == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end \
+            return 0";
+        let replaced: i64 = self
+            .client
+            .eval(
+                REPLACE,
+                vec![self.keys.generation_marker()],
+                vec![expected.unwrap_or("").to_owned(), marker_json(marker)?],
+            )
+            .await?;
+        Ok(replaced == 1)
     }
 
     /// Asks the running daemon for a rebuild.
@@ -143,22 +183,56 @@ impl Sink {
         Ok(())
     }
 
-    /// Deletes every view key and watermark of generations older than
-    /// `live` (the one switched from, and whatever a writer left after Redis
-    /// lost its marker), on every primary of a cluster. Newer generations
-    /// are left alone: one may be building already (generation numbers only
+    /// Deletes every view key and watermark of generations older than the
+    /// marker's newest that no reader may read any more (the one switched
+    /// from, a retired schema's, and whatever a writer left after Redis lost
+    /// its marker), on every primary of a cluster. Newer generations are
+    /// left alone: one may be building already (generation numbers only
     /// grow, see [`Sink::next_generation`]).
-    pub async fn delete_older_generations(&self, live: u64) -> Result<u64, SinkError> {
+    pub async fn delete_unread_generations(
+        &self,
+        marker: &GenerationMarker,
+    ) -> Result<u64, SinkError> {
+        let read = marker.readable_generations();
         let mut deleted = 0;
         for pattern in [
             self.keys.all_generations_pattern(),
             self.keys.all_watermarks_pattern(),
         ] {
             deleted += views::delete_matching(&self.client, &pattern, |key| {
-                self.keys.generation_of(key).is_none_or(|g| g >= live)
+                self.keys
+                    .generation_of(key)
+                    .is_none_or(|g| g >= marker.generation || read.contains(&g))
             })
             .await?;
         }
         Ok(deleted)
     }
+
+    /// [`Sink::delete_unread_generations`] in the background: at once on
+    /// one Redis, where a reader's closing marker read proves its keys were
+    /// read before the switch; in a cluster they sit on other nodes, so
+    /// after a query API's Redis timeout has surely passed.
+    pub fn delete_unread_generations_soon(&self, marker: GenerationMarker) {
+        let sink = self.clone();
+        tokio::spawn(async move {
+            if sink.is_clustered() {
+                tokio::time::sleep(CLUSTER_CLEANUP_GRACE).await;
+            }
+            match sink.delete_unread_generations(&marker).await {
+                Ok(n) => {
+                    tracing::info!(keys = n, "deleted the keys of generations no reader reads")
+                }
+                Err(err) => tracing::warn!(error = %err, "could not delete old generations"),
+            }
+        });
+    }
+}
+
+/// How long an old generation outlives the switch in a cluster before it is
+/// deleted: well past a query API's Redis timeout (500 ms by default).
+const CLUSTER_CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn marker_json(marker: &GenerationMarker) -> Result<String, SinkError> {
+    serde_json::to_string(marker).map_err(|e| SinkError::Reply(e.to_string()))
 }

@@ -8,7 +8,7 @@ use axum::{
 
 use crate::{
     error::ApiError,
-    headers::{X_PROJECTION_LSN, X_VIEW_STALE},
+    headers::{X_PROJECTION_LSN, X_VIEW_GENERATION, X_VIEW_STALE},
     served::{self, CardList, Corrupt},
     store::{ListPage, Projection},
 };
@@ -46,13 +46,14 @@ pub(super) fn missing(projection: &Projection, message: String) -> Response {
     freshness(projection, ApiError::NotFound(message).into_response())
 }
 
-/// `X-Projection-Lsn` and, while a replacement generation is built,
-/// `X-View-Stale`.
+/// `X-Projection-Lsn`, `X-View-Generation` and, while the generation read
+/// is not kept current, `X-View-Stale`.
 fn freshness(projection: &Projection, mut response: Response) -> Response {
     let headers = response.headers_mut();
     if let Some(lsn) = projection.watermark.header() {
         headers.insert(X_PROJECTION_LSN, lsn);
     }
+    headers.insert(X_VIEW_GENERATION, HeaderValue::from(projection.generation));
     if projection.stale {
         headers.insert(X_VIEW_STALE, HeaderValue::from_static("true"));
     }

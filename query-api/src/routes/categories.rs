@@ -33,7 +33,8 @@ const DEFAULT_LIMIT: i64 = 20;
     responses(
         (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = super::reference::CategoryPage, headers(
                 ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
-                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built"),
+                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built, or while a newer view schema's generation is live (a rolling upgrade): the generation read is no longer kept current"),
+                ("X-View-Generation" = String, description = "The view generation read: always one of the view schema this query API serves"),
             )),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 422, description = "`limit` outside 1..=100, negative `offset` or unknown `sort` (in `fields`)", body = super::reference::ErrorBody),

@@ -10,17 +10,21 @@ use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, AppState};
 
-/// `GET /ready`: Redis answers and a view generation is live.
+/// `GET /ready`: Redis answers and a view generation of this query API's
+/// view schema is live.
 pub(super) async fn ready(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !state.store.ping().await {
         return Err(ApiError::Unavailable);
     }
-    let marker = state.store.marker().await?.ok_or(ApiError::Rebuilding)?;
-    Ok(Json(
-        serde_json::json!({"status": "ready", "generation": marker.generation}),
-    ))
+    let live = state.store.live().await?.ok_or(ApiError::Rebuilding)?;
+    Ok(Json(serde_json::json!({
+        "status": "ready",
+        "generation": live.generation,
+        "schema": state.store.schema(),
+        "stale": live.stale,
+    })))
 }
 
 /// `GET /metrics`: OpenMetrics text.

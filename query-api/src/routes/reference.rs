@@ -37,7 +37,9 @@ pub(super) async fn openapi(State(state): State<AppState>) -> Response {
         title = "query-api",
         description = "The storefront's reads: views precomputed by the projector, served from Redis only. \
 Every read answers `X-Projection-Lsn` (the LSN up to which every change was applied when the data was read) \
-and, while a replacement view generation is built, `X-View-Stale: true`. Read-your-writes: send the \
+and `X-View-Generation` (the view generation read, always one of the view schema this release serves), and, \
+while a replacement view generation is built or a newer view schema's generation is live, `X-View-Stale: true`. \
+Read-your-writes: send the \
 `X-Commit-Lsn` of a write as `X-Min-Lsn` (or `?min_lsn=`) and the read waits, at most `X-Max-Wait-Ms` \
 (default 1000, at most 5000; a larger number waits 5000), until the projection has reached it; else 503 \
 `not_yet_projected`, whose `X-Projection-Lsn` says how far the projection had come. Requests refused before \

@@ -1,12 +1,14 @@
 //! What a read knows of the live generation: the marker and watermark last
 //! parsed (reused while their bytes repeat), and in cluster mode the floor.
+//! A read follows only the generation of its own view schema (see
+//! [`views::GenerationMarker`]).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use fred::types::Value;
-use views::{GenerationMarker, Lsn};
+use views::{GenerationMarker, Lsn, Readable};
 
 use super::pipeline::convert;
 use crate::{headers::Watermark, served::Corrupt};
@@ -21,39 +23,44 @@ pub(super) struct Floor {
 /// The marker and watermark last read, with their parse: every read gets
 /// both back and they change only when the projector flushes, so the same
 /// bytes skip the marker's JSON parse and the LSN's parse and formatting.
-#[derive(Default)]
 pub(super) struct Parsed {
-    marker: ArcSwapOption<(Bytes, Marker)>,
+    /// The view schema version this query API serves.
+    schema: u32,
+    marker: ArcSwapOption<(Bytes, Option<Readable>)>,
     watermark: ArcSwapOption<(Bytes, Watermark)>,
 }
 
-/// What a read needs of a [`GenerationMarker`].
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Marker {
-    pub generation: u64,
-    /// A replacement generation is being built.
-    pub building: bool,
-}
-
 impl Parsed {
-    /// The marker in `value` (`None`: no live generation).
-    pub fn marker(&self, value: Option<Value>) -> Result<Option<Marker>, Corrupt> {
+    /// Nothing parsed yet, for readers of view schema `schema`.
+    pub fn new(schema: u32) -> Self {
+        Self {
+            schema,
+            marker: ArcSwapOption::empty(),
+            watermark: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The view schema version read.
+    pub fn schema(&self) -> u32 {
+        self.schema
+    }
+
+    /// The generation of this reader's schema the marker in `value` names
+    /// (`None`: no marker, or none of this schema: nothing may be served).
+    pub fn marker(&self, value: Option<Value>) -> Result<Option<Readable>, Corrupt> {
         let Some(raw) = convert::<Option<Bytes>>(value, "generation marker")? else {
             return Ok(None);
         };
         if let Some(last) = &*self.marker.load() {
             if last.0 == raw {
-                return Ok(Some(last.1));
+                return Ok(last.1);
             }
         }
         let parsed: GenerationMarker =
             serde_json::from_slice(&raw).map_err(|err| Corrupt::new("generation marker", err))?;
-        let marker = Marker {
-            generation: parsed.generation,
-            building: parsed.building.is_some(),
-        };
-        self.marker.store(Some(Arc::new((raw, marker))));
-        Ok(Some(marker))
+        let readable = parsed.readable(self.schema);
+        self.marker.store(Some(Arc::new((raw, readable))));
+        Ok(readable)
     }
 
     /// The watermark in `value` (absent or unreadable: 0/0, as before a
@@ -113,9 +120,17 @@ mod tests {
         text.parse().expect("an lsn")
     }
 
+    const V: u32 = views::VIEW_SCHEMA_VERSION;
+
+    fn bytes(marker: &GenerationMarker) -> Option<Value> {
+        Some(Value::Bytes(
+            serde_json::to_vec(marker).expect("json").into(),
+        ))
+    }
+
     #[test]
     fn a_watermark_is_parsed_once_per_distinct_bytes_and_absent_is_zero() {
-        let parsed = Parsed::default();
+        let parsed = Parsed::new(V);
         assert_eq!(parsed.last_lsn(), None);
         let value = || Some(Value::Bytes(Bytes::from_static(b"0/10")));
         assert_eq!(parsed.watermark(value()).expect("reads").lsn, lsn("0/10"));
@@ -126,23 +141,52 @@ mod tests {
 
     #[test]
     fn a_marker_says_its_generation_and_whether_one_is_building() {
-        let parsed = Parsed::default();
+        let parsed = Parsed::new(V);
         assert!(parsed.marker(None).expect("reads").is_none());
         let read = |building| {
-            let raw = serde_json::to_vec(&GenerationMarker {
-                generation: 4,
-                schema: views::VIEW_SCHEMA_VERSION,
+            let marker = GenerationMarker {
                 building,
-            })
-            .expect("json");
-            let marker = parsed.marker(Some(Value::Bytes(raw.into())));
+                ..GenerationMarker::switched(None, 4, V, 0)
+            };
+            let marker = parsed.marker(bytes(&marker));
             let marker = marker.expect("reads").expect("a marker");
-            (marker.generation, marker.building)
+            (marker.generation, marker.stale)
         };
         assert_eq!(read(None), (4, false));
         assert_eq!(read(Some(5)), (4, true));
         let garbage = Some(Value::Bytes(Bytes::from_static(b"{")));
         assert!(parsed.marker(garbage).is_err());
+    }
+
+    #[test]
+    fn a_reader_follows_only_its_own_schema_through_an_upgrade() {
+        let (old, new) = (Parsed::new(V), Parsed::new(V + 1));
+        let before = GenerationMarker::switched(None, 4, V, 0);
+        let read = |parsed: &Parsed, marker: &GenerationMarker| {
+            let found = parsed.marker(bytes(marker)).expect("reads");
+            found.map(|r| (r.generation, r.stale))
+        };
+        assert_eq!(read(&old, &before), Some((4, false)));
+        assert_eq!(read(&new, &before), None, "nothing of its schema yet");
+        let building = GenerationMarker {
+            building: Some(5),
+            ..before.clone()
+        };
+        assert_eq!(read(&old, &building), Some((4, true)));
+        assert_eq!(read(&new, &building), None);
+        let after = GenerationMarker::switched(Some(&before), 5, V + 1, 10);
+        assert_eq!(read(&old, &after), Some((4, true)), "never 5");
+        assert_eq!(read(&new, &after), Some((5, false)));
+        let retired = after.retired(u64::MAX, 0).expect("retires");
+        assert_eq!(read(&old, &retired), None, "then rebuilding, never 5");
+        assert_eq!(read(&new, &retired), Some((5, false)));
+        let previous_release = Some(Value::Bytes(Bytes::from_static(
+            br#"{"generation":9,"schema":3}"#,
+        )));
+        let (three, four) = (Parsed::new(3), Parsed::new(4));
+        let three = three.marker(previous_release.clone()).expect("reads");
+        assert_eq!(three.map(|r| r.generation), Some(9));
+        assert_eq!(four.marker(previous_release).expect("reads"), None);
     }
 
     #[test]
