@@ -246,6 +246,12 @@ impl Stack {
 
     /// Starts the projector binary without waiting.
     pub fn spawn_projector(&mut self) -> Result<()> {
+        self.spawn_projector_with(&[])
+    }
+
+    /// Starts the projector binary with these environment variables
+    /// (settings) added or overriding, without waiting.
+    pub fn spawn_projector_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
         if self.projector.is_some() {
             bail!("projector already running");
         }
@@ -256,6 +262,7 @@ impl Stack {
                 "RUST_LOG",
                 std::env::var("PROJECTOR_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
