@@ -5,6 +5,7 @@
 //! {P}:meta:g{N}:watermark        string  LSN text: every change up to it is applied in g{N}
 //! {P}:meta:generation-counter    string  the last generation number handed out
 //! {P}:meta:rebuild-requested     string  time a rebuild was asked for (`projector rebuild`)
+//! {P}:meta:nodes                 string  JSON (cluster only): the generation streamed, each primary's run_id then
 //! {P}:g{N}:{c{ID}}:view          string  course page: the row's fields (format byte + payload)
 //! {P}:g{N}:{c{ID}}:stats         string  course stats: students, top companies, sales, lsn
 //! {P}:g{N}:{c{ID}}:agg           hash    course row fields, student count, stamp
@@ -81,6 +82,13 @@ impl Keys {
     /// Set by `projector rebuild`: the daemon builds a fresh generation.
     pub fn rebuild_request(&self) -> String {
         format!("{}:meta:rebuild-requested", self.prefix)
+    }
+
+    /// The Redis nodes (each primary's `run_id`) the projector last
+    /// streamed the live generation into: a node restarted since may have
+    /// lost views.
+    pub fn nodes(&self) -> String {
+        format!("{}:meta:nodes", self.prefix)
     }
 
     /// The counter handing out generation numbers.
@@ -273,6 +281,7 @@ mod tests {
         assert_eq!(k.generation_of(&k.watermark(42)), Some(42));
         assert_eq!(k.generation_of(&k.generation_marker()), None);
         assert_eq!(k.generation_of(&k.generation_counter()), None);
+        assert_eq!(k.generation_of(&k.nodes()), None);
         assert_eq!(k.generation_of("shop:g+1:x"), None);
         assert_eq!(k.generation_of("shop:garbage"), None);
         assert_eq!(k.generation_of("other:g1:{c1}:view"), None);

@@ -12,6 +12,7 @@ mod lsn;
 mod marker;
 mod model;
 mod redis;
+pub mod watermark;
 
 pub use codec::{
     decode, encode, encode_with, DecodeError, FORMAT_JSON, FORMAT_LZ4, LZ4_THRESHOLD,
