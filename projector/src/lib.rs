@@ -7,6 +7,7 @@
 
 mod config;
 mod decode;
+mod divergence;
 mod http;
 mod metrics;
 mod monitor;
@@ -141,6 +142,7 @@ async fn cycle(
         anyhow::bail!("replication connection closed before streaming");
     }
     repl.wait_started().await.context("starting replication")?;
+    let baseline = Arc::new(startup::baseline(&sink, &seen, generation).await?);
     metrics.generation.store(generation, Relaxed);
     metrics.ready.store(true, Relaxed);
 
@@ -157,6 +159,7 @@ async fn cycle(
             previous_schema_grace: config.previous_schema_grace(),
             lost: lost_tx,
             nudge: nudge.clone(),
+            baseline: baseline.clone(),
         }
         .run(),
     );
@@ -174,6 +177,7 @@ async fn cycle(
         linger: config.flush_linger(),
         applied,
         nudge,
+        baseline,
     }
     .run(repl, stop, lost_rx)
     .await;

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub flush_micros: AtomicU64,
     pub last_applied_unix_ms: AtomicU64,
     pub rebuilds: AtomicU64,
+    /// Times Redis was found to hold less than the projector wrote, so the
+    /// generation was rebuilt (see `divergence`).
+    pub divergences: AtomicU64,
     /// Failures of the stream that were retried.
     pub failures: AtomicU64,
     pub snapshot_rows: AtomicU64,
@@ -101,11 +104,14 @@ impl Exported {
                 m.remembered_courses.load(Relaxed) as f64
             }),
         ];
-        let counters: [(&str, &'static str, ReadCounter); 5] = [
+        let counters: [(&str, &'static str, ReadCounter); 6] = [
             ("projector_transactions_applied_total", "Source transactions applied.", |m| m.transactions.load(Relaxed)),
             ("projector_changes_applied_total", "Row changes applied.", |m| m.changes.load(Relaxed)),
             ("projector_redis_flushes_total", "Flushes written to Redis.", |m| m.flushes.load(Relaxed)),
             ("projector_rebuilds_total", "Full rebuilds into a new generation since start.", |m| m.rebuilds.load(Relaxed)),
+            ("projector_divergences_total", "Times Redis was found holding less than the projector wrote (a node restarted or failed over, or behind the slot), so the generation was rebuilt.", |m| {
+                m.divergences.load(Relaxed)
+            }),
             ("projector_failures_total", "Failures of the stream that were retried after a backoff (a requested rebuild or a lost generation is not one).", |m| {
                 m.failures.load(Relaxed)
             }),

@@ -1,7 +1,8 @@
 //! Beside each stream: heartbeats into the WAL, slot, WAL-limit and Redis
-//! health, and the watch on the generation marker (lost by Redis, or a
-//! rebuild asked for; the previous view schema's generation retired once its
-//! grace is over).
+//! health, the watch on the generation marker (lost by Redis, or a rebuild
+//! asked for; the previous view schema's generation retired once its grace
+//! is over) and on the Redis nodes (restarted or failed over: see
+//! `divergence`).
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use views::GenerationMarker;
 
 use crate::{
+    divergence::{Baseline, Verdict},
     metrics::Metrics,
     sink::Sink,
     source::{self, SlotStatus},
@@ -36,6 +38,8 @@ pub struct Monitor {
     pub lost: watch::Sender<bool>,
     /// Told after each flush that applied transactions.
     pub nudge: Arc<tokio::sync::Notify>,
+    /// Redis as the stream started.
+    pub baseline: Arc<Baseline>,
 }
 
 impl Monitor {
@@ -50,6 +54,7 @@ impl Monitor {
             previous_schema_grace,
             lost,
             nudge,
+            baseline,
         } = self;
         let mut last_beat = tokio::time::Instant::now();
         let mut stats = tokio::time::interval(Duration::from_secs(2));
@@ -92,6 +97,12 @@ impl Monitor {
                             let _ = lost.send(true);
                         }
                         Err(err) => tracing::warn!(error = %err, "could not read the generation marker"),
+                    }
+                    if check_nodes(&sink, &baseline, &metrics).await {
+                        // Said once: the stream stops and a new one starts
+                        // with a monitor of its own.
+                        let _ = lost.send(true);
+                        return;
                     }
                 }
                 // A read-your-writes token may lie past its commit record: a
@@ -149,4 +160,38 @@ async fn retire_previous_schema(
             tracing::warn!(error = %err, "could not retire the previous view schema's generation")
         }
     }
+}
+
+/// Asks every node the stream started with who it is now; true when the
+/// stream must stop. A node other than the watermark's that changed gets a
+/// rebuild, asked for in Redis before stopping so that whichever instance
+/// streams next carries it out even if this one dies now.
+async fn check_nodes(sink: &Sink, baseline: &Baseline, metrics: &Metrics) -> bool {
+    let polled = sink.poll_nodes(&baseline.nodes).await;
+    let Some(change) = baseline.changed(&polled) else {
+        return false;
+    };
+    match baseline.verdict(&change) {
+        Verdict::CheckAgainstSlot => tracing::warn!(
+            node = change.node,
+            old_run_id = change.recorded,
+            new_run_id = change.found_text(),
+            "the redis node holding the watermark restarted or failed over under the stream; stopping to check redis against the slot"
+        ),
+        Verdict::Rebuild => {
+            tracing::error!(
+                node = change.node,
+                old_run_id = change.recorded,
+                new_run_id = change.found_text(),
+                "a redis node restarted or failed over under the stream: its views may have gone back in time; rebuilding while the live generation serves, marked stale"
+            );
+            metrics.divergences.fetch_add(1, Relaxed);
+            if let Err(err) = sink.request_rebuild().await {
+                // The next start still compares the nodes it finds with
+                // the ones recorded for this generation.
+                tracing::warn!(error = %err, "could not store the rebuild request");
+            }
+        }
+    }
+    true
 }

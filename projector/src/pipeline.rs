@@ -16,9 +16,10 @@ use views::Lsn;
 
 use crate::{
     decode::Decoder,
+    divergence::Baseline,
     metrics::Metrics,
     projection::{stamp, Batch},
-    sink::Sink,
+    sink::{Sink, SinkError},
 };
 
 /// PostgreSQL's epoch (2000-01-01 UTC) in µs since the Unix epoch: commit
@@ -53,6 +54,8 @@ pub struct Pipeline<'a> {
     pub applied: Lsn,
     /// Told after every flush that applied transactions (see `monitor`).
     pub nudge: Arc<tokio::sync::Notify>,
+    /// Redis as the stream started: the watermark moves only on that server.
+    pub baseline: Arc<Baseline>,
 }
 
 struct OpenTxn {
@@ -79,7 +82,28 @@ struct Flushed {
 type InFlight = tokio::task::JoinHandle<Result<Flushed, crate::sink::SinkError>>;
 
 impl Pipeline<'_> {
+    /// Streams until shutdown, a lost generation, a refused watermark (Redis
+    /// is not the server it was: the caller checks it against the slot, see
+    /// `divergence`) or an error.
     pub async fn run(
+        self,
+        repl: ReplicationClient,
+        shutdown: &mut watch::Receiver<bool>,
+        lost: watch::Receiver<bool>,
+    ) -> anyhow::Result<Stopped> {
+        match self.stream(repl, shutdown, lost).await {
+            Err(err) => match err.downcast_ref::<SinkError>() {
+                Some(SinkError::WatermarkRefused(refusal)) => {
+                    refusal.log();
+                    Ok(Stopped::Restart)
+                }
+                _ => Err(err),
+            },
+            stopped => stopped,
+        }
+    }
+
+    async fn stream(
         mut self,
         mut repl: ReplicationClient,
         shutdown: &mut watch::Receiver<bool>,
@@ -205,6 +229,7 @@ impl Pipeline<'_> {
         let sink = self.sink.clone();
         let generation = self.generation;
         let applied = self.applied;
+        let baseline = self.baseline.clone();
         let started = std::time::Instant::now();
         tokio::spawn(async move {
             let (first_commit_unix_us, first_received) =
@@ -223,7 +248,8 @@ impl Pipeline<'_> {
             let took = sink.apply(generation, &batch).await?;
             let watermark = batch.commit_end.filter(|end| *end > applied);
             if let Some(end) = watermark {
-                sink.set_watermark(generation, end).await?;
+                sink.advance_watermark(generation, applied, end, baseline.watermark_run_id())
+                    .await?;
             }
             Ok(Flushed {
                 took,
@@ -307,7 +333,14 @@ impl Pipeline<'_> {
         if lsn <= self.applied {
             return Ok(());
         }
-        self.sink.set_watermark(self.generation, lsn).await?;
+        self.sink
+            .advance_watermark(
+                self.generation,
+                self.applied,
+                lsn,
+                self.baseline.watermark_run_id(),
+            )
+            .await?;
         self.applied = lsn;
         self.metrics.applied_lsn.store(lsn.0, Relaxed);
         repl.update_applied_lsn(WireLsn(lsn.0));

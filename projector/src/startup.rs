@@ -9,6 +9,7 @@ use views::{GenerationMarker, Lsn};
 
 use crate::{
     config::Config,
+    divergence::{Baseline, NodeChange, Nodes, RecordedNodes},
     metrics::Metrics,
     sink::Sink,
     source::{self, SlotInfo, SlotStatus},
@@ -25,10 +26,17 @@ pub struct Observed {
     pub slot: Option<SlotInfo>,
     /// A rebuild was asked for (the request is taken by observing it).
     pub rebuild_requested: bool,
+    /// Each Redis primary's `run_id`, read first.
+    pub nodes: Nodes,
+    /// The nodes the last stream recorded (in a cluster), and which node
+    /// holds the marker's watermark (checked against the slot, not by
+    /// `run_id`).
+    pub recorded_nodes: Option<RecordedNodes>,
+    pub watermark_node: String,
 }
 
 /// What a start does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// Stream into the live generation from its watermark.
     Resume { generation: u64, watermark: Lsn },
@@ -41,7 +49,7 @@ pub enum Plan {
 }
 
 /// Why a start rebuilds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebuildReason {
     /// `projector rebuild` asked for it.
     Requested,
@@ -61,6 +69,9 @@ pub enum RebuildReason {
         watermark: Lsn,
         confirmed: Lsn,
     },
+    /// A Redis node other than the watermark's is not the server the last
+    /// stream wrote to: its views may have gone back in time.
+    NodeRestarted { generation: u64, change: NodeChange },
 }
 
 /// Reads what [`plan`] decides on: the marker, the slot, the rebuild request
@@ -70,6 +81,8 @@ pub async fn observe(
     pg: &tokio_postgres::Client,
     slot: &str,
 ) -> anyhow::Result<Observed> {
+    // First: a node that restarts after this is the stream's to notice.
+    let nodes = sink.nodes().await?;
     let marker = sink.marker().await?;
     let slot = source::slot_info(pg, slot).await?;
     let rebuild_requested = sink.take_rebuild_request().await?;
@@ -77,11 +90,21 @@ pub async fn observe(
         Some(m) => sink.watermark(m.generation).await?,
         None => None,
     };
+    let watermark_node = sink.watermark_node(marker.as_ref().map_or(0, |m| m.generation));
+    // One Redis is the watermark's node itself: its record would say nothing.
+    let recorded_nodes = if sink.is_clustered() {
+        sink.recorded_nodes().await?
+    } else {
+        None
+    };
     Ok(Observed {
         marker,
         watermark,
         slot,
         rebuild_requested,
+        nodes,
+        recorded_nodes,
+        watermark_node,
     })
 }
 
@@ -121,6 +144,17 @@ pub fn plan(seen: &Observed, schema: u32) -> Plan {
             confirmed: slot.confirmed_flush,
         });
     }
+    let restarted = seen
+        .recorded_nodes
+        .as_ref()
+        .filter(|r| r.generation == marker.generation)
+        .and_then(|r| r.nodes.changed_in(&seen.nodes, &seen.watermark_node));
+    if let Some(change) = restarted {
+        return Plan::Rebuild(NodeRestarted {
+            generation: marker.generation,
+            change,
+        });
+    }
     Plan::Resume {
         generation: marker.generation,
         watermark,
@@ -128,7 +162,15 @@ pub fn plan(seen: &Observed, schema: u32) -> Plan {
 }
 
 impl RebuildReason {
-    fn log(self, slot: &str, current: u32) {
+    /// Redis was found holding less than the projector wrote.
+    fn is_divergence(&self) -> bool {
+        matches!(
+            self,
+            RebuildReason::BehindSlot { .. } | RebuildReason::NodeRestarted { .. }
+        )
+    }
+
+    fn log(&self, slot: &str, current: u32) {
         match self {
             RebuildReason::Requested => tracing::info!(
                 "a rebuild was requested; building a fresh generation while the live one keeps serving"
@@ -153,11 +195,18 @@ impl RebuildReason {
                 generation,
                 watermark,
                 confirmed,
-            } => tracing::warn!(
+            } => tracing::error!(
                 generation,
                 %watermark,
                 %confirmed,
-                "redis holds less than the slot confirmed (restored or failed over?); rebuilding"
+                "redis holds less than the slot confirmed (restored or failed over?); rebuilding while the live generation serves, marked stale"
+            ),
+            RebuildReason::NodeRestarted { generation, change } => tracing::error!(
+                generation,
+                node = change.node,
+                old_run_id = change.recorded,
+                new_run_id = change.found_text(),
+                "a redis node restarted or failed over since this generation was streamed: its views may have gone back in time; rebuilding while the live generation serves, marked stale"
             ),
         }
     }
@@ -202,6 +251,9 @@ pub async fn open(
         }
         Plan::Rebuild(reason) => {
             reason.log(&config.slot, config.view_schema_version);
+            if reason.is_divergence() {
+                metrics.divergences.fetch_add(1, Relaxed);
+            }
             rebuild(repl, seen, config, sink, pg, metrics).await
         }
         Plan::Refuse { live_schema } => anyhow::bail!(
@@ -273,6 +325,29 @@ async fn rebuild(
     })
 }
 
+/// What Redis was when the stream of `generation` started (the nodes read
+/// by [`observe`], before anything was written), for the stream to check;
+/// in a cluster also recorded for the next start to compare with.
+pub async fn baseline(sink: &Sink, seen: &Observed, generation: u64) -> anyhow::Result<Baseline> {
+    if sink.is_clustered() {
+        sink.record_nodes(generation, &seen.nodes)
+            .await
+            .context("recording the redis nodes")?;
+    }
+    let watermark_node = sink.watermark_node(generation);
+    // Else every watermark write would be refused and the stream restart
+    // at once, again and again: a failure, retried after a backoff.
+    anyhow::ensure!(
+        seen.nodes.0.contains_key(&watermark_node),
+        "the redis node holding the watermark ({watermark_node:?}) is not among the primaries {:?}",
+        seen.nodes.0.keys().collect::<Vec<_>>()
+    );
+    Ok(Baseline {
+        nodes: seen.nodes.clone(),
+        watermark_node,
+    })
+}
+
 /// Milliseconds since the Unix epoch (the marker's clock).
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -311,7 +386,21 @@ mod tests {
             watermark: Some(Lsn(0x200)),
             slot: Some(slot(SlotStatus::Reserved, 0x100)),
             rebuild_requested: false,
+            nodes: nodes(&[("a:1", "r1"), ("b:2", "r2")]),
+            recorded_nodes: Some(RecordedNodes {
+                generation: GENERATION,
+                nodes: nodes(&[("a:1", "r1"), ("b:2", "r2")]),
+            }),
+            watermark_node: "b:2".into(),
         }
+    }
+
+    fn nodes(list: &[(&str, &str)]) -> Nodes {
+        Nodes(
+            list.iter()
+                .map(|(n, id)| (n.to_string(), id.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -398,7 +487,7 @@ mod tests {
         let lost = Plan::Rebuild(RebuildReason::SlotLost {
             generation: GENERATION,
         });
-        assert_eq!(plan(&seen, VIEW_SCHEMA_VERSION), lost);
+        assert_eq!(plan(&seen, VIEW_SCHEMA_VERSION), lost.clone());
         if let Some(marker) = &mut seen.marker {
             marker.schema = VIEW_SCHEMA_VERSION - 1;
         }
@@ -471,5 +560,46 @@ mod tests {
                 "{watermark:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_node_restarted_since_the_generation_was_streamed_rebuilds_unless_it_holds_the_watermark() {
+        // Another node: nothing proves what it kept.
+        let seen = Observed {
+            nodes: nodes(&[("a:1", "r9"), ("b:2", "r2")]),
+            ..healthy()
+        };
+        assert_eq!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Rebuild(RebuildReason::NodeRestarted {
+                generation: GENERATION,
+                change: NodeChange {
+                    node: "a:1".into(),
+                    recorded: "r1".into(),
+                    found: Some("r9".into()),
+                },
+            })
+        );
+        // The watermark's node: its watermark against the slot decides.
+        let seen = Observed {
+            nodes: nodes(&[("a:1", "r1"), ("b:2", "r7")]),
+            ..healthy()
+        };
+        assert!(matches!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Resume { .. }
+        ));
+        // Nodes recorded for another generation say nothing of this one.
+        let mut seen = Observed {
+            nodes: nodes(&[("a:1", "r9"), ("b:2", "r2")]),
+            ..healthy()
+        };
+        if let Some(recorded) = &mut seen.recorded_nodes {
+            recorded.generation = GENERATION - 1;
+        }
+        assert!(matches!(
+            plan(&seen, VIEW_SCHEMA_VERSION),
+            Plan::Resume { .. }
+        ));
     }
 }

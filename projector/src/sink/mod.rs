@@ -15,6 +15,7 @@
 
 mod calls;
 mod control;
+mod fence;
 mod flush;
 mod known;
 mod script;
@@ -42,6 +43,10 @@ pub enum SinkError {
     Redis(#[from] fred::error::Error),
     #[error("unexpected reply from a view script: {0}")]
     Reply(String),
+    /// Redis is not the server the stream started with, or holds another
+    /// watermark than the stream wrote last (see `divergence`).
+    #[error("redis refused to move the watermark: {0}")]
+    WatermarkRefused(Box<crate::divergence::Refusal>),
 }
 
 impl From<script::BadReply> for SinkError {
