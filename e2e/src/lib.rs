@@ -6,7 +6,10 @@
 //! Needs the local stack (`deploy/local.sh up`): PostgreSQL with
 //! `wal_level=logical` at `TEST_DATABASE_URL` and Redis at `TEST_REDIS_URL`
 //! (any `REDIS_URL` form; a test may bring its own, see
-//! [`Stack::start_with_redis`]).
+//! [`Stack::start_with_redis`], and [`redis_server`] for servers of its own).
+
+pub mod exact;
+pub mod redis_server;
 
 use std::{
     path::PathBuf,
@@ -181,7 +184,10 @@ impl Stack {
         tokio::spawn(conn);
 
         let prefix = unique_name("k");
-        let redis = Builder::from_config(target.config()).build()?;
+        // Reconnects: some tests restart their Redis under the stack.
+        let redis = Builder::from_config(target.config())
+            .set_policy(ReconnectPolicy::new_constant(100, 100))
+            .build()?;
         redis.init().await.context("connecting to the test Redis")?;
 
         let mut stops = Vec::new();

@@ -4,173 +4,15 @@
 //! several nodes), rebuilt, and the old generation is deleted from every node.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use e2e::{Answer, Stack};
+use e2e::{redis_server::RedisCluster, Answer, Stack};
 use fred::interfaces::KeysInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value as Json};
-
-/// A program on `PATH`, if there is one.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Three `redis-server` primaries forming one cluster, in a directory of
-/// their own; killed and removed on drop.
-struct Cluster {
-    servers: Vec<Child>,
-    ports: Vec<u16>,
-    dir: PathBuf,
-    cli: PathBuf,
-}
-
-impl Cluster {
-    /// Starts the servers on free ports, forms the cluster and waits until
-    /// every node reports `cluster_state:ok`. `None` when Redis is not installed.
-    async fn start() -> Result<Option<Self>> {
-        let (Some(server), Some(cli)) = (on_path("redis-server"), on_path("redis-cli")) else {
-            return Ok(None);
-        };
-        let dir = std::env::temp_dir().join(e2e::unique_name("cluster"));
-        std::fs::create_dir_all(&dir)?;
-        let mut cluster = Cluster {
-            servers: Vec::new(),
-            ports: free_ports(3)?,
-            dir,
-            cli,
-        };
-        for &port in &cluster.ports {
-            let child = Command::new(&server)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .arg("--cluster-config-file")
-                .arg(cluster.dir.join(format!("nodes-{port}.conf")))
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .args(["--maxmemory-policy", "noeviction", "--daemonize", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting redis-server")?;
-            cluster.servers.push(child);
-        }
-        for &port in &cluster.ports {
-            cluster
-                .wait_for(port, &["ping"], "PONG", Duration::from_secs(10))
-                .await?;
-        }
-        let mut create = Command::new(&cluster.cli);
-        create.arg("--cluster").arg("create");
-        for port in &cluster.ports {
-            create.arg(format!("127.0.0.1:{port}"));
-        }
-        let created = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()?;
-        if !created.status.success() {
-            bail!(
-                "redis-cli --cluster create failed: {}{}",
-                String::from_utf8_lossy(&created.stdout),
-                String::from_utf8_lossy(&created.stderr)
-            );
-        }
-        for &port in &cluster.ports {
-            cluster
-                .wait_for(
-                    port,
-                    &["cluster", "info"],
-                    "cluster_state:ok",
-                    Duration::from_secs(20),
-                )
-                .await?;
-        }
-        Ok(Some(cluster))
-    }
-
-    /// `REDIS_URL` as a list of the nodes.
-    fn nodes(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// `redis-cli -p port args…`, its output.
-    fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.cli)
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    async fn wait_for(&self, port: u16, args: &[&str], want: &str, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.cli(port, args)?.contains(want) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("redis on port {port}: no {want:?} within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The keys matching `pattern` that each node itself holds, by port.
-    fn keys_by_node(&self, pattern: &str) -> Result<BTreeMap<u16, BTreeSet<String>>> {
-        self.ports
-            .iter()
-            .map(|&port| {
-                let out = self.cli(port, &["--scan", "--pattern", pattern])?;
-                Ok((port, out.lines().map(str::to_owned).collect()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `n` ports on 127.0.0.1 free together with their cluster bus port (+10000).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let seed = std::process::id() as u64 * 7919
-        + std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos() as u64;
-    let mut ports = Vec::new();
-    for i in 0..2000u64 {
-        let port = 20_000 + ((seed + i * 131) % 20_000) as u16;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if !ports.contains(&port) && free(port) && free(port + 10_000) {
-            ports.push(port);
-            if ports.len() == n {
-                return Ok(ports);
-            }
-        }
-    }
-    bail!("no {n} free port pairs")
-}
 
 /// Asserts a 200 and returns the answer.
 fn ok(a: Answer, what: &str) -> Answer {
@@ -234,12 +76,9 @@ async fn projector_ready_is(stack: &Stack, want: bool, within: Duration) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster() -> Result<()> {
-    let Some(cluster) = Cluster::start().await? else {
-        eprintln!("not run: redis-server (or redis-cli) not found on PATH");
-        return Ok(());
-    };
+    let cluster = RedisCluster::start().await?;
     let started = Instant::now();
-    let mut stack = Stack::start_with_redis(&cluster.nodes()).await?;
+    let mut stack = Stack::start_with_redis(&cluster.url()).await?;
     assert!(
         fred::interfaces::ClientLike::is_clustered(&stack.redis),
         "a list of nodes is cluster mode"
@@ -300,7 +139,7 @@ async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster
 
     // A primary that could evict views keeps the projector from starting,
     // whichever node it is; it starts once that node is fixed.
-    let last = cluster.ports[2];
+    let last = cluster.ports()[2];
     cluster.cli(last, &["config", "set", "maxmemory-policy", "allkeys-lru"])?;
     stack.spawn_projector()?;
     assert!(
@@ -442,7 +281,7 @@ async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster
     // and the old one gone from every node once readers are past it.
     let status = tokio::process::Command::new(e2e::projector_binary()?)
         .arg("rebuild")
-        .env("REDIS_URL", cluster.nodes())
+        .env("REDIS_URL", cluster.url())
         .env("KEY_PREFIX", &stack.prefix)
         .status()
         .await?;
