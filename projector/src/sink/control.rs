@@ -167,12 +167,13 @@ impl Sink {
         Ok(raw.and_then(|r| r.parse().ok()))
     }
 
-    /// Records that every change up to `lsn` is applied in `generation`;
-    /// never lowers it (a deposed instance that wakes up may still hold an
-    /// older flush).
+    /// Records that every change up to `lsn` is applied in `generation`
+    /// (a build's first watermark; the stream moves it with
+    /// [`Sink::advance_watermark`]); never lowers it (a deposed instance
+    /// that wakes up may still hold an older build).
     pub async fn set_watermark(&self, generation: u64, lsn: Lsn) -> Result<(), SinkError> {
-        // EVAL, not a loaded script: one call per flush, and Redis caches
-        // the compiled script by its text.
+        // EVAL, not a loaded script: Redis caches the compiled script by
+        // its text.
         self.client
             .eval::<(), _, _, _>(
                 RAISE_WATERMARK,
