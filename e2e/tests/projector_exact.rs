@@ -397,6 +397,95 @@ async fn a_requested_rebuild_switches_generations_while_reads_keep_succeeding() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_request_outlives_a_projector_killed_while_carrying_it_out() -> anyhow::Result<()>
+{
+    use fred::interfaces::KeysInterface;
+    let mut stack = Stack::start().await?;
+    let (courses, users) = stack.catalogue(20, 6).await?;
+    for (i, user) in users.iter().enumerate() {
+        stack
+            .order(
+                &format!("k{i}"),
+                &json!({"user_id": user, "course_ids": [courses[i % courses.len()]]}),
+            )
+            .await?;
+    }
+    stack.start_projector().await?;
+    let keys = views::Keys::new(stack.prefix.clone());
+    let marker = |raw: Option<String>| {
+        raw.and_then(|r| serde_json::from_str::<views::GenerationMarker>(&r).ok())
+    };
+    let before = marker(stack.redis.get(keys.generation_marker()).await?)
+        .map(|m| m.generation)
+        .unwrap_or(0);
+
+    // Killed once the build is under way: the request was observed, the
+    // new generation is not live yet.
+    stack
+        .redis
+        .set::<(), _, _>(
+            keys.rebuild_request(),
+            "asked by the test",
+            None,
+            None,
+            false,
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = marker(stack.redis.get(keys.generation_marker()).await?);
+        if now.as_ref().and_then(|m| m.building).is_some() {
+            break;
+        }
+        assert!(
+            now.map(|m| m.generation) == Some(before),
+            "the rebuild finished before the test could kill it"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the rebuild did not start within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stack.kill_projector().await?;
+    let pending: Option<String> = stack.redis.get(keys.rebuild_request()).await?;
+    assert_eq!(
+        pending.as_deref(),
+        Some("asked by the test"),
+        "a request stays until its rebuild is live"
+    );
+
+    // The next start owes the rebuild: a new generation, the request gone.
+    stack.start_projector().await?;
+    let after = marker(stack.redis.get(keys.generation_marker()).await?)
+        .map(|m| m.generation)
+        .unwrap_or(0);
+    assert!(
+        after > before,
+        "a new generation replaced {before}: {after}"
+    );
+    let pending: Option<String> = stack.redis.get(keys.rebuild_request()).await?;
+    assert_eq!(
+        pending, None,
+        "the rebuild that went live cleared its request"
+    );
+    let more = stack
+        .order(
+            "k-after",
+            &json!({"user_id": users[0], "course_ids": [courses[1]]}),
+        )
+        .await?;
+    stack
+        .get_fresh(
+            &format!("/v1/courses/{}", courses[1]),
+            more.header("x-commit-lsn"),
+        )
+        .await?;
+    assert_views_equal_tables(&stack).await?;
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_course_changed_behind_the_projectors_back_is_read_back_not_overwritten(
 ) -> anyhow::Result<()> {
     use fred::prelude::*;

@@ -24,8 +24,9 @@ pub struct Observed {
     pub watermark: Option<Lsn>,
     /// The replication slot, if it exists.
     pub slot: Option<SlotInfo>,
-    /// A rebuild was asked for (the request is taken by observing it).
-    pub rebuild_requested: bool,
+    /// A pending rebuild request (when it was asked for); cleared only once
+    /// a rebuild went live.
+    pub rebuild_request: Option<String>,
     /// Each Redis primary's `run_id`, read first.
     pub nodes: Nodes,
     /// The nodes the last stream recorded (in a cluster), and which node
@@ -85,7 +86,7 @@ pub async fn observe(
     let nodes = sink.nodes().await?;
     let marker = sink.marker().await?;
     let slot = source::slot_info(pg, slot).await?;
-    let rebuild_requested = sink.take_rebuild_request().await?;
+    let rebuild_request = sink.rebuild_request().await?;
     let watermark = match &marker {
         Some(m) => sink.watermark(m.generation).await?,
         None => None,
@@ -101,7 +102,7 @@ pub async fn observe(
         marker,
         watermark,
         slot,
-        rebuild_requested,
+        rebuild_request,
         nodes,
         recorded_nodes,
         watermark_node,
@@ -112,7 +113,7 @@ pub async fn observe(
 /// its slot still streams, and Redis holds at least what the slot confirmed.
 pub fn plan(seen: &Observed, schema: u32) -> Plan {
     use RebuildReason::*;
-    if seen.rebuild_requested {
+    if seen.rebuild_request.is_some() {
         return Plan::Rebuild(Requested);
     }
     let Some(marker) = &seen.marker else {
@@ -309,6 +310,12 @@ async fn rebuild(
         "the generation marker changed while generation {generation} was built \
          (another projector, or Redis lost its data); starting over"
     );
+    if let Some(request) = &seen.rebuild_request {
+        // Left in place, it would only cost one more rebuild.
+        if let Err(err) = sink.clear_rebuild_request(request).await {
+            tracing::warn!(error = %err, "could not clear the rebuild request this rebuild carried out");
+        }
+    }
     metrics.rebuilds.fetch_add(1, Relaxed);
     tracing::info!(generation, schema, %consistent_point, readable = ?live.live, "generation is live");
     sink.delete_unread_generations_soon(live);
@@ -385,7 +392,7 @@ mod tests {
             )),
             watermark: Some(Lsn(0x200)),
             slot: Some(slot(SlotStatus::Reserved, 0x100)),
-            rebuild_requested: false,
+            rebuild_request: None,
             nodes: nodes(&[("a:1", "r1"), ("b:2", "r2")]),
             recorded_nodes: Some(RecordedNodes {
                 generation: GENERATION,
@@ -444,7 +451,7 @@ mod tests {
     #[test]
     fn a_requested_rebuild_rebuilds_whatever_else_holds() {
         let seen = Observed {
-            rebuild_requested: true,
+            rebuild_request: Some("2026-12-03T21:00:00Z".into()),
             ..healthy()
         };
         assert_eq!(
@@ -524,7 +531,7 @@ mod tests {
                 live_schema: VIEW_SCHEMA_VERSION + 1
             }
         );
-        seen.rebuild_requested = true;
+        seen.rebuild_request = Some("2026-12-03T21:00:00Z".into());
         assert_eq!(
             plan(&seen, VIEW_SCHEMA_VERSION),
             Plan::Rebuild(RebuildReason::Requested),

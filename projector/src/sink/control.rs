@@ -121,13 +121,26 @@ impl Sink {
         Ok(())
     }
 
-    /// Takes a pending rebuild request, if any.
-    pub async fn take_rebuild_request(&self) -> Result<bool, SinkError> {
-        Ok(self
-            .client
-            .del::<u64, _>(self.keys.rebuild_request())
-            .await?
-            > 0)
+    /// The pending rebuild request (its time of asking), if any. It stays
+    /// until [`Sink::clear_rebuild_request`] after the rebuild went live, so
+    /// a rebuild that fails half-way is still owed by whoever is active next.
+    pub async fn rebuild_request(&self) -> Result<Option<String>, SinkError> {
+        Ok(self.client.get(self.keys.rebuild_request()).await?)
+    }
+
+    /// Clears the request a finished rebuild carried out; a newer one (asked
+    /// for while it was built) stays for the next rebuild.
+    pub async fn clear_rebuild_request(&self, carried_out: &str) -> Result<(), SinkError> {
+        const CLEAR: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+            return redis.call('DEL', KEYS[1]) end return 0";
+        self.client
+            .eval::<i64, _, _, _>(
+                CLEAR,
+                vec![self.keys.rebuild_request()],
+                vec![carried_out.to_owned()],
+            )
+            .await?;
+        Ok(())
     }
 
     /// A rebuild was asked for and not yet taken.
