@@ -12,11 +12,11 @@ use std::{
 };
 
 use e2e::{
+    exact,
     fleet::{wait_for_one_active, Instance},
     Stack,
 };
 use reqwest::StatusCode;
-use serde_json::json;
 use views::Lsn;
 
 /// Generous: the machine running the tests may be busy.
@@ -30,85 +30,21 @@ fn order_stream(
     users: &[i64],
     tag: &'static str,
 ) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
-    let (courses, users) = (courses.to_vec(), users.to_vec());
-    let (command, http) = (stack.command.clone(), stack.http.clone());
+    let count = users.len();
+    let mut one = exact::paced_writers(stack, courses, users, 1, tag, Duration::from_millis(5));
+    let writer = one.pop();
     tokio::spawn(async move {
-        for (n, user) in users.iter().enumerate() {
-            let pick: Vec<i64> = courses
-                .iter()
-                .copied()
-                .filter(|c| (c + user + n as i64) % 3 != 0)
-                .collect();
-            let pick = if pick.is_empty() {
-                vec![courses[0]]
-            } else {
-                pick
-            };
-            let r = http
-                .post(format!("{command}/v1/orders"))
-                .header("Idempotency-Key", format!("{tag}-{user}"))
-                .json(&json!({"user_id": user, "course_ids": pick}))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status() == StatusCode::CREATED, "order: {}", r.status());
-            let id = r.json::<serde_json::Value>().await?["id"]
-                .as_i64()
-                .unwrap_or(0);
-            if user % 3 == 0 {
-                let c = http
-                    .post(format!("{command}/v1/orders/{id}/cancel"))
-                    .send()
-                    .await?;
-                anyhow::ensure!(c.status() == StatusCode::OK, "cancel: {}", c.status());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Some(writer) = writer {
+            writer.await??;
         }
-        anyhow::Ok(users.len())
+        anyhow::Ok(count)
     })
 }
 
-/// Every course page (student count, top companies) and every order equals
-/// the tables, read fresh up to now.
+/// Every course page, ranking, order and some libraries equal the tables.
 async fn assert_views_equal_tables(stack: &Stack) -> anyhow::Result<()> {
-    let lsn = stack.current_lsn().await?;
-    let rows = stack
-        .pg
-        .query(
-            "SELECT c.id, (SELECT count(*) FROM enrollments e WHERE e.course_id = c.id AND e.revoked_at IS NULL), \
-                    coalesce((SELECT json_agg(json_build_object('company', company, 'students', n) ORDER BY n DESC, company) \
-                      FROM (SELECT company, count(*) AS n FROM enrollments e \
-                             WHERE e.course_id = c.id AND e.revoked_at IS NULL AND company IS NOT NULL \
-                             GROUP BY company ORDER BY n DESC, company LIMIT 5) t)::text, '[]') \
-               FROM courses c ORDER BY c.id",
-            &[],
-        )
-        .await?;
-    for row in rows {
-        let (id, count, top): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
-        let page = stack.get_fresh(&format!("/v1/courses/{id}"), &lsn).await?;
-        assert_eq!(
-            page.status,
-            StatusCode::OK,
-            "course {id}: {}",
-            String::from_utf8_lossy(&page.raw)
-        );
-        assert_eq!(page.body["student_count"], count, "course {id}");
-        let top: serde_json::Value = serde_json::from_str(&top)?;
-        assert_eq!(page.body["top_companies"], top, "course {id}");
-    }
-    let orders = stack
-        .pg
-        .query("SELECT id, status, total_krw FROM orders ORDER BY id", &[])
-        .await?;
-    assert!(!orders.is_empty(), "the load wrote no orders");
-    for row in orders {
-        let (id, status, total): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
-        let order = stack.get_fresh(&format!("/v1/orders/{id}"), &lsn).await?;
-        assert_eq!(order.status, StatusCode::OK, "order {id}");
-        assert_eq!(order.body["status"], status.as_str(), "order {id}");
-        assert_eq!(order.body["total_krw"], total, "order {id}");
-    }
-    Ok(())
+    exact::assert_views_equal_tables(stack).await?;
+    exact::assert_orders_equal_tables(stack, 20).await
 }
 
 /// The live generation, as the marker in Redis says.
