@@ -16,10 +16,13 @@ use futures_util::TryStreamExt;
 
 use crate::{
     config::Config,
-    decode::{parse_pg_timestamp, Change, COURSE_FIELDS, EVENT_FIELDS, ORDER_FIELDS},
-    projection::{stamp, Batch, Entity, Entry, LibraryOp},
+    projection::{stamp, Batch},
     sink::Sink,
 };
+
+mod scan;
+
+pub use scan::Scan;
 
 /// The write model's tables the projector reads. The migrations publish the
 /// same list as `cqrs_projector` (migrations/0002_publication_and_grants.sql).
@@ -317,93 +320,15 @@ async fn build_from_snapshot(
         terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         metrics,
     };
-    // Events first: course pages need their terms. Within a course, its row
-    // comes before its enrollments, so stamps rise in the order applied.
-    let events = "SELECT id::text, name, starts_at::text, ends_at::text, discount_percent::text FROM sale_events";
-    build
-        .each(&tx, events, |r| {
-            let fields = EVENT_FIELDS
-                .iter()
-                .enumerate()
-                .map(|(i, f)| ((*f).to_owned(), text(r, i + 1)))
-                .collect();
-            Ok(Change::Event {
-                id: int(r, 0)?,
-                fields,
+    for scan in Scan::ALL {
+        build
+            .rows(&tx, &scan.sql(None), |b, row| {
+                let stamp = b.next_stamp();
+                scan.read(row)?.add_to(&mut b.batch, stamp);
+                Ok(())
             })
-        })
-        .await?;
-    let links = "SELECT event_id::text, course_id::text, seat_limit::text FROM sale_event_courses";
-    build
-        .each(&tx, links, |r| {
-            Ok(Change::EventCourse {
-                event_id: int(r, 0)?,
-                course_id: int(r, 1)?,
-                seat_limit: r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
-            })
-        })
-        .await?;
-    let courses = "SELECT id::text, title, summary, description_html, category, instructor, price_krw::text, created_at::text FROM courses";
-    build
-        .each(&tx, courses, |r| {
-            let fields = COURSE_FIELDS
-                .iter()
-                .enumerate()
-                .map(|(i, f)| ((*f).to_owned(), text(r, i + 1)))
-                .collect();
-            Ok(Change::Course {
-                id: int(r, 0)?,
-                fields,
-            })
-        })
-        .await?;
-    // Active enrollments as aggregates: one entry per (course, company, event).
-    let tallies = "SELECT course_id::text, coalesce(company, ''), coalesce(event_id::text, ''), count(*)::text \
-                     FROM enrollments WHERE revoked_at IS NULL GROUP BY 1, 2, 3";
-    build
-        .entries(&tx, tallies, |r| {
-            let company = text(r, 1);
-            let event = text(r, 2);
-            Ok((
-                Entity::Course(int(r, 0)?),
-                Entry::Enroll {
-                    stamp: String::new(),
-                    delta: int(r, 3)?,
-                    company: (!company.is_empty()).then_some(company),
-                    event_id: event.parse().ok(),
-                },
-            ))
-        })
-        .await?;
-    let orders = "SELECT id::text, user_id::text, coalesce(event_id::text, ''), status, total_krw::text, created_at::text FROM orders";
-    build
-        .each(&tx, orders, |r| {
-            let fields = ORDER_FIELDS
-                .iter()
-                .enumerate()
-                .map(|(i, f)| ((*f).to_owned(), text(r, i + 1)))
-                .collect();
-            Ok(Change::Order {
-                id: int(r, 0)?,
-                fields,
-                // Built like any other entity: its items come from another
-                // table's scan, in another batch.
-                inserted: false,
-            })
-        })
-        .await?;
-    let items = "SELECT order_id::text, course_id::text, price_krw::text FROM order_items";
-    build
-        .each(&tx, items, |r| {
-            Ok(Change::OrderItem {
-                order_id: int(r, 0)?,
-                course_id: int(r, 1)?,
-                price_krw: int(r, 2)?,
-            })
-        })
-        .await?;
-    let libraries = "SELECT user_id::text, course_id::text, created_at::text FROM enrollments WHERE revoked_at IS NULL";
-    build.library(&tx, libraries).await?;
+            .await?;
+    }
     build.flush().await?;
     if build.terminal {
         eprintln!();
@@ -473,55 +398,6 @@ impl SnapshotBuild<'_> {
         Ok(())
     }
 
-    async fn each(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        sql: &str,
-        change: impl Fn(&tokio_postgres::Row) -> anyhow::Result<Change>,
-    ) -> anyhow::Result<()> {
-        self.rows(tx, sql, |b, row| {
-            let change = change(row)?;
-            let stamp = b.next_stamp();
-            b.batch.push(stamp, change);
-            Ok(())
-        })
-        .await
-    }
-
-    async fn entries(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        sql: &str,
-        entry: impl Fn(&tokio_postgres::Row) -> anyhow::Result<(Entity, Entry)>,
-    ) -> anyhow::Result<()> {
-        self.rows(tx, sql, |b, row| {
-            let (entity, mut entry) = entry(row)?;
-            let (Entry::Enroll { stamp, .. } | Entry::Fields { stamp, .. }) = &mut entry;
-            *stamp = b.next_stamp();
-            b.batch.changes += 1;
-            b.batch.entities.entry(entity).or_default().push(entry);
-            Ok(())
-        })
-        .await
-    }
-
-    async fn library(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        sql: &str,
-    ) -> anyhow::Result<()> {
-        self.rows(tx, sql, |b, row| {
-            let at = parse_pg_timestamp(&text(row, 2)).context("enrollment created_at")?;
-            b.batch.library.insert(
-                (int(row, 0)?, int(row, 1)?),
-                LibraryOp::Add(at.timestamp_micros()),
-            );
-            b.batch.changes += 1;
-            Ok(())
-        })
-        .await
-    }
-
     async fn flush(&mut self) -> anyhow::Result<()> {
         if self.batch.changes == 0 {
             return Ok(());
@@ -557,16 +433,6 @@ impl SnapshotBuild<'_> {
             );
         }
     }
-}
-
-fn text(row: &tokio_postgres::Row, i: usize) -> String {
-    row.get::<_, Option<String>>(i).unwrap_or_default()
-}
-
-fn int(row: &tokio_postgres::Row, i: usize) -> anyhow::Result<i64> {
-    text(row, i)
-        .parse()
-        .with_context(|| format!("snapshot column {i} is not an integer"))
 }
 
 #[cfg(test)]
