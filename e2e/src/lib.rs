@@ -27,7 +27,10 @@ use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::Value as Json;
 use tokio::{process::Child, sync::oneshot};
 
+mod audit;
 pub mod fleet;
+
+pub use audit::AuditRun;
 
 /// The administrative database URL (any database of the test server).
 pub fn admin_database_url() -> String {

@@ -28,6 +28,24 @@ pub enum Command {
     Status,
     /// Drop the replication slot (for decommissioning; the next start rebuilds).
     DropSlot,
+    /// Compare the live generation's views with the tables, while the daemon streams.
+    ///
+    /// Prints each entity and field that differs, with both values. Exit status: 0 clean;
+    /// 1 mismatches found (with --repair: some left after it); 2 the audit could not run
+    /// (no live generation, PostgreSQL or Redis unreachable, the daemon not streaming).
+    Audit(AuditArgs),
+}
+
+/// What `projector audit` covers.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct AuditArgs {
+    /// Check a random sample of at most this many entities per kind (courses, events, orders, libraries, categories) instead of every one.
+    #[arg(long, env = "AUDIT_SAMPLE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample: Option<u32>,
+
+    /// Re-project exactly the entities that differ from the tables, then check them again.
+    #[arg(long, env = "AUDIT_REPAIR")]
+    pub repair: bool,
 }
 
 /// Settings shared by every subcommand.
@@ -96,6 +114,14 @@ pub struct Config {
     /// Tests only (hidden): the view schema version this release writes, to run two releases side by side as in a rolling upgrade.
     #[arg(long, env = "PROJECTOR_VIEW_SCHEMA_VERSION", hide = true, default_value_t = views::VIEW_SCHEMA_VERSION)]
     pub view_schema_version: u32,
+
+    /// Seconds between the daemon's own audits of a sample of the views against the tables (0: off); it reports, never repairs.
+    #[arg(long, env = "PROJECTOR_AUDIT_INTERVAL_SECS", default_value_t = 0)]
+    pub audit_interval_secs: u64,
+
+    /// Entities per kind the daemon's audit samples each time (0: every entity).
+    #[arg(long, env = "PROJECTOR_AUDIT_SAMPLE", default_value_t = 100)]
+    pub audit_sample: u32,
 }
 
 impl Config {
@@ -131,6 +157,11 @@ impl Config {
 
     pub(crate) fn previous_schema_grace(&self) -> Duration {
         Duration::from_secs(self.previous_schema_grace_secs)
+    }
+
+    /// How often the daemon audits, if it does.
+    pub(crate) fn audit_interval(&self) -> Option<Duration> {
+        (self.audit_interval_secs > 0).then(|| Duration::from_secs(self.audit_interval_secs))
     }
 }
 

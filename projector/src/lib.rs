@@ -2,9 +2,11 @@
 //!
 //! Modules follow the stream: `startup` (resume or rebuild) → `source` →
 //! `decode` → `projection` → `sink` → `pipeline` (confirms nothing Redis has
-//! not acknowledged); `monitor` runs beside it; `ops` are the subcommands.
-//! `standby` decides which one instance of a slot runs them.
+//! not acknowledged); `monitor` (and, when asked for, `audit`) runs beside
+//! it; `ops` and `audit` are the subcommands. `standby` decides which one
+//! instance of a slot runs them.
 
+mod audit;
 mod config;
 mod decode;
 mod divergence;
@@ -28,7 +30,10 @@ use std::{
 };
 
 use anyhow::Context;
-pub use config::{Cli, Command, Config};
+pub use audit::{
+    audit, Options as AuditOptions, Report as AuditReport, EXIT_FAILED as AUDIT_FAILED,
+};
+pub use config::{AuditArgs, Cli, Command, Config};
 use metrics::Metrics;
 use monitor::Monitor;
 pub use ops::{drop_slot, request_rebuild, status};
@@ -163,6 +168,15 @@ async fn cycle(
         }
         .run(),
     );
+    let audit = config.audit_interval().map(|every| {
+        tokio::spawn(audit::background(
+            config.clone(),
+            metrics.clone(),
+            generation,
+            every,
+            config.audit_sample,
+        ))
+    });
     let preload = tokio::spawn(preload::preload_known(
         pg.clone(),
         sink.clone(),
@@ -183,5 +197,8 @@ async fn cycle(
     .await;
     monitor.abort();
     preload.abort();
+    if let Some(audit) = audit {
+        audit.abort();
+    }
     result
 }

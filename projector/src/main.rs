@@ -1,5 +1,7 @@
 //! `projector`: the daemon and its ops subcommands.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use projector::{Cli, Command};
 
@@ -9,7 +11,7 @@ use projector::{Cli, Command};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings are parsed (and refused) before the runtime starts.
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     cli.log.init();
     tokio::runtime::Builder::new_multi_thread()
@@ -18,18 +20,16 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => projector::run(cli.config, service::shutdown_signal()).await,
+        Command::Run => projector::run(cli.config, service::shutdown_signal()).await?,
         Command::Status => {
             let status = projector::status(&cli.config).await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
         }
         Command::Rebuild => {
             projector::request_rebuild(&cli.config).await?;
             println!("rebuild requested: the active projector builds a fresh generation now (or the next one to start)");
-            Ok(())
         }
         Command::DropSlot => {
             if projector::drop_slot(&cli.config).await? {
@@ -37,7 +37,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("no slot named {}", cli.config.slot);
             }
-            Ok(())
+        }
+        Command::Audit(args) => return Ok(audit(&cli, args).await),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `projector audit`: its report on standard output, its verdict in the
+/// exit status (an audit that could not run is not a clean one).
+async fn audit(cli: &Cli, args: projector::AuditArgs) -> ExitCode {
+    let options = projector::AuditOptions {
+        sample: args.sample,
+        repair: args.repair,
+    };
+    match projector::audit(&cli.config, options).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::from(report.exit_status())
+        }
+        Err(err) => {
+            eprintln!("audit failed: {err:#}");
+            ExitCode::from(projector::AUDIT_FAILED)
         }
     }
 }

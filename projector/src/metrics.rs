@@ -48,6 +48,10 @@ pub struct Metrics {
     pub role: RoleCell,
     /// `max_slot_wal_keep_size` and the slot's `wal_status`.
     pub wal: WalGauges,
+    /// Entities that differed from the tables in the last audit pass.
+    pub audit_mismatches: AtomicU64,
+    /// Audit passes completed.
+    pub audit_runs: AtomicU64,
     /// The exported series, made on first use: inside the runtime that
     /// their upkeep task needs.
     exported: OnceLock<Exported>,
@@ -80,7 +84,7 @@ impl Exported {
         fn flag(on: &AtomicBool) -> f64 {
             f64::from(u8::from(on.load(Relaxed)))
         }
-        let gauges: [(&str, &'static str, ReadGauge); 10] = [
+        let gauges: [(&str, &'static str, ReadGauge); 11] = [
             ("projector_ready", "1 once the initial build is done and changes stream.", |m| flag(&m.ready)),
             ("projector_redis_up", "1 while Redis answers.", |m| flag(&m.redis_up)),
             ("projector_postgres_up", "1 while PostgreSQL answers.", |m| flag(&m.postgres_up)),
@@ -103,8 +107,11 @@ impl Exported {
             ("projector_remembered_courses", "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).", |m| {
                 m.remembered_courses.load(Relaxed) as f64
             }),
+            ("projector_audit_mismatches", "Entities whose views or aggregates differed from the tables in the last audit pass (--audit-interval-secs).", |m| {
+                m.audit_mismatches.load(Relaxed) as f64
+            }),
         ];
-        let counters: [(&str, &'static str, ReadCounter); 6] = [
+        let counters: [(&str, &'static str, ReadCounter); 7] = [
             ("projector_transactions_applied_total", "Source transactions applied.", |m| m.transactions.load(Relaxed)),
             ("projector_changes_applied_total", "Row changes applied.", |m| m.changes.load(Relaxed)),
             ("projector_redis_flushes_total", "Flushes written to Redis.", |m| m.flushes.load(Relaxed)),
@@ -115,6 +122,7 @@ impl Exported {
             ("projector_failures_total", "Failures of the stream that were retried after a backoff (a requested rebuild or a lost generation is not one).", |m| {
                 m.failures.load(Relaxed)
             }),
+            ("projector_audit_runs_total", "Audit passes completed by the daemon.", |m| m.audit_runs.load(Relaxed)),
         ];
         let role_and_wal: [(&str, &'static str, ReadGauge); 2] = [
             ("projector_active", "1 on the instance that holds the slot (streams); 0 on standbys.", |m| {
