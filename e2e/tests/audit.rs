@@ -333,6 +333,110 @@ async fn the_audit_finds_exactly_a_changed_view_and_a_changed_count_and_repair_m
     stack.cleanup().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_while_orders_stream_into_the_course_loses_and_doubles_nothing(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack.start_projector().await?;
+    let (courses, _) = shop(&stack, "hot").await?;
+    projected(&stack).await?;
+    let hot = courses[2];
+    let agg_key = live_key(&stack, |k, g| k.course_agg(g, hot)).await?;
+    let count: Option<i64> = stack.redis.hget(&agg_key, "n").await?;
+    stack
+        .redis
+        .hset::<(), _, _>(&agg_key, ("n", count.unwrap_or(0) + 40))
+        .await?;
+
+    // Orders (and cancels) on that very course, before, during and after
+    // its repair.
+    let mut buyers = Vec::new();
+    for i in 0..80 {
+        buyers.push(
+            stack
+                .user(&format!("buyer{i}@example.com"), Some("Hot Inc"))
+                .await?,
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (command, http, stop) = (stack.command.clone(), stack.http.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut after_stop = 0;
+            for (n, user) in buyers.into_iter().enumerate() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    after_stop += 1;
+                    if after_stop > 5 {
+                        break;
+                    }
+                }
+                let r = http
+                    .post(format!("{command}/v1/orders"))
+                    .header("Idempotency-Key", format!("hot-{user}"))
+                    .json(&json!({"user_id": user, "course_ids": [hot]}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == StatusCode::CREATED, "order: {}", r.status());
+                if n % 5 == 0 {
+                    let id = r.json::<Json>().await?["id"].as_i64().unwrap_or_default();
+                    http.post(format!("{command}/v1/orders/{id}/cancel"))
+                        .send()
+                        .await?;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(after_stop)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut runs = Vec::new();
+    let entity = format!("course {hot}");
+    for _ in 0..5 {
+        let run = stack.audit(&["--repair"]).await?;
+        let repaired = run.stdout.contains(&format!("repaired {entity}\n"));
+        assert!(
+            run.status == Some(0) || !repaired,
+            "{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        runs.push(run.stdout);
+        if repaired {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let after_stop = writer.await??;
+    assert!(
+        runs.last()
+            .is_some_and(|run| run.contains(&format!("repaired {entity}\n"))),
+        "no repair of the course in {} runs:\n{}",
+        runs.len(),
+        runs.join("\n")
+    );
+    assert!(
+        after_stop > 0,
+        "the orders had stopped before the repair ended"
+    );
+
+    projected(&stack).await?;
+    let audit = stack.audit(&[]).await?;
+    assert_eq!(audit.status, Some(0), "{}\n{}", audit.stdout, audit.stderr);
+    let students: i64 = stack
+        .pg
+        .query_one(
+            "SELECT count(*) FROM enrollments WHERE course_id = $1 AND revoked_at IS NULL",
+            &[&hot],
+        )
+        .await?
+        .get(0);
+    let count: i64 = stack.redis.hget(&agg_key, "n").await?;
+    assert_eq!(count, students);
+    let page = stack.get(&format!("/v1/courses/{hot}")).await?;
+    assert_eq!(page.body["student_count"], students);
+    stack.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_audit_exports_its_mismatch_count() -> anyhow::Result<()> {
     let stack = Stack::start().await?;

@@ -54,7 +54,7 @@ pub(super) async fn courses(
     keys: &Keys,
     generation: u64,
     courses: &[(i64, String)],
-) -> Result<Vec<Course>, fred::error::Error> {
+) -> anyhow::Result<Vec<Course>> {
     const PER_COURSE: usize = 10;
     let pipe = redis.pipeline();
     for (id, category) in courses {
@@ -87,9 +87,9 @@ pub(super) async fn courses(
             .await?;
         stamps(&pipe, &agg).await?;
     }
-    let replies: Vec<Value> = pipe.all().await?;
+    let replies = replies(pipe, courses.len() * PER_COURSE).await?;
     Ok(replies
-        .chunks(PER_COURSE)
+        .chunks_exact(PER_COURSE)
         .map(|r| Course {
             stamped: stamped(&r[0], &r[1], &r[9]),
             html: text(&r[2]),
@@ -112,7 +112,7 @@ pub(super) async fn events(
     keys: &Keys,
     generation: u64,
     ids: &[i64],
-) -> Result<Vec<Record>, fred::error::Error> {
+) -> anyhow::Result<Vec<Record>> {
     let pipe = redis.pipeline();
     for &id in ids {
         let agg = keys.event_agg(generation, id);
@@ -123,9 +123,9 @@ pub(super) async fn events(
             .await?;
         stamps(&pipe, &agg).await?;
     }
-    let replies: Vec<Value> = pipe.all().await?;
+    let replies = replies(pipe, ids.len() * 5).await?;
     Ok(replies
-        .chunks(5)
+        .chunks_exact(5)
         .map(|r| Record {
             stamped: stamped(&r[0], &r[1], &r[4]),
             view: bytes(&r[2]),
@@ -140,7 +140,7 @@ pub(super) async fn orders(
     keys: &Keys,
     generation: u64,
     ids: &[i64],
-) -> Result<Vec<Record>, fred::error::Error> {
+) -> anyhow::Result<Vec<Record>> {
     let pipe = redis.pipeline();
     for &id in ids {
         let agg = keys.order_agg(generation, id);
@@ -149,9 +149,9 @@ pub(super) async fn orders(
         pipe.get::<(), _>(keys.order_view(generation, id)).await?;
         stamps(&pipe, &agg).await?;
     }
-    let replies: Vec<Value> = pipe.all().await?;
+    let replies = replies(pipe, ids.len() * 4).await?;
     Ok(replies
-        .chunks(4)
+        .chunks_exact(4)
         .map(|r| Record {
             stamped: stamped(&r[0], &r[1], &r[3]),
             view: bytes(&r[2]),
@@ -166,7 +166,7 @@ pub(super) async fn libraries(
     keys: &Keys,
     generation: u64,
     ids: &[i64],
-) -> Result<Vec<BTreeMap<String, f64>>, fred::error::Error> {
+) -> anyhow::Result<Vec<BTreeMap<String, f64>>> {
     let pipe = redis.pipeline();
     for &id in ids {
         pipe.zrange::<(), _, _, _>(
@@ -180,7 +180,7 @@ pub(super) async fn libraries(
         )
         .await?;
     }
-    let replies: Vec<Value> = pipe.all().await?;
+    let replies = replies(pipe, ids.len()).await?;
     Ok(replies
         .iter()
         .map(|r| scored(r).into_iter().collect())
@@ -193,7 +193,7 @@ pub(super) async fn categories(
     keys: &Keys,
     generation: u64,
     names: &[String],
-) -> Result<Vec<Category>, fred::error::Error> {
+) -> anyhow::Result<Vec<Category>> {
     let pipe = redis.pipeline();
     for name in names {
         for key in [
@@ -204,7 +204,7 @@ pub(super) async fn categories(
                 .await?;
         }
     }
-    let replies: Vec<Value> = pipe.all().await?;
+    let replies = replies(pipe, names.len() * 2).await?;
     let members = |v: &Value| -> Vec<String> {
         v.clone()
             .into_array()
@@ -213,12 +213,26 @@ pub(super) async fn categories(
             .collect()
     };
     Ok(replies
-        .chunks(2)
+        .chunks_exact(2)
         .map(|r| Category {
             popular: members(&r[0]),
             newest: members(&r[1]),
         })
         .collect())
+}
+
+/// Sends the pipeline and checks it answered every command.
+async fn replies(
+    pipe: fred::clients::Pipeline<Client>,
+    commands: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let replies: Vec<Value> = pipe.all().await?;
+    anyhow::ensure!(
+        replies.len() == commands,
+        "redis answered {} of {commands} reads",
+        replies.len()
+    );
+    Ok(replies)
 }
 
 async fn stamps(
