@@ -142,6 +142,16 @@ pub enum Subject {
 }
 
 impl Subject {
+    fn kind(&self) -> Kind {
+        match self {
+            Subject::Course(_) => Kind::Course,
+            Subject::Event(_) => Kind::Event,
+            Subject::Order(_) => Kind::Order,
+            Subject::Library(_) => Kind::Library,
+            Subject::Category(_) => Kind::Category,
+        }
+    }
+
     fn id(&self) -> Option<i64> {
         match self {
             Subject::Course(id)
@@ -235,7 +245,7 @@ impl fmt::Display for Report {
         if self.found.rechecked > 0 {
             writeln!(
                 f,
-                "re-read: {} entities that differed in the first pass (changes in flight, or not)",
+                "re-read: {} entities that differed in the first pass, by later passes",
                 self.found.rechecked
             )?;
         }
@@ -248,6 +258,7 @@ impl fmt::Display for Report {
                         f,
                         "not repaired {subject}: it kept changing; try again later"
                     )?,
+                    Repaired::Failed(err) => writeln!(f, "not repaired {subject}: {err}")?,
                 }
             }
             write_findings(f, "after repair: ", after)?;
@@ -263,10 +274,7 @@ fn write_findings(f: &mut fmt::Formatter<'_>, lead: &str, found: &Findings) -> f
             writeln!(
                 f,
                 "{lead}mismatch {} {}: redis {} postgres {}",
-                m.subject,
-                d.field,
-                compare::excerpt(&d.redis, &d.postgres),
-                compare::excerpt(&d.postgres, &d.redis)
+                m.subject, d.field, d.redis, d.postgres
             )?;
         }
     }
@@ -324,7 +332,11 @@ pub async fn audit(config: &Config, options: Options) -> anyhow::Result<Report> 
     let repair = if options.repair && !found.mismatches.is_empty() {
         let mut repairs = Vec::new();
         for m in &found.mismatches {
-            repairs.push((m.subject.clone(), auditor.repair(&m.subject).await?));
+            let outcome = match auditor.repair(&m.subject).await {
+                Ok(outcome) => outcome,
+                Err(err) => Repaired::Failed(format!("{err:#}")),
+            };
+            repairs.push((m.subject.clone(), outcome));
         }
         let subjects: Vec<Subject> = repairs.iter().map(|(s, _)| s.clone()).collect();
         let (_, after) = auditor.passes(subjects).await?;
@@ -392,8 +404,8 @@ pub async fn background(
                     tracing::warn!(
                         entity = %subject,
                         field = d.field,
-                        redis = compare::excerpt(&d.redis, &d.postgres),
-                        postgres = compare::excerpt(&d.postgres, &d.redis),
+                        redis = d.redis,
+                        postgres = d.postgres,
                         "audit: a view differs from the tables (projector audit --repair fixes it)"
                     );
                 }

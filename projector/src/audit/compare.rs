@@ -21,14 +21,16 @@ pub struct Difference {
     /// `ranking.newest`, `index.by-end`, `library.<course id>`,
     /// `popular.<course id>`, `newest.<course id>`.
     pub field: String,
-    /// The value in Redis (`absent` when missing), as text.
+    /// The value in Redis (`absent` when missing), as text, shortened.
     pub redis: String,
-    /// The value the tables give (`absent` when none), as text.
+    /// The value the tables give (`absent` when none), as text, shortened.
     pub postgres: String,
 }
 
 const ABSENT: &str = "absent";
 
+/// Records `field` if its two values differ, each shortened to an
+/// [`excerpt`] (a report holds no page of HTML).
 fn differ(
     out: &mut Vec<Difference>,
     field: String,
@@ -36,10 +38,12 @@ fn differ(
     postgres: Option<String>,
 ) {
     if redis != postgres {
+        let redis = redis.unwrap_or_else(|| ABSENT.to_owned());
+        let postgres = postgres.unwrap_or_else(|| ABSENT.to_owned());
         out.push(Difference {
             field,
-            redis: redis.unwrap_or_else(|| ABSENT.to_owned()),
-            postgres: postgres.unwrap_or_else(|| ABSENT.to_owned()),
+            redis: excerpt(&redis, &postgres),
+            postgres: excerpt(&postgres, &redis),
         });
     }
 }
@@ -278,7 +282,7 @@ fn member_id(member: &str) -> String {
 
 /// A value shortened for a report line: whole when short, else a window
 /// around where it first differs from `other`, with its length.
-pub fn excerpt(value: &str, other: &str) -> String {
+fn excerpt(value: &str, other: &str) -> String {
     const SHORT: usize = 80;
     const BEFORE: usize = 20;
     const AFTER: usize = 50;

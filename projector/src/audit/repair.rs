@@ -9,7 +9,7 @@ use views::{aggregate, ranking_member};
 use super::{
     cut::{next_xid, Cut},
     expected::{self, Expected},
-    observed, Auditor, Kind, Subject,
+    observed, Auditor, Subject,
 };
 use crate::projection::stamp;
 
@@ -93,12 +93,14 @@ fn replace_args(stamp: &str, writes: Vec<Write>) -> Vec<Value> {
 }
 
 /// What a repair of one entity came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repaired {
     /// Written from the tables, and the tables had not changed meanwhile.
     Done,
     /// It kept changing (or the stream kept passing it): left as it was.
     GaveUp,
+    /// It could not be written (the reason).
+    Failed(String),
 }
 
 impl Auditor<'_> {
@@ -361,18 +363,6 @@ impl Auditor<'_> {
         }
         pipe.all::<()>().await?;
         Ok(())
-    }
-}
-
-impl Subject {
-    pub(super) fn kind(&self) -> Kind {
-        match self {
-            Subject::Course(_) => Kind::Course,
-            Subject::Event(_) => Kind::Event,
-            Subject::Order(_) => Kind::Order,
-            Subject::Library(_) => Kind::Library,
-            Subject::Category(_) => Kind::Category,
-        }
     }
 }
 
