@@ -349,27 +349,28 @@ async fn a_repair_while_orders_stream_into_the_course_loses_and_doubles_nothing(
         .await?;
 
     // Orders (and cancels) on that very course, before, during and after
-    // its repair.
-    let mut buyers = Vec::new();
-    for i in 0..80 {
-        buyers.push(
-            stack
-                .user(&format!("buyer{i}@example.com"), Some("Hot Inc"))
-                .await?,
-        );
-    }
+    // its repair, each by a new buyer, until a few after the repair.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (command, http, stop) = (stack.command.clone(), stack.http.clone(), stop.clone());
         tokio::spawn(async move {
             let mut after_stop = 0;
-            for (n, user) in buyers.into_iter().enumerate() {
+            for n in 0..1000 {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     after_stop += 1;
                     if after_stop > 5 {
                         break;
                     }
                 }
+                let user = http
+                    .post(format!("{command}/v1/users"))
+                    .json(&json!({"email": format!("buyer{n}@example.com"), "name": "B", "company": "Hot Inc"}))
+                    .send()
+                    .await?
+                    .json::<Json>()
+                    .await?["id"]
+                    .as_i64()
+                    .unwrap_or_default();
                 let r = http
                     .post(format!("{command}/v1/orders"))
                     .header("Idempotency-Key", format!("hot-{user}"))
@@ -391,7 +392,7 @@ async fn a_repair_while_orders_stream_into_the_course_loses_and_doubles_nothing(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut runs = Vec::new();
     let entity = format!("course {hot}");
-    for _ in 0..5 {
+    for _ in 0..10 {
         let run = stack.audit(&["--repair"]).await?;
         let repaired = run.stdout.contains(&format!("repaired {entity}\n"));
         assert!(
@@ -421,7 +422,14 @@ async fn a_repair_while_orders_stream_into_the_course_loses_and_doubles_nothing(
 
     projected(&stack).await?;
     let audit = stack.audit(&[]).await?;
-    assert_eq!(audit.status, Some(0), "{}\n{}", audit.stdout, audit.stderr);
+    let runs = runs.join("\n");
+    assert_eq!(
+        audit.status,
+        Some(0),
+        "{}\n{}\nafter the repairs:\n{runs}",
+        audit.stdout,
+        audit.stderr
+    );
     let students: i64 = stack
         .pg
         .query_one(
@@ -431,9 +439,9 @@ async fn a_repair_while_orders_stream_into_the_course_loses_and_doubles_nothing(
         .await?
         .get(0);
     let count: i64 = stack.redis.hget(&agg_key, "n").await?;
-    assert_eq!(count, students);
+    assert_eq!(count, students, "{runs}");
     let page = stack.get(&format!("/v1/courses/{hot}")).await?;
-    assert_eq!(page.body["student_count"], students);
+    assert_eq!(page.body["student_count"], students, "{runs}");
     stack.cleanup().await
 }
 
