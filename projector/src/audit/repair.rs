@@ -1,6 +1,6 @@
 //! `--repair`: an entity that differs is written again from the tables,
 //! aggregate and views at once, with a stamp the live stream's later
-//! changes pass and its earlier ones do not (see the module above for why
+//! changes pass and its earlier ones do not (`audit`'s module doc says why
 //! that is exact).
 
 use fred::{prelude::*, types::scripts::Script};
@@ -105,7 +105,7 @@ pub enum Repaired {
 
 impl Auditor<'_> {
     /// Writes `subject` anew from the tables until a later snapshot shows
-    /// the tables did not change around the write (see the module above).
+    /// the tables did not change around the write (see `audit`'s module doc).
     pub(super) async fn repair(&self, subject: &Subject) -> anyhow::Result<Repaired> {
         let script = Script::from_lua(REPLACE);
         for _ in 0..ATTEMPTS {
