@@ -294,15 +294,23 @@ async fn sigterm_flushes_and_confirms_before_exiting() -> anyhow::Result<()> {
             "{name} missing from /metrics"
         );
     }
-    let applied = text
-        .lines()
-        .find_map(|l| l.strip_prefix("projector_applied_lsn "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(
-        applied as u64 >= last.parse::<views::Lsn>()?.0,
-        "applied LSN behind the last read token"
-    );
+    // The metric follows the watermark a moment after readers see it.
+    let token = last.parse::<views::Lsn>()?.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied = stack
+            .projector_metric("projector_applied_lsn")
+            .await?
+            .unwrap_or(0.0);
+        if applied as u64 >= token {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "applied LSN {applied} stayed behind the last read token {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let unknown = stack.projector_get("/nope").await?;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.body["error"]["code"], "not_found");
