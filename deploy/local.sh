@@ -7,7 +7,9 @@
 #   bash deploy/local.sh down   stop the PostgreSQL and Redis this script started
 #   bash deploy/local.sh test   up, build, run the whole test suite, stop again
 #   bash deploy/local.sh run    up, build, migrate, run the three programs in
-#                               the foreground with demo data; Ctrl-C stops all
+#                               the foreground with demo data, restarting any
+#                               that exits; Ctrl-C stops all (--standby: a
+#                               second projector waits beside the first)
 #   bash deploy/local.sh bench  up, release build, run benches/ (--smoke: seconds)
 #
 # See deploy/README.md for the layout of the stack directory.
@@ -29,9 +31,12 @@ readonly READY_TIMEOUT=120
 # The superuser owns the tables and applies the migrations; the programs run
 # as the roles of deploy/roles.sql (least privilege: DESIGN.md, Write model).
 # Trust authentication on 127.0.0.1 (initdb -A trust), so no passwords.
-readonly DATABASE_URL_APP="postgres://postgres@${PG_HOST}:${PG_PORT}/courses"
-readonly DATABASE_URL_COMMAND="postgres://course_sales_command@${PG_HOST}:${PG_PORT}/courses"
-readonly DATABASE_URL_PROJECTOR="postgres://course_sales_projector@${PG_HOST}:${PG_PORT}/courses"
+# The database `run` uses; another name gives a run of its own on the same
+# server (the tests of `run` use one each).
+readonly PG_DATABASE="${LOCAL_PG_DATABASE:-courses}"
+readonly DATABASE_URL_APP="postgres://postgres@${PG_HOST}:${PG_PORT}/${PG_DATABASE}"
+readonly DATABASE_URL_COMMAND="postgres://course_sales_command@${PG_HOST}:${PG_PORT}/${PG_DATABASE}"
+readonly DATABASE_URL_PROJECTOR="postgres://course_sales_projector@${PG_HOST}:${PG_PORT}/${PG_DATABASE}"
 readonly DATABASE_URL_TEST="postgres://postgres@${PG_HOST}:${PG_PORT}/postgres"
 readonly REDIS_URL_LOCAL="redis://${REDIS_HOST}:${REDIS_PORT}"
 
@@ -385,11 +390,13 @@ prepare() {
 start_stack() {
   lock_stack
   start_postgres
-  ensure_database courses
+  [[ "$PG_DATABASE" =~ ^[a-z_][a-z0-9_]*$ ]] \
+    || die "LOCAL_PG_DATABASE must be a plain lower-case name, not $PG_DATABASE"
+  ensure_database "$PG_DATABASE"
   ensure_roles
   start_redis
   unlock_stack
-  log "postgresql: postgres://postgres@$PG_HOST:$PG_PORT/courses"
+  log "postgresql: $DATABASE_URL_APP"
   log "redis:      redis://$REDIS_HOST:$REDIS_PORT"
 }
 
@@ -443,16 +450,140 @@ cmd_test() {
 # run
 # ---------------------------------------------------------------------------
 
-PIDS=()
+# The programs `run` supervises, one index each: KEYS[i] names what to start
+# (see program_env), PIDS[i] is its process while it runs ("" while it waits
+# for a restart), SEDS[i] the process that prefixes its log lines.
+KEYS=()
 NAMES=()
+BINARIES=()
+PREFIXES=()
+PIDS=()
+SEDS=()
+STARTED_AT=()
+DELAYS=()
+RESTART_AT=()
+# The background sleep the supervisor waits on, so that shutdown can end it.
+NAP_PID=""
+# Where the standby projector listens (run --standby).
+STANDBY_ADDR=""
+# Back-off of restarts, in seconds: doubled on every exit up to the most, and
+# back to the least once a program has run this long.
+readonly RESTART_LEAST=1
+readonly RESTART_MOST=30
+readonly RESTART_HEALTHY=60
 
+# Milliseconds since the epoch, into NOW_MS (no subshell: the loop runs often).
+NOW_MS=0
+now_ms() {
+  local us="${EPOCHREALTIME//[.,]/}"
+  NOW_MS=$((us / 1000))
+}
+
+# nap SECONDS sleeps in the background and waits for it, so that Ctrl-C and
+# SIGTERM run their trap at once rather than after the sleep. Bash reports a
+# program killed by a signal ("line N: 1234 Killed ...") while it waits:
+# that goes to /dev/null, the supervisor's own line says it better.
+nap() {
+  sleep "$1" &
+  NAP_PID=$!
+  wait "$NAP_PID" 2>/dev/null || true
+  NAP_PID=""
+}
+
+# program_env KEY sets ENV_ARGS to the VAR=VALUE list program KEY runs with
+# (on top of the script's environment).
+ENV_ARGS=()
+program_env() {
+  case "$1" in
+    command) ENV_ARGS=(DATABASE_URL="$DATABASE_URL_COMMAND") ;;
+    projector) ENV_ARGS=(DATABASE_URL="$DATABASE_URL_PROJECTOR") ;;
+    # The same slot, key prefix and database: it waits while the other holds
+    # the slot, and takes over when that one dies.
+    standby) ENV_ARGS=(DATABASE_URL="$DATABASE_URL_PROJECTOR" PROJECTOR_ADDR="$STANDBY_ADDR") ;;
+    query) ENV_ARGS=() ;;
+  esac
+}
+
+# add_program KEY NAME BINARY PREFIX registers a program and starts it.
+add_program() {
+  local i="${#KEYS[@]}"
+  KEYS[i]="$1"
+  NAMES[i]="$2"
+  BINARIES[i]="$3"
+  PREFIXES[i]="$4"
+  DELAYS[i]=0
+  RESTART_AT[i]=0
+  launch "$i"
+}
+
+# launch I starts program I, its output through a sed of its own that
+# prefixes every line, so that the logs can be told apart. The sed is a child
+# of this shell (not of the program), so shutdown can wait for it to print the
+# program's last lines and know it is gone.
+launch() {
+  local i="$1" fd
+  program_env "${KEYS[$i]}"
+  # The sed ignores INT/TERM so that it keeps printing while the program
+  # shuts down; it ends when the program's output closes.
+  exec {fd}> >(trap '' INT TERM; exec sed -u "s/^/[${PREFIXES[$i]}] /")
+  SEDS[i]=$!
+  env "${ENV_ARGS[@]}" "$ROOT/target/debug/${BINARIES[$i]}" >&"$fd" 2>&1 {fd}>&- &
+  PIDS[i]=$!
+  exec {fd}>&-
+  now_ms
+  STARTED_AT[i]="$NOW_MS"
+}
+
+# reap I: program I has exited; logs its status and schedules its restart.
+reap() {
+  local i="$1" status=0 ran delay
+  wait "${PIDS[$i]}" 2>/dev/null || status=$?
+  PIDS[i]=""
+  now_ms
+  ran=$(((NOW_MS - STARTED_AT[i]) / 1000))
+  delay="${DELAYS[$i]}"
+  if [[ "$delay" -eq 0 || "$ran" -ge "$RESTART_HEALTHY" ]]; then
+    delay="$RESTART_LEAST"
+  else
+    delay=$((delay * 2))
+    if [[ "$delay" -gt "$RESTART_MOST" ]]; then delay="$RESTART_MOST"; fi
+  fi
+  DELAYS[i]="$delay"
+  RESTART_AT[i]=$((NOW_MS + delay * 1000))
+  log "${NAMES[$i]} exited (status $status); restarting in $delay s"
+}
+
+# Keeps every program running until Ctrl-C or SIGTERM (whose traps end the
+# script): a program that exits is restarted after its back-off, the others
+# are left alone.
+supervise() {
+  local i
+  while true; do
+    for i in "${!KEYS[@]}"; do
+      if [[ -n "${PIDS[$i]}" ]]; then
+        kill -0 "${PIDS[$i]}" 2>/dev/null || reap "$i"
+      else
+        now_ms
+        if [[ "$NOW_MS" -ge "${RESTART_AT[$i]}" ]]; then
+          log "restarting ${NAMES[$i]}"
+          launch "$i"
+        fi
+      fi
+    done
+    nap 0.2
+  done
+}
+
+# SIGTERM to every program, up to 10 s for them to exit, then SIGKILL; then
+# the log prefixers, which end once their program's output closes.
 stop_programs() {
   local i pid waited
   for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
+    [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null || true
   done
   for i in "${!PIDS[@]}"; do
     pid="${PIDS[$i]}"
+    [[ -n "$pid" ]] || continue
     waited=0
     while kill -0 "$pid" 2>/dev/null && [[ "$waited" -lt 100 ]]; do
       sleep 0.1
@@ -462,34 +593,38 @@ stop_programs() {
       log "${NAMES[$i]} did not stop within 10s, killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
+    wait "$pid" 2>/dev/null || true
   done
   PIDS=()
+  for pid in "${SEDS[@]}"; do
+    waited=0
+    while kill -0 "$pid" 2>/dev/null && [[ "$waited" -lt 20 ]]; do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  SEDS=()
 }
 
 run_cleanup() {
   local status=$?
-  trap - EXIT INT TERM
+  set +e
+  # A second Ctrl-C must not cut the shutdown short and leave programs behind.
+  trap - EXIT
+  trap '' INT TERM
+  [[ -n "$NAP_PID" ]] && kill "$NAP_PID" 2>/dev/null
   stop_programs
   stop_started
   exit "$status"
 }
 
-# start_program NAME PREFIX [VAR=VALUE...] runs target/debug/NAME in the
-# background with those variables set, its output prefixed so that the three
-# logs can be told apart.
-start_program() {
-  local name="$1" prefix="$2"
-  shift 2
-  # The prefixing sed ignores INT/TERM so that it keeps printing the
-  # program's last lines while it shuts down.
-  env "$@" "$ROOT/target/debug/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$prefix] /") 2>&1 &
-  PIDS+=("$!")
-  NAMES+=("$name")
-}
-
 # host:port from an address variable, for the URLs printed and probed.
 addr() { printf 'http://%s' "$1"; }
 
+# wait_ready URL... waits until every URL answers /ready with 200. A program
+# that exits before then stops the run: that is a start-up error (a port in
+# use, a bad setting), which restarting would only repeat.
 wait_ready() {
   local start=$SECONDS url i all
   while true; do
@@ -500,20 +635,28 @@ wait_ready() {
       fi
     done
     for url in "$@"; do
-      if ! curl -fsS -o /dev/null --max-time 2 "$url/ready" 2>/dev/null; then
+      if ! curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then
         all=0
         break
       fi
     done
     [[ "$all" -eq 1 ]] && return 0
     if [[ $((SECONDS - start)) -ge "$READY_TIMEOUT" ]]; then
-      die "not every program answered /ready with 200 within ${READY_TIMEOUT}s (last waiting on $url)"
+      die "not every program answered with 200 within ${READY_TIMEOUT}s (last waiting on $url)"
     fi
-    sleep 1
+    nap 1
   done
 }
 
 cmd_run() {
+  local standby="${STANDBY:-0}"
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --standby) standby=1 ;;
+      *) usage >&2; exit 2 ;;
+    esac
+    shift
+  done
   prepare curl
   trap run_cleanup EXIT
   trap 'exit 130' INT
@@ -523,11 +666,17 @@ cmd_run() {
   cargo build --workspace --bins
 
   export REDIS_URL="$REDIS_URL_LOCAL"
-  local command_url query_url projector_url url
+  STANDBY_ADDR="${PROJECTOR_STANDBY_ADDR:-127.0.0.1:8084}"
+  local command_url query_url projector_url standby_url="" url urls
   command_url="$(addr "${COMMAND_API_ADDR:-127.0.0.1:8081}")"
   query_url="$(addr "${QUERY_API_ADDR:-127.0.0.1:8082}")"
   projector_url="$(addr "${PROJECTOR_ADDR:-127.0.0.1:8083}")"
-  for url in "$command_url" "$query_url" "$projector_url"; do
+  urls=("$command_url" "$query_url" "$projector_url")
+  if [[ "$standby" == "1" ]]; then
+    standby_url="$(addr "$STANDBY_ADDR")"
+    urls+=("$standby_url")
+  fi
+  for url in "${urls[@]}"; do
     if curl -fsS -o /dev/null --max-time 2 "$url/health" 2>/dev/null; then
       die "something already answers on $url: stop it first (another deploy/local.sh run?)"
     fi
@@ -537,10 +686,15 @@ cmd_run() {
   DATABASE_URL="$DATABASE_URL_APP" "$ROOT/target/debug/command-api" migrate
 
   log "command-api connects as course_sales_command, projector as course_sales_projector"
-  start_program command-api command DATABASE_URL="$DATABASE_URL_COMMAND"
-  start_program projector projector DATABASE_URL="$DATABASE_URL_PROJECTOR"
-  start_program query-api query
-  wait_ready "$command_url" "$projector_url" "$query_url"
+  add_program command command-api command-api command
+  add_program projector projector projector projector
+  add_program query query-api query-api query
+  wait_ready "$command_url/ready" "$projector_url/ready" "$query_url/ready"
+  if [[ -n "$standby_url" ]]; then
+    # Started once the first projector is active, so that it is the standby.
+    add_program standby "standby projector" projector standby
+    wait_ready "$standby_url/health"
+  fi
 
   local courses
   courses="$("$PGBIN/psql" "$DATABASE_URL_APP" -XtAq -c 'SELECT count(*) FROM courses')"
@@ -551,16 +705,11 @@ cmd_run() {
     log "database already has $courses courses, demo data not loaded"
   fi
 
-  printf 'ready: command-api %s  query-api %s  projector %s  (Ctrl-C stops everything)\n' \
-    "$command_url" "$query_url" "$projector_url"
+  printf 'ready: command-api %s  query-api %s  projector %s%s  (Ctrl-C stops everything)\n' \
+    "$command_url" "$query_url" "$projector_url" \
+    "${standby_url:+  standby projector $standby_url}"
 
-  # Returns when a program exits on its own; Ctrl-C and SIGTERM end the wait
-  # through the traps above.
-  local status=0
-  wait -n "${PIDS[@]}" || status=$?
-  log "a program exited (status $status), stopping the others"
-  [[ "$status" -eq 0 ]] && status=1
-  exit "$status"
+  supervise
 }
 
 # ---------------------------------------------------------------------------
@@ -595,7 +744,7 @@ cmd_pg() {
 }
 
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -603,7 +752,7 @@ main() {
     up) cmd_up ;;
     down) cmd_down ;;
     test) cmd_test ;;
-    run) cmd_run ;;
+    run) shift; cmd_run "$@" ;;
     bench) shift; cmd_bench "$@" ;;
     pg-stop) cmd_pg stop ;;
     pg-start) cmd_pg start ;;
