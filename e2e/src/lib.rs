@@ -29,6 +29,7 @@ use tokio::{process::Child, sync::oneshot};
 
 mod audit;
 pub mod fleet;
+pub mod local_run;
 
 pub use audit::AuditRun;
 
@@ -582,7 +583,12 @@ impl Drop for Stack {
     }
 }
 
-async fn cleanup_resources(db: &str, slot: &str, prefix: &str, redis: &Client) -> Result<()> {
+pub(crate) async fn cleanup_resources(
+    db: &str,
+    slot: &str,
+    prefix: &str,
+    redis: &Client,
+) -> Result<()> {
     let (admin, conn) =
         tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
