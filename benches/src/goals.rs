@@ -3,7 +3,7 @@
 
 use crate::{
     results::{Ratio, Results},
-    scenarios::{freshness::Freshness, Subject},
+    scenarios::{freshness::Freshness, takeover::Takeover, Subject},
 };
 
 /// Whether `value` meets a goal written `≥ t` or `≤ t`; `None` for
@@ -191,6 +191,33 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
             ),
             None => "–".into(),
         },
+    );
+    let takeover = |v: fn(&Takeover) -> f64| r.takeover.as_ref().map(|t| v(t) / 1000.0);
+    let takeover_detail = match &r.takeover {
+        Some(t) => format!(
+            "p50 {:.2} s, max {:.2} s over {} kills, {:.0} orders/s streaming",
+            t.p50_ms / 1000.0,
+            t.max_ms / 1000.0,
+            t.kills.len(),
+            t.stream_rate
+        ),
+        None => "–".into(),
+    };
+    push(
+        "takeover_p50",
+        "standby takeover after kill -9 of the active projector, until a new order is readable: p50 (s)",
+        takeover(|t| t.p50_ms),
+        Some(1.0),
+        "≤ 2",
+        takeover_detail.clone(),
+    );
+    push(
+        "takeover_max",
+        "standby takeover after kill -9 of the active projector, until a new order is readable: max (s)",
+        takeover(|t| t.max_ms),
+        Some(1.0),
+        "≤ 2",
+        takeover_detail,
     );
     if let Some(ratio) = out.iter_mut().find(|x| x.key == "freshness_p99") {
         ratio.unmeasured = top.unmeasured;

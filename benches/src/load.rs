@@ -437,10 +437,19 @@ pub fn post_json(path: &str, body: Vec<u8>, headers: &[(&'static str, String)]) 
 
 /// One GET on a fresh connection: status and body (for set-up and checks).
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes)> {
+    let (status, _, body) = send(addr, get_request(path)).await?;
+    Ok((status, body))
+}
+
+/// One request on a fresh connection: status, headers and body (for
+/// set-up, checks and single timed writes).
+pub async fn send(
+    addr: SocketAddr,
+    mut request: Request<Body>,
+) -> Result<(u16, header::HeaderMap, Bytes)> {
     let mut sender = tokio::time::timeout(Duration::from_secs(5), connect(addr))
         .await
         .context("connect timed out")??;
-    let mut request = get_request(path);
     if let Ok(host) = header::HeaderValue::from_str(&addr.to_string()) {
         request.headers_mut().insert(header::HOST, host);
     }
@@ -451,6 +460,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes)> {
     .await
     .context("request timed out")??;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    Ok((status, headers, body))
 }

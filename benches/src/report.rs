@@ -259,6 +259,41 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
              that scenario's leftover work does not land in these phases.\n"
         );
     }
+    let _ = writeln!(
+        md,
+        "## Takeover: a standby projector after kill -9 of the active one\n"
+    );
+    if let Some(t) = &r.takeover {
+        let _ = writeln!(
+            md,
+            "Two projectors on one slot, one active and one standby, while orders stream in at {:.0}/s \
+             ({} answered, {} failed). {} times: SIGKILL the active one, write an order through the command \
+             API, and read it through the query API with its `X-Commit-Lsn` until it is there; then the killed \
+             one is started again as the new standby. From the kill to the order readable: p50 {:.0} ms, \
+             max {:.0} ms.\n",
+            t.stream_rate,
+            t.stream_orders,
+            t.stream_errors,
+            t.kills.len(),
+            t.p50_ms,
+            t.max_ms
+        );
+        let _ = writeln!(
+            md,
+            "| kill | order written, ms after the kill | order readable, ms after the kill |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|");
+        for (i, k) in t.kills.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} |",
+                i + 1,
+                k.written_ms,
+                k.visible_ms
+            );
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(md, "## Projector against pg_recvlogical\n");
     if let Some(s) = &r.stream {
         let _ = writeln!(

@@ -10,6 +10,7 @@ use crate::{
         reads::{CartComparison, ReadCpu},
         storage::Storage,
         stream::Stream,
+        takeover::Takeover,
         Subject,
     },
     seed::Seeded,
@@ -63,6 +64,9 @@ pub struct Results {
     pub pgbench: Option<Pgbench>,
     pub freshness: Vec<Freshness>,
     pub stream: Option<Stream>,
+    /// Takeovers of a standby projector after SIGKILLs of the active one.
+    #[serde(default)]
+    pub takeover: Option<Takeover>,
     /// Where the CPU went on the paths behind the ratios (perf).
     #[serde(default)]
     pub profiles: Vec<Profile>,

@@ -20,7 +20,7 @@ use crate::{
     goals, report,
     results::{Meta, Results, Timings},
     scale::Scale,
-    scenarios::{self, freshness, orders, storage, stream, Ctx},
+    scenarios::{self, freshness, orders, storage, stream, takeover, Ctx},
     seed,
     stack::{self, free_addr, Env, Program},
     tools::{self, Machine},
@@ -39,6 +39,8 @@ pub enum Scenario {
     Stream,
     /// Bytes per view, and redis-benchmark on the stored values.
     Storage,
+    /// A standby projector taking over from a SIGKILLed active one.
+    Takeover,
 }
 
 impl Scenario {
@@ -50,6 +52,7 @@ impl Scenario {
             Scenario::Freshness => "freshness",
             Scenario::Stream => "stream",
             Scenario::Storage => "storage",
+            Scenario::Takeover => "takeover",
         }
     }
 }
@@ -147,6 +150,7 @@ pub async fn run(options: Options) -> Result<Results> {
         pgbench: None,
         freshness: Vec::new(),
         stream: None,
+        takeover: None,
         profiles: Vec::new(),
         ratios: Vec::new(),
         notes: Vec::new(),
@@ -254,10 +258,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     let build_limit = Duration::from_secs(1800);
     let wants = |s| options.wants(s);
     // What the chosen scenarios need running.
-    let views_needed =
-        wants(Scenario::Reads) || wants(Scenario::Storage) || wants(Scenario::Freshness);
+    let views_needed = wants(Scenario::Reads)
+        || wants(Scenario::Storage)
+        || wants(Scenario::Freshness)
+        || wants(Scenario::Takeover);
     let monolith_needed = wants(Scenario::Reads) || wants(Scenario::Orders);
-    let command_needed = wants(Scenario::Orders) || wants(Scenario::Freshness);
+    let command_needed =
+        wants(Scenario::Orders) || wants(Scenario::Freshness) || wants(Scenario::Takeover);
 
     // Data: the write model, a copy of its catalogue for the stream
     // scenario (taken before any enrollment), and the monolith's copy.
@@ -428,6 +435,17 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
             }
         }
         projector.stop().await?;
+    }
+
+    // Takeover: an active and a standby projector on the slot, the active
+    // one SIGKILLed again and again while orders stream in.
+    if let (true, Some(command)) = (wants(Scenario::Takeover), &command) {
+        tracing::info!("takeover");
+        let outcome = takeover::run(ctx, command.addr, &prefix, |addr| {
+            projector_env(ctx, &cqrs_url, &prefix, addr)
+        })
+        .await;
+        results.takeover = results.record("takeover", outcome);
     }
     if let Some(command) = command {
         command.stop().await?;

@@ -57,6 +57,16 @@ pub struct Scale {
     pub freshness_phase: Duration,
     /// Requests per redis-benchmark run.
     pub redis_requests: u64,
+    /// Times the takeover scenario SIGKILLs the active projector.
+    #[serde(default)]
+    pub takeover_kills: usize,
+    /// Orders per second streamed through the takeovers.
+    #[serde(default)]
+    pub takeover_rate: f64,
+    /// Time left between a takeover and the next kill, so the restarted
+    /// projector is waiting as the standby when it comes.
+    #[serde(default, with = "secs")]
+    pub takeover_settle: Duration,
 }
 
 /// Durations as seconds in the JSON summary.
@@ -100,6 +110,9 @@ impl Scale {
             freshness_rates: vec![250.0, 500.0, 1000.0],
             freshness_phase: Duration::from_secs(20),
             redis_requests: 200_000,
+            takeover_kills: 10,
+            takeover_rate: 100.0,
+            takeover_settle: Duration::from_secs(3),
         }
     }
 
@@ -149,6 +162,9 @@ impl Scale {
             freshness_rates: vec![20.0, 40.0, 80.0],
             freshness_phase: Duration::from_millis(500),
             redis_requests: 2_000,
+            takeover_kills: 3,
+            takeover_rate: 20.0,
+            takeover_settle: Duration::from_millis(500),
         }
     }
 

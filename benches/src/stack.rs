@@ -189,6 +189,12 @@ impl Program {
         }
     }
 
+    /// SIGKILL: no flush, no goodbye; returns once the process is reaped.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// SIGTERM, then up to 20 s for a clean exit, then SIGKILL.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(pid) = self.child.id() {

@@ -104,7 +104,8 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     assert!(number(&r, "cart.cart.latency.p50_ms") > 0.0);
     assert!(number(&r, "cart.single.latency.p50_ms") > 0.0);
 
-    // Orders, pgbench, freshness, the stream, bytes per view, redis-benchmark.
+    // Orders, pgbench, freshness, the stream, bytes per view, redis-benchmark,
+    // takeovers.
     let orders = r["orders"].as_array().expect("orders");
     assert_eq!(orders.len(), 4, "spread and hot, command API and monolith");
     for s in orders {
@@ -137,6 +138,13 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
         "LZ4 stores fewer bytes than raw: {ratio}"
     );
     assert_eq!(r["redis_benchmark"].as_array().map(Vec::len), Some(2));
+    let kills = r["takeover"]["kills"].as_array().expect("takeover kills");
+    assert_eq!(kills.len(), 3, "every kill was taken over");
+    for k in kills {
+        assert!(number(k, "visible_ms") >= number(k, "written_ms"));
+    }
+    assert!(number(&r, "takeover.max_ms") >= number(&r, "takeover.p50_ms"));
+    assert!(number(&r, "takeover.stream_orders") > 0.0);
 
     // Every ratio of the table has a value, or says why the host could
     // not carry the load it is stated at (a busy machine is not a failure);

@@ -1,11 +1,13 @@
 //! The scenarios, each next to its baseline: reads, orders, freshness, the
-//! projector against pg_recvlogical, and what a view costs in Redis.
+//! projector against pg_recvlogical, what a view costs in Redis, and how
+//! fast a standby projector takes over.
 
 pub mod freshness;
 pub mod orders;
 pub mod reads;
 pub mod storage;
 pub mod stream;
+pub mod takeover;
 
 use std::{
     net::SocketAddr,
