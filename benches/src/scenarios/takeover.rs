@@ -46,6 +46,10 @@ pub struct Takeover {
 /// Longest wait for one takeover before the scenario gives up.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(60);
 
+/// Connections of the order stream: an order takes a few milliseconds, so
+/// these carry the stream's rate, and none is opened only to be dropped.
+const STREAM_CONNECTIONS: usize = 8;
+
 /// Runs the kills against the views under `prefix`, with orders through
 /// `command`; `projector_env` gives the settings of a projector on an
 /// address (every one on the same slot and prefix).
@@ -84,7 +88,6 @@ pub async fn run(
         command,
         order_requests(ctx.next_user.clone(), random_course(ctx)),
         rate,
-        ctx.scale.rate_connections,
         stop_rx,
     ));
 
@@ -190,7 +193,6 @@ async fn stream_orders(
     command: SocketAddr,
     make: load::MakeRequest,
     rate: f64,
-    connections: usize,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(u64, u64)> {
     let (mut ok, mut errors) = (0, 0);
@@ -202,7 +204,7 @@ async fn stream_orders(
                 label: format!("orders at {rate:.0}/s during takeovers"),
                 mode: Mode::Rate {
                     per_second: rate,
-                    connections,
+                    connections: STREAM_CONNECTIONS,
                 },
                 warmup: Duration::ZERO,
                 duration: Duration::from_secs(1),
