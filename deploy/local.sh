@@ -17,6 +17,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+# Where cargo puts the binaries this script builds and then runs.
+readonly TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 readonly PG_HOST=127.0.0.1
 # The ports can be moved (for example to try the script next to a running
@@ -527,7 +529,7 @@ launch() {
   # shuts down; it ends when the program's output closes.
   exec {fd}> >(trap '' INT TERM; exec sed -u "s/^/[${PREFIXES[$i]}] /")
   SEDS[i]=$!
-  env "${ENV_ARGS[@]}" "$ROOT/target/debug/${BINARIES[$i]}" >&"$fd" 2>&1 {fd}>&- &
+  env "${ENV_ARGS[@]}" "$TARGET_DIR/debug/${BINARIES[$i]}" >&"$fd" 2>&1 {fd}>&- &
   PIDS[i]=$!
   exec {fd}>&-
   now_ms
@@ -683,7 +685,7 @@ cmd_run() {
   done
 
   log "applying migrations"
-  DATABASE_URL="$DATABASE_URL_APP" "$ROOT/target/debug/command-api" migrate
+  DATABASE_URL="$DATABASE_URL_APP" "$TARGET_DIR/debug/command-api" migrate
 
   log "command-api connects as course_sales_command, projector as course_sales_projector"
   add_program command command-api command-api command
@@ -727,7 +729,7 @@ cmd_bench() {
   start_stack
   cd "$ROOT"
   cargo build --release --bins
-  "$ROOT/target/release/bench" --database-url "$DATABASE_URL_TEST" \
+  "$TARGET_DIR/release/bench" --database-url "$DATABASE_URL_TEST" \
     --redis-url "$REDIS_URL_LOCAL" "$@"
 }
 

@@ -70,8 +70,14 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         "Reproduce: `{}` (scale `{}`, {:.0} s, started {}).\n",
         m.command, m.scale.name, m.duration_s, m.started_at
     );
-    if m.scale.name != "full" {
-        let _ = writeln!(md, "**This is a smoke run: tiny data and sub-second phases. It proves the harness works; its figures say nothing about speed.**\n");
+    match m.scale.name.as_str() {
+        "full" => {}
+        "smoke" => {
+            let _ = writeln!(md, "**This is a smoke run: tiny data and sub-second phases. It proves the harness works; its figures say nothing about speed.**\n");
+        }
+        _ => {
+            let _ = writeln!(md, "**This is a quick run: less data and shorter phases than the full scale. Its ratios compare within the run; its absolute figures are not the full run's.**\n");
+        }
     }
     let _ = writeln!(md, "## The ratios\n");
     let _ = writeln!(md, "| ratio | measured | goal | met | from |");
