@@ -87,6 +87,10 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_FLUSH_MAX_CHANGES", default_value_t = 20000, value_parser = clap::value_parser!(u32).range(1..))]
     pub flush_max_changes: u32,
 
+    /// Flush to Redis once the buffered changes hold this many bytes, whichever bound comes first (default 16 MiB): peak memory is about 100 MiB plus five times this (the batch filling, the one in flight with its Redis commands and replies), whatever the size of a transaction.
+    #[arg(long, env = "PROJECTOR_FLUSH_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub flush_max_bytes: u64,
+
     /// Longest a committed transaction waits to be grouped with others before the flush, in milliseconds (while a flush is in flight, the next batch grows anyway).
     #[arg(long, env = "PROJECTOR_FLUSH_LINGER_MS", default_value_t = 1)]
     pub flush_linger_ms: u64,

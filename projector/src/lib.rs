@@ -188,6 +188,7 @@ async fn cycle(
         metrics,
         generation,
         max_changes: config.flush_max_changes as usize,
+        max_bytes: config.flush_max_bytes as usize,
         linger: config.flush_linger(),
         applied,
         nudge,

@@ -49,6 +49,7 @@ pub struct Pipeline<'a> {
     pub metrics: &'a Arc<Metrics>,
     pub generation: u64,
     pub max_changes: usize,
+    pub max_bytes: usize,
     pub linger: Duration,
     /// Watermark already stored for the generation.
     pub applied: Lsn,
@@ -149,7 +150,7 @@ impl Pipeline<'_> {
                 done = async { inflight.as_mut().expect("guarded by the condition").await }, if inflight.is_some() => {
                     inflight = None;
                     self.finished(&repl, done).await?;
-                    if due || batch.changes >= self.max_changes {
+                    if due || batch.is_full(self.max_changes, self.max_bytes) {
                         due = false;
                         inflight = Some(self.start_flush(&mut batch));
                     }
@@ -179,7 +180,7 @@ impl Pipeline<'_> {
                                 batch.push(stamp(open.commit_lsn, open.next_index), change);
                                 open.next_index += 1;
                             }
-                            if batch.changes >= self.max_changes {
+                            if batch.is_full(self.max_changes, self.max_bytes) {
                                 // A full batch waits for the flush in flight
                                 // (memory: two batches); a large transaction is
                                 // split, its stamps let a replay resume after it.

@@ -240,8 +240,14 @@ pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> 
     .with_application_name(config.instance_name())
     .with_status_interval(Duration::from_millis(200))
     .with_wakeup_interval(Duration::from_secs(5))
-    .with_buffer_size(4096))
+    .with_buffer_size(STREAM_BUFFER_EVENTS))
 }
+
+/// Replication events buffered between the socket and the pipeline: a
+/// count, so it bounds bytes only with the rows' size (256 course rows of
+/// 50 KB hold 13 MB; of the 256 KiB a request body may carry, 64 MiB).
+/// Enough to keep the pipeline fed: past it the socket waits.
+const STREAM_BUFFER_EVENTS: usize = 256;
 
 /// Creates the slot with an exported snapshot on the gated session `repl`
 /// and builds `generation` from it; returns the slot's consistent point, to
@@ -314,7 +320,8 @@ async fn build_from_snapshot(
         batch: SnapshotBuild::batch(consistent_point),
         index: 0,
         rows: 0,
-        max: config.flush_max_changes as usize,
+        max_changes: config.flush_max_changes as usize,
+        max_bytes: config.flush_max_bytes as usize,
         started: std::time::Instant::now(),
         last_log: std::time::Instant::now(),
         terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -345,7 +352,8 @@ async fn build_from_snapshot(
 
 /// Snapshot rows into batches, written like the live stream's with stamps
 /// below any streamed change (their views say the consistent point as
-/// `lsn`); memory is bounded by one batch.
+/// `lsn`); memory is bounded by one batch, cut by changes or bytes like the
+/// stream's.
 struct SnapshotBuild<'a> {
     sink: &'a Sink,
     generation: u64,
@@ -354,7 +362,8 @@ struct SnapshotBuild<'a> {
     batch: Batch,
     index: u32,
     rows: u64,
-    max: usize,
+    max_changes: usize,
+    max_bytes: usize,
     started: std::time::Instant,
     last_log: std::time::Instant,
     /// Standard error is a terminal: draw a progress line.
@@ -391,7 +400,7 @@ impl SnapshotBuild<'_> {
         while let Some(row) = stream.try_next().await? {
             each(self, &row)?;
             self.rows += 1;
-            if self.batch.changes >= self.max {
+            if self.batch.is_full(self.max_changes, self.max_bytes) {
                 self.flush().await?;
             }
         }

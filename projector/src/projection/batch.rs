@@ -1,5 +1,6 @@
 //! Changes → entries for each entity, stamped with their position in the
-//! stream, and the batch they wait in for the next flush.
+//! stream, and the batch they wait in for the next flush, cut by a count of
+//! changes and by the bytes they hold.
 //!
 //! A stamp is `(commit LSN, index in the transaction)` as fixed-width hex, so
 //! Lua compares stamps as strings and a transaction split across flushes
@@ -114,6 +115,9 @@ pub struct Batch {
     pub fresh: BTreeSet<Entity>,
     /// Row changes buffered.
     pub changes: usize,
+    /// About the bytes the buffered changes hold (their text and the
+    /// bookkeeping around it): what bounds memory when rows are large.
+    pub bytes: usize,
     /// End LSN of the last transaction whose changes are all in this batch
     /// (or in earlier flushes), or a later position the stream passed
     /// outside any transaction: what the flush lets us acknowledge.
@@ -132,10 +136,67 @@ pub struct Batch {
     pub snapshot_lsn: Lsn,
 }
 
+/// Bytes an entry holds beside its text: its stamp, the entry, its place
+/// in the entity's list and the map (an estimate, on the high side).
+const ENTRY_BYTES: usize = 128;
+/// Bytes a field holds beside its name and value (two string headers).
+const FIELD_BYTES: usize = 48;
+/// Bytes a library operation holds (a map node).
+const LIBRARY_BYTES: usize = 64;
+
+/// About the bytes `change` holds once buffered.
+fn change_bytes(change: &Change) -> usize {
+    let fields = |fields: &[(String, String)]| -> usize {
+        fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + FIELD_BYTES)
+            .sum()
+    };
+    ENTRY_BYTES
+        + match change {
+            Change::Course { fields: f, .. }
+            | Change::Event { fields: f, .. }
+            | Change::Order { fields: f, .. } => fields(f),
+            Change::Enrollment { company, .. } => {
+                company.as_ref().map_or(0, String::len) + LIBRARY_BYTES
+            }
+            // Two entries of one field each.
+            Change::EventCourse { .. } => ENTRY_BYTES + 2 * (FIELD_BYTES + 32),
+            Change::OrderItem { .. } => FIELD_BYTES + 32,
+        }
+}
+
 impl Batch {
+    /// Either bound is reached: flush now.
+    pub fn is_full(&self, max_changes: usize, max_bytes: usize) -> bool {
+        self.changes >= max_changes || self.bytes >= max_bytes
+    }
+
+    /// Adds an entry made without a [`Change`] (the snapshot's tallies).
+    pub fn push_entry(&mut self, entity: Entity, entry: Entry) {
+        self.changes += 1;
+        self.bytes += ENTRY_BYTES
+            + match &entry {
+                Entry::Enroll { company, .. } => company.as_ref().map_or(0, String::len),
+                Entry::Fields { fields, .. } => fields
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + FIELD_BYTES)
+                    .sum(),
+            };
+        self.entities.entry(entity).or_default().push(entry);
+    }
+
+    /// Adds a library operation made without a [`Change`] (the snapshot's).
+    pub fn push_library(&mut self, user_id: i64, course_id: i64, op: LibraryOp) {
+        self.changes += 1;
+        self.bytes += LIBRARY_BYTES;
+        self.library.insert((user_id, course_id), op);
+    }
+
     /// Adds a decoded change at `stamp`.
     pub fn push(&mut self, stamp: String, change: Change) {
         self.changes += 1;
+        self.bytes += change_bytes(&change);
         match change {
             Change::Course { id, fields } => self.fields(Entity::Course(id), stamp, fields),
             Change::Event { id, fields } => self.fields(Entity::Event(id), stamp, fields),
@@ -222,6 +283,39 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_of_large_rows_is_full_by_its_bytes_long_before_its_count() {
+        let html = "<p>".repeat(50_000 / 3);
+        let mut batch = Batch::default();
+        let mut pushed = 0;
+        while !batch.is_full(20_000, 1 << 20) {
+            pushed += 1;
+            batch.push(
+                stamp(Lsn(1), pushed),
+                Change::Course {
+                    id: i64::from(pushed),
+                    fields: vec![("description_html".into(), html.clone())],
+                },
+            );
+        }
+        // 1 MiB of 50 KB rows: 21 of them, not 20,000.
+        assert_eq!(pushed, 21);
+        assert!(batch.bytes >= 1 << 20 && batch.bytes < (1 << 20) + 60_000);
+        let mut small = Batch::default();
+        small.push_library(1, 2, LibraryOp::Add(0));
+        small.push_entry(
+            Entity::Course(2),
+            Entry::Enroll {
+                stamp: stamp(Lsn(0), 1),
+                delta: 1,
+                company: Some("Acme".into()),
+                event_id: None,
+            },
+        );
+        assert_eq!(small.changes, 2);
+        assert!(small.is_full(2, usize::MAX) && !small.is_full(3, usize::MAX));
+    }
 
     #[test]
     fn stamps_order_as_strings_like_their_positions() {

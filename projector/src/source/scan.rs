@@ -174,17 +174,13 @@ impl Item {
                 let (Entry::Enroll { stamp: at, .. } | Entry::Fields { stamp: at, .. }) =
                     &mut entry;
                 *at = stamp;
-                batch.changes += 1;
-                batch.entities.entry(entity).or_default().push(entry);
+                batch.push_entry(entity, entry);
             }
             Item::Library {
                 user,
                 course,
                 at_us,
-            } => {
-                batch.library.insert((user, course), LibraryOp::Add(at_us));
-                batch.changes += 1;
-            }
+            } => batch.push_library(user, course, LibraryOp::Add(at_us)),
         }
     }
 }
