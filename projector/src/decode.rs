@@ -1,10 +1,22 @@
 //! pgoutput messages → the [`Change`]s the projection understands, and the
 //! PostgreSQL text forms (timestamps) those changes carry.
+//!
+//! DDL is not in the stream: pgoutput announces a table's new shape with a
+//! `Relation` message before the first row written in it. Each one is
+//! checked against what the views read (`schema`), so a shape they cannot
+//! follow stops the stream before any row of it is applied. A `TRUNCATE` of
+//! a projected table ends the stream for a rebuild; a table no view reads is
+//! ignored, said once at INFO.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+};
 
 use chrono::{DateTime, Utc};
 use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
+
+use crate::schema::{self, SchemaProblem};
 
 /// A change to a projected entity, in commit order. `fields` hold the columns
 /// that were written, as text; unchanged TOAST columns are absent, so they
@@ -60,8 +72,27 @@ pub enum DecodeError {
         table: &'static str,
         column: &'static str,
     },
+    /// Projected tables (their names, comma-separated) were truncated.
     #[error("table {0} was truncated: the views must be rebuilt")]
     Truncated(String),
+    /// A table's new shape lacks what the views read.
+    #[error("{0}")]
+    Schema(SchemaProblem),
+}
+
+impl DecodeError {
+    /// The problem replaying the stream would meet again, if this is one:
+    /// the stream must halt, not retry.
+    pub fn halts(&self) -> Option<SchemaProblem> {
+        match self {
+            DecodeError::Schema(problem) => Some(problem.clone()),
+            DecodeError::BadColumn { table, column } => Some(SchemaProblem::BadValue {
+                table: (*table).to_owned(),
+                column: (*column).to_owned(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +107,11 @@ enum Table {
 }
 
 impl Table {
-    fn of(name: &str) -> Self {
+    /// The projected table a relation is; only schema `public` holds them.
+    fn of(namespace: &str, name: &str) -> Self {
+        if namespace != "public" {
+            return Table::Other;
+        }
         match name {
             "courses" => Table::Courses,
             "enrollments" => Table::Enrollments,
@@ -86,6 +121,19 @@ impl Table {
             "order_items" => Table::OrderItems,
             _ => Table::Other,
         }
+    }
+
+    /// Its name, as `schema` lists it; `None` for a table no view reads.
+    fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Table::Courses => "courses",
+            Table::Enrollments => "enrollments",
+            Table::SaleEvents => "sale_events",
+            Table::SaleEventCourses => "sale_event_courses",
+            Table::Orders => "orders",
+            Table::OrderItems => "order_items",
+            Table::Other => return None,
+        })
     }
 }
 
@@ -116,6 +164,8 @@ pub const ORDER_FIELDS: [&str; 5] = ["user_id", "event_id", "status", "total_krw
 pub struct Decoder {
     parser: LogicalReplicationParser,
     relations: HashMap<u32, Relation>,
+    /// Relations no view reads, already said to be ignored.
+    ignored: HashSet<u32>,
 }
 
 impl Default for Decoder {
@@ -123,6 +173,7 @@ impl Default for Decoder {
         Self {
             parser: LogicalReplicationParser::with_protocol_version(1),
             relations: HashMap::new(),
+            ignored: HashSet::new(),
         }
     }
 }
@@ -193,15 +244,23 @@ impl Decoder {
         match message {
             LogicalReplicationMessage::Relation {
                 relation_id,
+                namespace,
                 relation_name,
                 columns,
                 ..
             } => {
+                let table = Table::of(&namespace, &relation_name);
+                let name = if &*namespace == "public" {
+                    relation_name.to_string()
+                } else {
+                    format!("{namespace}.{relation_name}")
+                };
+                self.check_relation(relation_id, table, &name, &columns)?;
                 self.relations.insert(
                     relation_id,
                     Relation {
-                        table: Table::of(&relation_name),
-                        name: relation_name.to_string(),
+                        table,
+                        name,
                         columns: columns.iter().map(|c| c.name.to_string()).collect(),
                     },
                 );
@@ -277,16 +336,60 @@ impl Decoder {
                 }
             }
             LogicalReplicationMessage::Truncate { relation_ids, .. } => {
-                for id in relation_ids {
-                    if let Some(r) = self.relations.get(&id) {
-                        if r.table != Table::Other {
-                            return Err(DecodeError::Truncated(r.name.clone()));
-                        }
-                    }
+                let projected: Vec<&str> = relation_ids
+                    .iter()
+                    .filter_map(|id| self.relations.get(id))
+                    .filter(|r| r.table != Table::Other)
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if projected.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    Err(DecodeError::Truncated(projected.join(", ")))
                 }
-                Ok(Vec::new())
             }
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// A relation's (new) shape, before any row of it: a projected table
+    /// must keep its name and what its views read; another is ignored.
+    fn check_relation(
+        &mut self,
+        relation_id: u32,
+        table: Table,
+        name: &str,
+        columns: &[pg_walstream::ColumnInfo],
+    ) -> Result<(), DecodeError> {
+        // A renamed table keeps its OID: only the new name tells.
+        if let Some(was) = self
+            .relations
+            .get(&relation_id)
+            .and_then(|r| r.table.name())
+        {
+            if table.name() != Some(was) {
+                return Err(DecodeError::Schema(SchemaProblem::RenamedTable {
+                    table: was,
+                    now: name.to_owned(),
+                }));
+            }
+        }
+        match table.name() {
+            Some(projected) => {
+                let shape: Vec<(&str, u32)> =
+                    columns.iter().map(|c| (&*c.name, c.type_id)).collect();
+                let needed = schema::columns_of(projected).unwrap_or_default();
+                schema::check(projected, needed, &shape).map_err(DecodeError::Schema)
+            }
+            None => {
+                if self.ignored.insert(relation_id) {
+                    tracing::info!(
+                        table = name,
+                        "a table no view reads is in the publication; its changes are ignored"
+                    );
+                }
+                Ok(())
+            }
         }
     }
 

@@ -44,10 +44,13 @@ async fn ready(State(m): State<Arc<Metrics>>) -> Response {
         Json(serde_json::json!({"status": "ready", "generation": m.generation.load(Relaxed)}))
             .into_response()
     } else {
+        let halted = m.halted().map(|why| format!("streaming halted: {why}"));
         let message = if role == Role::Standby {
             "standby: another projector instance holds the slot; this one takes over when it stops"
         } else {
-            "the projector has not finished its initial build or lost PostgreSQL or Redis"
+            halted.as_deref().unwrap_or(
+                "the projector has not finished its initial build or lost PostgreSQL or Redis",
+            )
         };
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
         r.headers_mut()

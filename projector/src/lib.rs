@@ -4,12 +4,15 @@
 //! `decode` → `projection` → `sink` → `pipeline` (confirms nothing Redis has
 //! not acknowledged); `monitor` (and, when asked for, `audit`) runs beside
 //! it; `ops` and `audit` are the subcommands. `standby` decides which one
-//! instance of a slot runs them.
+//! instance of a slot runs them. `schema` is what the views read of the
+//! tables; a change they cannot follow `halt`s streaming until the operator
+//! acts, never a retry loop.
 
 mod audit;
 mod config;
 mod decode;
 mod divergence;
+mod halt;
 mod http;
 mod metrics;
 mod monitor;
@@ -17,6 +20,7 @@ mod ops;
 mod pipeline;
 mod preload;
 mod projection;
+mod schema;
 mod sink;
 mod source;
 mod standby;
@@ -74,10 +78,24 @@ pub async fn run(
             break;
         }
         let started = std::time::Instant::now();
-        let outcome = cycle(&config, &metrics, &mut stop_rx).await;
+        // A problem in the source found by a build halts like one found
+        // by the stream: retrying would meet it again.
+        let outcome =
+            cycle(&config, &metrics, &mut stop_rx)
+                .await
+                .or_else(|err| match err.downcast::<schema::SchemaProblem>() {
+                    Ok(problem) => Ok(pipeline::Stopped::Halted(problem)),
+                    Err(err) => Err(err),
+                });
         metrics.role.set(Role::Starting);
         match outcome {
             Ok(pipeline::Stopped::Shutdown) => break,
+            Ok(pipeline::Stopped::Halted(problem)) => {
+                match halt::wait(&config, &metrics, &mut stop_rx, problem).await {
+                    halt::Resumed::Shutdown => break,
+                    halt::Resumed::Rebuild => backoff = FIRST_RETRY,
+                }
+            }
             Ok(pipeline::Stopped::Restart) => {
                 // Not a failure: a requested rebuild or a lost generation
                 // starts over at once.
@@ -130,6 +148,10 @@ async fn cycle(
     source::ensure_publication(&pg, &config.publication).await?;
     wal::check(&pg, metrics).await;
 
+    if let Some(problem) = schema::check_publication(&pg, &config.publication).await? {
+        return Ok(pipeline::Stopped::Halted(problem));
+    }
+
     // Only the lock's holder observes: a standby must never take a rebuild
     // request or touch the slot.
     let Some(session) = standby::acquire(config, &metrics.role, stop).await? else {
@@ -138,6 +160,12 @@ async fn cycle(
     metrics.role.set(Role::Active);
     let seen = startup::observe(&sink, &pg, &config.slot).await?;
     let plan = startup::plan(&seen, config.view_schema_version);
+    // A build from tables the views cannot read would fail, and again.
+    if let startup::Plan::Rebuild(_) = plan {
+        if let Some(problem) = schema::check_tables(&pg).await? {
+            return Ok(pipeline::Stopped::Halted(problem));
+        }
+    }
     let startup::Opened {
         mut repl,
         generation,

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -52,6 +52,8 @@ pub struct Metrics {
     pub audit_mismatches: AtomicU64,
     /// Audit passes completed.
     pub audit_runs: AtomicU64,
+    /// Why streaming is halted (see `halt`), while it is.
+    halted: Mutex<Option<String>>,
     /// The exported series, made on first use: inside the runtime that
     /// their upkeep task needs.
     exported: OnceLock<Exported>,
@@ -84,7 +86,7 @@ impl Exported {
         fn flag(on: &AtomicBool) -> f64 {
             f64::from(u8::from(on.load(Relaxed)))
         }
-        let gauges: [(&str, &'static str, ReadGauge); 11] = [
+        let gauges: [(&str, &'static str, ReadGauge); 12] = [
             ("projector_ready", "1 once the initial build is done and changes stream.", |m| flag(&m.ready)),
             ("projector_redis_up", "1 while Redis answers.", |m| flag(&m.redis_up)),
             ("projector_postgres_up", "1 while PostgreSQL answers.", |m| flag(&m.postgres_up)),
@@ -103,6 +105,9 @@ impl Exported {
                     0 => -1.0,
                     last => now_ms().saturating_sub(last) as f64 / 1e3,
                 }
+            }),
+            ("projector_halted", "1 while streaming is halted by a schema change the views cannot follow (the log and /ready say which); the slot keeps its position.", |m| {
+                f64::from(u8::from(m.halted().is_some()))
             }),
             ("projector_remembered_courses", "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).", |m| {
                 m.remembered_courses.load(Relaxed) as f64
@@ -173,6 +178,18 @@ impl Metrics {
     /// of a flush: the projector's own view of freshness.
     pub fn observe_commit_to_applied(&self, age: std::time::Duration) {
         self.exported().commit_to_applied.record(age.as_secs_f64());
+    }
+
+    /// Records that streaming halted for `reason`, or (`None`) no longer is.
+    pub fn halt(&self, reason: Option<String>) {
+        if let Ok(mut halted) = self.halted.lock() {
+            *halted = reason;
+        }
+    }
+
+    /// Why streaming is halted, while it is.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.lock().ok().and_then(|h| h.clone())
     }
 
     fn exported(&self) -> &Exported {

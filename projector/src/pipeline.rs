@@ -3,6 +3,12 @@
 //!
 //! Guarantee: the LSN confirmed never passes what Redis acknowledged; a
 //! transaction's end is the watermark only once a flush applied all before it.
+//! A batch is flushed when it holds `max_changes` changes or `max_bytes`
+//! bytes; with the one in flight, at most two batches are held.
+//!
+//! A change replaying would meet again (a schema the views cannot read, a
+//! `TRUNCATE`) ends the stream without confirming anything past it: the
+//! caller halts or rebuilds rather than retrying.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -15,10 +21,11 @@ use tokio::{sync::watch, time::Instant};
 use views::Lsn;
 
 use crate::{
-    decode::Decoder,
+    decode::{DecodeError, Decoder},
     divergence::Baseline,
     metrics::Metrics,
     projection::{stamp, Batch},
+    schema::SchemaProblem,
     sink::{Sink, SinkError},
 };
 
@@ -41,6 +48,9 @@ pub enum Stopped {
     /// The generation is no longer live (Redis lost it) or a rebuild was
     /// requested: the caller decides again between resuming and rebuilding.
     Restart,
+    /// The source changed in a way the views cannot follow; nothing past
+    /// it was confirmed. Waits for the operator (see `halt`).
+    Halted(SchemaProblem),
 }
 
 /// Streams from `repl` into `generation` until shutdown or an error.
@@ -126,16 +136,7 @@ impl Pipeline<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    if let Some(flight) = inflight.take() {
-                        self.finished(&repl, flight.await).await?;
-                    }
-                    let flight = self.start_flush(&mut batch);
-                    self.finished(&repl, flight.await).await?;
-                    repl.update_applied_lsn(WireLsn(self.applied.0));
-                    // Let the last standby status update go out: without it the
-                    // server would replay everything after the previous one.
-                    tokio::time::sleep(Duration::from_millis(400)).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(3), repl.shutdown()).await;
+                    self.close(&mut repl, inflight.take(), Some(&mut batch)).await?;
                     tracing::info!(applied = %self.applied, "replication stopped after a final flush");
                     return Ok(Stopped::Shutdown);
                 }
@@ -171,7 +172,10 @@ impl Pipeline<'_> {
                             txn = Some(OpenTxn { commit_lsn: Lsn(final_lsn.0), next_index: 0 });
                         }
                         ReplicationEvent::XLogData { data, .. } => {
-                            let changes = decoder.decode(&data)?;
+                            let changes = match decoder.decode(&data) {
+                                Ok(changes) => changes,
+                                Err(err) => return self.stopped_by(err, &mut repl, inflight.take()).await,
+                            };
                             if changes.is_empty() {
                                 continue;
                             }
@@ -221,6 +225,56 @@ impl Pipeline<'_> {
                 }
             }
         }
+    }
+
+    /// Ends the stream cleanly: waits for the flush in flight (and flushes
+    /// `batch`, if given), confirms what Redis has, and lets the last
+    /// status update go out: without it the server would replay everything
+    /// after the previous one.
+    async fn close(
+        &mut self,
+        repl: &mut ReplicationClient,
+        inflight: Option<InFlight>,
+        batch: Option<&mut Batch>,
+    ) -> anyhow::Result<()> {
+        if let Some(flight) = inflight {
+            self.finished(repl, flight.await).await?;
+        }
+        if let Some(batch) = batch {
+            let flight = self.start_flush(batch);
+            self.finished(repl, flight.await).await?;
+        }
+        repl.update_applied_lsn(WireLsn(self.applied.0));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), repl.shutdown()).await;
+        Ok(())
+    }
+
+    /// A change the decoder refused. One that replaying would meet again
+    /// ends the stream at the last transaction applied before it (the
+    /// batch, which may hold part of its transaction, is dropped); any
+    /// other is an error, retried.
+    async fn stopped_by(
+        &mut self,
+        err: DecodeError,
+        repl: &mut ReplicationClient,
+        inflight: Option<InFlight>,
+    ) -> anyhow::Result<Stopped> {
+        if let DecodeError::Truncated(table) = &err {
+            tracing::warn!(
+                table,
+                "a projected table was truncated; rebuilding the views into a new generation (the live one keeps serving, marked stale)"
+            );
+            // Asked for in Redis, so a crash before the rebuild still rebuilds.
+            self.sink.request_rebuild().await?;
+            self.close(repl, inflight, None).await?;
+            return Ok(Stopped::Restart);
+        }
+        let Some(problem) = err.halts() else {
+            return Err(err.into());
+        };
+        self.close(repl, inflight, None).await?;
+        Ok(Stopped::Halted(problem))
     }
 
     /// Starts applying the batch (leaving an empty one); the flush stores the

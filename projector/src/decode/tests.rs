@@ -10,18 +10,56 @@ const ORDERS: u32 = 16_003;
 const EVENT_COURSES: u32 = 16_004;
 const USERS: u32 = 16_005;
 
+const INT8: u32 = 20;
+const INT4: u32 = 23;
+const TEXT: u32 = 25;
+const TIMESTAMPTZ: u32 = 1184;
+const NUMERIC: u32 = 1700;
+
+/// The type the migrations give a column of this name.
+fn migrated_type(column: &str) -> u32 {
+    match column {
+        "seat_limit" | "discount_percent" => INT4,
+        c if c == "id" || c.ends_with("_id") || c.ends_with("_krw") => INT8,
+        c if c.ends_with("_at") => TIMESTAMPTZ,
+        _ => TEXT,
+    }
+}
+
 fn relation(id: u32, name: &str, columns: &[&str]) -> LogicalReplicationMessage {
+    let typed: Vec<(&str, u32)> = columns.iter().map(|c| (*c, migrated_type(c))).collect();
+    typed_relation(id, "public", name, &typed)
+}
+
+fn typed_relation(
+    id: u32,
+    namespace: &str,
+    name: &str,
+    columns: &[(&str, u32)],
+) -> LogicalReplicationMessage {
     LogicalReplicationMessage::Relation {
         relation_id: id,
-        namespace: "public".into(),
+        namespace: namespace.into(),
         relation_name: name.into(),
         replica_identity: b'f',
         columns: columns
             .iter()
-            .map(|c| ColumnInfo::new(0, (*c).to_owned(), 25, -1))
+            .map(|(c, t)| ColumnInfo::new(0, (*c).to_owned(), *t, -1))
             .collect(),
     }
 }
+
+const COURSE_COLUMNS: [&str; 9] = [
+    "id",
+    "title",
+    "summary",
+    "description_html",
+    "category",
+    "instructor",
+    "price_krw",
+    "created_at",
+    "updated_at",
+];
 
 /// A tuple from text values; `None` is NULL.
 fn tuple(values: &[Option<&str>]) -> TupleData {
@@ -40,21 +78,7 @@ fn tuple(values: &[Option<&str>]) -> TupleData {
 fn decoder() -> Decoder {
     let mut decoder = Decoder::default();
     for message in [
-        relation(
-            COURSES,
-            "courses",
-            &[
-                "id",
-                "title",
-                "summary",
-                "description_html",
-                "category",
-                "instructor",
-                "price_krw",
-                "created_at",
-                "updated_at",
-            ],
-        ),
+        relation(COURSES, "courses", &COURSE_COLUMNS),
         relation(
             ENROLLMENTS,
             "enrollments",
@@ -341,7 +365,7 @@ fn a_deleted_active_enrollment_counts_down_and_other_deletes_change_nothing() {
 }
 
 #[test]
-fn truncating_a_projected_table_is_an_error_and_another_is_ignored() {
+fn truncating_a_projected_table_asks_for_a_rebuild_and_another_is_ignored() {
     let mut decoder = decoder();
     let truncate = |relation_ids| LogicalReplicationMessage::Truncate {
         relation_ids,
@@ -350,6 +374,8 @@ fn truncating_a_projected_table_is_an_error_and_another_is_ignored() {
     assert_eq!(decode(&mut decoder, truncate(vec![USERS])), Ok(Vec::new()));
     let err = decode(&mut decoder, truncate(vec![USERS, ORDERS])).expect_err("refused");
     assert!(err.contains("orders was truncated"), "{err}");
+    let err = decode(&mut decoder, truncate(vec![COURSES, USERS, ORDERS])).expect_err("refused");
+    assert!(err.contains("courses, orders was truncated"), "{err}");
 }
 
 #[test]
@@ -369,6 +395,135 @@ fn a_change_before_its_relation_or_with_a_bad_key_is_refused() {
     };
     let err = decode(&mut decoder, bad).expect_err("refused");
     assert!(err.contains("courses: column id"), "{err}");
+    // A bad value replays as bad: the stream halts on it rather than retrying.
+    let mut row = course_row();
+    row.columns[0] = ColumnData::null();
+    let err = decoder
+        .decode(&encode_message_to_bytes(
+            &LogicalReplicationMessage::Insert {
+                relation_id: COURSES,
+                tuple: row,
+            },
+            1,
+        ))
+        .expect_err("refused");
+    assert_eq!(
+        err.halts(),
+        Some(SchemaProblem::BadValue {
+            table: "courses".into(),
+            column: "id".into()
+        })
+    );
+}
+
+/// The course columns with `change` applied to the one named.
+fn courses_with(
+    change: impl Fn(&'static str) -> Option<(&'static str, u32)>,
+) -> Vec<(&'static str, u32)> {
+    COURSE_COLUMNS.iter().filter_map(|c| change(c)).collect()
+}
+
+fn halted(result: Result<Vec<Change>, DecodeError>) -> SchemaProblem {
+    match result {
+        Err(err) => err.halts().unwrap_or_else(|| panic!("not a halt: {err}")),
+        Ok(changes) => panic!("followed: {changes:?}"),
+    }
+}
+
+fn decode_raw(
+    decoder: &mut Decoder,
+    message: LogicalReplicationMessage,
+) -> Result<Vec<Change>, DecodeError> {
+    decoder.decode(&encode_message_to_bytes(&message, 1))
+}
+
+#[test]
+fn a_relation_without_a_column_the_views_read_halts_before_any_row_of_it() {
+    let mut decoder = decoder();
+    let renamed = courses_with(|c| match c {
+        "summary" => Some(("subtitle", TEXT)),
+        c => Some((c, migrated_type(c))),
+    });
+    let problem = halted(decode_raw(
+        &mut decoder,
+        typed_relation(COURSES, "public", "courses", &renamed),
+    ));
+    assert_eq!(
+        problem,
+        SchemaProblem::MissingColumn {
+            table: "courses",
+            column: "summary",
+            sql_type: "text"
+        }
+    );
+    // A column no view reads may go; a new one may come.
+    let mut decoder = self::decoder();
+    let followed = courses_with(|c| match c {
+        "updated_at" => Some(("tags", 1009)),
+        c => Some((c, migrated_type(c))),
+    });
+    assert_eq!(
+        decode_raw(
+            &mut decoder,
+            typed_relation(COURSES, "public", "courses", &followed)
+        )
+        .map_err(|e| e.to_string()),
+        Ok(Vec::new())
+    );
+}
+
+#[test]
+fn a_column_retyped_within_its_kind_is_followed_and_to_another_kind_halts() {
+    let mut decoder = decoder();
+    let narrower = courses_with(|c| match c {
+        "price_krw" => Some((c, INT4)),
+        "title" => Some((c, 1043)),
+        c => Some((c, migrated_type(c))),
+    });
+    assert!(decode_raw(
+        &mut decoder,
+        typed_relation(COURSES, "public", "courses", &narrower)
+    )
+    .is_ok());
+    let numeric = courses_with(|c| match c {
+        "price_krw" => Some((c, NUMERIC)),
+        c => Some((c, migrated_type(c))),
+    });
+    let problem = halted(decode_raw(
+        &mut decoder,
+        typed_relation(COURSES, "public", "courses", &numeric),
+    ));
+    assert_eq!(problem.table(), "courses");
+    assert_eq!(problem.column(), Some("price_krw"));
+    assert!(problem.to_string().contains("is now numeric"), "{problem}");
+}
+
+#[test]
+fn a_projected_table_renamed_halts_and_a_namesake_in_another_schema_is_ignored() {
+    let mut decoder = decoder();
+    let typed: Vec<(&str, u32)> = COURSE_COLUMNS
+        .iter()
+        .map(|c| (*c, migrated_type(c)))
+        .collect();
+    assert_eq!(
+        halted(decode_raw(
+            &mut decoder,
+            typed_relation(COURSES, "public", "course_catalogue", &typed)
+        )),
+        SchemaProblem::RenamedTable {
+            table: "courses",
+            now: "course_catalogue".into()
+        }
+    );
+    let mut decoder = self::decoder();
+    const ARCHIVE: u32 = 17_000;
+    let archive = typed_relation(ARCHIVE, "archive", "courses", &[("id", INT8)]);
+    assert!(decode_raw(&mut decoder, archive).is_ok());
+    let row = LogicalReplicationMessage::Insert {
+        relation_id: ARCHIVE,
+        tuple: tuple(&[Some("not even a number")]),
+    };
+    assert_eq!(decode(&mut decoder, row), Ok(Vec::new()));
 }
 
 #[test]

@@ -2,12 +2,12 @@
 //! each row becomes in a batch. The initial build reads every row; the audit
 //! reads the rows of a few entities, so both project PostgreSQL one way.
 
-use anyhow::Context;
 use tokio_postgres::Row;
 
 use crate::{
     decode::{parse_pg_timestamp, Change, COURSE_FIELDS, EVENT_FIELDS, ORDER_FIELDS},
     projection::{Batch, Entity, Entry, LibraryOp},
+    schema::SchemaProblem,
 };
 
 /// One table scan of a snapshot.
@@ -107,8 +107,23 @@ impl Scan {
         sql
     }
 
-    /// What a row of this scan becomes.
+    /// The table it reads.
+    fn table(self) -> &'static str {
+        match self {
+            Scan::Events => "sale_events",
+            Scan::EventCourses => "sale_event_courses",
+            Scan::Courses => "courses",
+            Scan::Tallies | Scan::Libraries => "enrollments",
+            Scan::Orders => "orders",
+            Scan::OrderItems => "order_items",
+        }
+    }
+
+    /// What a row of this scan becomes. A value it cannot read (a NULL
+    /// where a number must be) is a [`SchemaProblem`]: the next build would
+    /// meet it again, so it halts rather than retries.
     pub fn read(self, row: &Row) -> anyhow::Result<Item> {
+        let number = |i: usize| int(row, i).ok_or_else(|| self.bad(row, i));
         let fields = |names: &[&str]| -> Vec<(String, String)> {
             names
                 .iter()
@@ -118,47 +133,47 @@ impl Scan {
         };
         Ok(match self {
             Scan::Events => Item::Change(Change::Event {
-                id: int(row, 0)?,
+                id: number(0)?,
                 fields: fields(&EVENT_FIELDS),
             }),
             Scan::EventCourses => Item::Change(Change::EventCourse {
-                event_id: int(row, 0)?,
-                course_id: int(row, 1)?,
+                event_id: number(0)?,
+                course_id: number(1)?,
                 seat_limit: row.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
             }),
             Scan::Courses => Item::Change(Change::Course {
-                id: int(row, 0)?,
+                id: number(0)?,
                 fields: fields(&COURSE_FIELDS),
             }),
             Scan::Tallies => {
                 let company = text(row, 1);
                 Item::Entry(
-                    Entity::Course(int(row, 0)?),
+                    Entity::Course(number(0)?),
                     Entry::Enroll {
                         stamp: String::new(),
-                        delta: int(row, 3)?,
+                        delta: number(3)?,
                         company: (!company.is_empty()).then_some(company),
                         event_id: text(row, 2).parse().ok(),
                     },
                 )
             }
             Scan::Orders => Item::Change(Change::Order {
-                id: int(row, 0)?,
+                id: number(0)?,
                 fields: fields(&ORDER_FIELDS),
                 // Built like any other entity: its items come from another
                 // table's scan, in another batch.
                 inserted: false,
             }),
             Scan::OrderItems => Item::Change(Change::OrderItem {
-                order_id: int(row, 0)?,
-                course_id: int(row, 1)?,
-                price_krw: int(row, 2)?,
+                order_id: number(0)?,
+                course_id: number(1)?,
+                price_krw: number(2)?,
             }),
             Scan::Libraries => Item::Library {
-                user: int(row, 0)?,
-                course: int(row, 1)?,
+                user: number(0)?,
+                course: number(1)?,
                 at_us: parse_pg_timestamp(&text(row, 2))
-                    .context("enrollment created_at")?
+                    .ok_or_else(|| self.bad(row, 2))?
                     .timestamp_micros(),
             },
         })
@@ -189,10 +204,19 @@ fn text(row: &Row, i: usize) -> String {
     row.get::<_, Option<String>>(i).unwrap_or_default()
 }
 
-fn int(row: &Row, i: usize) -> anyhow::Result<i64> {
-    text(row, i)
-        .parse()
-        .with_context(|| format!("snapshot column {i} is not an integer"))
+fn int(row: &Row, i: usize) -> Option<i64> {
+    text(row, i).parse().ok()
+}
+
+impl Scan {
+    fn bad(self, row: &Row, i: usize) -> anyhow::Error {
+        let column = row.columns().get(i).map_or("?", |c| c.name());
+        SchemaProblem::BadValue {
+            table: self.table().to_owned(),
+            column: column.to_owned(),
+        }
+        .into()
+    }
 }
 
 #[cfg(test)]
