@@ -305,3 +305,50 @@ async fn a_rebuild_request_is_carried_out_by_the_active_instance() -> anyhow::Re
     }
     stack.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_release_in_front_of_newer_views_says_so_once_and_leaves_the_slot_to_a_newer_one(
+) -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (courses, users) = stack.catalogue(2, 4).await?;
+    let newer = (views::VIEW_SCHEMA_VERSION + 1).to_string();
+    let new_release = [("PROJECTOR_VIEW_SCHEMA_VERSION", newer.as_str())];
+    let first = stack.spawn_instance("new-1", &new_release)?;
+    wait_for_one_active(&[&first], TAKEOVER).await?;
+    let built = generation(&stack).await?;
+    first.kill().await?;
+
+    // The current release finds views of a newer schema: it leaves them.
+    let old = stack.spawn_instance("old", &[])?;
+    let deadline = tokio::time::Instant::now() + TAKEOVER;
+    while old.logged("newer than this release").is_empty() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no line about the newer views: {}",
+            old.tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several looks later: still one line, no failure counted, not ready,
+    // and the newer views untouched.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        old.logged("newer than this release").len(),
+        1,
+        "{}",
+        old.tail(20)
+    );
+    assert_eq!(old.metric("projector_failures_total").await?, Some(0.0));
+    assert_eq!(old.ready().await?.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(generation(&stack).await?, built);
+
+    // A newer projector started beside it gets the slot and streams.
+    let second = stack.spawn_instance("new-2", &new_release)?;
+    wait_for_one_active(&[&second], TAKEOVER).await?;
+    order_stream(&stack, &courses, &users, "newer").await??;
+    assert_eq!(generation(&stack).await?, built, "resumed, not rebuilt");
+    assert!(!old.is_active().await);
+    old.kill().await?;
+    second.kill().await?;
+    stack.cleanup().await
+}

@@ -72,7 +72,10 @@ pub async fn run(
     let server = tokio::spawn(server.serve("projector ops endpoints", app, http_stop));
 
     const FIRST_RETRY: Duration = Duration::from_millis(500);
+    const OUTDATED_RECHECK: Duration = Duration::from_secs(5);
     let mut backoff = FIRST_RETRY;
+    // The newer view schema this release was last told it cannot serve.
+    let mut outdated_told: Option<u32> = None;
     loop {
         if *stop_rx.borrow() {
             break;
@@ -94,6 +97,28 @@ pub async fn run(
                 match halt::wait(&config, &metrics, &mut stop_rx, problem).await {
                     halt::Resumed::Shutdown => break,
                     halt::Resumed::Rebuild => backoff = FIRST_RETRY,
+                }
+            }
+            Ok(pipeline::Stopped::Outdated { live_schema }) => {
+                // Not a failure to retry loudly: said once, then this
+                // instance stands aside (the slot's lock released) so that
+                // a newer projector can be the active one.
+                metrics.ready.store(false, Relaxed);
+                if outdated_told != Some(live_schema) {
+                    outdated_told = Some(live_schema);
+                    tracing::error!(
+                        live_schema,
+                        schema = config.view_schema_version,
+                        "the live views have view schema {live_schema}, newer than this release's {}: \
+                         leaving them and the slot to the newer projector, looking again every {} s \
+                         (to roll back, run `projector rebuild` with this release)",
+                        config.view_schema_version,
+                        OUTDATED_RECHECK.as_secs()
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(OUTDATED_RECHECK) => {}
+                    _ = stop_rx.changed() => {}
                 }
             }
             Ok(pipeline::Stopped::Restart) => {
@@ -160,6 +185,9 @@ async fn cycle(
     metrics.role.set(Role::Active);
     let seen = startup::observe(&sink, &pg, &config.slot).await?;
     let plan = startup::plan(&seen, config.view_schema_version);
+    if let startup::Plan::Refuse { live_schema } = plan {
+        return Ok(pipeline::Stopped::Outdated { live_schema });
+    }
     // A build from tables the views cannot read would fail, and again.
     if let startup::Plan::Rebuild(_) = plan {
         if let Some(problem) = schema::check_tables(&pg).await? {

@@ -51,6 +51,9 @@ pub enum Stopped {
     /// The source changed in a way the views cannot follow; nothing past
     /// it was confirmed. Waits for the operator (see `halt`).
     Halted(SchemaProblem),
+    /// The live views have a newer view schema than this release: it leaves
+    /// them (and the slot) to a newer projector.
+    Outdated { live_schema: u32 },
 }
 
 /// Streams from `repl` into `generation` until shutdown or an error.
