@@ -57,7 +57,7 @@ pub(super) fn course(
     terms: &HashMap<i64, EventTerms>,
 ) -> Vec<Difference> {
     let mut out = Vec::new();
-    aggregate_fields(&mut out, &want.agg, &got.stamped.agg);
+    let stamp = aggregate_fields(&mut out, &want.agg, &got.stamped.agg);
     differ(
         &mut out,
         format!("text.{}", aggregate::DESCRIPTION_HTML),
@@ -66,19 +66,13 @@ pub(super) fn course(
     );
     let companies: BTreeSet<&String> = want.tallies.keys().chain(got.companies.keys()).collect();
     for company in companies {
-        differ(
+        differ_score(
             &mut out,
             format!("companies.{company}"),
-            got.companies.get(company).map(|n| number(*n)),
-            want.tallies.get(company).map(|n| n.to_string()),
+            got.companies.get(company).copied(),
+            want.tallies.get(company).copied(),
         );
     }
-    let stamp = got
-        .stamped
-        .agg
-        .get(aggregate::STAMP)
-        .cloned()
-        .unwrap_or_default();
     match want.render(id, &stamp, terms) {
         Some(views) => {
             view(&mut out, "view", got.page.as_deref(), &views.page);
@@ -91,54 +85,43 @@ pub(super) fn course(
             postgres: "the course row does not render (a field is malformed)".into(),
         }),
     }
-    differ(
+    differ_score(
         &mut out,
         "ranking.popular".into(),
-        got.popular.map(number),
-        Some((-want.students()).to_string()),
+        got.popular,
+        Some(-want.students()),
     );
-    differ(
+    differ_score(
         &mut out,
         "ranking.newest".into(),
-        got.newest.map(number),
-        want.created_us().map(|t| t.to_string()),
+        got.newest,
+        want.created_us(),
     );
     out
 }
 
 /// An event: its aggregate, view and place in the pre-warming index.
 pub(super) fn event(id: i64, want: &expected::Record, got: &observed::Record) -> Vec<Difference> {
-    let mut out = Vec::new();
-    aggregate_fields(&mut out, &want.agg, &got.stamped.agg);
-    let stamp = got
-        .stamped
-        .agg
-        .get(aggregate::STAMP)
-        .cloned()
-        .unwrap_or_default();
-    if let Some(json) = want.render_event(id, &stamp) {
-        view(&mut out, "view", got.view.as_deref(), &json);
-    }
-    differ(
-        &mut out,
-        "index.by-end".into(),
-        got.by_end.map(number),
-        want.ends_us().map(|t| t.to_string()),
-    );
+    let mut out = record(want, got, |stamp| want.render_event(id, stamp));
+    differ_score(&mut out, "index.by-end".into(), got.by_end, want.ends_us());
     out
 }
 
 /// An order: its aggregate and view.
 pub(super) fn order(id: i64, want: &expected::Record, got: &observed::Record) -> Vec<Difference> {
+    record(want, got, |stamp| want.render_order(id, stamp))
+}
+
+/// An event's or an order's aggregate, and its view as `render` renders it
+/// at the stamp Redis holds.
+fn record(
+    want: &expected::Record,
+    got: &observed::Record,
+    render: impl FnOnce(&str) -> Option<Vec<u8>>,
+) -> Vec<Difference> {
     let mut out = Vec::new();
-    aggregate_fields(&mut out, &want.agg, &got.stamped.agg);
-    let stamp = got
-        .stamped
-        .agg
-        .get(aggregate::STAMP)
-        .cloned()
-        .unwrap_or_default();
-    if let Some(json) = want.render_order(id, &stamp) {
+    let stamp = aggregate_fields(&mut out, &want.agg, &got.stamped.agg);
+    if let Some(json) = render(&stamp) {
         view(&mut out, "view", got.view.as_deref(), &json);
     }
     out
@@ -153,11 +136,11 @@ pub(super) fn library(want: &BTreeMap<i64, i64>, got: &BTreeMap<String, f64>) ->
         .collect();
     let members: BTreeSet<&String> = want.keys().chain(got.keys()).collect();
     for member in members {
-        differ(
+        differ_score(
             &mut out,
             format!("library.{}", member_id(member)),
-            got.get(member).map(|s| number(*s)),
-            want.get(member).map(|at| at.to_string()),
+            got.get(member).copied(),
+            want.get(member).copied(),
         );
     }
     out
@@ -189,12 +172,29 @@ pub(super) fn category(want: &BTreeSet<i64>, got: &observed::Category) -> Vec<Di
     out
 }
 
-/// The aggregate's fields, stamps left out and absent counters read as zero.
+/// A score in Redis against the integer the tables give.
+fn differ_score(
+    out: &mut Vec<Difference>,
+    field: String,
+    redis: Option<f64>,
+    postgres: Option<i64>,
+) {
+    differ(
+        out,
+        field,
+        redis.map(number),
+        postgres.map(|n| n.to_string()),
+    );
+}
+
+/// The aggregate's fields, stamps left out and absent counters read as
+/// zero; returns the stamp Redis holds, which views are rendered at.
 fn aggregate_fields(
     out: &mut Vec<Difference>,
     want: &BTreeMap<String, String>,
     got: &BTreeMap<String, String>,
-) {
+) -> String {
+    let stamp = got.get(aggregate::STAMP).cloned().unwrap_or_default();
     let got = without_zero_counters(
         got.iter()
             .filter(|(k, _)| *k != aggregate::STAMP && *k != aggregate::VIEW_STAMP)
@@ -216,6 +216,7 @@ fn aggregate_fields(
             differ(out, format!("agg.{field}"), redis, postgres);
         }
     }
+    stamp
 }
 
 /// A stored view against the JSON the projector renders from the tables,

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use fred::{clients::Client, prelude::*};
 use views::{aggregate, ranking_member, Keys};
 
+use crate::sink::queue_scored_members;
+
 /// An entity with an aggregate hash, as Redis holds it.
 #[derive(Debug, Default)]
 pub(super) struct Stamped {
@@ -67,16 +69,7 @@ pub(super) async fn courses(
             aggregate::DESCRIPTION_HTML,
         )
         .await?;
-        pipe.zrange::<(), _, _, _>(
-            keys.course_companies(generation, *id),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            true,
-        )
-        .await?;
+        queue_scored_members(&pipe, keys.course_companies(generation, *id)).await?;
         pipe.get::<(), _>(keys.course_view(generation, *id)).await?;
         pipe.get::<(), _>(keys.course_stats(generation, *id))
             .await?;
@@ -113,25 +106,18 @@ pub(super) async fn events(
     generation: u64,
     ids: &[i64],
 ) -> anyhow::Result<Vec<Record>> {
-    let pipe = redis.pipeline();
-    for &id in ids {
-        let agg = keys.event_agg(generation, id);
-        stamps(&pipe, &agg).await?;
-        pipe.hgetall::<(), _>(&agg).await?;
-        pipe.get::<(), _>(keys.event_view(generation, id)).await?;
-        pipe.zscore::<(), _, _>(keys.events_by_end(generation), id.to_string())
-            .await?;
-        stamps(&pipe, &agg).await?;
-    }
-    let replies = replies(pipe, ids.len() * 5).await?;
-    Ok(replies
-        .chunks_exact(5)
-        .map(|r| Record {
-            stamped: stamped(&r[0], &r[1], &r[4]),
-            view: bytes(&r[2]),
-            by_end: r[3].as_f64(),
-        })
-        .collect())
+    records(
+        redis,
+        ids,
+        |id| {
+            (
+                keys.event_agg(generation, id),
+                keys.event_view(generation, id),
+            )
+        },
+        Some(keys.events_by_end(generation)),
+    )
+    .await
 }
 
 /// Reads the orders `ids` of `generation`.
@@ -141,21 +127,47 @@ pub(super) async fn orders(
     generation: u64,
     ids: &[i64],
 ) -> anyhow::Result<Vec<Record>> {
+    records(
+        redis,
+        ids,
+        |id| {
+            (
+                keys.order_agg(generation, id),
+                keys.order_view(generation, id),
+            )
+        },
+        None,
+    )
+    .await
+}
+
+/// Reads the records `ids`: each one's aggregate and view (`keys` of an
+/// id) and, given an `index`, its score there.
+async fn records(
+    redis: &Client,
+    ids: &[i64],
+    keys: impl Fn(i64) -> (String, String),
+    index: Option<String>,
+) -> anyhow::Result<Vec<Record>> {
+    let per_record = if index.is_some() { 5 } else { 4 };
     let pipe = redis.pipeline();
     for &id in ids {
-        let agg = keys.order_agg(generation, id);
+        let (agg, view) = keys(id);
         stamps(&pipe, &agg).await?;
         pipe.hgetall::<(), _>(&agg).await?;
-        pipe.get::<(), _>(keys.order_view(generation, id)).await?;
+        pipe.get::<(), _>(view).await?;
+        if let Some(index) = &index {
+            pipe.zscore::<(), _, _>(index, id.to_string()).await?;
+        }
         stamps(&pipe, &agg).await?;
     }
-    let replies = replies(pipe, ids.len() * 4).await?;
+    let replies = replies(pipe, ids.len() * per_record).await?;
     Ok(replies
-        .chunks_exact(4)
+        .chunks_exact(per_record)
         .map(|r| Record {
-            stamped: stamped(&r[0], &r[1], &r[3]),
+            stamped: stamped(&r[0], &r[1], &r[per_record - 1]),
             view: bytes(&r[2]),
-            by_end: None,
+            by_end: if index.is_some() { r[3].as_f64() } else { None },
         })
         .collect())
 }
@@ -169,16 +181,7 @@ pub(super) async fn libraries(
 ) -> anyhow::Result<Vec<BTreeMap<String, f64>>> {
     let pipe = redis.pipeline();
     for &id in ids {
-        pipe.zrange::<(), _, _, _>(
-            keys.user_library(generation, id),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            true,
-        )
-        .await?;
+        queue_scored_members(&pipe, keys.user_library(generation, id)).await?;
     }
     let replies = replies(pipe, ids.len()).await?;
     Ok(replies

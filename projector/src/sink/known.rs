@@ -11,7 +11,10 @@ use fred::prelude::*;
 use futures_util::future::try_join_all;
 use views::aggregate;
 
-use super::{script::parse_apply_reply, EntityAggregates, Sink, SinkError, KNOWN_COURSES};
+use super::{
+    queue_scored_members, script::parse_apply_reply, EntityAggregates, Sink, SinkError,
+    KNOWN_COURSES,
+};
 use crate::projection::{course_event_ids, Entity, EventTerms, KnownCourse};
 
 fn poisoned<T>(_: T) -> SinkError {
@@ -32,16 +35,7 @@ impl Sink {
             for &id in chunk {
                 pipe.hgetall::<(), _>(self.keys.course_agg(generation, id))
                     .await?;
-                pipe.zrange::<(), _, _, _>(
-                    self.keys.course_companies(generation, id),
-                    0,
-                    -1,
-                    None,
-                    false,
-                    None,
-                    true,
-                )
-                .await?;
+                queue_scored_members(&pipe, self.keys.course_companies(generation, id)).await?;
             }
             let replies: Vec<Value> = pipe.all().await?;
             let mut known = self.known.lock().map_err(poisoned)?;

@@ -141,3 +141,13 @@ impl Sink {
         Ok(started.elapsed())
     }
 }
+
+/// Queues the read of a whole sorted set with its scores (`ZRANGE key 0 -1
+/// WITHSCORES`): a course's company tallies, a user's library.
+pub(crate) async fn queue_scored_members(
+    pipe: &fred::clients::Pipeline<Client>,
+    key: String,
+) -> Result<(), fred::error::Error> {
+    pipe.zrange::<(), _, _, _>(key, 0, -1, None, false, None, true)
+        .await
+}
