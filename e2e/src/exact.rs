@@ -11,7 +11,7 @@ use crate::Stack;
 
 /// Writes orders (and cancels every third) from `tasks` concurrent writers,
 /// one order per user of `users`, as fast as the command API takes them;
-/// each task returns its last cancel's commit LSN.
+/// each task returns the LSN of its last commit.
 pub fn writers(
     stack: &Stack,
     courses: &[i64],
@@ -35,48 +35,62 @@ pub fn paced_writers(
     (0..tasks)
         .map(|t| {
             let mine: Vec<i64> = users.iter().copied().skip(t).step_by(tasks).collect();
-            let courses = courses.to_vec();
-            let command = stack.command.clone();
-            let http = stack.http.clone();
-            tokio::spawn(async move {
-                let mut last = String::new();
-                for (n, user) in mine.into_iter().enumerate() {
-                    let pick: Vec<i64> = courses
-                        .iter()
-                        .copied()
-                        .filter(|c| (c + user + n as i64) % 3 != 0)
-                        .collect();
-                    let pick = if pick.is_empty() {
-                        vec![courses[0]]
-                    } else {
-                        pick
-                    };
-                    let r = http
-                        .post(format!("{command}/v1/orders"))
-                        .header("Idempotency-Key", format!("{tag}-{user}"))
-                        .json(&json!({"user_id": user, "course_ids": pick}))
-                        .send()
-                        .await?;
-                    anyhow::ensure!(r.status() == StatusCode::CREATED, "order: {}", r.status());
-                    let id = r.json::<serde_json::Value>().await?["id"]
-                        .as_i64()
-                        .unwrap_or(0);
-                    if user % 3 == 0 {
-                        let c = http
-                            .post(format!("{command}/v1/orders/{id}/cancel"))
-                            .send()
-                            .await?;
-                        anyhow::ensure!(c.status() == StatusCode::OK, "cancel: {}", c.status());
-                        last = c.headers()["x-commit-lsn"].to_str()?.to_owned();
-                    }
-                    if !pace.is_zero() {
-                        tokio::time::sleep(pace).await;
-                    }
-                }
-                anyhow::Ok(last)
-            })
+            paced_writer(stack, courses, &mine, tag, pace)
         })
         .collect()
+}
+
+/// One writer of [`paced_writers`]: an order per user of `users` in turn
+/// (every third cancelled), pausing `pace` after each; returns the LSN of
+/// its last commit.
+pub fn paced_writer(
+    stack: &Stack,
+    courses: &[i64],
+    users: &[i64],
+    tag: &'static str,
+    pace: Duration,
+) -> tokio::task::JoinHandle<Result<String>> {
+    let (users, courses) = (users.to_vec(), courses.to_vec());
+    let command = stack.command.clone();
+    let http = stack.http.clone();
+    tokio::spawn(async move {
+        let mut last = String::new();
+        for (n, user) in users.into_iter().enumerate() {
+            let pick: Vec<i64> = courses
+                .iter()
+                .copied()
+                .filter(|c| (c + user + n as i64) % 3 != 0)
+                .collect();
+            let pick = if pick.is_empty() {
+                vec![courses[0]]
+            } else {
+                pick
+            };
+            let r = http
+                .post(format!("{command}/v1/orders"))
+                .header("Idempotency-Key", format!("{tag}-{user}"))
+                .json(&json!({"user_id": user, "course_ids": pick}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == StatusCode::CREATED, "order: {}", r.status());
+            last = r.headers()["x-commit-lsn"].to_str()?.to_owned();
+            let id = r.json::<serde_json::Value>().await?["id"]
+                .as_i64()
+                .unwrap_or(0);
+            if user % 3 == 0 {
+                let c = http
+                    .post(format!("{command}/v1/orders/{id}/cancel"))
+                    .send()
+                    .await?;
+                anyhow::ensure!(c.status() == StatusCode::OK, "cancel: {}", c.status());
+                last = c.headers()["x-commit-lsn"].to_str()?.to_owned();
+            }
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+        }
+        anyhow::Ok(last)
+    })
 }
 
 /// Every course page equals the tables (student count and top companies),
@@ -184,4 +198,11 @@ pub async fn assert_orders_equal_tables(stack: &Stack, libraries: usize) -> Resu
         assert_eq!(library.body["total"], active, "library of user {user}");
     }
     Ok(())
+}
+
+/// Every course page, ranking and order equals the tables, and so do the
+/// libraries of the 20 latest buyers.
+pub async fn assert_views_and_orders_equal_tables(stack: &Stack) -> Result<()> {
+    assert_views_equal_tables(stack).await?;
+    assert_orders_equal_tables(stack, 20).await
 }

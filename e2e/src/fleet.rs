@@ -86,6 +86,22 @@ impl Stack {
         })
     }
 
+    /// Starts an instance per name of `names`, each with `env` on top, and
+    /// waits until exactly one is active; returns them and its index.
+    pub async fn start_fleet(
+        &self,
+        names: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(Vec<Instance>, usize)> {
+        let fleet: Vec<Instance> = names
+            .iter()
+            .map(|name| self.spawn_instance(name, env))
+            .collect::<Result<_>>()?;
+        let active = wait_for_one_active(&fleet.iter().collect::<Vec<_>>(), timeout).await?;
+        Ok((fleet, active))
+    }
+
     /// Runs `projector <args>` against this stack and returns its standard
     /// output, failing when it fails.
     pub async fn projector_subcommand(&self, args: &[&str]) -> Result<String> {
@@ -197,6 +213,14 @@ impl Instance {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// SIGKILLs every instance of `fleet`, and waits for their exits.
+pub async fn kill_all(fleet: Vec<Instance>) -> Result<()> {
+    for instance in fleet {
+        instance.kill().await?;
+    }
+    Ok(())
 }
 
 /// Waits until exactly one of `instances` is active and every other one a

@@ -3,45 +3,19 @@
 
 use std::time::Duration;
 
-use e2e::Stack;
+use e2e::{exact::paced_writer, Stack};
 use fred::interfaces::LuaInterface;
 use reqwest::StatusCode;
-use serde_json::json;
 
-/// Orders for users `users`, each buying a few of the courses; returns the last commit LSN.
+/// Orders for users `users` one after another (every third cancelled);
+/// returns the last commit LSN.
 async fn orders(
     stack: &Stack,
     courses: &[i64],
     users: &[i64],
-    tag: &str,
+    tag: &'static str,
 ) -> anyhow::Result<String> {
-    let mut last = String::new();
-    for (n, user) in users.iter().enumerate() {
-        let pick: Vec<i64> = courses
-            .iter()
-            .copied()
-            .filter(|c| (c + *user + n as i64) % 3 != 0)
-            .collect();
-        let pick = if pick.is_empty() {
-            vec![courses[0]]
-        } else {
-            pick
-        };
-        let a = stack
-            .order(
-                &format!("{tag}-{user}"),
-                &json!({"user_id": user, "course_ids": pick}),
-            )
-            .await?;
-        assert_eq!(
-            a.status,
-            StatusCode::CREATED,
-            "{}",
-            String::from_utf8_lossy(&a.raw)
-        );
-        last = a.header("x-commit-lsn").to_owned();
-    }
-    Ok(last)
+    paced_writer(stack, courses, users, tag, Duration::ZERO).await?
 }
 
 /// Every course page's student count equals the tables', once fresh up to `lsn`.
@@ -81,41 +55,13 @@ async fn counts_stay_exact_across_a_graceful_stop_and_a_sigkill() -> anyhow::Res
     // SIGKILL while orders stream in, several times.
     for round in 0..3 {
         let from = 30 + round * 10;
-        let writer = {
-            let batch = users[from..from + 10].to_vec();
-            let courses = courses.clone();
-            let command = stack.command.clone();
-            let http = stack.http.clone();
-            tokio::spawn(async move {
-                let mut last = String::new();
-                for user in batch {
-                    let pick: Vec<i64> = courses
-                        .iter()
-                        .copied()
-                        .filter(|c| (c + user) % 2 == 0)
-                        .collect();
-                    let pick = if pick.is_empty() {
-                        vec![courses[0]]
-                    } else {
-                        pick
-                    };
-                    let r = http
-                        .post(format!("{command}/v1/orders"))
-                        .header("Idempotency-Key", format!("kill-{user}"))
-                        .json(&json!({"user_id": user, "course_ids": pick}))
-                        .send()
-                        .await?;
-                    anyhow::ensure!(
-                        r.status() == StatusCode::CREATED,
-                        "order failed: {}",
-                        r.status()
-                    );
-                    last = r.headers()["x-commit-lsn"].to_str()?.to_owned();
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                anyhow::Ok(last)
-            })
-        };
+        let writer = paced_writer(
+            &stack,
+            &courses,
+            &users[from..from + 10],
+            "kill",
+            Duration::from_millis(5),
+        );
         tokio::time::sleep(Duration::from_millis(20 + 15 * round as u64)).await;
         stack.kill_projector().await?;
         let lsn = writer.await??;

@@ -12,13 +12,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use e2e::{
-    exact::{assert_orders_equal_tables, assert_views_equal_tables, paced_writers, writers},
+    exact::{assert_views_and_orders_equal_tables, paced_writers, writers},
     redis_server::{RedisCluster, RedisServer},
     Stack,
 };
 use fred::prelude::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::task::JoinHandle;
 use views::{
     watermark::{advance_args, Advanced, ADVANCE},
     GenerationMarker, Keys, Lsn,
@@ -31,6 +32,14 @@ async fn marker(stack: &Stack) -> Result<Option<GenerationMarker>> {
         .get(Keys::new(stack.prefix.clone()).generation_marker())
         .await?;
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+/// The live generation.
+async fn live_generation(stack: &Stack) -> Result<u64> {
+    Ok(marker(stack)
+        .await?
+        .context("a live generation")?
+        .generation)
 }
 
 /// Waits until a generation other than `old` is live, built to the end, and
@@ -90,6 +99,62 @@ async fn confirmed_past(stack: &Stack, lsn: Lsn) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// What a dump is taken after: orders by `users` (four writers at once),
+/// then one by `last`, seen in the views. Returns the live generation.
+async fn orders_before_dump(
+    stack: &Stack,
+    courses: &[i64],
+    users: &[i64],
+    last: i64,
+) -> Result<u64> {
+    for t in writers(stack, courses, users, 4, "before") {
+        t.await??;
+    }
+    order_seen(stack, "dumped", last, courses[0]).await?;
+    live_generation(stack).await
+}
+
+/// Orders a dump taken just before does not hold: a stream by `users`, and
+/// one by `confirmed` that the slot has confirmed, so PostgreSQL will not
+/// send it again and only a rebuild can bring it back. Returns the stream.
+async fn orders_after_dump(
+    stack: &Stack,
+    courses: &[i64],
+    confirmed: i64,
+    users: &[i64],
+) -> Result<Vec<JoinHandle<Result<String>>>> {
+    let tasks = paced_writers(stack, courses, users, 4, "after", Duration::from_millis(20));
+    let after = order_seen(stack, "after-dump", confirmed, courses[1]).await?;
+    confirmed_past(stack, after).await?;
+    Ok(tasks)
+}
+
+/// A new generation replaced `first`, and the projector counted why: Redis
+/// diverged from what the stream wrote.
+async fn assert_rebuilt_after_a_divergence(stack: &Stack, first: u64, now: u64) -> Result<()> {
+    assert!(now > first, "generation {now} after {first}");
+    assert!(
+        stack
+            .projector_metric("projector_divergences_total")
+            .await?
+            .is_some_and(|n| n >= 1.0),
+        "the lost writes were detected as a divergence, not hidden"
+    );
+    Ok(())
+}
+
+/// Waits for the writers `tasks`; then every view and order equals the
+/// tables.
+async fn assert_exact_once_written(
+    stack: &Stack,
+    tasks: Vec<JoinHandle<Result<String>>>,
+) -> Result<()> {
+    for t in tasks {
+        t.await??;
+    }
+    assert_views_and_orders_equal_tables(stack).await
 }
 
 /// Reads a course page until `done`, checking every answer is a page (fresh
@@ -217,10 +282,7 @@ async fn a_redis_restarted_without_persistence_under_a_running_projector_is_rebu
     let mut stack = Stack::start_with_redis(&redis.url()).await?;
     let (courses, users) = stack.catalogue(5, 240).await?;
     stack.start_projector().await?;
-    let first = marker(&stack)
-        .await?
-        .context("a live generation")?
-        .generation;
+    let first = live_generation(&stack).await?;
     let run_id = redis.run_id()?;
 
     // Mid-stream, Redis dies and comes back with nothing.
@@ -252,8 +314,7 @@ async fn a_redis_restarted_without_persistence_under_a_running_projector_is_rebu
             .is_some_and(|n| n >= 2.0),
         "the first build and the one after the restart"
     );
-    assert_views_equal_tables(&stack).await?;
-    assert_orders_equal_tables(&stack, 20).await?;
+    assert_views_and_orders_equal_tables(&stack).await?;
     stack.cleanup().await
 }
 
@@ -263,28 +324,12 @@ async fn a_redis_restored_from_an_older_dump_while_streaming_is_rebuilt_exactly(
     let mut stack = Stack::start_with_redis(&redis.url()).await?;
     let (courses, users) = stack.catalogue(5, 240).await?;
     stack.start_projector().await?;
-    for t in writers(&stack, &courses, &users[..80], 4, "before") {
-        t.await??;
-    }
-    order_seen(&stack, "dumped", users[80], courses[0]).await?;
-    let first = marker(&stack)
-        .await?
-        .context("a live generation")?
-        .generation;
+    let first = orders_before_dump(&stack, &courses, &users[..80], users[80]).await?;
 
     // The dump, then orders it does not hold, confirmed to PostgreSQL: only
     // a rebuild can bring them back once Redis is restored from it.
     let dump = redis.save()?;
-    let tasks = paced_writers(
-        &stack,
-        &courses,
-        &users[82..],
-        4,
-        "after",
-        Duration::from_millis(20),
-    );
-    let after = order_seen(&stack, "after-dump", users[81], courses[1]).await?;
-    confirmed_past(&stack, after).await?;
+    let tasks = orders_after_dump(&stack, &courses, users[81], &users[82..]).await?;
     assert_eq!(
         marker(&stack).await?.map(|m| m.generation),
         Some(first),
@@ -306,19 +351,8 @@ async fn a_redis_restored_from_an_older_dump_while_streaming_is_rebuilt_exactly(
         "answers marked stale while the generation was rebuilt: {}",
         stale?
     );
-    assert!(now > first, "generation {now} after {first}");
-    assert!(
-        stack
-            .projector_metric("projector_divergences_total")
-            .await?
-            .is_some_and(|n| n >= 1.0),
-        "the restore was detected as a divergence, not hidden"
-    );
-    for t in tasks {
-        t.await??;
-    }
-    assert_views_equal_tables(&stack).await?;
-    assert_orders_equal_tables(&stack, 20).await?;
+    assert_rebuilt_after_a_divergence(&stack, first, now).await?;
+    assert_exact_once_written(&stack, tasks).await?;
     stack.cleanup().await
 }
 
@@ -329,14 +363,7 @@ async fn a_cluster_node_other_than_the_watermarks_restored_from_an_older_dump_is
     let mut stack = Stack::start_with_redis(&cluster.url()).await?;
     let (courses, users) = stack.catalogue(9, 200).await?;
     stack.start_projector().await?;
-    for t in writers(&stack, &courses, &users[..60], 4, "before") {
-        t.await??;
-    }
-    order_seen(&stack, "dumped", users[60], courses[0]).await?;
-    let first = marker(&stack)
-        .await?
-        .context("a live generation")?
-        .generation;
+    let first = orders_before_dump(&stack, &courses, &users[..60], users[60]).await?;
 
     // The node to restore: not the one holding the watermark, but one
     // holding views of this generation.
@@ -356,33 +383,13 @@ async fn a_cluster_node_other_than_the_watermarks_restored_from_an_older_dump_is
         .context("no other node")?;
 
     let dump = cluster.node(victim)?.save()?;
-    let tasks = paced_writers(
-        &stack,
-        &courses,
-        &users[62..],
-        4,
-        "after",
-        Duration::from_millis(20),
-    );
-    let after = order_seen(&stack, "after-dump", users[61], courses[1]).await?;
-    confirmed_past(&stack, after).await?;
+    let tasks = orders_after_dump(&stack, &courses, users[61], &users[62..]).await?;
     cluster.node(victim)?.restart_from(&dump).await?;
     cluster.wait_ok().await?;
 
     let now = rebuilt_from(&stack, first).await?;
-    assert!(now > first, "generation {now} after {first}");
-    assert!(
-        stack
-            .projector_metric("projector_divergences_total")
-            .await?
-            .is_some_and(|n| n >= 1.0),
-        "the restored node was detected, not hidden"
-    );
-    for t in tasks {
-        t.await??;
-    }
-    assert_views_equal_tables(&stack).await?;
-    assert_orders_equal_tables(&stack, 20).await?;
+    assert_rebuilt_after_a_divergence(&stack, first, now).await?;
+    assert_exact_once_written(&stack, tasks).await?;
     stack.cleanup().await
 }
 
@@ -392,10 +399,7 @@ async fn a_redis_restarted_from_a_dump_that_lost_nothing_resumes_without_a_rebui
     let mut stack = Stack::start_with_redis(&redis.url()).await?;
     let (courses, users) = stack.catalogue(4, 160).await?;
     stack.start_projector().await?;
-    let first = marker(&stack)
-        .await?
-        .context("a live generation")?
-        .generation;
+    let first = live_generation(&stack).await?;
     let tasks = paced_writers(
         &stack,
         &courses,
@@ -440,7 +444,6 @@ async fn a_redis_restarted_from_a_dump_that_lost_nothing_resumes_without_a_rebui
             .await?,
         Some(0.0)
     );
-    assert_views_equal_tables(&stack).await?;
-    assert_orders_equal_tables(&stack, 20).await?;
+    assert_views_and_orders_equal_tables(&stack).await?;
     stack.cleanup().await
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use e2e::{
-    exact,
-    fleet::{wait_for_one_active, Instance},
+    exact::{self, assert_views_and_orders_equal_tables},
+    fleet::{kill_all, wait_for_one_active, Instance},
     Stack,
 };
 use reqwest::StatusCode;
@@ -31,20 +31,11 @@ fn order_stream(
     tag: &'static str,
 ) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
     let count = users.len();
-    let mut one = exact::paced_writers(stack, courses, users, 1, tag, Duration::from_millis(5));
-    let writer = one.pop();
+    let writer = exact::paced_writer(stack, courses, users, tag, Duration::from_millis(5));
     tokio::spawn(async move {
-        if let Some(writer) = writer {
-            writer.await??;
-        }
+        writer.await??;
         anyhow::Ok(count)
     })
-}
-
-/// Every course page, ranking, order and some libraries equal the tables.
-async fn assert_views_equal_tables(stack: &Stack) -> anyhow::Result<()> {
-    exact::assert_views_equal_tables(stack).await?;
-    exact::assert_orders_equal_tables(stack, 20).await
 }
 
 /// The live generation, as the marker in Redis says.
@@ -61,11 +52,9 @@ async fn a_second_projector_waits_as_standby_and_takes_over_when_the_active_one_
 ) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (courses, users) = stack.catalogue(4, 150).await?;
-    let mut fleet: Vec<Instance> = ["alpha", "beta", "gamma"]
-        .iter()
-        .map(|name| stack.spawn_instance(name, &[]))
-        .collect::<anyhow::Result<_>>()?;
-    let active = wait_for_one_active(&fleet.iter().collect::<Vec<_>>(), TAKEOVER).await?;
+    let (mut fleet, active) = stack
+        .start_fleet(&["alpha", "beta", "gamma"], &[], TAKEOVER)
+        .await?;
 
     let writer = order_stream(&stack, &courses, &users, "takeover");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -79,14 +68,12 @@ async fn a_second_projector_waits_as_standby_and_takes_over_when_the_active_one_
     let written = writer.await??;
     assert_eq!(written, users.len());
     // Orders written after the kill reach the views through the new active one.
-    assert_views_equal_tables(&stack).await?;
+    assert_views_and_orders_equal_tables(&stack).await?;
     assert!(
         survivors[next].is_active().await,
         "the new active instance stays active"
     );
-    for instance in fleet {
-        instance.kill().await?;
-    }
+    kill_all(fleet).await?;
     stack.cleanup().await
 }
 
@@ -101,12 +88,10 @@ async fn a_paused_active_projector_that_wakes_after_a_takeover_never_regresses_a
         ("PROJECTOR_TAKEOVER_TIMEOUT_SECS", "2"),
         ("PROJECTOR_FLUSH_LINGER_MS", "1000"),
     ];
-    let fleet: Vec<Instance> = ["alpha", "beta"]
-        .iter()
-        .map(|name| stack.spawn_instance(name, &quick))
-        .collect::<anyhow::Result<_>>()?;
+    let (fleet, first) = stack
+        .start_fleet(&["alpha", "beta"], &quick, TAKEOVER)
+        .await?;
     let all: Vec<&Instance> = fleet.iter().collect();
-    let first = wait_for_one_active(&all, TAKEOVER).await?;
     let (paused, other) = (all[first], all[1 - first]);
 
     // Watch every course page and the watermark from now on: nothing may
@@ -157,7 +142,7 @@ async fn a_paused_active_projector_that_wakes_after_a_takeover_never_regresses_a
     writer.await??;
     // The new active one has applied everything since, so whatever the
     // frozen one still holds is older than what Redis has.
-    assert_views_equal_tables(&stack).await?;
+    assert_views_and_orders_equal_tables(&stack).await?;
 
     // It wakes up with whatever it held, finds its session gone, and waits
     // as a standby; more orders meanwhile.
@@ -166,7 +151,7 @@ async fn a_paused_active_projector_that_wakes_after_a_takeover_never_regresses_a
     let which = wait_for_one_active(&[paused, other], TAKEOVER).await?;
     assert_eq!(which, 1, "the instance that took over stays active");
     writer.await??;
-    assert_views_equal_tables(&stack).await?;
+    assert_views_and_orders_equal_tables(&stack).await?;
 
     watching.store(false, Ordering::Relaxed);
     let reads = watcher.await??;
@@ -182,21 +167,15 @@ async fn a_paused_active_projector_that_wakes_after_a_takeover_never_regresses_a
         "the woken instance is a standby:\n{}",
         paused.tail(20)
     );
-    for instance in fleet {
-        instance.kill().await?;
-    }
+    kill_all(fleet).await?;
     stack.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_logs_that_it_waits_once() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let fleet: Vec<Instance> = ["alpha", "beta"]
-        .iter()
-        .map(|name| stack.spawn_instance(name, &[]))
-        .collect::<anyhow::Result<_>>()?;
+    let (fleet, first) = stack.start_fleet(&["alpha", "beta"], &[], TAKEOVER).await?;
     let all: Vec<&Instance> = fleet.iter().collect();
-    let first = wait_for_one_active(&all, TAKEOVER).await?;
     let (active, standby) = (all[first], all[1 - first]);
     // A dozen tries for the lock at least.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -212,20 +191,14 @@ async fn a_standby_logs_that_it_waits_once() -> anyhow::Result<()> {
         "the active one never waited"
     );
     assert!(standby.is_standby().await);
-    for instance in fleet {
-        instance.kill().await?;
-    }
+    kill_all(fleet).await?;
     stack.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projector_status_names_the_active_instance() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let mut fleet: Vec<Instance> = ["alpha", "beta"]
-        .iter()
-        .map(|name| stack.spawn_instance(name, &[]))
-        .collect::<anyhow::Result<_>>()?;
-    let first = wait_for_one_active(&fleet.iter().collect::<Vec<_>>(), TAKEOVER).await?;
+    let (mut fleet, first) = stack.start_fleet(&["alpha", "beta"], &[], TAKEOVER).await?;
 
     let status: serde_json::Value =
         serde_json::from_str(&stack.projector_subcommand(&["status"]).await?)?;
@@ -252,9 +225,7 @@ async fn projector_status_names_the_active_instance() -> anyhow::Result<()> {
         fleet[0].name.as_str(),
         "{status:#}"
     );
-    for instance in fleet {
-        instance.kill().await?;
-    }
+    kill_all(fleet).await?;
     stack.cleanup().await
 }
 
@@ -262,12 +233,8 @@ async fn projector_status_names_the_active_instance() -> anyhow::Result<()> {
 async fn a_rebuild_request_is_carried_out_by_the_active_instance() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (courses, users) = stack.catalogue(3, 30).await?;
-    let fleet: Vec<Instance> = ["alpha", "beta"]
-        .iter()
-        .map(|name| stack.spawn_instance(name, &[]))
-        .collect::<anyhow::Result<_>>()?;
+    let (fleet, first) = stack.start_fleet(&["alpha", "beta"], &[], TAKEOVER).await?;
     let all: Vec<&Instance> = fleet.iter().collect();
-    let first = wait_for_one_active(&all, TAKEOVER).await?;
     let (active, standby) = (all[first], all[1 - first]);
     order_stream(&stack, &courses, &users[..15], "a").await??;
     let before = generation(&stack).await?;
@@ -299,10 +266,8 @@ async fn a_rebuild_request_is_carried_out_by_the_active_instance() -> anyhow::Re
         "restarting its stream, the active instance never called itself a standby"
     );
     assert!(standby.logged("a rebuild was requested").is_empty());
-    assert_views_equal_tables(&stack).await?;
-    for instance in fleet {
-        instance.kill().await?;
-    }
+    assert_views_and_orders_equal_tables(&stack).await?;
+    kill_all(fleet).await?;
     stack.cleanup().await
 }
 
