@@ -314,6 +314,13 @@ fn excerpt(value: &str, other: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Each difference as (field, redis, postgres).
+    fn rows(out: &[Difference]) -> Vec<(&str, &str, &str)> {
+        out.iter()
+            .map(|d| (d.field.as_str(), d.redis.as_str(), d.postgres.as_str()))
+            .collect()
+    }
+
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -341,12 +348,8 @@ mod tests {
             &map(&[("title", "Rust"), ("n", "2")]),
             &map(&[("title", "Go"), ("extra", "1")]),
         );
-        let fields: Vec<_> = out
-            .iter()
-            .map(|d| (d.field.as_str(), d.redis.as_str(), d.postgres.as_str()))
-            .collect();
         assert_eq!(
-            fields,
+            rows(&out),
             [
                 ("agg.extra", "1", "absent"),
                 ("agg.n", "0", "2"),
@@ -389,12 +392,8 @@ mod tests {
             .into_iter()
             .collect();
         let out = library(&BTreeMap::from([(3, 30), (5, 50)]), &got);
-        let fields: Vec<_> = out
-            .iter()
-            .map(|d| (d.field.as_str(), d.redis.as_str(), d.postgres.as_str()))
-            .collect();
         assert_eq!(
-            fields,
+            rows(&out),
             [("library.4", "40", "absent"), ("library.5", "absent", "50")]
         );
         let got = observed::Category {

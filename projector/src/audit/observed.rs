@@ -106,18 +106,9 @@ pub(super) async fn events(
     generation: u64,
     ids: &[i64],
 ) -> anyhow::Result<Vec<Record>> {
-    records(
-        redis,
-        ids,
-        |id| {
-            (
-                keys.event_agg(generation, id),
-                keys.event_view(generation, id),
-            )
-        },
-        Some(keys.events_by_end(generation)),
-    )
-    .await
+    let index = Some(keys.events_by_end(generation));
+    let named: [KeyOf; 2] = [Keys::event_agg, Keys::event_view];
+    records(redis, keys, generation, ids, named, index).await
 }
 
 /// Reads the orders `ids` of `generation`.
@@ -127,35 +118,30 @@ pub(super) async fn orders(
     generation: u64,
     ids: &[i64],
 ) -> anyhow::Result<Vec<Record>> {
-    records(
-        redis,
-        ids,
-        |id| {
-            (
-                keys.order_agg(generation, id),
-                keys.order_view(generation, id),
-            )
-        },
-        None,
-    )
-    .await
+    let named: [KeyOf; 2] = [Keys::order_agg, Keys::order_view];
+    records(redis, keys, generation, ids, named, None).await
 }
 
-/// Reads the records `ids`: each one's aggregate and view (`keys` of an
-/// id) and, given an `index`, its score there.
+/// How a kind names an entity's key: from the generation and the id.
+type KeyOf = fn(&Keys, u64, i64) -> String;
+
+/// Reads the records `ids` of `generation`: each one's aggregate and view
+/// (keys named by `[agg, view]`) and, given an `index`, its score there.
 async fn records(
     redis: &Client,
+    keys: &Keys,
+    generation: u64,
     ids: &[i64],
-    keys: impl Fn(i64) -> (String, String),
+    [agg, view]: [KeyOf; 2],
     index: Option<String>,
 ) -> anyhow::Result<Vec<Record>> {
     let per_record = if index.is_some() { 5 } else { 4 };
     let pipe = redis.pipeline();
     for &id in ids {
-        let (agg, view) = keys(id);
+        let agg = agg(keys, generation, id);
         stamps(&pipe, &agg).await?;
         pipe.hgetall::<(), _>(&agg).await?;
-        pipe.get::<(), _>(view).await?;
+        pipe.get::<(), _>(view(keys, generation, id)).await?;
         if let Some(index) = &index {
             pipe.zscore::<(), _, _>(index, id.to_string()).await?;
         }
