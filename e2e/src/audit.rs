@@ -17,6 +17,19 @@ pub struct AuditRun {
 }
 
 impl AuditRun {
+    /// Itself when it exited 0 (nothing differs); else an error showing
+    /// what it printed.
+    pub fn ensure_clean(self) -> Result<Self> {
+        anyhow::ensure!(
+            self.status == Some(0),
+            "the audit exited {:?}:\n{}\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        Ok(self)
+    }
+
     /// The audit's own findings (not those after a repair), as
     /// (entity, field) pairs: `("course 12", "view.title")`.
     pub fn mismatches(&self) -> Vec<(String, String)> {

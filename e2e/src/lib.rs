@@ -115,6 +115,31 @@ impl Answer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
+
+    /// Itself when its status is `status`; else an error showing the body.
+    pub fn ensure_status(self, status: StatusCode) -> Result<Self> {
+        if self.status != status {
+            bail!(
+                "expected {status}, got {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.raw)
+            );
+        }
+        Ok(self)
+    }
+
+    /// The id of the resource a 201 created; else an error showing the body.
+    pub fn created_id(self) -> Result<i64> {
+        self.ensure_status(StatusCode::CREATED)?.body["id"]
+            .as_i64()
+            .context("no id in the created resource")
+    }
+}
+
+/// The query API's path reading the cards of `ids`, in that order.
+pub fn cards_path(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("/v1/courses?ids={}", ids.join(","))
 }
 
 /// Whom the programs connect to PostgreSQL as; `None` is the administrative
@@ -460,7 +485,7 @@ impl Stack {
                 &serde_json::json!({"email": email, "name": "Test User", "company": company}),
             )
             .await?;
-        created_id(&a)
+        a.created_id()
     }
 
     /// Creates a course; returns its id.
@@ -474,7 +499,7 @@ impl Stack {
                 }),
             )
             .await?;
-        created_id(&a)
+        a.created_id()
     }
 
     /// `courses` small courses and `users` users, most of them naming one of
@@ -557,30 +582,38 @@ impl Drop for Stack {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
-        let (db, slot, prefix, redis_url) = (
+        cleanup_resources_from_drop(
             self.db_name.clone(),
             self.slot.clone(),
             self.prefix.clone(),
             self.redis_url.clone(),
         );
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            let _ = rt.block_on(async move {
-                let target: views::RedisUrl = redis_url.parse()?;
-                if let Ok(redis) = Builder::from_config(target.config()).build() {
-                    redis.init().await?;
-                    cleanup_resources(&db, &slot, &prefix, &redis).await?;
-                }
-                anyhow::Ok(())
-            });
-        })
-        .join();
     }
+}
+
+/// [`cleanup_resources`] for a `Drop`, which cannot await: on a thread with
+/// a runtime of its own, waited for; errors are ignored (best effort).
+pub(crate) fn cleanup_resources_from_drop(
+    db: String,
+    slot: String,
+    prefix: String,
+    redis_url: String,
+) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let _ = rt.block_on(async move {
+            let target: views::RedisUrl = redis_url.parse()?;
+            let redis = Builder::from_config(target.config()).build()?;
+            redis.init().await?;
+            cleanup_resources(&db, &slot, &prefix, &redis).await
+        });
+    })
+    .join();
 }
 
 pub(crate) async fn cleanup_resources(
@@ -619,19 +652,6 @@ pub(crate) async fn cleanup_resources(
 async fn delete_prefix(redis: &Client, prefix: &str) -> Result<()> {
     views::delete_matching(redis, &format!("{prefix}:*"), |_| false).await?;
     Ok(())
-}
-
-fn created_id(a: &Answer) -> Result<i64> {
-    if a.status != StatusCode::CREATED {
-        bail!(
-            "expected 201, got {} {}",
-            a.status,
-            String::from_utf8_lossy(&a.raw)
-        );
-    }
-    a.body["id"]
-        .as_i64()
-        .context("no id in the created resource")
 }
 
 /// The projector binary, never a stale one: `PROJECTOR_BIN` if set (used

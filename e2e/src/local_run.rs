@@ -229,22 +229,12 @@ impl Drop for LocalRun {
         if !group_processes(self.pid()).is_empty() {
             let _ = send("KILL", &format!("-{}", self.pid()));
         }
-        let (db, slot, prefix) = (self.db_name.clone(), self.slot.clone(), self.prefix.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            let _ = rt.block_on(async move {
-                let target: views::RedisUrl = redis_url().parse()?;
-                let redis = fred::prelude::Builder::from_config(target.config()).build()?;
-                fred::prelude::ClientLike::init(&redis).await?;
-                crate::cleanup_resources(&db, &slot, &prefix, &redis).await
-            });
-        })
-        .join();
+        crate::cleanup_resources_from_drop(
+            self.db_name.clone(),
+            self.slot.clone(),
+            self.prefix.clone(),
+            redis_url(),
+        );
     }
 }
 

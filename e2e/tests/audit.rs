@@ -47,14 +47,8 @@ async fn shop(stack: &Stack, tag: &str) -> anyhow::Result<(Vec<i64>, Vec<i64>)> 
                 "category": "design", "instructor": "Lee", "price_krw": 30_000,
             }),
         )
-        .await?;
-    assert_eq!(
-        design.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&design.raw)
-    );
-    let design = design.body["id"].as_i64().unwrap_or_default();
+        .await?
+        .created_id()?;
     let event = stack
         .post(
             "/v1/events",
@@ -64,14 +58,8 @@ async fn shop(stack: &Stack, tag: &str) -> anyhow::Result<(Vec<i64>, Vec<i64>)> 
                 "courses": [{"course_id": courses[0], "seat_limit": 3}, {"course_id": design}],
             }),
         )
-        .await?;
-    assert_eq!(
-        event.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&event.raw)
-    );
-    let event = event.body["id"].as_i64().unwrap_or_default();
+        .await?
+        .created_id()?;
     for (n, user) in users.iter().enumerate() {
         let body = if n % 2 == 0 {
             json!({"user_id": user, "course_ids": [courses[0], design], "event_id": event})
@@ -185,8 +173,7 @@ async fn the_audit_of_a_freshly_projected_stack_is_clean() -> anyhow::Result<()>
         })
         .collect();
     for _ in 0..3 {
-        let audit = stack.audit(&[]).await?;
-        assert_eq!(audit.status, Some(0), "{}\n{}", audit.stdout, audit.stderr);
+        let audit = stack.audit(&[]).await?.ensure_clean()?;
         assert!(audit.mismatches().is_empty(), "{}", audit.stdout);
         assert!(audit.stdout.contains("result: clean"), "{}", audit.stdout);
         for (kind, at_least) in [
@@ -209,8 +196,7 @@ async fn the_audit_of_a_freshly_projected_stack_is_clean() -> anyhow::Result<()>
 
     // Quiet again: still clean.
     projected(&stack).await?;
-    let again = stack.audit(&[]).await?;
-    assert_eq!(again.status, Some(0), "{}\n{}", again.stdout, again.stderr);
+    stack.audit(&[]).await?.ensure_clean()?;
     stack.cleanup().await
 }
 
@@ -303,8 +289,7 @@ async fn the_audit_finds_exactly_a_changed_view_and_a_changed_count_and_repair_m
         repair.stdout
     );
 
-    let after = stack.audit(&[]).await?;
-    assert_eq!(after.status, Some(0), "{}\n{}", after.stdout, after.stderr);
+    stack.audit(&[]).await?.ensure_clean()?;
     let page = stack.get(&format!("/v1/courses/{titled}")).await?;
     assert_eq!(page.body["title"], title.as_str());
 
@@ -312,13 +297,8 @@ async fn the_audit_finds_exactly_a_changed_view_and_a_changed_count_and_repair_m
     let buyer = stack.user("later@example.com", Some("Acme")).await?;
     let order = stack
         .order("later", &json!({"user_id": buyer, "course_ids": [counted]}))
-        .await?;
-    assert_eq!(
-        order.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&order.raw)
-    );
+        .await?
+        .ensure_status(StatusCode::CREATED)?;
     let page = stack
         .get_fresh(
             &format!("/v1/courses/{counted}"),
@@ -328,8 +308,7 @@ async fn the_audit_finds_exactly_a_changed_view_and_a_changed_count_and_repair_m
     assert_eq!(page.body["student_count"], students + 1);
     let count: String = stack.redis.hget(&agg_key, "n").await?;
     assert_eq!(count, (students + 1).to_string());
-    let last = stack.audit(&[]).await?;
-    assert_eq!(last.status, Some(0), "{}\n{}", last.stdout, last.stderr);
+    stack.audit(&[]).await?.ensure_clean()?;
     stack.cleanup().await
 }
 
@@ -537,8 +516,7 @@ async fn a_sampled_audit_checks_at_most_n_entities_per_kind_and_no_generation_is
 
     stack.start_projector().await?;
     projected(&stack).await?;
-    let audit = stack.audit(&["--sample", "2"]).await?;
-    assert_eq!(audit.status, Some(0), "{}\n{}", audit.stdout, audit.stderr);
+    let audit = stack.audit(&["--sample", "2"]).await?.ensure_clean()?;
     assert!(
         audit.stdout.contains("sample of at most 2 per kind"),
         "{}",

@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use e2e::{redis_server::RedisCluster, Answer, Stack};
+use anyhow::{Context, Result};
+use e2e::{cards_path, redis_server::RedisCluster, Answer, Stack};
 use fred::interfaces::KeysInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value as Json};
@@ -30,17 +30,6 @@ fn card_ids(a: &Answer) -> Vec<i64> {
         .as_array()
         .map(|cards| cards.iter().filter_map(|c| c["id"].as_i64()).collect())
         .unwrap_or_default()
-}
-
-fn created(a: Answer) -> Result<i64> {
-    if a.status != StatusCode::CREATED {
-        bail!(
-            "expected 201: {} {}",
-            a.status,
-            String::from_utf8_lossy(&a.raw)
-        );
-    }
-    a.body["id"].as_i64().context("no id")
 }
 
 /// Places order number `i`.
@@ -94,47 +83,44 @@ async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster
         } else {
             format!("<p>course {i}</p>")
         };
-        let id = created(
-            stack
-                .post(
-                    "/v1/courses",
-                    &json!({
-                        "title": format!("Course {i}"), "summary": "s", "description_html": html,
-                        "category": category, "instructor": "Park", "price_krw": 10_000,
-                    }),
-                )
-                .await?,
-        )?;
-        courses.push(id);
-    }
-    let event = created(
-        stack
+        let id = stack
             .post(
-                "/v1/events",
+                "/v1/courses",
                 &json!({
-                    "name": "Cluster sale",
-                    "starts_at": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339(),
-                    "ends_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
-                    "discount_percent": 50,
-                    "courses": [{"course_id": courses[1], "seat_limit": 10}, {"course_id": courses[2]}],
+                    "title": format!("Course {i}"), "summary": "s", "description_html": html,
+                    "category": category, "instructor": "Park", "price_krw": 10_000,
                 }),
             )
-            .await?,
-    )?;
+            .await?
+            .created_id()?;
+        courses.push(id);
+    }
+    let event = stack
+        .post(
+            "/v1/events",
+            &json!({
+                "name": "Cluster sale",
+                "starts_at": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339(),
+                "ends_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+                "discount_percent": 50,
+                "courses": [{"course_id": courses[1], "seat_limit": 10}, {"course_id": courses[2]}],
+            }),
+        )
+        .await?
+        .created_id()?;
     let companies = [Some("Acme"), Some("Acme"), Some("Globex"), None];
     let mut users = Vec::new();
     for (i, company) in companies.iter().enumerate() {
         users.push(stack.user(&format!("c{i}@example.com"), *company).await?);
     }
     for (i, &user) in users.iter().enumerate().take(2) {
-        created(
-            buy(
-                &stack,
-                i,
-                json!({"user_id": user, "course_ids": [courses[0], courses[3]]}),
-            )
-            .await?,
-        )?;
+        buy(
+            &stack,
+            i,
+            json!({"user_id": user, "course_ids": [courses[0], courses[3]]}),
+        )
+        .await?
+        .created_id()?;
     }
 
     // A primary that could evict views keeps the projector from starting,
@@ -150,14 +136,13 @@ async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster
     stack.wait_projector_ready(Duration::from_secs(30)).await?;
 
     // Orders after the build arrive by streaming.
-    created(
-        buy(
-            &stack,
-            2,
-            json!({"user_id": users[2], "course_ids": [courses[0], courses[1]], "event_id": event}),
-        )
-        .await?,
-    )?;
+    buy(
+        &stack,
+        2,
+        json!({"user_id": users[2], "course_ids": [courses[0], courses[1]], "event_id": event}),
+    )
+    .await?
+    .created_id()?;
     let last_order = buy(
         &stack,
         3,
@@ -165,7 +150,7 @@ async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster
     )
     .await?;
     let lsn = last_order.header("x-commit-lsn").to_owned();
-    let order_id = created(last_order)?;
+    let order_id = last_order.created_id()?;
 
     // A course page with its exact count and company tallies.
     let page = ok(
@@ -214,17 +199,12 @@ async fn views_are_built_served_and_rebuilt_across_a_three_primary_redis_cluster
         "the cart's cards lie on several nodes: {holders:?}"
     );
     let missing = courses[8] + 1000;
-    let ids: Vec<String> = courses
+    let asked: Vec<i64> = courses
         .iter()
         .chain([&missing, &courses[0]])
-        .map(i64::to_string)
+        .copied()
         .collect();
-    let cart = ok(
-        stack
-            .get_fresh(&format!("/v1/courses?ids={}", ids.join(",")), &lsn)
-            .await?,
-        "cart",
-    );
+    let cart = ok(stack.get_fresh(&cards_path(&asked), &lsn).await?, "cart");
     let mut expected = courses.clone();
     expected.push(courses[0]);
     assert_eq!(card_ids(&cart), expected);

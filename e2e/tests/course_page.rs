@@ -168,13 +168,8 @@ async fn a_course_page_shows_its_large_description_and_the_exact_student_count(
                 .patch(format!("{}/v1/courses/{course}", stack.command))
                 .json(&json!({"title": "Rust in production, 2nd ed."})),
         )
-        .await?;
-    assert_eq!(
-        patch.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&patch.raw)
-    );
+        .await?
+        .ensure_status(StatusCode::OK)?;
     let renamed = stack
         .get_fresh(
             &format!("/v1/courses/{course}"),

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
-use e2e::{Answer, Stack};
+use e2e::{cards_path, Answer, Stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value as Json};
 use tokio::{
@@ -59,13 +59,7 @@ async fn course_in(
             }),
         )
         .await?;
-    assert_eq!(
-        a.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&a.raw)
-    );
-    Ok(a.body["id"].as_i64().expect("course id"))
+    a.created_id()
 }
 
 /// Places an order; returns the answer (201 asserted).
@@ -142,8 +136,7 @@ async fn a_hundred_and_twenty_five_cards_cost_one_round_trip_to_redis() -> anyho
     }
     let lsn = stack.current_lsn().await?;
     stack.start_projector().await?;
-    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let path = format!("/v1/courses?ids={list}");
+    let path = cards_path(&ids);
     let fresh = ok(stack.get_fresh(&path, &lsn).await?, "fresh");
     assert_eq!(card_ids(&fresh), ids);
 
@@ -543,7 +536,7 @@ async fn an_event_page_shows_its_sale_price_and_seats_left_while_it_runs() -> an
     let open = stack.course("Open seats", "<p>o</p>", 20_000).await?;
     let outside = stack.course("Not on sale", "<p>n</p>", 5_000).await?;
     let (hour_ago, in_an_hour) = (rfc3339_from_now(-3600), rfc3339_from_now(3600));
-    let running = stack
+    let event = stack
         .post(
             "/v1/events",
             &json!({
@@ -552,14 +545,8 @@ async fn an_event_page_shows_its_sale_price_and_seats_left_while_it_runs() -> an
                 "courses": [{"course_id": limited, "seat_limit": 2}, {"course_id": open}],
             }),
         )
-        .await?;
-    assert_eq!(
-        running.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&running.raw)
-    );
-    let event = running.body["id"].as_i64().expect("event id");
+        .await?
+        .created_id()?;
     let (tomorrow, later) = (rfc3339_from_now(86_400), rfc3339_from_now(2 * 86_400));
     let upcoming = stack
         .post(
@@ -569,14 +556,8 @@ async fn an_event_page_shows_its_sale_price_and_seats_left_while_it_runs() -> an
                 "discount_percent": 90, "courses": [{"course_id": open}],
             }),
         )
-        .await?;
-    assert_eq!(
-        upcoming.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&upcoming.raw)
-    );
-    let upcoming = upcoming.body["id"].as_i64().expect("event id");
+        .await?
+        .created_id()?;
     let user = stack.user("early@example.com", None).await?;
     let order = buy(
         &stack,
@@ -708,13 +689,8 @@ async fn an_event_of_a_thousand_courses_streamed_in_one_transaction_lists_them_a
                 "courses": courses.iter().map(|c| json!({"course_id": c})).collect::<Vec<_>>(),
             }),
         )
-        .await?;
-    assert_eq!(
-        created.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&created.raw)
-    );
+        .await?
+        .ensure_status(StatusCode::CREATED)?;
     let event = created.body["id"].as_i64().expect("event id");
     let page = ok(
         stack
@@ -870,17 +846,7 @@ async fn concurrent_reads_of_different_courses_are_gathered_into_one_mget() -> a
     }
     let lsn = stack.current_lsn().await?;
     stack.start_projector().await?;
-    let ids = courses
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    ok(
-        stack
-            .get_fresh(&format!("/v1/courses?ids={ids}"), &lsn)
-            .await?,
-        "fresh",
-    );
+    ok(stack.get_fresh(&cards_path(&courses), &lsn).await?, "fresh");
 
     const DELAY: Duration = Duration::from_millis(300);
     let warm_up = format!("/v1/courses/{}", courses[0]);

@@ -1,7 +1,7 @@
 //! Views built from the initial snapshot say, as their `lsn`, the slot's
 //! consistent point (SPEC: never `0/0`), and a later change moves it on.
 
-use e2e::Stack;
+use e2e::{cards_path, Stack};
 use fred::interfaces::KeysInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value as Json};
@@ -49,18 +49,13 @@ async fn views_built_from_the_snapshot_carry_its_consistent_point_and_a_later_ch
     let before_build: Lsn = stack.current_lsn().await?.parse()?;
 
     stack.start_projector().await?;
-    let ids = courses
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
     let mut seen = Vec::new();
     for course in &courses {
         let page = stack.get(&format!("/v1/courses/{course}")).await?;
         assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
         seen.push((format!("course {course}"), lsn_of("a course", &page.body)?));
     }
-    let cart = stack.get(&format!("/v1/courses?ids={ids}")).await?;
+    let cart = stack.get(&cards_path(&courses)).await?;
     for card in cart.body["courses"].as_array().into_iter().flatten() {
         seen.push((format!("card {}", card["id"]), lsn_of("a card", card)?));
     }
