@@ -371,3 +371,61 @@ async fn a_new_table_in_the_publication_is_ignored_with_one_info_line() -> Resul
     projector.kill().await?;
     stack.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projected_table_taken_out_of_the_publication_while_streaming_halts_and_comes_back_with_a_rebuild(
+) -> Result<()> {
+    let (stack, projector, courses, users) = streaming_stack().await?;
+    stack
+        .pg
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} DROP TABLE enrollments",
+            stack.publication
+        ))
+        .await?;
+    // Its rows no longer stream: an order now would be missed by the views.
+    let missed = stack
+        .order(
+            "while-unpublished",
+            &json!({"user_id": users[1], "course_ids": [courses[1]]}),
+        )
+        .await?;
+    let written: Lsn = missed.header("x-commit-lsn").parse()?;
+    until("halted", Duration::from_secs(30), || async {
+        Ok(metric(&projector, "projector_halted").await? == 1.0)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let errors = logged(&projector, "ERROR", "");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0]["fields"]["table"], "enrollments");
+    assert_eq!(projector.ready().await?.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(metric(&projector, "projector_failures_total").await?, 0.0);
+
+    // Put back, the table is followed again through a rebuild, so the order
+    // written while it was out is counted.
+    stack
+        .pg
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE enrollments",
+            stack.publication
+        ))
+        .await?;
+    projector_rebuild(&stack).await?;
+    until(
+        "ready after the rebuild",
+        Duration::from_secs(60),
+        || async { Ok(projector.ready().await?.0 == StatusCode::OK) },
+    )
+    .await?;
+    let page = stack
+        .get_fresh(&format!("/v1/courses/{}", courses[1]), &written.to_string())
+        .await?;
+    assert_eq!(
+        page.body["student_count"], 1,
+        "the missed enrollment is counted"
+    );
+    assert_eq!(metric(&projector, "projector_halted").await?, 0.0);
+    projector.kill().await?;
+    stack.cleanup().await
+}

@@ -214,6 +214,7 @@ async fn cycle(
             pg: pg.clone(),
             sink: sink.clone(),
             slot: config.slot.clone(),
+            publication: config.publication.clone(),
             heartbeat: config.heartbeat(),
             metrics: metrics.clone(),
             generation,

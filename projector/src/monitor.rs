@@ -16,6 +16,7 @@ use views::GenerationMarker;
 use crate::{
     divergence::{Baseline, Verdict},
     metrics::Metrics,
+    schema,
     sink::Sink,
     source::{self, SlotStatus},
     startup::unix_ms,
@@ -28,6 +29,8 @@ pub struct Monitor {
     pub pg: Arc<tokio_postgres::Client>,
     pub sink: Sink,
     pub slot: String,
+    /// The publication, checked for a projected table taken out of it.
+    pub publication: String,
     pub heartbeat: Duration,
     pub metrics: Arc<Metrics>,
     /// The generation the stream writes.
@@ -48,6 +51,7 @@ impl Monitor {
             pg,
             sink,
             slot,
+            publication,
             heartbeat,
             metrics,
             generation,
@@ -80,6 +84,12 @@ impl Monitor {
                         }
                     }
                     wal::check(&pg, &metrics).await;
+                    // pgoutput just stops sending a table taken out of the
+                    // publication: restart, and the start halts on it.
+                    if let Ok(Some(problem)) = schema::check_publication(&pg, &publication).await {
+                        tracing::warn!(%problem, "a projected table left the publication; stopping the stream");
+                        let _ = lost.send(true);
+                    }
                     let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
                     metrics.redis_up.store(up, Relaxed);
                 }
