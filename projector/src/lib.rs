@@ -171,7 +171,7 @@ async fn cycle(
     let pg = Arc::new(source::connect(&config.database_url).await?);
     metrics.postgres_up.store(true, Relaxed);
     source::ensure_publication(&pg, &config.publication).await?;
-    wal::check(&pg, metrics).await;
+    wal::check(&pg, &metrics.wal).await;
 
     if let Some(problem) = schema::check_publication(&pg, &config.publication).await? {
         return Ok(pipeline::Stopped::Halted(problem));

@@ -83,7 +83,7 @@ impl Monitor {
                             tracing::warn!(error = %err, "postgres statistics query failed");
                         }
                     }
-                    wal::check(&pg, &metrics).await;
+                    wal::check(&pg, &metrics.wal).await;
                     // pgoutput just stops sending a table taken out of the
                     // publication: restart, and the start halts on it.
                     if let Ok(Some(problem)) = schema::check_publication(&pg, &publication).await {

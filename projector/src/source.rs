@@ -5,7 +5,11 @@
 //! it, and streaming starts at the slot's consistent point (nothing missed,
 //! nothing twice).
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
 use anyhow::Context;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
@@ -237,7 +241,7 @@ pub async fn create_slot_and_build(
     config: &Config,
     sink: &Sink,
     generation: u64,
-    metrics: &crate::metrics::Metrics,
+    rows_read: &AtomicU64,
 ) -> anyhow::Result<Lsn> {
     let rows = repl
         .simple_query(&format!(
@@ -264,7 +268,7 @@ pub async fn create_slot_and_build(
         generation,
         &snapshot,
         consistent_point,
-        metrics,
+        rows_read,
     )
     .await?;
     Ok(consistent_point)
@@ -276,7 +280,7 @@ async fn build_from_snapshot(
     generation: u64,
     snapshot: &str,
     consistent_point: Lsn,
-    metrics: &crate::metrics::Metrics,
+    rows_read: &AtomicU64,
 ) -> anyhow::Result<()> {
     let mut pg = connect(&config.database_url).await?;
     let tx = pg
@@ -305,7 +309,7 @@ async fn build_from_snapshot(
         started: std::time::Instant::now(),
         last_log: std::time::Instant::now(),
         terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        metrics,
+        rows_read,
     };
     for scan in Scan::ALL {
         build
@@ -348,7 +352,8 @@ struct SnapshotBuild<'a> {
     last_log: std::time::Instant,
     /// Standard error is a terminal: draw a progress line.
     terminal: bool,
-    metrics: &'a crate::metrics::Metrics,
+    /// Rows read so far, exported as `projector_snapshot_rows`.
+    rows_read: &'a AtomicU64,
 }
 
 impl SnapshotBuild<'_> {
@@ -393,9 +398,7 @@ impl SnapshotBuild<'_> {
         }
         self.sink.apply(self.generation, &self.batch).await?;
         self.batch = Self::batch(self.consistent_point);
-        self.metrics
-            .snapshot_rows
-            .store(self.rows, std::sync::atomic::Ordering::Relaxed);
+        self.rows_read.store(self.rows, Relaxed);
         self.progress();
         Ok(())
     }

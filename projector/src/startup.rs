@@ -296,7 +296,8 @@ async fn rebuild(
         None => None,
     };
     let consistent_point =
-        source::create_slot_and_build(&mut repl, config, sink, generation, metrics).await?;
+        source::create_slot_and_build(&mut repl, config, sink, generation, &metrics.snapshot_rows)
+            .await?;
     sink.set_watermark(generation, consistent_point).await?;
     let schema = config.view_schema_version;
     let now = unix_ms();

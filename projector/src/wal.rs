@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use crate::{metrics::Metrics, source::SlotStatus};
+use crate::source::SlotStatus;
 
 /// `max_slot_wal_keep_size`: how much WAL a slot may hold back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +106,10 @@ pub async fn keep_size(pg: &tokio_postgres::Client) -> anyhow::Result<(String, O
 
 /// Reads the setting into the metrics, warning when nothing bounds the WAL
 /// the slot keeps. Best effort: a failed read only leaves the metric as it was.
-pub async fn check(pg: &tokio_postgres::Client, metrics: &Metrics) {
+pub async fn check(pg: &tokio_postgres::Client, gauges: &WalGauges) {
     match keep_size(pg).await {
         Ok((_, Some(keep))) => {
-            if metrics.wal.set_keep(keep) {
+            if gauges.set_keep(keep) {
                 tracing::warn!(
                     "max_slot_wal_keep_size is -1 (unlimited): while the projector is stopped \
                      or behind, its slot keeps every WAL segment and can fill the server's disk; \
