@@ -72,9 +72,9 @@ fn max_wait_ms(raw: &str) -> Option<u64> {
 /// Redis itself (`cached` false: an in-process copy may lag) and its answer
 /// counts once the watermark read with it reaches the token: one round trip
 /// when it already has (the common case). A token past the last watermark
-/// seen (a write just made) is waited for by polling the watermark alone,
-/// shared by every waiting read, then read; `NotYetProjected` when the wait
-/// is over.
+/// seen (a write just made) is waited for on the process's one watermark
+/// poll, shared by every waiting read, then read; `NotYetProjected` when the
+/// wait is over.
 pub(crate) async fn at_least<T, F, Fut>(
     store: &Store,
     min: Option<MinLsn>,
@@ -87,18 +87,11 @@ where
     let Some(min) = min else {
         return read(true).await;
     };
-    let mut poll = store.last_seen_lsn().is_some_and(|seen| seen < min.lsn);
+    let mut wait = store.last_seen_lsn().is_some_and(|seen| seen < min.lsn);
     loop {
-        while poll {
+        if wait {
             // Boxed: a rare wait, kept out of every read's future.
-            let projected = Box::pin(store.projection_lsn()).await?;
-            if projected >= min.lsn {
-                poll = false;
-            } else if tokio::time::Instant::now() >= min.deadline {
-                return Err(StoreError::NotYetProjected(projected));
-            } else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            Box::pin(reached(store, min)).await?;
         }
         let (projection, value) = read(false).await?;
         if projection.watermark.lsn >= min.lsn {
@@ -107,7 +100,42 @@ where
         if tokio::time::Instant::now() >= min.deadline {
             return Err(StoreError::NotYetProjected(projection.watermark.lsn));
         }
-        poll = true;
+        wait = true;
+    }
+}
+
+/// Returns once the shared poll reads a watermark at the token, or
+/// `NotYetProjected` at the deadline. A poll made before the call counts
+/// only if it reaches the token; else one made after is awaited, deadline
+/// or not, so even a wait of 0 looks at Redis once.
+async fn reached(store: &Store, min: MinLsn) -> Result<(), StoreError> {
+    let mut polls = store.watch_watermark()?;
+    let earlier = *polls.borrow_and_update();
+    if matches!(earlier, Some(Ok(lsn)) if lsn >= min.lsn) {
+        return Ok(());
+    }
+    let mut projected = None;
+    loop {
+        let changed = match projected {
+            None => polls.changed().await,
+            Some(lsn) => tokio::time::timeout_at(min.deadline, polls.changed())
+                .await
+                .map_err(|_| StoreError::NotYetProjected(lsn))?,
+        };
+        // The poller runs while a receiver is held: gone, it was torn down.
+        changed.map_err(|_| StoreError::Unavailable)?;
+        let polled = *polls.borrow_and_update();
+        match polled {
+            Some(Ok(lsn)) if lsn >= min.lsn => return Ok(()),
+            Some(Ok(lsn)) => projected = Some(lsn),
+            Some(Err(err)) => return Err(err),
+            None => {}
+        }
+        if let Some(lsn) = projected {
+            if tokio::time::Instant::now() >= min.deadline {
+                return Err(StoreError::NotYetProjected(lsn));
+            }
+        }
     }
 }
 

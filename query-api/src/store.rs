@@ -43,6 +43,7 @@ use crate::{
 mod generation;
 mod list;
 mod pipeline;
+mod poll;
 
 pub use list::{List, ListPage, Page, Sort};
 
@@ -121,6 +122,8 @@ pub struct Store {
     /// In cluster mode, the freshest watermark read by a completed round
     /// trip: what a read reports (see the module's documentation).
     floor: Arc<ArcSwapOption<Floor>>,
+    /// The watermark poll shared by reads waiting for a token.
+    poll: Arc<poll::WatermarkPoll>,
 }
 
 /// A course's page as Redis holds it, and its stats' JSON.
@@ -184,6 +187,7 @@ impl Store {
             inflight: Arc::new(Mutex::new(HashMap::new())),
             parsed: Arc::new(Parsed::new(schema)),
             floor: Arc::default(),
+            poll: Arc::default(),
             metrics,
         })
     }
@@ -246,6 +250,14 @@ impl Store {
     pub async fn projection_lsn(&self) -> Result<Lsn, StoreError> {
         let live = self.live().await?.ok_or(StoreError::Rebuilding)?;
         Ok(self.read_floor(live.generation).await?.watermark.lsn)
+    }
+
+    /// The live generation's watermark as the process-wide poller reads it
+    /// (see [`poll`]), polled for as long as the receiver is held.
+    pub(crate) fn watch_watermark(
+        &self,
+    ) -> Result<tokio::sync::watch::Receiver<poll::Polled>, StoreError> {
+        self.poll.subscribe(self)
     }
 
     /// Reads the watermark of `generation` on its own and raises the floor
