@@ -3,12 +3,14 @@
 //! probes, the `/metrics` answer, binding and graceful shutdown.
 
 mod exposition;
+mod limits;
 mod logs;
 mod request_id;
 mod requests;
 mod server;
 
 pub use exposition::Metrics;
+pub use limits::{parse_duration, ConnectionLimits};
 pub use logs::{LogArgs, LogFormat};
 /// The handles of the metrics library the programs record with.
 pub use metrics::{Counter, Gauge, Histogram};
