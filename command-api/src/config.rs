@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_CONCURRENCY_LIMIT", default_value_t = DEFAULT_CONCURRENCY_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency_limit: u32,
 
+    /// How long a client may take to send a request's body, read before the request takes a concurrency slot (e.g. 5s).
+    #[arg(long, env = "COMMAND_API_BODY_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
     /// Largest accepted request body in bytes; larger bodies are answered 413.
     #[arg(long, env = "COMMAND_API_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_limit_bytes: u64,
@@ -57,6 +61,9 @@ pub struct Config {
     /// How often expired idempotency keys are deleted, in small batches (e.g. 5m).
     #[arg(long, env = "COMMAND_API_IDEMPOTENCY_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub idempotency_sweep_interval: Duration,
+
+    #[command(flatten)]
+    pub connections: service::ConnectionLimits,
 }
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -77,9 +84,11 @@ impl Config {
             db_statement_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             concurrency_limit: DEFAULT_CONCURRENCY_LIMIT,
+            body_read_timeout: Duration::from_secs(5),
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             idempotency_key_ttl: KEY_TTL_MIN,
             idempotency_sweep_interval: Duration::from_secs(5 * 60),
+            connections: service::ConnectionLimits::default(),
         }
     }
 
@@ -157,6 +166,8 @@ mod tests {
         assert_eq!(parsed.request_timeout, for_tests.request_timeout);
         assert_eq!(parsed.concurrency_limit, for_tests.concurrency_limit);
         assert_eq!(parsed.body_limit_bytes, for_tests.body_limit_bytes);
+        assert_eq!(parsed.body_read_timeout, for_tests.body_read_timeout);
+        assert_eq!(parsed.connections, for_tests.connections);
         assert_eq!(parsed.addr, for_tests.addr);
         assert_eq!(parsed.idempotency_key_ttl, for_tests.idempotency_key_ttl);
         assert_eq!(

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (what runs when no subcommand is given).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Apply the database migrations, then exit.
     Migrate(MigrateArgs),
 }
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("migrations applied");
                 Ok(())
             }
-            Some(Command::Serve(config)) => serve(config).await,
+            Some(Command::Serve(config)) => serve(*config).await,
             None => serve(cli.serve).await,
         }
     })

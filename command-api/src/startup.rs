@@ -30,7 +30,8 @@ impl Application {
         let pool = crate::db::pool(&config).context("invalid database url")?;
         let server = Server::bind(config.addr)
             .await
-            .with_context(|| format!("cannot listen on {}", config.addr))?;
+            .with_context(|| format!("cannot listen on {}", config.addr))?
+            .with_limits(config.connections.clone());
         let admin_token = config.admin_token().map(Arc::from);
         if admin_token.is_none() {
             tracing::warn!("no admin token set: back-office writes are open (development mode)");

@@ -126,6 +126,10 @@ pub struct Config {
     /// Entities per kind the daemon's audit samples each time (0: every entity).
     #[arg(long, env = "PROJECTOR_AUDIT_SAMPLE", default_value_t = 100)]
     pub audit_sample: u32,
+
+    /// Header-read and idle timeouts and the connection cap of the ops listener.
+    #[command(flatten)]
+    pub connections: service::ConnectionLimits,
 }
 
 impl Config {

@@ -55,7 +55,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let server = service::Server::bind(config.addr)
         .await
-        .with_context(|| format!("binding {}", config.addr))?;
+        .with_context(|| format!("binding {}", config.addr))?
+        .with_limits(config.connections.clone());
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {

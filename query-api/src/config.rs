@@ -63,6 +63,10 @@ pub struct Config {
     /// Log format (`RUST_LOG` picks what is logged).
     #[command(flatten)]
     pub log: service::LogArgs,
+
+    /// Header-read and idle timeouts and the connection cap of the listener.
+    #[command(flatten)]
+    pub connections: service::ConnectionLimits,
 }
 
 impl Config {

@@ -70,7 +70,9 @@ impl Application {
         )
         .await?;
         let warm = (store.warm().clone(), config.prewarm_refresh());
-        let server = Server::bind(config.addr).await?;
+        let server = Server::bind(config.addr)
+            .await?
+            .with_limits(config.connections.clone());
         if config.admin_token.is_none() {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
