@@ -4,6 +4,7 @@
 //! Tests and an all-in-one binary start it in-process with [`Application`].
 
 mod auth;
+mod body;
 mod catalogue;
 mod checkout;
 mod config;

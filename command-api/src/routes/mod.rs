@@ -26,6 +26,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::body::BodyRead;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -87,7 +88,16 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
                 .ids(MakeRequestUuid),
         )
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        // The body is read here, outside the concurrency budget: a client
+        // slow to send it holds no slot while it does.
+        .layer(axum::middleware::from_fn_with_state(
+            BodyRead {
+                limit: config.body_limit_bytes,
+                timeout: config.body_read_timeout,
+            },
+            crate::body::read_first,
+        ));
     Ok(routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
