@@ -11,4 +11,5 @@ mod large_carts;
 mod orders;
 mod overload;
 mod seats;
+mod slow_clients;
 mod users;
