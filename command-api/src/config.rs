@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use service::parse_duration;
+
 /// Every setting of `command-api`: a flag, its environment twin and a default.
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -100,29 +102,6 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m` or `24h` (a bare number is seconds); zero is refused.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 2s or 1m"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(value),
-        "s" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(60 * 60)),
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
-    };
-    if duration.is_zero() {
-        return Err("a duration must be more than zero".to_owned());
-    }
-    Ok(duration)
-}
-
 /// A duration of at least 24 hours.
 fn parse_key_ttl(text: &str) -> Result<Duration, String> {
     let ttl = parse_duration(text)?;
@@ -136,18 +115,6 @@ fn parse_key_ttl(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn durations_parse_with_their_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("0s").is_err());
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("2d").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 
     #[test]
     fn the_test_configuration_uses_the_command_line_defaults() {

@@ -75,8 +75,12 @@ mod tests {
     #[test]
     fn durations_parse_with_their_units_and_zero_is_refused() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("2d").is_err());
+        assert!(parse_duration("fast").is_err());
     }
 }
