@@ -31,6 +31,13 @@ where
                 "the body must be a JSON object".to_owned(),
             ));
         }
+        // Every body, typed or kept as JSON (the order's, for idempotency),
+        // passes the same check, so a repeated key is a 400 on every route.
+        if let Err(problem) = crate::unique_keys::check(&body) {
+            if crate::unique_keys::is_repeat(&problem) {
+                return Err(ApiError::BadRequest(problem));
+            }
+        }
         let Json(value) = Json::<T>::from_bytes(&body)?;
         Ok(AppJson(value))
     }

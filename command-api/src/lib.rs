@@ -17,6 +17,7 @@ mod routes;
 mod sale_event;
 mod startup;
 mod state;
+mod unique_keys;
 
 pub use config::Config;
 
