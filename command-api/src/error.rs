@@ -10,6 +10,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
+use crate::db_watch::DatabaseTrouble;
+
 /// Problems with individual fields of a request, by field name.
 #[derive(Debug, Default, Serialize, ToSchema)]
 #[schema(value_type = BTreeMap<String, String>)]
@@ -18,7 +20,9 @@ pub(crate) struct FieldErrors(BTreeMap<&'static str, String>);
 impl FieldErrors {
     /// Records a problem with `field`; the first problem found for a field wins.
     pub(crate) fn add(&mut self, field: &'static str, problem: impl Into<String>) {
-        self.0.entry(field).or_insert_with(|| problem.into());
+        self.0
+            .entry(field)
+            .or_insert_with(|| service::bounded(&problem.into()));
     }
 
     /// `Ok(())` when no problem was recorded, else a 422.
@@ -222,7 +226,14 @@ impl IntoResponse for ApiError {
                 ErrorCode::IdempotencyKeyRequired,
             ),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::Database(err) if is_outage(err) => {
+                // Per request at debug only: the watcher woken by the
+                // response's mark logs the outage once, with its cause.
+                tracing::debug!(error = %err, "database unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
             ApiError::Database(err) if is_transient(err) => {
+                // A timeout or conflict of this request alone, not an outage.
                 tracing::warn!(error = %err, "database unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
@@ -243,8 +254,10 @@ impl IntoResponse for ApiError {
                 "something went wrong on our side".to_owned()
             }
             ApiError::Database(_) => "the database is unavailable, retry shortly".to_owned(),
-            other => other.to_string(),
+            // Messages may quote client input: only a short excerpt of it.
+            other => service::bounded(&other.to_string()),
         };
+        let trouble = matches!(&self, ApiError::Database(err) if is_outage(err));
         let fields = match self {
             ApiError::Validation(fields) => Some(fields),
             _ => None,
@@ -257,6 +270,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if trouble {
+            response.extensions_mut().insert(DatabaseTrouble);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -295,6 +311,28 @@ fn is_transient(err: &sqlx::Error) -> bool {
                 || code == "40001"
                 || code == "40P01"
                 || code == "55P03"
+        }),
+        _ => false,
+    }
+}
+
+/// Transient errors that say the database is out of reach (rather than
+/// busy): no connection, refused logins, a server shutting down. What the
+/// watcher checks and logs once; the others are one request's own.
+fn is_outage(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 28 and 3D000: no login or no such
+            // database; 57P01 to 57P03: the server is shutting down or starting.
+            code.starts_with("08")
+                || code.starts_with("28")
+                || code == "3D000"
+                || code.starts_with("57P0")
         }),
         _ => false,
     }
@@ -366,5 +404,34 @@ mod tests {
         );
         let response = ApiError::Database(sqlx::Error::RowNotFound).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.extensions().get::<DatabaseTrouble>().is_none());
+    }
+
+    #[test]
+    fn only_an_unreachable_database_wakes_the_watcher() {
+        let marked = |err: sqlx::Error| {
+            ApiError::Database(err)
+                .into_response()
+                .extensions()
+                .get::<DatabaseTrouble>()
+                .is_some()
+        };
+        assert!(marked(sqlx::Error::PoolTimedOut));
+        assert!(marked(sqlx::Error::Io(
+            std::io::ErrorKind::ConnectionRefused.into()
+        )));
+        assert!(!marked(sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn messages_quote_only_an_excerpt_of_what_the_client_sent() {
+        let long = "x".repeat(100_000);
+        let response =
+            ApiError::BadRequest(format!("invalid type: string \"{long}\"")).into_response();
+        let mut fields = FieldErrors::default();
+        fields.add("email", format!("`{long}` is not an email"));
+        let problem = fields.0.get("email").cloned().unwrap_or_default();
+        assert!(problem.chars().count() < 100, "{problem}");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
 }

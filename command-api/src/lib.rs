@@ -9,6 +9,7 @@ mod catalogue;
 mod checkout;
 mod config;
 mod db;
+mod db_watch;
 mod error;
 mod expiry;
 mod extract;

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use service::Server;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::db_watch::DbWatch;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -20,6 +23,7 @@ pub struct Application {
     server: Server,
     router: Router,
     pool: PgPool,
+    db: Arc<DbWatch>,
     key_ttl: Duration,
     sweep_interval: Duration,
 }
@@ -28,6 +32,11 @@ impl Application {
     /// Builds the pool (it connects lazily) and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = crate::db::pool(&config).context("invalid database url")?;
+        let options = config
+            .database_url
+            .parse::<PgConnectOptions>()
+            .context("invalid database url")?;
+        let db = DbWatch::new(options);
         let server = Server::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?
@@ -38,6 +47,7 @@ impl Application {
         }
         let state = AppState {
             pool: pool.clone(),
+            db: db.clone(),
             admin_token,
             metrics: Arc::new(Metrics::new()),
             max_connections: config.db_pool_size,
@@ -49,6 +59,7 @@ impl Application {
             server,
             router,
             pool,
+            db,
             key_ttl: config.idempotency_key_ttl,
             sweep_interval: config.idempotency_sweep_interval,
         })
@@ -70,11 +81,13 @@ impl Application {
             self.key_ttl,
             self.sweep_interval,
         ));
+        let watcher = tokio::spawn(self.db.clone().run());
         let served = self
             .server
             .serve("command api", self.router, shutdown)
             .await;
         sweeper.abort();
+        watcher.abort();
         self.pool.close().await;
         tracing::info!("command api stopped");
         served

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use sqlx::PgPool;
 
+use crate::db_watch::DbWatch;
 use crate::metrics::Metrics;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
+    /// Logs the database's comings and goings, woken by failed requests.
+    pub(crate) db: Arc<DbWatch>,
     /// `None`: back-office writes are open (development mode).
     pub(crate) admin_token: Option<Arc<str>>,
     pub(crate) metrics: Arc<Metrics>,

@@ -73,7 +73,8 @@ impl IntoResponse for ApiError {
             ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "rebuilding"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
-        let mut error = serde_json::json!({"code": code, "message": self.to_string()});
+        let mut error =
+            serde_json::json!({"code": code, "message": service::bounded(&self.to_string())});
         if let ApiError::Validation(fields) = &self {
             error["fields"] = serde_json::json!(fields);
         }

@@ -73,7 +73,9 @@ pub enum StoreError {
 
 impl From<fred::error::Error> for StoreError {
     fn from(err: fred::error::Error) -> Self {
-        tracing::error!(error = %err, "redis error");
+        // Per request at debug only: the connection's tracker logs an
+        // outage once, with its address and cause.
+        tracing::debug!(error = %err, "redis error");
         StoreError::Unavailable
     }
 }
@@ -161,14 +163,25 @@ impl Store {
         // answers), awaiting the first attempt so reads right after start do
         // not find it pending. Reads do not send while Redis is away (see
         // `connected`), so the outage is logged here, once per attempt.
-        client.on_error(|(error, server)| async move {
-            let server = server.as_ref().map(tracing::field::display);
-            tracing::warn!(error = %error, server, "redis connection failed: reads answer 503 until it is back");
-            Ok(())
+        // One line when Redis goes away (reads answer 503 until it is back),
+        // one when it is back: not one per reconnection attempt.
+        let redis = Arc::new(service::Dependency::new("Redis", redis_address(url)));
+        let down = redis.clone();
+        client.on_error(move |(error, _server)| {
+            let down = down.clone();
+            async move {
+                down.failed(&service::plain_cause(error.details()));
+                Ok(())
+            }
         });
-        client.on_reconnect(|server| async move {
-            tracing::info!(%server, "redis connected");
-            Ok(())
+        let up = redis.clone();
+        client.on_reconnect(move |server| {
+            let up = up.clone();
+            async move {
+                tracing::debug!(%server, "redis connected");
+                up.answered();
+                Ok(())
+            }
         });
         client.connect();
         let _ = tokio::time::timeout(timeout, client.wait_for_connect()).await;
@@ -600,4 +613,14 @@ impl Store {
         };
         Ok(Attempt::Read(projection, values.collect()))
     }
+}
+
+/// Where Redis is, as the logs name it: `host:port`, or the cluster's
+/// nodes joined by commas; never the URL's credentials.
+fn redis_address(url: &views::RedisUrl) -> String {
+    url.nodes()
+        .iter()
+        .map(|(host, port)| format!("{host}:{port}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -2,6 +2,8 @@
 //! fix reaches every one: logs, request ids, request spans and metrics,
 //! probes, the `/metrics` answer, binding and graceful shutdown.
 
+mod dependency;
+mod excerpt;
 mod exposition;
 mod limits;
 mod logs;
@@ -9,6 +11,8 @@ mod request_id;
 mod requests;
 mod server;
 
+pub use dependency::{io_cause, plain_cause, Dependency};
+pub use excerpt::{bounded, EXCERPT_CHARS};
 pub use exposition::Metrics;
 pub use limits::{parse_duration, ConnectionLimits};
 pub use logs::{LogArgs, LogFormat};

@@ -49,11 +49,14 @@ pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Probe>, 
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
         Ok(Ok(_)) => Ok(Json(Probe { status: "ready" })),
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "not ready: postgresql unreachable");
+            // The watcher logs the outage once, with its cause.
+            tracing::debug!(error = %err, "not ready: postgresql unreachable");
+            state.db.suspect();
             Err(ApiError::Unavailable("postgresql is unreachable"))
         }
         Err(_) => {
-            tracing::warn!("not ready: postgresql did not answer in time");
+            tracing::debug!("not ready: postgresql did not answer in time");
+            state.db.suspect();
             Err(ApiError::Unavailable("postgresql did not answer in time"))
         }
     }

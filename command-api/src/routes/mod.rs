@@ -97,6 +97,11 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
                 timeout: config.body_read_timeout,
             },
             crate::body::read_first,
+        ))
+        // Sees every answer of the routes: a database failure wakes the watcher.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::db_watch::watch,
         ));
     Ok(routes
         .fallback(not_found)
