@@ -9,6 +9,7 @@
 //! [`Stack::start_with_redis`], and [`redis_server`] for servers of its own).
 
 pub mod exact;
+pub mod programs;
 pub mod redis_server;
 
 use std::{
