@@ -542,3 +542,59 @@ async fn a_sampled_audit_checks_at_most_n_entities_per_kind_and_no_generation_is
     assert!(all.checked("orders").unwrap_or(0) >= 10, "{}", all.stdout);
     stack.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_and_its_cancel_leave_the_values_of_a_course_but_not_its_row_versions(
+) -> anyhow::Result<()> {
+    // A repair proves nothing moved around its write by comparing two reads;
+    // values cannot tell an order and its cancel from nothing at all.
+    let stack = Stack::start().await?;
+    let (courses, _) = shop(&stack, "net").await?;
+    let (course, other) = (courses[1], courses[3]);
+    let subject = projector::AuditSubject::Course(course);
+    let active = "SELECT count(*) FROM enrollments WHERE course_id = $1 AND revoked_at IS NULL";
+    let students_before: i64 = stack.pg.query_one(active, &[&course]).await?.get(0);
+    let before = projector::row_versions(&stack.pg, &subject).await?;
+    assert_eq!(
+        projector::row_versions(&stack.pg, &subject).await?,
+        before,
+        "nothing changed, nothing moved"
+    );
+
+    // An order of another course leaves this one's rows alone.
+    let buyer = stack.user("elsewhere@example.com", Some("Acme")).await?;
+    stack
+        .order(
+            "elsewhere",
+            &json!({"user_id": buyer, "course_ids": [other]}),
+        )
+        .await?
+        .ensure_status(StatusCode::CREATED)?;
+    assert_eq!(projector::row_versions(&stack.pg, &subject).await?, before);
+
+    // An order of this course and its cancel: the same values, new rows.
+    let buyer = stack.user("undecided@example.com", Some("Acme")).await?;
+    let order = stack
+        .order(
+            "undecided",
+            &json!({"user_id": buyer, "course_ids": [course]}),
+        )
+        .await?
+        .ensure_status(StatusCode::CREATED)?;
+    let id = order.body["id"].as_i64().unwrap_or_default();
+    stack
+        .post(&format!("/v1/orders/{id}/cancel"), &json!({}))
+        .await?
+        .ensure_status(StatusCode::OK)?;
+    let students_after: i64 = stack.pg.query_one(active, &[&course]).await?.get(0);
+    assert_eq!(
+        students_after, students_before,
+        "the values add up to nothing"
+    );
+    assert_ne!(
+        projector::row_versions(&stack.pg, &subject).await?,
+        before,
+        "yet the rows the course is built from moved"
+    );
+    stack.cleanup().await
+}

@@ -38,8 +38,9 @@
 //! stamp refuses the write (read again later). What is left is a change
 //! that committed before `L` yet was still running for `S`: it would be
 //! skipped. So the tables are read again in a snapshot that sees every
-//! transaction that had an id when the write ended; if the entity changed
-//! between the two, it is written again. Rankings, the event index and
+//! transaction that had an id when the write ended; if any row the entity
+//! is built from changed between the two (its row versions, not its values:
+//! an order and its cancel add up to nothing), it is written again. Rankings, the event index and
 //! libraries carry no stamp: written after the script, they are covered by
 //! the same second read. Afterwards the audit runs again on what it
 //! repaired.
@@ -139,6 +140,14 @@ pub enum Subject {
     Library(i64),
     /// A category's rankings: which courses they list.
     Category(String),
+}
+
+/// The row versions a repair compares around its write (see the module
+/// doc), read in whatever snapshot `pg` is in; public for the tests that
+/// prove it tells apart changes whose values cancel out.
+#[doc(hidden)]
+pub async fn row_versions(pg: &Client, subject: &Subject) -> anyhow::Result<Vec<String>> {
+    expected::versions(pg, subject.kind(), std::slice::from_ref(subject)).await
 }
 
 impl Subject {

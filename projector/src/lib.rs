@@ -35,7 +35,8 @@ use std::{
 
 use anyhow::Context;
 pub use audit::{
-    audit, Options as AuditOptions, Report as AuditReport, EXIT_FAILED as AUDIT_FAILED,
+    audit, row_versions, Options as AuditOptions, Report as AuditReport, Subject as AuditSubject,
+    EXIT_FAILED as AUDIT_FAILED,
 };
 pub use config::{AuditArgs, Cli, Command, Config};
 use metrics::Metrics;

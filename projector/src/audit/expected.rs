@@ -144,32 +144,9 @@ pub(super) async fn read(
         return Ok(expected);
     }
     let ids: Vec<i64> = subjects.iter().filter_map(Subject::id).collect();
-    // The scans a kind needs, in the build's order, each limited to the
-    // rows of these entities.
-    let scans: &[(Scan, &str)] = match kind {
-        Kind::Course => &[
-            (
-                Scan::Events,
-                "id IN (SELECT event_id FROM sale_event_courses WHERE course_id = ANY($1))",
-            ),
-            (Scan::EventCourses, "course_id = ANY($1)"),
-            (Scan::Courses, "id = ANY($1)"),
-            (Scan::Tallies, "course_id = ANY($1)"),
-        ],
-        Kind::Event => &[
-            (Scan::Events, "id = ANY($1)"),
-            (Scan::EventCourses, "event_id = ANY($1)"),
-        ],
-        Kind::Order => &[
-            (Scan::Orders, "id = ANY($1)"),
-            (Scan::OrderItems, "order_id = ANY($1)"),
-        ],
-        Kind::Library => &[(Scan::Libraries, "user_id = ANY($1)")],
-        Kind::Category => &[],
-    };
     let mut batch = Batch::default();
     let mut index = 0;
-    for (scan, filter) in scans {
+    for (scan, filter) in scans(kind) {
         for row in pg.query(&scan.sql(Some(filter)), &[&ids]).await? {
             index += 1;
             scan.read(&row)?
@@ -224,6 +201,74 @@ pub(super) async fn read(
         }
     }
     Ok(expected)
+}
+
+/// The scans a kind needs, in the build's order, each with the condition
+/// that limits it to the rows of the entities `$1` names.
+fn scans(kind: Kind) -> &'static [(Scan, &'static str)] {
+    match kind {
+        Kind::Course => &[
+            (
+                Scan::Events,
+                "id IN (SELECT event_id FROM sale_event_courses WHERE course_id = ANY($1))",
+            ),
+            (Scan::EventCourses, "course_id = ANY($1)"),
+            (Scan::Courses, "id = ANY($1)"),
+            (Scan::Tallies, "course_id = ANY($1)"),
+        ],
+        Kind::Event => &[
+            (Scan::Events, "id = ANY($1)"),
+            (Scan::EventCourses, "event_id = ANY($1)"),
+        ],
+        Kind::Order => &[
+            (Scan::Orders, "id = ANY($1)"),
+            (Scan::OrderItems, "order_id = ANY($1)"),
+        ],
+        Kind::Library => &[(Scan::Libraries, "user_id = ANY($1)")],
+        Kind::Category => &[(Scan::Courses, "category = ANY($1)")],
+    }
+}
+
+/// The names of the categories among `subjects`.
+fn category_names(subjects: &[Subject]) -> Vec<String> {
+    subjects
+        .iter()
+        .filter_map(|s| match s {
+            Subject::Category(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The row versions `subjects` are built from, in the snapshot `pg` is in:
+/// per table, a digest of the transaction ids (`xmin`) of every row the
+/// kind's scans could read, revoked ones included. Any transaction that
+/// inserts, updates or deletes one of them changes it (its id is new), even
+/// when the values it leaves add up to the same view (an order and its
+/// cancel), which comparing values cannot tell.
+pub(super) async fn versions(
+    pg: &Client,
+    kind: Kind,
+    subjects: &[Subject],
+) -> anyhow::Result<Vec<String>> {
+    let ids: Vec<i64> = subjects.iter().filter_map(Subject::id).collect();
+    let names = category_names(subjects);
+    let mut digests = Vec::new();
+    for (scan, filter) in scans(kind) {
+        let sql = format!(
+            "SELECT count(*)::text || ':' || \
+                    md5(coalesce(string_agg(xmin::text, ',' ORDER BY xmin::text::bigint), '')) \
+             FROM {} WHERE {filter}",
+            scan.table()
+        );
+        let row = if kind == Kind::Category {
+            pg.query_one(&sql, &[&names]).await?
+        } else {
+            pg.query_one(&sql, &[&ids]).await?
+        };
+        digests.push(row.get(0));
+    }
+    Ok(digests)
 }
 
 /// An entity's entries folded as the apply script folds them.

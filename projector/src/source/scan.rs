@@ -108,7 +108,7 @@ impl Scan {
     }
 
     /// The table it reads.
-    fn table(self) -> &'static str {
+    pub fn table(self) -> &'static str {
         match self {
             Scan::Events => "sale_events",
             Scan::EventCourses => "sale_event_courses",
