@@ -84,6 +84,22 @@ impl Metrics {
         self.labelled_counter(name, Vec::new())
     }
 
+    /// The counter `name` with `labels`, described by `help` (one call per
+    /// label set, each its own series).
+    pub fn counter_with_labels(
+        &self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Counter {
+        self.describe(Kind::Counter, name, help);
+        let labels = labels
+            .iter()
+            .map(|(k, v)| Label::from_static_parts(k, v))
+            .collect::<Vec<_>>();
+        self.labelled_counter(name, labels)
+    }
+
     /// The gauge `name`, described by `help`.
     pub fn gauge(&self, name: &str, help: &'static str) -> Gauge {
         self.describe(Kind::Gauge, name, help);

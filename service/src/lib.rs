@@ -19,5 +19,5 @@ pub use logs::{LogArgs, LogFormat};
 /// The handles of the metrics library the programs record with.
 pub use metrics::{Counter, Gauge, Histogram};
 pub use request_id::Counter as RequestIds;
-pub use requests::{RequestLayer, RequestMetrics, RouteId};
+pub use requests::{RequestLayer, RequestMetrics, RouteId, Summarised};
 pub use server::{health, shutdown_signal, Server};

@@ -264,7 +264,10 @@ where
                 metrics.record(route, status, took);
             }
             let elapsed_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-            if served == Level::INFO {
+            // Answers summarised elsewhere (shed load) would flood the log
+            // one line each; they stay at DEBUG.
+            let summarised = response.extensions().get::<Summarised>().is_some();
+            if served == Level::INFO && !summarised {
                 tracing::info!(%method, status, elapsed_us, "finished processing request");
             } else {
                 tracing::debug!(%method, status, elapsed_us, "finished processing request");
@@ -274,6 +277,11 @@ where
         Box::pin(observed.instrument(span))
     }
 }
+
+/// Marks an answer that is counted and logged in summary by the program
+/// (e.g. shed load): its per-request line is logged at DEBUG, not INFO.
+#[derive(Clone, Copy, Debug)]
+pub struct Summarised;
 
 #[cfg(test)]
 mod tests {
