@@ -32,8 +32,8 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_pool_size: u32,
 
-    /// How long a request waits for a pooled connection before it is answered 503 (e.g. 2s, 500ms).
-    #[arg(long, env = "COMMAND_API_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    /// How long a request waits for a pooled connection before it is shed with 503 (short: a budget, not a queue).
+    #[arg(long, env = "COMMAND_API_DB_ACQUIRE_TIMEOUT", default_value = "200ms", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
 
     /// PostgreSQL `statement_timeout` set on every pooled connection (e.g. 5s).
@@ -44,9 +44,9 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Requests handled at once; past it new requests are shed with 503 instead of queueing.
-    #[arg(long, env = "COMMAND_API_CONCURRENCY_LIMIT", default_value_t = DEFAULT_CONCURRENCY_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
-    pub concurrency_limit: u32,
+    /// Requests handled at once, past it shed with 503 at once; unset: the pool size plus a quarter (at least one more).
+    #[arg(long, env = "COMMAND_API_CONCURRENCY_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency_limit: Option<u32>,
 
     /// How long a client may take to send a request's body, read before the request takes a concurrency slot (e.g. 5s).
     #[arg(long, env = "COMMAND_API_BODY_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -69,7 +69,6 @@ pub struct Config {
 }
 
 const DEFAULT_POOL_SIZE: u32 = 16;
-const DEFAULT_CONCURRENCY_LIMIT: u32 = 256;
 const DEFAULT_BODY_LIMIT_BYTES: u64 = 256 * 1024;
 /// The SPEC keeps idempotency keys at least this long.
 const KEY_TTL_MIN: Duration = Duration::from_secs(24 * 60 * 60);
@@ -82,16 +81,27 @@ impl Config {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             admin_token: None,
             db_pool_size: DEFAULT_POOL_SIZE,
-            db_acquire_timeout: Duration::from_secs(2),
+            db_acquire_timeout: Duration::from_millis(200),
             db_statement_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
-            concurrency_limit: DEFAULT_CONCURRENCY_LIMIT,
+            concurrency_limit: None,
             body_read_timeout: Duration::from_secs(5),
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             idempotency_key_ttl: KEY_TTL_MIN,
             idempotency_sweep_interval: Duration::from_secs(5 * 60),
             connections: service::ConnectionLimits::default(),
         }
+    }
+
+    /// Requests admitted at once: the setting, or else the pool size plus
+    /// a quarter (at least one more). Every write needs a connection, so
+    /// admitting many more than the pool only queues them; the margin keeps
+    /// a connection from idling while the next request is parsed.
+    pub fn admitted(&self) -> u32 {
+        self.concurrency_limit.unwrap_or_else(|| {
+            let margin = (self.db_pool_size / 4).max(1);
+            self.db_pool_size.saturating_add(margin)
+        })
     }
 
     /// The admin token, if one is configured; an empty value counts as none.
@@ -141,6 +151,16 @@ mod tests {
             parsed.idempotency_sweep_interval,
             for_tests.idempotency_sweep_interval
         );
+    }
+
+    #[test]
+    fn admission_follows_the_pool_unless_the_limit_is_set() {
+        let mut config = Config::for_tests("postgres://x/y");
+        assert_eq!(config.admitted(), 20);
+        config.db_pool_size = 2;
+        assert_eq!(config.admitted(), 3);
+        config.concurrency_limit = Some(7);
+        assert_eq!(config.admitted(), 7);
     }
 
     #[test]

@@ -197,6 +197,7 @@ const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let shed = matches!(&self, ApiError::Database(sqlx::Error::PoolTimedOut));
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
@@ -282,6 +283,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if shed {
+            response = crate::shed::mark(response, crate::shed::ShedReason::DbPool);
         }
         response
     }

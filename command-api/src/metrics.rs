@@ -8,6 +8,8 @@ use axum::response::Response;
 use service::{Counter, Gauge, RequestMetrics};
 use sqlx::PgPool;
 
+use crate::shed::Sheds;
+
 /// Upper bounds of the latency buckets, in seconds: from a fast insert to
 /// the request deadline.
 const LATENCY_BOUNDS: [f64; 13] = [
@@ -18,8 +20,8 @@ const LATENCY_BOUNDS: [f64; 13] = [
 #[derive(Debug)]
 pub(crate) struct Metrics {
     recorded: Arc<service::Metrics>,
-    /// Requests refused at once because the concurrency budget was spent.
-    pub(crate) shed: Counter,
+    /// Requests refused at once for want of capacity, by reason.
+    pub(crate) shed: Sheds,
     /// Requests abandoned at their deadline.
     pub(crate) timed_out: Counter,
     /// Requests by route and status, and their latency; set by
@@ -52,10 +54,7 @@ impl Metrics {
             ),
         ];
         Self {
-            shed: recorded.counter(
-                "command_api_requests_shed_total",
-                "Requests refused with 503 because the concurrency limit was reached.",
-            ),
+            shed: Sheds::new(&recorded),
             timed_out: recorded.counter(
                 "command_api_request_timeouts_total",
                 "Requests abandoned with 503 at the request deadline.",

@@ -30,6 +30,7 @@ use crate::body::BodyRead;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::shed::{self, ShedReason};
 use crate::state::AppState;
 
 /// Header carrying the read-your-writes token of a successful write.
@@ -42,15 +43,19 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
     // refused at once (503) rather than queued until everything times out.
     // One semaphore for all routes, not one per route.
     let shed_metrics = state.metrics.clone();
+    let counted = state.metrics.clone();
     let shed = ServiceBuilder::new()
+        // Counts every answer marked shed, whichever layer or handler gave it.
+        .map_response(move |response: Response| {
+            counted.shed.observe(&response);
+            response
+        })
         .layer(HandleErrorLayer::new(move |err: BoxError| {
             let metrics = shed_metrics.clone();
             async move { overloaded(&metrics, err) }
         }))
         .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(
-            config.concurrency_limit as usize,
-        ))
+        .layer(GlobalConcurrencyLimitLayer::new(config.admitted() as usize))
         .timeout(config.request_timeout);
 
     let body_limit = usize::try_from(config.body_limit_bytes).unwrap_or(usize::MAX);
@@ -119,17 +124,17 @@ pub(crate) fn written<T: Serialize>(status: StatusCode, lsn: Option<String>, bod
     response
 }
 
-fn overloaded(metrics: &Metrics, err: BoxError) -> ApiError {
+fn overloaded(metrics: &Metrics, err: BoxError) -> Response {
     if err.is::<tower::timeout::error::Elapsed>() {
         metrics.timed_out.increment(1);
         tracing::warn!("request timed out");
-        ApiError::Unavailable("the request took too long, retry shortly")
+        ApiError::Unavailable("the request took too long, retry shortly").into_response()
     } else if err.is::<tower::load_shed::error::Overloaded>() {
-        metrics.shed.increment(1);
-        tracing::warn!("request shed: concurrency limit reached");
-        ApiError::Unavailable("the service is overloaded, retry shortly")
+        // Counted and summarised by the shed accounting, not logged one by one.
+        let refused = ApiError::Unavailable("the service is overloaded, retry shortly");
+        shed::mark(refused.into_response(), ShedReason::Concurrency)
     } else {
-        ApiError::Internal(format!("unhandled middleware error: {err}"))
+        ApiError::Internal(format!("unhandled middleware error: {err}")).into_response()
     }
 }
 

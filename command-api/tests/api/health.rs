@@ -98,7 +98,10 @@ async fn metrics_count_requests_by_route_and_status_with_latency_and_pool_usage(
         text.contains(r#"command_api_request_duration_seconds_sum{route="/v1/users"} "#),
         "{text}"
     );
-    assert!(text.contains("command_api_requests_shed_total 0"), "{text}");
+    for reason in ["concurrency", "db_pool"] {
+        let series = format!(r#"command_api_requests_shed_total{{reason="{reason}"}} 0"#);
+        assert!(text.contains(&series), "{series} in {text}");
+    }
     assert!(
         text.contains("command_api_request_timeouts_total 0"),
         "{text}"
@@ -115,7 +118,7 @@ async fn metrics_count_requests_by_route_and_status_with_latency_and_pool_usage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_are_shed_with_503_and_counted() {
-    let app = Arc::new(spawn_app_with(|config| config.concurrency_limit = 1).await);
+    let app = Arc::new(spawn_app_with(|config| config.concurrency_limit = Some(1)).await);
     let user = app.create_user("a@example.com", None).await;
     let course = app.create_course("Rust from scratch", 10_000).await;
     let holder = app.hold_key(user, "held").await;
@@ -134,7 +137,10 @@ async fn over_the_concurrency_limit_requests_are_shed_with_503_and_counted() {
     // Probes and metrics are outside the budget.
     assert_eq!(app.get("/ready").await.status(), 200);
     let text = app.metrics().await;
-    assert!(text.contains("command_api_requests_shed_total 1"), "{text}");
+    assert!(
+        text.contains(r#"command_api_requests_shed_total{reason="concurrency"} 1"#),
+        "{text}"
+    );
     assert!(
         text.contains(r#"command_api_requests_total{route="/v1/users",status="503"} 1"#),
         "{text}"

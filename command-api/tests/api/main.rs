@@ -1,6 +1,7 @@
 //! Integration tests of the command API against a real PostgreSQL, one fresh
 //! database per test.
 
+mod admission;
 mod courses;
 mod errors;
 mod events;

@@ -42,7 +42,7 @@ async fn three_hundred_stalled_bodies_neither_block_new_users_nor_delay_refusing
     // More stalled clients than concurrency slots, and a body timeout that
     // outlasts the test: only a slot held while waiting could block.
     let app = spawn_app_with(|config| {
-        config.concurrency_limit = 64;
+        config.concurrency_limit = Some(64);
         config.body_read_timeout = Duration::from_secs(60);
         config.request_timeout = Duration::from_secs(60);
     })
