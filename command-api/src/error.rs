@@ -285,7 +285,7 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if shed {
-            response = crate::shed::mark(response, crate::shed::ShedReason::DbPool);
+            response = service::Shedding::mark(response, crate::metrics::DB_POOL);
         }
         response
     }

@@ -16,7 +16,6 @@ mod extract;
 mod metrics;
 mod routes;
 mod sale_event;
-mod shed;
 mod startup;
 mod state;
 mod unique_keys;

@@ -5,10 +5,8 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use service::{Counter, Gauge, RequestMetrics};
+use service::{Gauge, RequestMetrics, Shedding};
 use sqlx::PgPool;
-
-use crate::shed::Sheds;
 
 /// Upper bounds of the latency buckets, in seconds: from a fast insert to
 /// the request deadline.
@@ -16,14 +14,16 @@ const LATENCY_BOUNDS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The shed reason of a request that got no pooled connection within
+/// `COMMAND_API_DB_ACQUIRE_TIMEOUT`.
+pub(crate) const DB_POOL: &str = "db_pool";
+
 /// Every metric of the command API.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     recorded: Arc<service::Metrics>,
-    /// Requests refused at once for want of capacity, by reason.
-    pub(crate) shed: Sheds,
-    /// Requests abandoned at their deadline.
-    pub(crate) timed_out: Counter,
+    /// Requests refused for want of capacity or cut at their deadline.
+    pub(crate) shedding: Shedding,
     /// Requests by route and status, and their latency; set by
     /// [`Metrics::count_requests`] once the routes are known.
     requests: std::sync::OnceLock<Arc<RequestMetrics>>,
@@ -54,11 +54,7 @@ impl Metrics {
             ),
         ];
         Self {
-            shed: Sheds::new(&recorded),
-            timed_out: recorded.counter(
-                "command_api_request_timeouts_total",
-                "Requests abandoned with 503 at the request deadline.",
-            ),
+            shedding: Shedding::register(&recorded, "command_api", &[DB_POOL]),
             requests: std::sync::OnceLock::new(),
             pool,
             recorded,

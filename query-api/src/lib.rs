@@ -15,11 +15,15 @@ mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use axum::{error_handling::HandleErrorLayer, BoxError, Router};
+use axum::{
+    error_handling::HandleErrorLayer,
+    response::{IntoResponse, Response},
+    BoxError, Router,
+};
 use bytes::Bytes;
 pub use config::Config;
 use error::ApiError;
-use service::{RequestLayer, Server};
+use service::{RequestLayer, Server, Shedding};
 use tower::ServiceBuilder;
 use views::Keys;
 
@@ -118,15 +122,17 @@ impl Application {
 fn router(routes: Router<AppState>, state: AppState) -> Router {
     // One stack applied once: each `Router::layer` call wraps every route in
     // a boxed service of its own, a clone and an allocation per request.
+    let counted = state.metrics.clone();
     let stack = ServiceBuilder::new()
         .layer(RequestLayer::new(state.metrics.requests.clone()))
+        // Counts every refusal; they are logged in summary, not one by one.
+        .map_response(move |response: Response| {
+            counted.shedding.observe(&response);
+            response
+        })
         .layer(HandleErrorLayer::new(|err: BoxError| async move {
-            if err.is::<tower::timeout::error::Elapsed>() {
-                tracing::warn!("request timed out");
-            } else {
-                tracing::warn!(error = %err, "request shed: over the concurrency limit");
-            }
-            ApiError::Unavailable
+            let reason = Shedding::reason_of(&err).unwrap_or(Shedding::CONCURRENCY);
+            Shedding::mark(ApiError::Unavailable.into_response(), reason)
         }))
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::response::Response;
-use service::{Counter, Gauge, Histogram, RequestMetrics};
+use service::{Counter, Gauge, Histogram, RequestMetrics, Shedding};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -20,6 +20,8 @@ pub struct Metrics {
     recorded: Arc<service::Metrics>,
     /// Requests by route and status, and their latency.
     pub requests: Arc<RequestMetrics>,
+    /// Requests refused for want of capacity or cut at their deadline.
+    pub shedding: Shedding,
     redis: Histogram,
     /// Set from the store's own counts at each scrape.
     hits: Counter,
@@ -37,6 +39,7 @@ impl Metrics {
         let m = &recorded;
         Self {
             requests: RequestMetrics::new(recorded.clone(), "query_api", routes),
+            shedding: Shedding::register(m, "query_api", &[]),
             redis: m.histogram(
                 REDIS_ROUNDTRIP,
                 "Time of one pipeline to Redis, sent to answered.",

@@ -217,3 +217,54 @@ async fn fifty_reads_waiting_for_a_token_cost_redis_about_what_one_does_and_each
     let _ = stop.send(());
     Ok(())
 }
+
+#[tokio::test]
+async fn past_the_concurrency_limit_a_read_is_refused_at_once_and_counted_as_shed(
+) -> anyhow::Result<()> {
+    let (_server, url) = OwnRedis::start()?;
+    let redis = client(&url).await?;
+    let keys = Keys::new("shed");
+    views_at(&redis, &keys, "0/100").await?;
+    let mut config = Config::for_tests(url.parse()?, keys.prefix());
+    config.concurrency_limit = 1;
+    let app = Application::build(config).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+
+    // One read waits on a token for 1.5 s, holding the only slot.
+    let holder = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move { read_with(&http, &base, FAR_FUTURE).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, retry_after, code, _) = read_with(&http, &base, "0/100").await?;
+    let took = started.elapsed();
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    assert!(retry_after.is_some(), "a 503 says when to retry");
+    // Refused without waiting for the slot (which frees after 1.5 s).
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    let (status, _, code, _) = holder.await??;
+    assert_eq!((status, code.as_str()), (503, "not_yet_projected"));
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for series in [
+        r#"query_api_requests_shed_total{reason="concurrency"} 1"#,
+        "query_api_request_timeouts_total 0",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    let _ = stop.send(());
+    Ok(())
+}

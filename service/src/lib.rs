@@ -10,6 +10,7 @@ mod logs;
 mod request_id;
 mod requests;
 mod server;
+mod shedding;
 
 pub use dependency::{io_cause, plain_cause, Dependency};
 pub use excerpt::{bounded, EXCERPT_CHARS};
@@ -21,3 +22,4 @@ pub use metrics::{Counter, Gauge, Histogram};
 pub use request_id::Counter as RequestIds;
 pub use requests::{RequestLayer, RequestMetrics, RouteId, Summarised};
 pub use server::{health, shutdown_signal, Server};
+pub use shedding::Shedding;

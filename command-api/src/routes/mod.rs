@@ -16,7 +16,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json, Router};
 use serde::Serialize;
-use service::RequestLayer;
+use service::{RequestLayer, Shedding};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -29,8 +29,6 @@ use utoipa_axum::routes;
 use crate::body::BodyRead;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::shed::{self, ShedReason};
 use crate::state::AppState;
 
 /// Header carrying the read-your-writes token of a successful write.
@@ -42,17 +40,15 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
     // Load shedding for the API routes: over the global budget a request is
     // refused at once (503) rather than queued until everything times out.
     // One semaphore for all routes, not one per route.
-    let shed_metrics = state.metrics.clone();
     let counted = state.metrics.clone();
     let shed = ServiceBuilder::new()
-        // Counts every answer marked shed, whichever layer or handler gave it.
+        // Counts every refusal, whichever layer or handler gave it.
         .map_response(move |response: Response| {
-            counted.shed.observe(&response);
+            counted.shedding.observe(&response);
             response
         })
-        .layer(HandleErrorLayer::new(move |err: BoxError| {
-            let metrics = shed_metrics.clone();
-            async move { overloaded(&metrics, err) }
+        .layer(HandleErrorLayer::new(|err: BoxError| async move {
+            overloaded(err)
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(config.admitted() as usize))
@@ -124,18 +120,18 @@ pub(crate) fn written<T: Serialize>(status: StatusCode, lsn: Option<String>, bod
     response
 }
 
-fn overloaded(metrics: &Metrics, err: BoxError) -> Response {
-    if err.is::<tower::timeout::error::Elapsed>() {
-        metrics.timed_out.increment(1);
-        tracing::warn!("request timed out");
-        ApiError::Unavailable("the request took too long, retry shortly").into_response()
-    } else if err.is::<tower::load_shed::error::Overloaded>() {
-        // Counted and summarised by the shed accounting, not logged one by one.
-        let refused = ApiError::Unavailable("the service is overloaded, retry shortly");
-        shed::mark(refused.into_response(), ShedReason::Concurrency)
+/// The 503 of a request the admission stack refused, marked for the
+/// accounting (counted and logged in summary, not one line each).
+fn overloaded(err: BoxError) -> Response {
+    let Some(reason) = Shedding::reason_of(&err) else {
+        return ApiError::Internal(format!("unhandled middleware error: {err}")).into_response();
+    };
+    let message = if reason == Shedding::DEADLINE {
+        "the request took too long, retry shortly"
     } else {
-        ApiError::Internal(format!("unhandled middleware error: {err}")).into_response()
-    }
+        "the service is overloaded, retry shortly"
+    };
+    Shedding::mark(ApiError::Unavailable(message).into_response(), reason)
 }
 
 async fn not_found() -> ApiError {
