@@ -33,7 +33,7 @@ pub struct Config {
     pub db_pool_size: u32,
 
     /// How long a request waits for a pooled connection before it is shed with 503 (short: a budget, not a queue).
-    #[arg(long, env = "COMMAND_API_DB_ACQUIRE_TIMEOUT", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "COMMAND_API_DB_ACQUIRE_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
 
     /// PostgreSQL `statement_timeout` set on every pooled connection (e.g. 5s).
@@ -81,7 +81,7 @@ impl Config {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             admin_token: None,
             db_pool_size: DEFAULT_POOL_SIZE,
-            db_acquire_timeout: Duration::from_millis(200),
+            db_acquire_timeout: Duration::from_millis(500),
             db_statement_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             concurrency_limit: None,

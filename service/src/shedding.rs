@@ -108,13 +108,18 @@ impl Shedding {
         response
     }
 
+    /// The reason `response` was marked refused for, if it was.
+    pub fn reason(response: &Response) -> Option<&'static str> {
+        response.extensions().get::<Refused>().map(|r| r.0)
+    }
+
     /// Counts `response` if it is marked refused; the first refusal, then at
     /// most one per [`SUMMARY_EVERY`], writes a summary line.
     pub fn observe(&self, response: &Response) {
-        let Some(Refused(label)) = response.extensions().get::<Refused>() else {
+        let Some(label) = Self::reason(response) else {
             return;
         };
-        let Some(reason) = self.reasons.iter().find(|r| r.label == *label) else {
+        let Some(reason) = self.reasons.iter().find(|r| r.label == label) else {
             debug_assert!(false, "refusal reason {label} not declared");
             return;
         };

@@ -29,6 +29,7 @@ use utoipa_axum::routes;
 use crate::body::BodyRead;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::DB_POOL;
 use crate::state::AppState;
 
 /// Header carrying the read-your-writes token of a successful write.
@@ -40,11 +41,18 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
     // Load shedding for the API routes: over the global budget a request is
     // refused at once (503) rather than queued until everything times out.
     // One semaphore for all routes, not one per route.
-    let counted = state.metrics.clone();
+    let (counted, pool) = (state.metrics.clone(), state.pool.clone());
+    let max_connections = state.max_connections;
     let shed = ServiceBuilder::new()
-        // Counts every refusal, whichever layer or handler gave it.
+        // Counts every refusal, whichever layer or handler gave it. No
+        // connection free in time from a pool that is not even full is
+        // PostgreSQL away, not load: the watcher's outage line speaks for it.
         .map_response(move |response: Response| {
-            counted.shedding.observe(&response);
+            let outage =
+                Shedding::reason(&response) == Some(DB_POOL) && pool.size() < max_connections;
+            if !outage {
+                counted.shedding.observe(&response);
+            }
             response
         })
         .layer(HandleErrorLayer::new(|err: BoxError| async move {

@@ -142,7 +142,11 @@ async fn when_the_last_seat_is_gone_the_whole_order_is_409_sold_out() {
 
 #[tokio::test]
 async fn concurrent_buyers_never_oversell_the_seats() {
-    let app = spawn_app().await;
+    // Admission is not under test here: the 20 buyers get all the time a
+    // shared machine may need to open the pool's connections.
+    let app =
+        spawn_app_with(|config| config.db_acquire_timeout = std::time::Duration::from_secs(30))
+            .await;
     let course = app.create_course("Rust from scratch", 10_000).await;
     let event = app.create_event(50, true, &[(course, Some(5))]).await;
     let mut users = Vec::new();
