@@ -161,26 +161,54 @@ async fn far_future_reads(
     Ok(rate)
 }
 
+/// A query API on a `redis-server` of its own holding course 1 at `0/100`,
+/// its settings changed by `tweak`.
+struct Served {
+    _server: OwnRedis,
+    redis: Client,
+    keys: Keys,
+    base: String,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Served {
+    async fn start(prefix: &str, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+        let (server, url) = OwnRedis::start()?;
+        let redis = client(&url).await?;
+        let keys = Keys::new(prefix);
+        views_at(&redis, &keys, "0/100").await?;
+        let mut config = Config::for_tests(url.parse()?, keys.prefix());
+        tweak(&mut config);
+        let app = Application::build(config).await?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(Self {
+            _server: server,
+            redis,
+            keys,
+            base,
+            http,
+            _stop: stop,
+        })
+    }
+}
+
 #[tokio::test]
 async fn fifty_reads_waiting_for_a_token_cost_redis_about_what_one_does_and_each_gets_its_answer(
 ) -> anyhow::Result<()> {
-    let (_server, url) = OwnRedis::start()?;
-    let redis = client(&url).await?;
-    let keys = Keys::new("waiters");
-    views_at(&redis, &keys, "0/100").await?;
-    let app = Application::build(Config::for_tests(url.parse()?, keys.prefix())).await?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(64)
-        .build()?;
+    let served = Served::start("waiters", |_| {}).await?;
+    let (redis, keys, base, http) = (&served.redis, &served.keys, &served.base, &served.http);
 
-    let one = far_future_reads(&redis, &http, &base, 1).await?;
-    let fifty = far_future_reads(&redis, &http, &base, 50).await?;
+    let one = far_future_reads(redis, http, base, 1).await?;
+    let fifty = far_future_reads(redis, http, base, 50).await?;
     // One poll each (today's 5 ms apart) whoever waits: each read adds only
     // its own first and last reads, so within a small factor; one poll per
     // waiter would be about fifty times.
@@ -190,9 +218,9 @@ async fn fifty_reads_waiting_for_a_token_cost_redis_about_what_one_does_and_each
     );
 
     // Nobody waits: the poll has stopped.
-    commands_since_reset(&redis).await?;
+    commands_since_reset(redis).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = commands_since_reset(&redis).await? as f64 / 0.5;
+    let idle = commands_since_reset(redis).await? as f64 / 0.5;
     eprintln!("idle: {idle:.0} commands/s");
     assert!(idle < one / 4.0, "idle {idle:.0}/s, one waiter {one:.0}/s");
 
@@ -207,35 +235,21 @@ async fn fifty_reads_waiting_for_a_token_cost_redis_about_what_one_does_and_each
         async move { read_with(&http, &base, "0/200").await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    views_at(&redis, &keys, "0/200").await?;
+    views_at(redis, keys, "0/200").await?;
     let (status, _, code, projected) = reached.await??;
     assert_eq!(status, 200, "{code}");
     assert_eq!(projected.as_deref(), Some("0/200"));
     let (status, _, code, _) = waiting.await??;
     assert_eq!((status, code.as_str()), (503, "not_yet_projected"));
 
-    let _ = stop.send(());
     Ok(())
 }
 
 #[tokio::test]
 async fn past_the_concurrency_limit_a_read_is_refused_at_once_and_counted_as_shed(
 ) -> anyhow::Result<()> {
-    let (_server, url) = OwnRedis::start()?;
-    let redis = client(&url).await?;
-    let keys = Keys::new("shed");
-    views_at(&redis, &keys, "0/100").await?;
-    let mut config = Config::for_tests(url.parse()?, keys.prefix());
-    config.concurrency_limit = 1;
-    let app = Application::build(config).await?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let served = Served::start("shed", |config| config.concurrency_limit = 1).await?;
+    let (base, http) = (&served.base, &served.http);
 
     // One read waits on a token for 1.5 s, holding the only slot.
     let holder = tokio::spawn({
@@ -244,7 +258,7 @@ async fn past_the_concurrency_limit_a_read_is_refused_at_once_and_counted_as_she
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let (status, retry_after, code, _) = read_with(&http, &base, "0/100").await?;
+    let (status, retry_after, code, _) = read_with(http, base, "0/100").await?;
     let took = started.elapsed();
     assert_eq!((status, code.as_str()), (503, "unavailable"));
     assert!(retry_after.is_some(), "a 503 says when to retry");
@@ -265,6 +279,5 @@ async fn past_the_concurrency_limit_a_read_is_refused_at_once_and_counted_as_she
     ] {
         assert!(metrics.contains(series), "{series} in {metrics}");
     }
-    let _ = stop.send(());
     Ok(())
 }
