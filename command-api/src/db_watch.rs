@@ -18,8 +18,6 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::Notify;
 
-use crate::state::AppState;
-
 /// How long the watcher's own connection attempt may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two attempts while the database is away.
@@ -90,10 +88,14 @@ fn cause(err: &sqlx::Error) -> String {
 }
 
 /// Middleware: a response that met a transient database error wakes the watcher.
-pub(crate) async fn watch(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn watch(
+    State(db): State<Arc<DbWatch>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let response = next.run(request).await;
     if response.extensions().get::<DatabaseTrouble>().is_some() {
-        state.db.suspect();
+        db.suspect();
     }
     response
 }

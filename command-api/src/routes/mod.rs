@@ -109,7 +109,7 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
         ))
         // Sees every answer of the routes: a database failure wakes the watcher.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.db.clone(),
             crate::db_watch::watch,
         ));
     Ok(routes
