@@ -122,8 +122,16 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
 /// A successful write: the status, `X-Commit-Lsn` when known, and the JSON body.
 pub(crate) fn written<T: Serialize>(status: StatusCode, lsn: Option<String>, body: &T) -> Response {
     let mut response = (status, Json(body)).into_response();
-    if let Some(lsn) = lsn.and_then(|lsn| HeaderValue::from_str(&lsn).ok()) {
-        response.headers_mut().insert(X_COMMIT_LSN, lsn);
+    match lsn.and_then(|lsn| HeaderValue::from_str(&lsn).ok()) {
+        Some(lsn) => {
+            response.headers_mut().insert(X_COMMIT_LSN, lsn);
+        }
+        // The database went away right after the commit: have it checked.
+        None => {
+            response
+                .extensions_mut()
+                .insert(crate::db_watch::DatabaseTrouble);
+        }
     }
     response
 }
