@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, HeaderMap};
 use axum::Json;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -38,8 +39,38 @@ where
                 return Err(ApiError::BadRequest(problem));
             }
         }
-        let Json(value) = Json::<T>::from_bytes(&body)?;
-        Ok(AppJson(value))
+        let Json(mut value) = Json::<Value>::from_bytes(&body)?;
+        whole_numbers_as_integers(&mut value);
+        serde_path_to_error::deserialize(value)
+            .map(AppJson)
+            .map_err(|err| {
+                ApiError::BadRequest(format!(
+                    "Failed to deserialize the JSON body into the target type: {err}"
+                ))
+            })
+    }
+}
+
+/// Largest magnitude up to which every whole number has an exact `f64`.
+const EXACT_IN_F64: f64 = 9_007_199_254_740_992.0;
+
+/// Rewrites every number written with a zero fraction (`47.0`, `4.7e1`) as
+/// the integer it is: JSON Schema's `integer`, which the API reference
+/// states, admits them, so an integer field takes them too. Beyond 2^53 a
+/// float no longer spells one integer, so such numbers stay floats (400).
+fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            if let Some(float) = number.as_f64() {
+                if float.fract() == 0.0 && float.abs() <= EXACT_IN_F64 {
+                    // Exact: a whole number within 2^53 converts without loss.
+                    *value = Value::from(float as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
     }
 }
 
@@ -120,6 +151,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_floats_are_integers_and_other_numbers_stay_as_sent() {
+        let mut value = serde_json::json!({
+            "a": 47.0, "b": [1.0, -2.0, 2.5], "c": {"d": 9007199254740992.0},
+            "e": 1e300, "f": 7, "g": "8.0"
+        });
+        whole_numbers_as_integers(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "a": 47, "b": [1, -2, 2.5], "c": {"d": 9_007_199_254_740_992_i64},
+                "e": 1e300, "f": 7, "g": "8.0"
+            })
+        );
+    }
 
     #[test]
     fn json_is_application_json_or_a_json_suffix_with_any_parameters() {

@@ -37,13 +37,7 @@ pub(crate) fn min_lsn(
                 .map_err(|_| ApiError::BadRequest("X-Min-Lsn is not text".into()))
         })
         .transpose()?;
-    let Some(raw) = header.or(query) else {
-        return Ok(None);
-    };
-    let lsn: Lsn = raw
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an LSN like 0/16B3748")))?;
+    // Checked with or without a token, so a malformed wait is never ignored.
     let wait_ms =
         match headers.get(X_MAX_WAIT_MS) {
             None => default_wait_ms,
@@ -52,6 +46,18 @@ pub(crate) fn min_lsn(
             })?,
         }
         .min(MAX_WAIT_MS);
+    // A header's surrounding whitespace is HTTP's, never part of the value;
+    // the query's is the caller's, refused as the reference says (`Lsn::PATTERN`).
+    // Both are checked, so a malformed one is refused even when the other wins.
+    let parse = |raw: &str| {
+        raw.parse::<Lsn>()
+            .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an LSN like 0/16B3748")))
+    };
+    let header = header.map(|raw| parse(raw.trim())).transpose()?;
+    let query = query.map(parse).transpose()?;
+    let Some(lsn) = header.or(query) else {
+        return Ok(None);
+    };
     Ok(Some(MinLsn {
         lsn,
         deadline: tokio::time::Instant::now() + Duration::from_millis(wait_ms),
@@ -179,6 +185,12 @@ mod tests {
             (&[][..], Some("16B3748")),
             (&[("x-min-lsn", "nope")][..], None),
             (&[("x-min-lsn", "0/1"), ("x-max-wait-ms", "-1")][..], None),
+            // A wait without a token is still checked.
+            (&[("x-max-wait-ms", "soon")][..], None),
+            (&[][..], Some(" 0/1")),
+            (&[][..], Some("")),
+            // The header wins, but a malformed query twin is still refused.
+            (&[("x-min-lsn", "0/1")][..], Some("nope")),
         ] {
             let err = min_lsn(&headers(pairs), query, 1_000).expect_err("refused");
             assert!(

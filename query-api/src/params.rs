@@ -74,9 +74,10 @@ impl QueryParams {
         self.get("min_lsn")
     }
 
-    /// An integer parameter: 400 if it is not written as one; a value beyond
-    /// 64 bits saturates, so that the range check reports it as out of range.
-    fn integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
+    /// An integer parameter: 400 if it is not written as one; read as 128
+    /// bits (a longer value saturates), so that a value beyond 64 bits fails
+    /// the range check as out of range rather than being cut to fit.
+    fn integer(&self, name: &str) -> Result<Option<i128>, ApiError> {
         let Some(raw) = self.get(name)? else {
             return Ok(None);
         };
@@ -88,9 +89,9 @@ impl QueryParams {
             )));
         }
         Ok(Some(raw.parse().unwrap_or(if digits.len() == raw.len() {
-            i64::MAX
+            i128::MAX
         } else {
-            i64::MIN
+            i128::MIN
         })))
     }
 }
@@ -185,15 +186,25 @@ pub(crate) fn parse_sorted_page(
 type Fields = BTreeMap<&'static str, String>;
 
 fn page_fields(params: &QueryParams, default_limit: i64) -> Result<(Page, Fields), ApiError> {
-    let limit = params.integer("limit")?.unwrap_or(default_limit);
+    let limit = params
+        .integer("limit")?
+        .unwrap_or(i128::from(default_limit));
     let offset = params.integer("offset")?.unwrap_or(0);
     let mut fields = Fields::new();
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        fields.insert("limit", format!("must be between 1 and {MAX_LIMIT}"));
-    }
-    if offset < 0 {
-        fields.insert("offset", "must be 0 or more".into());
-    }
+    let limit = i64::try_from(limit)
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .unwrap_or_else(|| {
+            fields.insert("limit", format!("must be between 1 and {MAX_LIMIT}"));
+            default_limit
+        });
+    let offset = i64::try_from(offset)
+        .ok()
+        .filter(|offset| *offset >= 0)
+        .unwrap_or_else(|| {
+            fields.insert("offset", format!("must be between 0 and {}", i64::MAX));
+            0
+        });
     Ok((Page { limit, offset }, fields))
 }
 
@@ -347,6 +358,15 @@ mod tests {
         let both = parse_page(&params(&[("limit", "500"), ("offset", "-1")]), 20)
             .expect_err("both out of range");
         assert_eq!(fields(both), ["limit", "offset"]);
+        for offset in [
+            "9223372036854775808",
+            "99999999999999999999999999999999999999999",
+        ] {
+            let err = parse_page(&params(&[("offset", offset)]), 20).expect_err(offset);
+            assert_eq!(fields(err), ["offset"], "{offset}");
+        }
+        let last = parse_page(&params(&[("offset", "9223372036854775807")]), 20);
+        assert_eq!(last.map(|page| page.offset).ok(), Some(i64::MAX));
     }
 
     #[test]

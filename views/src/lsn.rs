@@ -12,6 +12,12 @@ pub struct Lsn(pub u64);
 #[error("not an LSN (expected hexadecimal `X/X`, for example `0/16B3748`): {0:?}")]
 pub struct ParseLsnError(String);
 
+impl Lsn {
+    /// Exactly the texts [`Lsn::from_str`] accepts, as a regular expression
+    /// (for API references): two halves of 1 to 8 hexadecimal digits.
+    pub const PATTERN: &'static str = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$";
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)

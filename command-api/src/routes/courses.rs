@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Deserializer};
+use utoipa::openapi::Object;
 use utoipa::ToSchema;
 
 use crate::auth::Admin;
@@ -12,7 +13,7 @@ use crate::catalogue::{self, Course, CourseChanges};
 use crate::db::commit_lsn;
 use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::{AppJson, PathId};
-use crate::routes::written;
+use crate::routes::{reference, written};
 use crate::state::AppState;
 
 /// Longest title or instructor accepted, in characters.
@@ -25,25 +26,43 @@ const CATEGORY_MAX_CHARS: usize = 100;
 /// and the discount arithmetic on it, far inside 64 bits.
 const PRICE_MAX_KRW: i64 = 1_000_000_000_000;
 
-/// A new course.
+/// A new course. Text is stored trimmed; limits count the text as sent.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateCourse {
-    /// 1 to 200 characters after trimming.
-    #[schema(example = "Rust from scratch")]
+    #[schema(schema_with = title_schema)]
     title: String,
-    /// At most 2,000 characters.
+    #[schema(schema_with = summary_schema)]
     summary: String,
-    /// The course page's HTML; tens of KB is normal.
+    #[schema(schema_with = html_schema)]
     description_html: String,
-    /// 1 to 100 characters after trimming.
-    #[schema(example = "programming")]
+    #[schema(schema_with = category_schema)]
     category: String,
-    /// 1 to 200 characters after trimming.
+    #[schema(schema_with = instructor_schema)]
     instructor: String,
     /// List price in KRW, 0 (free) to 10^12.
     #[schema(example = 55000, minimum = 0, maximum = 1_000_000_000_000_i64)]
     price_krw: i64,
+}
+
+fn title_schema() -> Object {
+    reference::required_text(TITLE_MAX_CHARS, "1 to 200 characters, not blank.")
+}
+
+fn summary_schema() -> Object {
+    reference::text(Some(SUMMARY_MAX_CHARS), "At most 2,000 characters.").build()
+}
+
+fn html_schema() -> Object {
+    reference::text(None, "The course page's HTML; tens of KB is normal.").build()
+}
+
+fn category_schema() -> Object {
+    reference::required_text(CATEGORY_MAX_CHARS, "1 to 100 characters, not blank.")
+}
+
+fn instructor_schema() -> Object {
+    reference::required_text(TITLE_MAX_CHARS, "1 to 200 characters, not blank.")
 }
 
 /// A partial update: any subset of the course's fields, each under the same
@@ -53,19 +72,19 @@ pub(super) struct CreateCourse {
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateCourse {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = title_schema)]
     title: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = summary_schema)]
     summary: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = html_schema)]
     description_html: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = category_schema)]
     category: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = instructor_schema)]
     instructor: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_i64)]
@@ -87,11 +106,12 @@ fn required_text(
     value: String,
     max_chars: usize,
 ) -> String {
+    let sent_chars = value.chars().count();
     let value = value.trim().to_owned();
     errors.storable(field, &value);
     if value.is_empty() {
         errors.add(field, "must not be empty");
-    } else if value.chars().count() > max_chars {
+    } else if sent_chars > max_chars {
         errors.add(field, format!("must be at most {max_chars} characters"));
     }
     value

@@ -18,10 +18,13 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateEnrollment {
+    #[schema(minimum = 1)]
     user_id: i64,
+    #[schema(minimum = 1)]
     course_id: i64,
     /// A running 100%-off event of the course; claims one of its seats.
     #[serde(default)]
+    #[schema(minimum = 1)]
     event_id: Option<i64>,
 }
 

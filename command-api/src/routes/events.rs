@@ -14,7 +14,7 @@ use crate::auth::Admin;
 use crate::db::commit_lsn;
 use crate::error::{join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
-use crate::routes::written;
+use crate::routes::{reference, written};
 use crate::sale_event::{self, Event, EventError, NewEvent};
 use crate::state::AppState;
 
@@ -34,8 +34,7 @@ const MAX_SEATS_TOTAL: i64 = 200_000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateEvent {
-    /// 1 to 200 characters after trimming.
-    #[schema(example = "Spring sale")]
+    #[schema(schema_with = name_schema)]
     name: String,
     /// RFC 3339 with offset; stored and returned in UTC, to the microsecond.
     starts_at: DateTime<FixedOffset>,
@@ -44,13 +43,19 @@ pub(super) struct CreateEvent {
     #[schema(minimum = 0, maximum = 100, example = 50)]
     discount_percent: i64,
     /// At most 1,000 distinct courses and 200,000 limited seats in all.
+    #[schema(max_items = 1000)]
     courses: Vec<CreateEventCourse>,
+}
+
+fn name_schema() -> utoipa::openapi::Object {
+    reference::required_text(NAME_MAX_CHARS, "1 to 200 characters, not blank.")
 }
 
 /// A course of an event.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateEventCourse {
+    #[schema(minimum = 1)]
     course_id: i64,
     /// Seats sold through the event (0 to 100,000); absent or `null` is unlimited.
     #[serde(default)]
@@ -67,7 +72,7 @@ impl TryFrom<CreateEvent> for NewEvent {
         errors.storable("name", &name);
         if name.is_empty() {
             errors.add("name", "must not be empty");
-        } else if name.chars().count() > NAME_MAX_CHARS {
+        } else if request.name.chars().count() > NAME_MAX_CHARS {
             errors.add(
                 "name",
                 format!("must be at most {NAME_MAX_CHARS} characters"),

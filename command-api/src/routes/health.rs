@@ -68,8 +68,8 @@ pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Probe>, 
     path = "/metrics",
     tag = "ops",
     responses(
-        (status = 200, description = "OpenMetrics text format 1.0.0.",
-            body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        (status = 200, description = "Prometheus text format 0.0.4.",
+            body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")
     )
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {

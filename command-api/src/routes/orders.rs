@@ -27,13 +27,18 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateOrder {
+    #[schema(minimum = 1)]
     user_id: i64,
-    /// 1 to 500 distinct course ids.
-    #[schema(min_items = 1, max_items = 500)]
+    #[schema(schema_with = course_ids_schema)]
     course_ids: Vec<i64>,
     /// A running sale event: its courses are priced and seated by it.
     #[serde(default)]
+    #[schema(minimum = 1)]
     event_id: Option<i64>,
+}
+
+fn course_ids_schema() -> utoipa::openapi::Array {
+    super::reference::distinct_ids(MAX_COURSES, "1 to 500 distinct course ids.")
 }
 
 impl TryFrom<CreateOrder> for NewOrder {
@@ -115,8 +120,9 @@ impl From<CheckoutError> for ApiError {
     operation_id = "place_order",
     tag = "orders",
     params((
-        "Idempotency-Key" = String, Header,
-        description = "1 to 128 visible ASCII characters, scoped per user, kept at least 24 hours."
+        "Idempotency-Key" = String, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$",
+        description = "1 to 128 visible ASCII characters, scoped per user, kept at least 24 hours; \
+            missing is 428 `idempotency_key_required`, malformed or sent twice is 400."
     )),
     request_body = CreateOrder,
     responses(

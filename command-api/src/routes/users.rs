@@ -11,27 +11,50 @@ use utoipa::ToSchema;
 use crate::db::commit_lsn;
 use crate::error::{violates, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
-use crate::routes::{written, AppState};
+use crate::routes::{reference, written, AppState};
+use utoipa::openapi::schema::SchemaType;
+use utoipa::openapi::schema::Type;
 
-/// Longest email accepted (the RFC 5321 path limit).
-const EMAIL_MAX_LEN: usize = 254;
+/// Longest email accepted, in characters as sent (the RFC 5321 path limit).
+const EMAIL_MAX_CHARS: usize = 254;
 /// Longest name or company accepted, in characters.
 const NAME_MAX_CHARS: usize = 200;
 
-/// A new buyer.
+/// A new buyer. Text is stored trimmed; limits count the text as sent.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateUser {
-    /// Unique, compared case-insensitively; at most 254 bytes.
-    #[schema(example = "minjun@example.com")]
+    #[schema(schema_with = email_schema)]
     email: String,
-    /// 1 to 200 characters after trimming.
-    #[schema(example = "Kim Min-jun")]
+    #[schema(schema_with = name_schema)]
     name: String,
-    /// Where the user works (at most 200 characters); blank counts as none.
     #[serde(default)]
-    #[schema(example = "Acme")]
+    #[schema(schema_with = company_schema)]
     company: Option<String>,
+}
+
+fn email_schema() -> utoipa::openapi::Object {
+    reference::email(
+        EMAIL_MAX_CHARS,
+        "Unique, compared case-insensitively: `local@domain`, at most 254 characters.",
+    )
+}
+
+fn name_schema() -> utoipa::openapi::Object {
+    reference::required_text(NAME_MAX_CHARS, "1 to 200 characters, not blank.")
+}
+
+fn company_schema() -> utoipa::openapi::Object {
+    reference::text(
+        Some(NAME_MAX_CHARS),
+        "Where the user works (at most 200 characters); blank or null counts as none.",
+    )
+    .schema_type(
+        [Type::String, Type::Null]
+            .into_iter()
+            .collect::<SchemaType>(),
+    )
+    .build()
 }
 
 /// A user that passed validation: trimmed, and `company` absent rather than blank.
@@ -48,9 +71,10 @@ impl TryFrom<CreateUser> for NewUser {
         let mut errors = FieldErrors::default();
         let email = request.email.trim().to_owned();
         match email.split_once('@') {
-            _ if email.len() > EMAIL_MAX_LEN => {
-                errors.add("email", format!("must be at most {EMAIL_MAX_LEN} bytes"))
-            }
+            _ if request.email.chars().count() > EMAIL_MAX_CHARS => errors.add(
+                "email",
+                format!("must be at most {EMAIL_MAX_CHARS} characters"),
+            ),
             Some((local, domain))
                 if !local.is_empty()
                     && !domain.is_empty()
@@ -62,9 +86,19 @@ impl TryFrom<CreateUser> for NewUser {
         errors.storable("name", &name);
         if name.is_empty() {
             errors.add("name", "must not be empty");
-        } else if name.chars().count() > NAME_MAX_CHARS {
+        } else if request.name.chars().count() > NAME_MAX_CHARS {
             errors.add(
                 "name",
+                format!("must be at most {NAME_MAX_CHARS} characters"),
+            );
+        }
+        if request
+            .company
+            .as_ref()
+            .is_some_and(|company| company.chars().count() > NAME_MAX_CHARS)
+        {
+            errors.add(
+                "company",
                 format!("must be at most {NAME_MAX_CHARS} characters"),
             );
         }
@@ -74,15 +108,6 @@ impl TryFrom<CreateUser> for NewUser {
             .filter(|company| !company.is_empty());
         if let Some(company) = &company {
             errors.storable("company", company);
-        }
-        if company
-            .as_ref()
-            .is_some_and(|company| company.chars().count() > NAME_MAX_CHARS)
-        {
-            errors.add(
-                "company",
-                format!("must be at most {NAME_MAX_CHARS} characters"),
-            );
         }
         errors.into_result()?;
         Ok(NewUser {

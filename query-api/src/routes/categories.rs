@@ -24,7 +24,7 @@ const DEFAULT_LIMIT: i64 = 20;
     tag = "categories",
     params(
         ("category" = String, Path, description = "The category name, percent-encoded"),
-        ("sort" = Option<String>, Query, description = "`popular` (students descending, then id ascending; the default) or `newest` (created_at descending, then id descending)"),
+        ("sort" = Option<super::reference::SortOrder>, Query, description = "`popular` (students descending, then id ascending; the default) or `newest` (created_at descending, then id descending)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Cards per page (default 20)"),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Cards to skip (default 0)"),
         super::reference::FreshnessQuery,
@@ -38,7 +38,9 @@ const DEFAULT_LIMIT: i64 = 20;
             )),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 422, description = "`limit` outside 1..=100, negative `offset` or unknown `sort` (in `fields`)", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody, headers(
+                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
+            ))
     )
 )]
 pub(super) async fn courses(

@@ -21,7 +21,7 @@ use crate::{
     operation_id = "get_course",
     tag = "courses",
     params(
-        ("id" = i64, Path, description = "The course id, a positive integer"),
+        ("id" = i64, Path, minimum = 1, description = "The course id, a positive integer"),
         super::reference::FreshnessQuery,
         super::reference::FreshnessHeaders,
         ("If-None-Match" = Option<String>, Header, description = "An `ETag` held: 304 while it is current")
@@ -36,7 +36,9 @@ use crate::{
         (status = 304, description = "The `ETag` in `If-None-Match` is current"),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 404, description = "No view for this course", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody, headers(
+                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
+            ))
     )
 )]
 pub(super) async fn detail(
@@ -69,7 +71,7 @@ pub(super) async fn detail(
     operation_id = "get_cards",
     tag = "courses",
     params(
-        ("ids" = String, Query, description = "1 to 500 comma-separated positive decimal ids, no spaces; duplicates allowed"),
+        super::reference::CardIds,
         super::reference::FreshnessQuery,
         super::reference::FreshnessHeaders
     ),
@@ -81,7 +83,9 @@ pub(super) async fn detail(
             )),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 422, description = "More than 500 ids, or none (`fields.ids`)", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody, headers(
+                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
+            ))
     )
 )]
 pub(super) async fn cards(

@@ -42,7 +42,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     path = "/v1/ops/prewarm",
     operation_id = "get_prewarm",
     tag = "ops",
-    params(("Authorization" = String, Header, description = "`Bearer <ADMIN_TOKEN>`")),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"events\":[{\"event_id\",\"starts_at\",\"ends_at\",\"entries\"}]}`: sale events whose views are held in process (from `PREWARM_WINDOW` before they start until they end)"),
         (status = 401, description = "No admin token, a wrong one, or none configured (the route is off)", body = super::reference::ErrorBody)

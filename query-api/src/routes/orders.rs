@@ -17,7 +17,7 @@ use crate::{
     operation_id = "get_order",
     tag = "orders",
     params(
-        ("id" = i64, Path, description = "The order id, a positive integer"),
+        ("id" = i64, Path, minimum = 1, description = "The order id, a positive integer"),
         super::reference::FreshnessQuery,
         super::reference::FreshnessHeaders,
         ("If-None-Match" = Option<String>, Header, description = "An `ETag` held: 304 while it is current")
@@ -32,7 +32,9 @@ use crate::{
         (status = 304, description = "The `ETag` in `If-None-Match` is current"),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 404, description = "No view for this order", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody, headers(
+                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
+            ))
     )
 )]
 pub(super) async fn order(

@@ -13,7 +13,11 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi as Document, Required};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::AppState;
 
@@ -45,29 +49,135 @@ Read-your-writes: send the \
 `not_yet_projected`, whose `X-Projection-Lsn` says how far the projection had come. Requests refused before \
 any view is read (400, 401, 422) carry no `X-Projection-Lsn`. Errors are `{\"error\": {\"code\", \"message\", \"fields\"?}}`; every 503 carries `Retry-After`."
     ),
-    components(schemas(ErrorBody, ErrorDetail))
+    components(schemas(ErrorBody, ErrorDetail, SortOrder)),
+    modifiers(&AdminToken)
 )]
 pub(super) struct Reference;
+
+/// Declares the admin bearer token that guards the ops routes.
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`ADMIN_TOKEN`; without one configured the ops routes are off (401).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The read-your-writes parameters every read endpoint takes.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub(super) struct FreshnessHeaders {
-    /// Answer only from data at least this fresh: an `X-Commit-Lsn` of the
-    /// command API, e.g. `0/16B3748`.
-    #[param(rename = "X-Min-Lsn")]
+    #[param(rename = "X-Min-Lsn", schema_with = lsn_schema)]
     min_lsn: Option<String>,
-    /// How long to wait for `X-Min-Lsn`, in milliseconds (default 1000, at most 5000).
-    #[param(rename = "X-Max-Wait-Ms")]
-    max_wait_ms: Option<u64>,
+    #[param(rename = "X-Max-Wait-Ms", schema_with = max_wait_schema)]
+    max_wait_ms: Option<String>,
 }
 
 /// The query twin of `X-Min-Lsn`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct FreshnessQuery {
-    /// Same as the `X-Min-Lsn` header (the header wins when both are given).
+    #[param(schema_with = lsn_schema)]
     min_lsn: Option<String>,
+}
+
+/// `GET /v1/courses?ids=`, required. Written out: the derive drops
+/// `required` from a parameter whose schema is built by a function.
+pub(super) struct CardIds;
+
+impl IntoParams for CardIds {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![ParameterBuilder::new()
+            .name("ids")
+            .parameter_in(ParameterIn::Query)
+            .required(Required::True)
+            .schema(Some(ids_schema()))
+            .build()]
+    }
+}
+
+/// The order of a category's list.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub(super) enum SortOrder {
+    /// `student_count` descending, then id ascending (the default).
+    Popular,
+    /// `created_at` descending, then id descending.
+    Newest,
+}
+
+fn lsn_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(views::Lsn::PATTERN))
+        .examples(["0/16B3748"])
+        .description(Some(
+            "Answer only from data at least this fresh: an `X-Commit-Lsn` of the command API, \
+             e.g. `0/16B3748` (the header wins when both it and `?min_lsn=` are given).",
+        ))
+        .build()
+}
+
+fn max_wait_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[0-9]+$"))
+        .examples(["250"])
+        .description(Some(
+            "How long to wait for `X-Min-Lsn`, in whole milliseconds (default 1000; \
+             any larger number waits 5000).",
+        ))
+        .build()
+}
+
+fn ids_schema() -> Object {
+    let id = positive_up_to(i64::MAX.unsigned_abs());
+    let more = crate::params::MAX_IDS - 1;
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^{id}(?:,{id}){{0,{more}}}$")))
+        .description(Some(
+            "1 to 500 comma-separated positive decimal ids of at most 64 bits, no spaces; \
+             duplicates allowed.",
+        ))
+        .build()
+}
+
+/// A regular expression for the decimal numbers 1 to `max`, leading zeros
+/// allowed, as `parse_id` reads them: shorter numbers, then for each digit
+/// of `max` the numbers that share its prefix and are lower at that digit.
+fn positive_up_to(max: u64) -> String {
+    let digits = max.to_string();
+    let n = digits.len();
+    let mut branches = Vec::new();
+    if n > 1 {
+        branches.push(format!("[1-9][0-9]{{0,{}}}", n - 2));
+    }
+    for (i, digit) in digits.bytes().enumerate() {
+        let low = if i == 0 { b'1' } else { b'0' };
+        if digit > low {
+            branches.push(format!(
+                "{}[{}-{}][0-9]{{{}}}",
+                &digits[..i],
+                char::from(low),
+                char::from(digit - 1),
+                n - i - 1
+            ));
+        }
+    }
+    branches.push(digits.clone());
+    format!("0*(?:{})", branches.join("|"))
 }
 
 /// Every error body.
@@ -228,6 +338,16 @@ pub(super) struct OrderItem {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn the_id_pattern_admits_exactly_one_to_the_maximum() {
+        assert_eq!(
+            positive_up_to(205),
+            "0*(?:[1-9][0-9]{0,1}|[1-1][0-9]{2}|20[0-4][0-9]{0}|205)"
+        );
+        assert_eq!(positive_up_to(7), "0*(?:[1-6][0-9]{0}|7)");
+        assert!(positive_up_to(i64::MAX.unsigned_abs()).ends_with("|9223372036854775807)"));
+    }
 
     fn at(hour: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 21, hour, 0, 0)

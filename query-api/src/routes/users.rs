@@ -22,7 +22,7 @@ const DEFAULT_LIMIT: i64 = 50;
     operation_id = "list_user_courses",
     tag = "users",
     params(
-        ("id" = i64, Path, description = "The user id, a positive integer"),
+        ("id" = i64, Path, minimum = 1, description = "The user id, a positive integer"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Cards per page (default 50)"),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Cards to skip (default 0)"),
         super::reference::FreshnessQuery,
@@ -36,7 +36,9 @@ const DEFAULT_LIMIT: i64 = 50;
             )),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 422, description = "`limit` outside 1..=100 or negative `offset` (in `fields`)", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody, headers(
+                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
+            ))
     )
 )]
 pub(super) async fn library(
