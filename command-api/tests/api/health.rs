@@ -383,3 +383,62 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
     assert!(line_of("cancel", "order cancelled"), "{lines:#?}");
     assert!(line_of("held", "database unavailable"), "{lines:#?}");
 }
+
+#[tokio::test]
+async fn the_api_reference_states_the_rules_the_routes_check() {
+    let app = spawn_app().await;
+
+    let document: Value = app
+        .get("/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("the reference is JSON");
+
+    let schemas = &document["components"]["schemas"];
+    let order = &schemas["CreateOrder"]["properties"];
+    assert_eq!(order["user_id"]["minimum"], 1, "{order}");
+    let course_ids = &order["course_ids"];
+    assert_eq!(course_ids["minItems"], 1, "{course_ids}");
+    assert_eq!(course_ids["maxItems"], 500, "{course_ids}");
+    assert_eq!(course_ids["uniqueItems"], true, "{course_ids}");
+    assert_eq!(course_ids["items"]["minimum"], 1, "{course_ids}");
+    let course = &schemas["CreateCourse"]["properties"];
+    assert_eq!(course["price_krw"]["minimum"], 0, "{course}");
+    assert_eq!(course["title"]["minLength"], 1, "{course}");
+    assert_eq!(course["title"]["maxLength"], 200, "{course}");
+    assert!(course["title"]["pattern"].is_string(), "{course}");
+    let event = &schemas["CreateEvent"]["properties"];
+    assert_eq!(event["discount_percent"]["maximum"], 100, "{event}");
+
+    let place = &document["paths"]["/v1/orders"]["post"];
+    let key = place["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
+        .expect("Idempotency-Key is declared");
+    assert_eq!(key["in"], "header");
+    assert_eq!(key["required"], true);
+    assert_eq!(key["schema"]["pattern"], "^[!-~]+$");
+    assert_eq!(key["schema"]["maxLength"], 128);
+    assert!(place["responses"]["428"].is_object(), "{place}");
+
+    // Every route with a body names the body refusals, and every 503 its Retry-After.
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let responses = &operation["responses"];
+            if operation["requestBody"].is_object() {
+                for status in ["400", "413", "415", "503"] {
+                    assert!(responses[status].is_object(), "{method} {path}: {status}");
+                }
+            }
+            if responses["503"].is_object() {
+                assert!(
+                    responses["503"]["headers"]["Retry-After"].is_object(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    let guarded = &document["paths"]["/v1/courses"]["post"];
+    assert!(guarded["responses"]["401"].is_object(), "{guarded}");
+}

@@ -111,4 +111,56 @@ mod tests {
         let cards = &doc["components"]["schemas"]["CourseCard"]["properties"];
         assert!(cards["sale"].is_object() && cards.get("description_html").is_none());
     }
+
+    /// The parameter `name` of `GET path` in the document.
+    fn parameter<'a>(doc: &'a serde_json::Value, path: &str, name: &str) -> &'a serde_json::Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("{path} declares {name}"))
+    }
+
+    #[test]
+    fn the_document_states_the_rules_the_parameters_are_checked_by() {
+        let (_, document) = router();
+        let doc: serde_json::Value =
+            serde_json::from_str(&document.to_json().expect("renders")).expect("json");
+        let ids = parameter(&doc, "/v1/courses", "ids");
+        assert_eq!(ids["required"], true);
+        let pattern = ids["schema"]["pattern"].as_str().expect("a pattern");
+        assert!(pattern.contains("9223372036854775807") && pattern.ends_with("{0,499}$"));
+        for path in [
+            "/v1/courses/{id}",
+            "/v1/orders/{id}",
+            "/v1/users/{id}/courses",
+        ] {
+            assert_eq!(
+                parameter(&doc, path, "id")["schema"]["minimum"],
+                1,
+                "{path}"
+            );
+            assert_eq!(
+                parameter(&doc, path, "X-Min-Lsn")["schema"]["pattern"],
+                views::Lsn::PATTERN
+            );
+            assert_eq!(
+                parameter(&doc, path, "min_lsn")["schema"]["pattern"],
+                views::Lsn::PATTERN
+            );
+            let unavailable = &doc["paths"][path]["get"]["responses"]["503"];
+            assert!(unavailable["headers"]["Retry-After"].is_object(), "{path}");
+        }
+        let category = "/v1/categories/{category}/courses";
+        let limit = &parameter(&doc, category, "limit")["schema"];
+        assert_eq!(
+            (&limit["minimum"], &limit["maximum"]),
+            (&1.into(), &100.into())
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["SortOrder"]["enum"],
+            serde_json::json!(["popular", "newest"])
+        );
+        let prewarm = &doc["paths"]["/v1/ops/prewarm"]["get"];
+        assert!(prewarm["security"].is_array() && prewarm["responses"]["401"].is_object());
+    }
 }
