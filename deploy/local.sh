@@ -92,6 +92,11 @@ ensure_packages() {
       redis-server)
         command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
           || missing+=(redis-server) ;;
+      # The Schemathesis test makes a virtual environment: Debian ships
+      # venv (and the ensurepip it needs) apart from python3.
+      python3-venv)
+        command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
+          || missing+=(python3 python3-venv) ;;
       *) command -v "$pkg" >/dev/null || missing+=("$pkg") ;;
     esac
   done
@@ -431,7 +436,7 @@ cmd_down() {
 }
 
 cmd_test() {
-  prepare
+  prepare python3-venv
   trap stop_started EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
