@@ -58,7 +58,8 @@ pub struct Spec {
     pub warmup: Duration,
     pub duration: Duration,
     /// A response header whose value is kept for every successful answer
-    /// (the freshness scenario keeps `X-Commit-Lsn`).
+    /// (the freshness scenario keeps `X-Commit-Lsn`), and in [`Answer`] for
+    /// every answer (the overload scenario checks 503s for `Retry-After`).
     pub capture: Option<&'static str>,
 }
 
@@ -129,20 +130,36 @@ pub struct Phase {
     pub timeline: Vec<Tick>,
 }
 
-/// A phase's summary and the captured headers.
+/// A phase's summary, the captured headers, and every request's answer.
 pub struct Outcome {
     pub phase: Phase,
     pub captured: Vec<Captured>,
+    /// Every request of the run, warm-up included, in no particular order.
+    pub answers: Vec<Answer>,
+    /// The measured window, in microseconds since the run started.
+    pub window_us: (u64, u64),
 }
 
-/// One answer (or failure), in microseconds since the run started.
-#[derive(Clone, Copy)]
-struct Record {
+/// One request's answer (or failure), in microseconds since the run started.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The number the request was made from.
+    pub n: u64,
     /// When the request was due (fixed rate) or sent (saturation).
-    start_us: u64,
-    done_us: u64,
-    latency_us: u64,
-    status: u16,
+    pub start_us: u64,
+    pub done_us: u64,
+    pub latency_us: u64,
+    /// 0: no answer (a connection error, a timeout, or never sent).
+    pub status: u16,
+    /// The `capture` header of the answer, whatever its status.
+    pub header: Option<String>,
+}
+
+impl Answer {
+    /// Due (fixed rate) or sent (saturation) inside `window`.
+    pub fn started_in(&self, (from, to): (u64, u64)) -> bool {
+        self.start_us >= from && self.start_us < to
+    }
 }
 
 /// Runs one phase against `addr`.
@@ -188,7 +205,12 @@ pub async fn run(addr: SocketAddr, make: MakeRequest, spec: &Spec) -> Result<Out
     );
     let phase = summarize(spec, rate, connections, &records, window)?;
     captured.retain(|c| c.done >= window_start);
-    Ok(Outcome { phase, captured })
+    Ok(Outcome {
+        phase,
+        captured,
+        answers: records,
+        window_us: window,
+    })
 }
 
 async fn connection_loop(
@@ -199,7 +221,7 @@ async fn connection_loop(
     end: Instant,
     rate: Option<f64>,
     capture: Option<&'static str>,
-) -> (Vec<Record>, Vec<Captured>) {
+) -> (Vec<Answer>, Vec<Captured>) {
     let mut records = Vec::new();
     let mut captured = Vec::new();
     let mut sender: Option<SendRequest<Body>> = None;
@@ -218,11 +240,13 @@ async fn connection_loop(
                     // it ended: the service fell behind the schedule. Counted
                     // as a failure (status 0) and never sent, so a run
                     // stays bounded however far behind it is.
-                    records.push(Record {
+                    records.push(Answer {
+                        n,
                         start_us: us(due),
                         done_us: us(now),
                         latency_us: now.saturating_duration_since(due).as_micros() as u64,
                         status: 0,
+                        header: None,
                     });
                     continue;
                 }
@@ -248,11 +272,13 @@ async fn connection_loop(
                 Ok(s) => sender = Some(s),
                 Err(_) => {
                     let done = Instant::now();
-                    records.push(Record {
+                    records.push(Answer {
+                        n,
                         start_us: us(start),
                         done_us: us(done),
                         latency_us: (done - start).as_micros() as u64,
                         status: 0,
+                        header: None,
                     });
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -264,23 +290,28 @@ async fn connection_loop(
         let result =
             tokio::time::timeout(REQUEST_TIMEOUT, exchange(s, request, addr, capture)).await;
         let done = Instant::now();
-        let status = match result {
+        let (status, header) = match result {
             Ok(Ok((status, value))) => {
-                if let (Some(value), true) = (value, (200..300).contains(&status)) {
-                    captured.push(Captured { done, value });
+                if let (Some(value), true) = (&value, (200..300).contains(&status)) {
+                    captured.push(Captured {
+                        done,
+                        value: value.clone(),
+                    });
                 }
-                status
+                (status, value)
             }
             Ok(Err(_)) | Err(_) => {
                 sender = None;
-                0
+                (0, None)
             }
         };
-        records.push(Record {
+        records.push(Answer {
+            n,
             start_us: us(start),
             done_us: us(done),
             latency_us: done.saturating_duration_since(start).as_micros() as u64,
             status,
+            header,
         });
     }
     (records, captured)
@@ -328,7 +359,7 @@ fn summarize(
     spec: &Spec,
     rate: Option<f64>,
     connections: usize,
-    records: &[Record],
+    records: &[Answer],
     (from, to): (u64, u64),
 ) -> Result<Phase> {
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
