@@ -364,6 +364,48 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                 s.views, s.mean_description_bytes, s.mean_view_stored_bytes, s.mean_view_raw_bytes
             )
         }
+        "overload_goodput" | "overload_p99" => {
+            let o = r.overload.as_ref()?;
+            let new = o.admission("new")?;
+            let counted: Vec<String> = new
+                .shed_counted
+                .iter()
+                .map(|(reason, n)| format!("{n:.0} `{reason}`"))
+                .collect();
+            let old = o
+                .admission("old")
+                .map(|old| {
+                    format!(
+                        " The old admission under the same load: {:.0} orders/s accepted, p99 {:.1} ms.",
+                        old.overload.achieved_rps, old.overload.latency.p99_ms
+                    )
+                })
+                .unwrap_or_default();
+            // Little's law: the accepted orders in the API at once, on average.
+            let in_flight = new.overload.latency.mean_ms / 1000.0 * new.overload.achieved_rps;
+            format!(
+                "At {:.0} orders/s offered ({:.0}x the {:.0} measured at saturation) the admission as shipped \
+                 accepted {:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms, against a p99 of {:.1} ms at half the \
+                 capacity) and shed {} with 503 (p99 {:.1} ms; the API counted {}); {} got no answer.{old} \
+                 On average {in_flight:.1} accepted orders were in the API at once (mean latency {:.1} ms × \
+                 {:.0}/s): an accepted order waits behind about that many, however few of them PostgreSQL runs \
+                 at a time. The load generator, both command APIs and PostgreSQL share {}.",
+                o.offered_rps,
+                o.factor,
+                o.capacity_rps,
+                new.overload.achieved_rps,
+                new.overload.latency.p50_ms,
+                new.overload.latency.p99_ms,
+                new.unloaded.latency.p99_ms,
+                new.shed,
+                new.shed_latency.p99_ms,
+                if counted.is_empty() { "none".to_owned() } else { counted.join(", ") },
+                new.unanswered(),
+                new.overload.latency.mean_ms,
+                new.overload.achieved_rps,
+                cores(r),
+            )
+        }
         _ => return None,
     };
     Some(text.trim_end().to_owned())

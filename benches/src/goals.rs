@@ -3,7 +3,12 @@
 
 use crate::{
     results::{Ratio, Results},
-    scenarios::{freshness::Freshness, takeover::Takeover, Subject},
+    scenarios::{
+        freshness::Freshness,
+        overload::{Admission, Overload},
+        takeover::Takeover,
+        Subject,
+    },
 };
 
 /// Whether `value` meets a goal written `≥ t` or `≤ t`; `None` for
@@ -219,10 +224,115 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
         "≤ 2",
         takeover_detail,
     );
+    // Overload: the admission as shipped against the goals, the old one
+    // reported beside it.
+    let overload = r.overload.as_ref();
+    let factor = overload.map(|o| o.factor).unwrap_or(3.0);
+    let mut unmeasured = Vec::new();
+    for (key, what, goals) in [
+        ("new", "admission as shipped", true),
+        ("old", "old admission (256, 2 s)", false),
+    ] {
+        let a = overload.and_then(|o| o.admission(key));
+        let why = overload.zip(a).and_then(|(o, a)| not_offered(o, a));
+        let measured = |v: Option<f64>| if why.is_some() { None } else { v };
+        let capacity = overload.map(|o| o.capacity_rps);
+        let goodput = a.map(|a| a.overload.achieved_rps);
+        let suffix = if goals { "" } else { "_old" };
+        push(
+            &format!("overload_goodput{suffix}"),
+            &format!("orders at {factor:.0}x capacity, {what}: goodput (201/s) / capacity"),
+            measured(goodput),
+            capacity,
+            if goals { "≥ 0.9" } else { "reported" },
+            match (overload, a) {
+                (Some(o), Some(a)) => format!(
+                    "{:.0} / {:.0} orders/s ({:.0} offered, {} shed with 503)",
+                    a.overload.achieved_rps, o.capacity_rps, o.offered_rps, a.shed
+                ),
+                _ => "–".into(),
+            },
+        );
+        let (accepted, unloaded) = match a {
+            Some(a) if a.overload.ok > 0 => (
+                Some(a.overload.latency.p99_ms),
+                Some(a.unloaded.latency.p99_ms),
+            ),
+            _ => (None, None),
+        };
+        push(
+            &format!("overload_p99{suffix}"),
+            &format!(
+                "orders at {factor:.0}x capacity, {what}: accepted orders' p99 / unloaded p99"
+            ),
+            measured(accepted),
+            unloaded,
+            if goals { "≤ 3" } else { "reported" },
+            format!("{} / {} ms", ms(accepted), ms(unloaded)),
+        );
+        if let Some(why) = why {
+            unmeasured.push((format!("overload_goodput{suffix}"), why.clone()));
+            unmeasured.push((format!("overload_p99{suffix}"), why));
+        }
+    }
+    let untrue = |key: &str| {
+        overload
+            .and_then(|o| o.admission(key))
+            .map(|a| a.written.untrue())
+    };
+    let (new_untrue, old_untrue) = (untrue("new"), untrue("old"));
+    push(
+        "overload_untrue",
+        &format!(
+            "orders at {factor:.0}x capacity, both admissions: answers that misreport the database (201 not written, \
+             or written but not 201)"
+        ),
+        new_untrue.zip(old_untrue).map(|(n, o)| (n + o) as f64),
+        Some(1.0),
+        "≤ 0",
+        match overload {
+            Some(o) => o
+                .admissions
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}: {} answered 201, {} orders written, {} answered 503",
+                        a.key, a.written.created, a.written.orders, a.written.refused
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            None => "–".into(),
+        },
+    );
     if let Some(ratio) = out.iter_mut().find(|x| x.key == "freshness_p99") {
         ratio.unmeasured = top.unmeasured;
     }
+    for (key, why) in unmeasured {
+        if let Some(ratio) = out.iter_mut().find(|x| x.key == key) {
+            ratio.unmeasured = Some(why);
+        }
+    }
     out
+}
+
+/// Share of the overload's due requests that may go unanswered before the
+/// load offered no longer counts as the overload it is stated at.
+const UNANSWERED_SHARE: f64 = 0.01;
+
+/// Why an overload phase measured a lighter load than stated: too many of
+/// its requests were never sent (the client had no free connection) or
+/// got no answer.
+fn not_offered(o: &Overload, a: &Admission) -> Option<String> {
+    let due: u64 = a.overload.statuses.values().sum();
+    let unanswered = a.unanswered();
+    (due > 0 && unanswered as f64 > UNANSWERED_SHARE * due as f64).then(|| {
+        format!(
+            "{unanswered} of the {due} orders due in the overload's window ({:.0}/s offered) were never sent or got \
+             no answer, so the load was lighter than stated",
+            o.offered_rps
+        )
+    })
 }
 
 /// The freshness ratio's parts, from the phase at the highest offered rate.

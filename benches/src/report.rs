@@ -300,6 +300,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         }
         let _ = writeln!(md);
     }
+    overload_section(&mut md, r);
     let _ = writeln!(md, "## Projector against pg_recvlogical\n");
     if let Some(s) = &r.stream {
         let _ = writeln!(
@@ -390,6 +391,167 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         }
     }
     md
+}
+
+/// The overload scenario: capacity, then both admissions under the same
+/// loads, and the database read back against the answers.
+fn overload_section(md: &mut String, r: &Results) {
+    let _ = writeln!(
+        md,
+        "## Overload: admission at three times the order capacity\n"
+    );
+    let Some(o) = &r.overload else {
+        return;
+    };
+    let m = &r.meta;
+    let rounds: Vec<String> = o
+        .capacity_rounds
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Capacity: orders placed by a closed loop of {} connections against the command API with the old \
+         admission (it sheds nothing at that many), the median of {} rounds of {:.1} s: {:.0} orders/s (rounds {}). \
+         Then, for each admission, orders at half the capacity for {:.1} s (the unloaded latency), and orders at \
+         {:.0}x the capacity ({:.0}/s) for {:.1} s after {:.1} s of warm-up: open loop on up to {} connections, so \
+         a request leaves when it is due whatever came of the earlier ones, its latency counts from then, and a 503 \
+         is not retried. The two command APIs run side by side on one database with a pool of 16 each, the old \
+         admission's overload first; a checkpoint precedes each overload. Every order is placed by a user of a \
+         course no other request of the scenario gives that user, under an `Idempotency-Key` of its own, so the \
+         orders read back from the database name the requests that placed them.\n",
+        o.capacity_connections,
+        o.capacity_rounds.len(),
+        m.scale.round.as_secs_f64(),
+        o.capacity_rps,
+        rounds.join(", "),
+        m.scale.rate_phase.as_secs_f64(),
+        o.factor,
+        o.offered_rps,
+        m.scale.overload_phase.as_secs_f64(),
+        m.scale.warmup.as_secs_f64(),
+        o.connections
+    );
+    let _ = writeln!(
+        md,
+        "| admission | unloaded p99 ms | 201/s under overload | / capacity | accepted p50 / p99 / max ms | p99 / \
+         unloaded p99 | 503s | 503 p50 / p99 / max ms | 503 without Retry-After | shed as counted by the API | \
+         no answer |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|---:|---:|---|---:|---|---:|");
+    for a in &o.admissions {
+        let l = &a.overload.latency;
+        let s = &a.shed_latency;
+        let counted: Vec<String> = a
+            .shed_counted
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n:.0}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.0} | {} | {:.1} / {:.1} / {:.1} | {} | {} | {:.1} / {:.1} / {:.1} | {} | {} | {} |",
+            a.label,
+            a.unloaded.latency.p99_ms,
+            a.overload.achieved_rps,
+            fmt_opt(a.goodput_ratio(o.capacity_rps), 2),
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            fmt_opt(a.p99_ratio(), 2),
+            a.shed,
+            s.p50_ms,
+            s.p99_ms,
+            s.max_ms,
+            a.shed_without_retry_after,
+            if counted.is_empty() { "–".to_owned() } else { counted.join(", ") },
+            a.unanswered()
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n503s and their latency count the requests due in the measured window; the API's own count \
+         (`command_api_requests_shed_total`, by reason: `concurrency` at the admission limit, `db_pool` after \
+         waiting for a connection) and the `Retry-After` check cover the whole phase. No answer: never sent (no \
+         free connection) or no response.\n"
+    );
+    for a in &o.admissions {
+        let others: Vec<String> = a
+            .overload
+            .statuses
+            .iter()
+            .filter(|(status, _)| ![0, 201, 503].contains(*status))
+            .map(|(status, n)| format!("{n} answered {status}"))
+            .collect();
+        if !others.is_empty() {
+            let _ = writeln!(md, "- {}: also {}.", a.label, others.join(", "));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "What the database holds against what was answered, over every request of each overload phase (warm-up \
+         included):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| admission | requests | answered 201 | answered 503 | orders in the database | 201 not in the database | \
+         503 in the database | in the database, answered otherwise or not at all |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for a in &o.admissions {
+        let w = &a.written;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            a.key,
+            w.requests,
+            w.created,
+            w.refused,
+            w.orders,
+            w.lost,
+            w.written_by_refused,
+            w.written_otherwise
+        );
+    }
+    let _ = writeln!(md);
+    // Second by second: the accepted orders' rate and latency.
+    let longest = o
+        .admissions
+        .iter()
+        .map(|a| a.overload.timeline.len())
+        .max()
+        .unwrap_or(0);
+    if longest > 0 {
+        let _ = write!(md, "| s |");
+        for a in &o.admissions {
+            let _ = write!(md, " {}: 201/s | {}: p50 / p99 ms |", a.key, a.key);
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(md, "|---:|{}", "---:|---|".repeat(o.admissions.len()));
+        for i in 0..longest {
+            let t = o
+                .admissions
+                .iter()
+                .find_map(|a| a.overload.timeline.get(i))
+                .map(|t| t.t_s)
+                .unwrap_or(0.0);
+            let _ = write!(md, "| {t:.1} |");
+            for a in &o.admissions {
+                match a.overload.timeline.get(i) {
+                    Some(t) => {
+                        let _ = write!(md, " {:.0} | {:.1} / {:.1} |", t.rps, t.p50_ms, t.p99_ms);
+                    }
+                    None => {
+                        let _ = write!(md, " – | – |");
+                    }
+                }
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(
+            md,
+            "\nEach row: the 201s that arrived in that slice of the window, and their latency.\n"
+        );
+    }
 }
 
 fn subjects_table(md: &mut String, subjects: &[Subject]) {

@@ -7,6 +7,7 @@ use crate::{
     scale::Scale,
     scenarios::{
         freshness::Freshness,
+        overload::Overload,
         reads::{CartComparison, ReadCpu},
         storage::Storage,
         stream::Stream,
@@ -67,6 +68,10 @@ pub struct Results {
     /// Takeovers of a standby projector after SIGKILLs of the active one.
     #[serde(default)]
     pub takeover: Option<Takeover>,
+    /// Orders at three times the capacity, under the admission as shipped
+    /// and the old one.
+    #[serde(default)]
+    pub overload: Option<Overload>,
     /// Where the CPU went on the paths behind the ratios (perf).
     #[serde(default)]
     pub profiles: Vec<Profile>,

@@ -20,7 +20,7 @@ use crate::{
     goals, report,
     results::{Meta, Results, Timings},
     scale::Scale,
-    scenarios::{self, freshness, orders, storage, stream, takeover, Ctx},
+    scenarios::{self, freshness, orders, overload, storage, stream, takeover, Ctx},
     seed,
     stack::{self, free_addr, Env, Program},
     tools::{self, Machine},
@@ -41,6 +41,8 @@ pub enum Scenario {
     Storage,
     /// A standby projector taking over from a SIGKILLed active one.
     Takeover,
+    /// Orders at three times the capacity, admission as shipped against the old one.
+    Overload,
 }
 
 impl Scenario {
@@ -53,6 +55,7 @@ impl Scenario {
             Scenario::Stream => "stream",
             Scenario::Storage => "storage",
             Scenario::Takeover => "takeover",
+            Scenario::Overload => "overload",
         }
     }
 }
@@ -151,6 +154,7 @@ pub async fn run(options: Options) -> Result<Results> {
         freshness: Vec::new(),
         stream: None,
         takeover: None,
+        overload: None,
         profiles: Vec::new(),
         ratios: Vec::new(),
         notes: Vec::new(),
@@ -449,6 +453,14 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     }
     if let Some(command) = command {
         command.stop().await?;
+    }
+
+    // Overload: two command APIs of its own, one with the admission as
+    // shipped and one with the old, under the same loads.
+    if wants(Scenario::Overload) {
+        tracing::info!("overload");
+        let outcome = overload::run(ctx, &cqrs_url).await;
+        results.overload = results.record("overload", outcome);
     }
 
     // The projector against the decode ceiling, in a database of its own.

@@ -67,6 +67,17 @@ pub struct Scale {
     /// projector is waiting as the standby when it comes.
     #[serde(default, with = "secs")]
     pub takeover_settle: Duration,
+    /// The overload scenario's offered order rate, as a multiple of the
+    /// capacity it measures first.
+    #[serde(default)]
+    pub overload_factor: f64,
+    /// Length of each overload phase (after the warm-up).
+    #[serde(default, with = "secs")]
+    pub overload_phase: Duration,
+    /// Connections of the overload's open loop, the most requests in flight
+    /// at once: generous, so the client never limits the load.
+    #[serde(default)]
+    pub overload_connections: usize,
 }
 
 /// Durations as seconds in the JSON summary.
@@ -113,6 +124,9 @@ impl Scale {
             takeover_kills: 10,
             takeover_rate: 100.0,
             takeover_settle: Duration::from_secs(3),
+            overload_factor: 3.0,
+            overload_phase: Duration::from_secs(20),
+            overload_connections: 1024,
         }
     }
 
@@ -132,6 +146,7 @@ impl Scale {
             stream_changes: 200_000,
             freshness_phase: Duration::from_secs(8),
             redis_requests: 100_000,
+            overload_phase: Duration::from_secs(8),
             ..Self::full()
         }
     }
@@ -165,6 +180,9 @@ impl Scale {
             takeover_kills: 3,
             takeover_rate: 20.0,
             takeover_settle: Duration::from_millis(500),
+            overload_factor: 3.0,
+            overload_phase: Duration::from_secs(2),
+            overload_connections: 64,
         }
     }
 

@@ -105,7 +105,7 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     assert!(number(&r, "cart.single.latency.p50_ms") > 0.0);
 
     // Orders, pgbench, freshness, the stream, bytes per view, redis-benchmark,
-    // takeovers.
+    // takeovers, overload.
     let orders = r["orders"].as_array().expect("orders");
     assert_eq!(orders.len(), 4, "spread and hot, command API and monolith");
     for s in orders {
@@ -145,6 +145,40 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     }
     assert!(number(&r, "takeover.max_ms") >= number(&r, "takeover.p50_ms"));
     assert!(number(&r, "takeover.stream_orders") > 0.0);
+    assert!(number(&r, "overload.capacity_rps") > 0.0);
+    let admissions = r["overload"]["admissions"]
+        .as_array()
+        .expect("overload admissions");
+    assert_eq!(
+        admissions.len(),
+        2,
+        "the admission as shipped and the old one"
+    );
+    for a in admissions {
+        assert!(
+            number(a, "unloaded.ok") > 0.0,
+            "{} placed no order",
+            a["key"]
+        );
+        assert!(
+            number(a, "overload.ok") > 0.0,
+            "{} accepted nothing",
+            a["key"]
+        );
+        // Not speed: whatever was shed said when to come back, and the
+        // database holds exactly the orders answered 201.
+        assert_eq!(number(a, "shed_without_retry_after"), 0.0, "{}", a["key"]);
+        let w = &a["written"];
+        assert_eq!(
+            number(w, "orders"),
+            number(w, "created"),
+            "{}: {w}",
+            a["key"]
+        );
+        for untrue in ["lost", "written_by_refused", "written_otherwise"] {
+            assert_eq!(number(w, untrue), 0.0, "{}: {w}", a["key"]);
+        }
+    }
 
     // Every ratio of the table has a value, or says why the host could
     // not carry the load it is stated at (a busy machine is not a failure);

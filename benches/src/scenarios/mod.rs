@@ -1,9 +1,10 @@
 //! The scenarios, each next to its baseline: reads, orders, freshness, the
-//! projector against pg_recvlogical, what a view costs in Redis, and how
-//! fast a standby projector takes over.
+//! projector against pg_recvlogical, what a view costs in Redis, how fast a
+//! standby projector takes over, and what admission keeps under overload.
 
 pub mod freshness;
 pub mod orders;
+pub mod overload;
 pub mod reads;
 pub mod storage;
 pub mod stream;
