@@ -367,43 +367,43 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
         "overload_goodput" | "overload_p99" => {
             let o = r.overload.as_ref()?;
             let new = o.admission("new")?;
-            let counted: Vec<String> = new
-                .shed_counted
-                .iter()
-                .map(|(reason, n)| format!("{n:.0} `{reason}`"))
-                .collect();
             let old = o
                 .admission("old")
                 .map(|old| {
                     format!(
-                        " The old admission under the same load: {:.0} orders/s accepted, p99 {:.1} ms.",
-                        old.overload.achieved_rps, old.overload.latency.p99_ms
+                        " The old admission under the same load: {:.0} orders/s accepted, p99 {:.1} ms (medians).",
+                        old.median(|r| r.overload.achieved_rps),
+                        old.median(|r| r.overload.latency.p99_ms)
                     )
                 })
                 .unwrap_or_default();
+            let concurrency = new.median(|r| r.shed_counted.get("concurrency").copied().unwrap_or(0.0));
+            let db_pool = new.median(|r| r.shed_counted.get("db_pool").copied().unwrap_or(0.0));
             // Little's law: the accepted orders in the API at once, on average.
-            let in_flight = new.overload.latency.mean_ms / 1000.0 * new.overload.achieved_rps;
+            let in_flight =
+                new.median(|r| r.overload.latency.mean_ms / 1000.0 * r.overload.achieved_rps);
             format!(
-                "At {:.0} orders/s offered ({:.0}x the {:.0} measured at saturation) the admission as shipped \
-                 accepted {:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms, against a p99 of {:.1} ms at half the \
-                 capacity) and shed {} with 503 (p99 {:.1} ms; the API counted {}); {} got no answer.{old} \
-                 On average {in_flight:.1} accepted orders were in the API at once (mean latency {:.1} ms × \
-                 {:.0}/s): an accepted order waits behind about that many, however few of them PostgreSQL runs \
-                 at a time. The load generator, both command APIs and PostgreSQL share {}.",
+                "Medians over the rounds: at {:.0} orders/s offered ({:.0}x the {:.0} measured at saturation in the \
+                 round) the \
+                 admission as shipped accepted {:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms, against a p99 of {:.1} \
+                 ms at half the capacity) and shed {:.0} with 503 (p99 {:.1} ms; by the API's count {concurrency:.0} \
+                 at the admission limit, {db_pool:.0} after waiting for a connection).{old} On average \
+                 {in_flight:.1} accepted orders were in the API at once (mean latency × orders/s): each waits \
+                 behind about that many, however few of them PostgreSQL runs at a time on its {}. The command API \
+                 and the load generator used {:.2} cores at capacity and {:.2} under the overload, refusing what \
+                 they did not admit: what they took more is what PostgreSQL, on the same cores, had less.",
                 o.offered_rps,
                 o.factor,
                 o.capacity_rps,
-                new.overload.achieved_rps,
-                new.overload.latency.p50_ms,
-                new.overload.latency.p99_ms,
-                new.unloaded.latency.p99_ms,
-                new.shed,
-                new.shed_latency.p99_ms,
-                if counted.is_empty() { "none".to_owned() } else { counted.join(", ") },
-                new.unanswered(),
-                new.overload.latency.mean_ms,
-                new.overload.achieved_rps,
+                new.median(|r| r.overload.achieved_rps),
+                new.median(|r| r.overload.latency.p50_ms),
+                new.median(|r| r.overload.latency.p99_ms),
+                new.median(|r| r.unloaded.latency.p99_ms),
+                new.median(|r| r.shed as f64),
+                new.median(|r| r.shed_latency.p99_ms),
                 cores(r),
+                new.median(|r| r.capacity_cpu.api_cores + r.capacity_cpu.load_cores),
+                new.median(|r| r.overload_cpu.api_cores + r.overload_cpu.load_cores),
             )
         }
         _ => return None,

@@ -3,12 +3,7 @@
 
 use crate::{
     results::{Ratio, Results},
-    scenarios::{
-        freshness::Freshness,
-        overload::{Admission, Overload},
-        takeover::Takeover,
-        Subject,
-    },
+    scenarios::{freshness::Freshness, overload::Admission, takeover::Takeover, Subject},
 };
 
 /// Whether `value` meets a goal written `≥ t` or `≤ t`; `None` for
@@ -225,7 +220,7 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
         takeover_detail,
     );
     // Overload: the admission as shipped against the goals, the old one
-    // reported beside it.
+    // reported beside it; each the median round of those that measured it.
     let overload = r.overload.as_ref();
     let factor = overload.map(|o| o.factor).unwrap_or(3.0);
     let mut unmeasured = Vec::new();
@@ -233,61 +228,65 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
         ("new", "admission as shipped", true),
         ("old", "old admission (256, 2 s)", false),
     ] {
-        let a = overload.and_then(|o| o.admission(key));
-        let why = overload.zip(a).and_then(|(o, a)| not_offered(o, a));
-        let measured = |v: Option<f64>| if why.is_some() { None } else { v };
-        let capacity = overload.map(|o| o.capacity_rps);
-        let goodput = a.map(|a| a.overload.achieved_rps);
         let suffix = if goals { "" } else { "_old" };
+        let a = overload.and_then(|o| o.admission(key));
+        let goodput = a.and_then(Admission::goodput_ratio);
         push(
             &format!("overload_goodput{suffix}"),
             &format!("orders at {factor:.0}x capacity, {what}: goodput (201/s) / capacity"),
-            measured(goodput),
-            capacity,
+            goodput,
+            Some(1.0),
             if goals { "≥ 0.9" } else { "reported" },
             match (overload, a) {
                 (Some(o), Some(a)) => format!(
-                    "{:.0} / {:.0} orders/s ({:.0} offered, {} shed with 503)",
-                    a.overload.achieved_rps, o.capacity_rps, o.offered_rps, a.shed
+                    "median of {} rounds' ratios; medians {:.0} / {:.0} orders/s ({:.0} offered, {:.0} shed with \
+                     503)",
+                    a.rounds.len(),
+                    a.median(|r| r.overload.achieved_rps),
+                    o.capacity_rps,
+                    o.offered_rps,
+                    a.median(|r| r.shed as f64)
                 ),
                 _ => "–".into(),
             },
         );
-        let (accepted, unloaded) = match a {
-            Some(a) if a.overload.ok > 0 => (
-                Some(a.overload.latency.p99_ms),
-                Some(a.unloaded.latency.p99_ms),
-            ),
-            _ => (None, None),
-        };
         push(
             &format!("overload_p99{suffix}"),
             &format!(
                 "orders at {factor:.0}x capacity, {what}: accepted orders' p99 / unloaded p99"
             ),
-            measured(accepted),
-            unloaded,
+            a.and_then(Admission::p99_ratio),
+            Some(1.0),
             if goals { "≤ 3" } else { "reported" },
-            format!("{} / {} ms", ms(accepted), ms(unloaded)),
+            match a {
+                Some(a) => format!(
+                    "median of the rounds' ratios; medians {:.1} / {:.1} ms",
+                    a.median(|r| r.overload.latency.p99_ms),
+                    a.median(|r| r.unloaded.latency.p99_ms)
+                ),
+                None => "–".into(),
+            },
         );
-        if let Some(why) = why {
-            unmeasured.push((format!("overload_goodput{suffix}"), why.clone()));
-            unmeasured.push((format!("overload_p99{suffix}"), why));
+        if let Some(a) = a {
+            for (ratio, latency) in [("goodput", false), ("p99", true)] {
+                if let Some(why) = a.unmeasured(latency) {
+                    unmeasured.push((format!("overload_{ratio}{suffix}"), why));
+                }
+            }
         }
     }
     let untrue = |key: &str| {
         overload
             .and_then(|o| o.admission(key))
-            .map(|a| a.written.untrue())
+            .map(|a| a.written().untrue())
     };
-    let (new_untrue, old_untrue) = (untrue("new"), untrue("old"));
     push(
         "overload_untrue",
         &format!(
             "orders at {factor:.0}x capacity, both admissions: answers that misreport the database (201 not written, \
              or written but not 201)"
         ),
-        new_untrue.zip(old_untrue).map(|(n, o)| (n + o) as f64),
+        untrue("new").zip(untrue("old")).map(|(n, o)| (n + o) as f64),
         Some(1.0),
         "≤ 0",
         match overload {
@@ -295,9 +294,10 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
                 .admissions
                 .iter()
                 .map(|a| {
+                    let w = a.written();
                     format!(
                         "{}: {} answered 201, {} orders written, {} answered 503",
-                        a.key, a.written.created, a.written.orders, a.written.refused
+                        a.key, w.created, w.orders, w.refused
                     )
                 })
                 .collect::<Vec<_>>()
@@ -314,25 +314,6 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
         }
     }
     out
-}
-
-/// Share of the overload's due requests that may go unanswered before the
-/// load offered no longer counts as the overload it is stated at.
-const UNANSWERED_SHARE: f64 = 0.01;
-
-/// Why an overload phase measured a lighter load than stated: too many of
-/// its requests were never sent (the client had no free connection) or
-/// got no answer.
-fn not_offered(o: &Overload, a: &Admission) -> Option<String> {
-    let due: u64 = a.overload.statuses.values().sum();
-    let unanswered = a.unanswered();
-    (due > 0 && unanswered as f64 > UNANSWERED_SHARE * due as f64).then(|| {
-        format!(
-            "{unanswered} of the {due} orders due in the overload's window ({:.0}/s offered) were never sent or got \
-             no answer, so the load was lighter than stated",
-            o.offered_rps
-        )
-    })
 }
 
 /// The freshness ratio's parts, from the phase at the highest offered rate.

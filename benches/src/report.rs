@@ -1,7 +1,7 @@
 //! The Markdown page: the ratios first, then the machine, the command that
 //! reproduces the run, every table, and the plots beside them.
 
-use std::{fmt::Write as _, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Result;
 
@@ -394,7 +394,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
 }
 
 /// The overload scenario: capacity, then both admissions under the same
-/// loads, and the database read back against the answers.
+/// loads round after round, and the database read back against the answers.
 fn overload_section(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
@@ -404,27 +404,28 @@ fn overload_section(md: &mut String, r: &Results) {
         return;
     };
     let m = &r.meta;
-    let rounds: Vec<String> = o
+    let capacity_rounds: Vec<String> = o
         .capacity_rounds
         .iter()
         .map(|v| format!("{v:.0}"))
         .collect();
+    let rounds = o.admissions.first().map(|a| a.rounds.len()).unwrap_or(0);
     let _ = writeln!(
         md,
-        "Capacity: orders placed by a closed loop of {} connections against the command API with the old \
-         admission (it sheds nothing at that many), the median of {} rounds of {:.1} s: {:.0} orders/s (rounds {}). \
-         Then, for each admission, orders at half the capacity for {:.1} s (the unloaded latency), and orders at \
-         {:.0}x the capacity ({:.0}/s) for {:.1} s after {:.1} s of warm-up: open loop on up to {} connections, so \
-         a request leaves when it is due whatever came of the earlier ones, its latency counts from then, and a 503 \
-         is not retried. The two command APIs run side by side on one database with a pool of 16 each, the old \
-         admission's overload first; a checkpoint precedes each overload. Every order is placed by a user of a \
-         course no other request of the scenario gives that user, under an `Idempotency-Key` of its own, so the \
-         orders read back from the database name the requests that placed them.\n",
+        "{rounds} round(s), each: the capacity, orders placed by a closed loop of {} connections for {:.1} s \
+         against the command API with the old admission (it sheds nothing at that many; median {:.0} orders/s, \
+         rounds {}); orders at half that capacity for {:.1} s to each admission (the unloaded latency); then \
+         orders at {:.0}x that capacity (median {:.0}/s) for {:.1} s after {:.1} s of warm-up to each in turn (the \
+         first to go alternates), open loop on up to {} connections: a request leaves when it is due \
+         whatever came of the earlier ones, its latency counts from then, and a 503 is not retried. The two \
+         command APIs run side by side on one database with a pool of 16 each; a checkpoint precedes each \
+         overload. Every order is placed by a user of a course no other request of the scenario gives that \
+         user, under an `Idempotency-Key` of its own, so the orders read back from the database name the \
+         requests that placed them.\n",
         o.capacity_connections,
-        o.capacity_rounds.len(),
         m.scale.round.as_secs_f64(),
         o.capacity_rps,
-        rounds.join(", "),
+        capacity_rounds.join(", "),
         m.scale.rate_phase.as_secs_f64(),
         o.factor,
         o.offered_rps,
@@ -434,61 +435,109 @@ fn overload_section(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "| admission | unloaded p99 ms | 201/s under overload | / capacity | accepted p50 / p99 / max ms | p99 / \
-         unloaded p99 | 503s | 503 p50 / p99 / max ms | 503 without Retry-After | shed as counted by the API | \
-         no answer |"
+        "| round | admission | capacity, orders/s | unloaded p99 ms | 201/s under overload | / capacity | accepted p50 / p99 / max ms | \
+         p99 / unloaded p99 | 503s | 503 p50 / p99 / max ms | 503 without Retry-After | shed as counted by the \
+         API | no answer | cores, command API + load generator: at capacity / under overload |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---|---:|---:|---|---:|---|---:|");
+    let _ = writeln!(
+        md,
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|---|"
+    );
+    for i in 0..rounds {
+        for a in &o.admissions {
+            let Some(round) = a.rounds.get(i) else {
+                continue;
+            };
+            let l = &round.overload.latency;
+            let s = &round.shed_latency;
+            let counted: Vec<String> = round
+                .shed_counted
+                .iter()
+                .map(|(reason, n)| format!("{reason} {n:.0}"))
+                .collect();
+            let unloaded = if round.was_unloaded() {
+                format!("{:.1}", round.unloaded.latency.p99_ms)
+            } else {
+                format!(
+                    "{:.1} ({} of {} refused or unsent)",
+                    round.unloaded.latency.p99_ms,
+                    round.unloaded.errors,
+                    round.unloaded.ok + round.unloaded.errors
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {unloaded} | {:.0} | {} | {:.1} / {:.1} / {:.1} | {} | {} | {:.1} / {:.1} / {:.1} | {} | \
+                 {} | {} | {:.2} + {:.2} / {:.2} + {:.2} |",
+                i + 1,
+                a.key,
+                round.capacity_rps,
+                round.overload.achieved_rps,
+                fmt_opt(round.goodput_ratio(), 2),
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                fmt_opt(round.p99_ratio(), 2),
+                round.shed,
+                s.p50_ms,
+                s.p99_ms,
+                s.max_ms,
+                round.shed_without_retry_after,
+                if counted.is_empty() { "–".to_owned() } else { counted.join(", ") },
+                round.unanswered(),
+                round.capacity_cpu.api_cores,
+                round.capacity_cpu.load_cores,
+                round.overload_cpu.api_cores,
+                round.overload_cpu.load_cores,
+            );
+        }
+    }
+    let _ = writeln!(md);
     for a in &o.admissions {
-        let l = &a.overload.latency;
-        let s = &a.shed_latency;
-        let counted: Vec<String> = a
-            .shed_counted
-            .iter()
-            .map(|(reason, n)| format!("{reason} {n:.0}"))
-            .collect();
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.0} | {} | {:.1} / {:.1} / {:.1} | {} | {} | {:.1} / {:.1} / {:.1} | {} | {} | {} |",
+            "- `{}`, {}: goodput / capacity {} and accepted p99 / unloaded p99 {} (the median rounds).",
+            a.key,
             a.label,
-            a.unloaded.latency.p99_ms,
-            a.overload.achieved_rps,
-            fmt_opt(a.goodput_ratio(o.capacity_rps), 2),
-            l.p50_ms,
-            l.p99_ms,
-            l.max_ms,
-            fmt_opt(a.p99_ratio(), 2),
-            a.shed,
-            s.p50_ms,
-            s.p99_ms,
-            s.max_ms,
-            a.shed_without_retry_after,
-            if counted.is_empty() { "–".to_owned() } else { counted.join(", ") },
-            a.unanswered()
+            fmt_opt(a.goodput_ratio(), 2),
+            fmt_opt(a.p99_ratio(), 2)
         );
     }
     let _ = writeln!(
         md,
-        "\n503s and their latency count the requests due in the measured window; the API's own count \
+        "\nA ratio is blank for a round whose phase was not the load it is stated at: more than 1% of the \
+         overload's orders never sent or unanswered, or more than 1% of the orders at half the capacity refused \
+         or unsent (on a busy machine half the capacity measured earlier can be an overload too). 503s and their \
+         latency count the requests due in the measured window; the API's own count \
          (`command_api_requests_shed_total`, by reason: `concurrency` at the admission limit, `db_pool` after \
          waiting for a connection) and the `Retry-After` check cover the whole phase. No answer: never sent (no \
          free connection) or no response.\n"
     );
     for a in &o.admissions {
-        let others: Vec<String> = a
-            .overload
-            .statuses
-            .iter()
-            .filter(|(status, _)| ![0, 201, 503].contains(*status))
-            .map(|(status, n)| format!("{n} answered {status}"))
-            .collect();
+        let mut others: BTreeMap<u16, u64> = BTreeMap::new();
+        for round in &a.rounds {
+            for (status, n) in &round.overload.statuses {
+                if ![0, 201, 503].contains(status) {
+                    *others.entry(*status).or_insert(0) += n;
+                }
+            }
+        }
         if !others.is_empty() {
-            let _ = writeln!(md, "- {}: also {}.", a.label, others.join(", "));
+            let others: Vec<String> = others
+                .iter()
+                .map(|(s, n)| format!("{n} answered {s}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "- `{}` under overload: also {}.",
+                a.key,
+                others.join(", ")
+            );
         }
     }
     let _ = writeln!(
         md,
-        "What the database holds against what was answered, over every request of each overload phase (warm-up \
+        "What the database holds against what was answered, over every request of the overload phases (warm-up \
          included):\n"
     );
     let _ = writeln!(
@@ -498,7 +547,7 @@ fn overload_section(md: &mut String, r: &Results) {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for a in &o.admissions {
-        let w = &a.written;
+        let w = a.written();
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -513,45 +562,6 @@ fn overload_section(md: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(md);
-    // Second by second: the accepted orders' rate and latency.
-    let longest = o
-        .admissions
-        .iter()
-        .map(|a| a.overload.timeline.len())
-        .max()
-        .unwrap_or(0);
-    if longest > 0 {
-        let _ = write!(md, "| s |");
-        for a in &o.admissions {
-            let _ = write!(md, " {}: 201/s | {}: p50 / p99 ms |", a.key, a.key);
-        }
-        let _ = writeln!(md);
-        let _ = writeln!(md, "|---:|{}", "---:|---|".repeat(o.admissions.len()));
-        for i in 0..longest {
-            let t = o
-                .admissions
-                .iter()
-                .find_map(|a| a.overload.timeline.get(i))
-                .map(|t| t.t_s)
-                .unwrap_or(0.0);
-            let _ = write!(md, "| {t:.1} |");
-            for a in &o.admissions {
-                match a.overload.timeline.get(i) {
-                    Some(t) => {
-                        let _ = write!(md, " {:.0} | {:.1} / {:.1} |", t.rps, t.p50_ms, t.p99_ms);
-                    }
-                    None => {
-                        let _ = write!(md, " – | – |");
-                    }
-                }
-            }
-            let _ = writeln!(md);
-        }
-        let _ = writeln!(
-            md,
-            "\nEach row: the 201s that arrived in that slice of the window, and their latency.\n"
-        );
-    }
 }
 
 fn subjects_table(md: &mut String, subjects: &[Subject]) {

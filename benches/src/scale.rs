@@ -74,6 +74,10 @@ pub struct Scale {
     /// Length of each overload phase (after the warm-up).
     #[serde(default, with = "secs")]
     pub overload_phase: Duration,
+    /// Rounds of the overload scenario, each an unloaded phase and an
+    /// overload of each admission; the median round counts.
+    #[serde(default)]
+    pub overload_rounds: usize,
     /// Connections of the overload's open loop, the most requests in flight
     /// at once: generous, so the client never limits the load.
     #[serde(default)]
@@ -126,6 +130,7 @@ impl Scale {
             takeover_settle: Duration::from_secs(3),
             overload_factor: 3.0,
             overload_phase: Duration::from_secs(20),
+            overload_rounds: 3,
             overload_connections: 1024,
         }
     }
@@ -182,6 +187,7 @@ impl Scale {
             takeover_settle: Duration::from_millis(500),
             overload_factor: 3.0,
             overload_phase: Duration::from_secs(2),
+            overload_rounds: 1,
             overload_connections: 64,
         }
     }

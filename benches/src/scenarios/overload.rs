@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context, Result};
@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection};
 
-use super::{median, mix, saturate, Ctx, Target};
+use super::{mix, process_cpu_s, saturate, Ctx, Target};
 use crate::{
     load::{self, Latency, MakeRequest, Mode, Outcome, Phase, Spec},
     stack::{self, free_addr, Program},
@@ -29,12 +29,14 @@ use crate::{
 /// What the scenario measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Overload {
-    /// Orders per second the command API carries: the median round of a
-    /// closed loop that nothing is shed from.
+    /// Orders per second the command API carries, measured at the start of
+    /// every round by a closed loop that nothing is shed from: the median,
+    /// and each round's.
     pub capacity_rps: f64,
     pub capacity_rounds: Vec<f64>,
     pub capacity_connections: usize,
-    /// Offered orders per second under overload: `factor` × capacity.
+    /// Offered orders per second under overload: `factor` × the round's
+    /// capacity (the median here).
     pub factor: f64,
     pub offered_rps: f64,
     /// Connections of the overload's open loop (the most in flight at once).
@@ -43,13 +45,28 @@ pub struct Overload {
     pub admissions: Vec<Admission>,
 }
 
-/// One command API under the same loads.
+/// One command API under the same loads, round after round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Admission {
     /// `new` (as shipped) or `old` (256 admitted, 2 s to get a connection).
     pub key: String,
     /// Its settings, for people.
     pub label: String,
+    /// In the order run.
+    pub rounds: Vec<Round>,
+}
+
+/// One round of an admission: the unloaded latency, then the overload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Round {
+    /// The capacity measured at the start of the round.
+    pub capacity_rps: f64,
+    /// Cores the command API and the load generator used meanwhile.
+    #[serde(default)]
+    pub capacity_cpu: Cpu,
+    /// Cores they used during the overload.
+    #[serde(default)]
+    pub overload_cpu: Cpu,
     /// Orders at half the capacity: the unloaded latency.
     pub unloaded: Phase,
     /// Orders at `factor` × capacity.
@@ -73,22 +90,138 @@ impl Overload {
     }
 }
 
-impl Admission {
-    /// 201s per second during the overload / the capacity.
-    pub fn goodput_ratio(&self, capacity: f64) -> Option<f64> {
-        (capacity > 0.0).then(|| self.overload.achieved_rps / capacity)
+/// Share of a phase's due requests that may fail before it no longer
+/// counts as the load it is stated at.
+const FAILED_SHARE: f64 = 0.01;
+
+impl Round {
+    /// 201s per second during the overload / the capacity, when the
+    /// overload was offered in full.
+    pub fn goodput_ratio(&self) -> Option<f64> {
+        (self.capacity_rps > 0.0 && self.offered_in_full())
+            .then(|| self.overload.achieved_rps / self.capacity_rps)
     }
 
-    /// The accepted orders' p99 under overload / unloaded.
+    /// The accepted orders' p99 under overload / unloaded, when both
+    /// phases were what they are stated to be.
     pub fn p99_ratio(&self) -> Option<f64> {
         let unloaded = self.unloaded.latency.p99_ms;
-        (unloaded > 0.0 && self.overload.ok > 0).then(|| self.overload.latency.p99_ms / unloaded)
+        (unloaded > 0.0 && self.overload.ok > 0 && self.offered_in_full() && self.was_unloaded())
+            .then(|| self.overload.latency.p99_ms / unloaded)
     }
 
     /// Requests due in the overload's window that got no answer: never sent
     /// because every connection was busy, a failed connection, or a timeout.
     pub fn unanswered(&self) -> u64 {
         self.overload.statuses.get(&0).copied().unwrap_or(0)
+    }
+
+    /// At most 1% of the overload's due requests went unanswered.
+    pub fn offered_in_full(&self) -> bool {
+        let due: u64 = self.overload.statuses.values().sum();
+        due > 0 && self.unanswered() as f64 <= FAILED_SHARE * due as f64
+    }
+
+    /// The phase at half the capacity placed (nearly) every order: a busy
+    /// machine can make half the capacity measured earlier an overload too.
+    pub fn was_unloaded(&self) -> bool {
+        let due = self.unloaded.ok + self.unloaded.errors;
+        due > 0 && self.unloaded.errors as f64 <= FAILED_SHARE * due as f64
+    }
+}
+
+impl Admission {
+    /// The median round's goodput ratio, of the rounds offered in full.
+    pub fn goodput_ratio(&self) -> Option<f64> {
+        median_of(self.rounds.iter().filter_map(Round::goodput_ratio))
+    }
+
+    /// The median round's p99 ratio, of the rounds that measured one.
+    pub fn p99_ratio(&self) -> Option<f64> {
+        median_of(self.rounds.iter().filter_map(Round::p99_ratio))
+    }
+
+    /// The median of a figure over every round.
+    pub fn median(&self, figure: impl Fn(&Round) -> f64) -> f64 {
+        median_of(self.rounds.iter().map(figure)).unwrap_or(0.0)
+    }
+
+    /// The database against the answers, over every round.
+    pub fn written(&self) -> Written {
+        self.rounds.iter().fold(Written::default(), |sum, r| {
+            let w = &r.written;
+            Written {
+                requests: sum.requests + w.requests,
+                created: sum.created + w.created,
+                refused: sum.refused + w.refused,
+                orders: sum.orders + w.orders,
+                lost: sum.lost + w.lost,
+                written_by_refused: sum.written_by_refused + w.written_by_refused,
+                written_otherwise: sum.written_otherwise + w.written_otherwise,
+            }
+        })
+    }
+
+    /// Why no round gave a goodput ratio, or a p99 ratio (`latency`).
+    pub fn unmeasured(&self, latency: bool) -> Option<String> {
+        let measured = self.rounds.iter().any(|r| {
+            if latency {
+                r.p99_ratio().is_some()
+            } else {
+                r.goodput_ratio().is_some()
+            }
+        });
+        if measured || self.rounds.is_empty() {
+            return None;
+        }
+        let short = self.rounds.iter().filter(|r| !r.offered_in_full()).count();
+        let busy = self.rounds.iter().filter(|r| !r.was_unloaded()).count();
+        Some(format!(
+            "of {} rounds, {short} had more than 1% of the overload's orders never sent or unanswered (a lighter \
+             load than stated){}",
+            self.rounds.len(),
+            if latency {
+                format!(
+                    ", and {busy} had more than 1% of the orders at half the capacity refused or unsent (the \
+                     machine was too busy for that rate to be unloaded)"
+                )
+            } else {
+                String::new()
+            }
+        ))
+    }
+}
+
+/// The median (the upper one of an even count).
+fn median_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+/// Cores (CPU seconds per second) two processes used during a phase: the
+/// rest of the machine's is what PostgreSQL had, with anyone else's work.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Cpu {
+    /// The command API under load.
+    pub api_cores: f64,
+    /// The load generator (this process).
+    pub load_cores: f64,
+}
+
+impl Cpu {
+    /// Runs `phase`, measuring the cores process `api` and this one used.
+    async fn of<T>(api: Option<u32>, phase: impl std::future::Future<Output = T>) -> (T, Cpu) {
+        let cpu = |pid: Option<u32>| pid.and_then(process_cpu_s).unwrap_or(0.0);
+        let me = Some(std::process::id());
+        let (api_before, load_before, started) = (cpu(api), cpu(me), Instant::now());
+        let out = phase.await;
+        let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
+        let used = Cpu {
+            api_cores: (cpu(api) - api_before) / seconds,
+            load_cores: (cpu(me) - load_before) / seconds,
+        };
+        (out, used)
     }
 }
 
@@ -155,7 +288,9 @@ async fn measure(
     old: &Program,
 ) -> Result<Overload> {
     // Capacity: a closed loop on the old admission, which sheds nothing at
-    // this many connections, so the figure is what the database carries.
+    // this many connections, so the figure is what the database carries;
+    // taken again at the start of every round, since on a shared machine
+    // it drifts.
     let capacity_target = Target {
         key: "overload_capacity".to_owned(),
         label: "command API, orders at saturation".to_owned(),
@@ -164,47 +299,70 @@ async fn measure(
         connections: ctx.scale.order_connections,
         rates: false,
     };
-    let mut rounds = Vec::new();
-    for round in 0..ctx.scale.rounds.max(1) {
-        rounds.push(saturate(ctx, &capacity_target, round).await?);
-    }
-    let (saturation, capacity_rounds) = median(rounds)?;
-    let capacity = saturation.achieved_rps;
-    ensure!(capacity > 0.0, "no order was placed at saturation");
-    let offered = capacity * ctx.scale.overload_factor.max(1.0);
-
-    let unloaded_new = unloaded(ctx, orders, new.addr, capacity).await?;
-    let unloaded_old = unloaded(ctx, orders, old.addr, capacity).await?;
-    // The old admission first: whatever work its overload leaves behind
-    // (vacuum, dirty pages) lands on the admission under test, not the
-    // other way round. A checkpoint before each keeps the rest level.
+    let factor = ctx.scale.overload_factor.max(1.0);
     let mut db = PgConnection::connect(url).await?;
-    let old_run = overloaded(ctx, orders, &mut db, old, offered).await?;
-    let new_run = overloaded(ctx, orders, &mut db, new, offered).await?;
+    let mut runs: [Vec<(Capacity, Phase, Overloaded)>; 2] = [Vec::new(), Vec::new()];
+    let mut capacity_rounds = Vec::new();
+    for round in 0..ctx.scale.overload_rounds.max(1) {
+        let (saturation, cpu) = Cpu::of(old.pid(), saturate(ctx, &capacity_target, round)).await;
+        let capacity = saturation?.achieved_rps;
+        ensure!(capacity > 0.0, "no order was placed at saturation");
+        capacity_rounds.push(capacity);
+        let offered = capacity * factor;
+        let measured = Capacity { rps: capacity, cpu };
+        let unloaded_new = unloaded(ctx, orders, new.addr, capacity).await?;
+        let unloaded_old = unloaded(ctx, orders, old.addr, capacity).await?;
+        // The overloads take turns going first, so the work one leaves
+        // behind (vacuum, dirty pages) lands on each in turn; a checkpoint
+        // before each keeps the rest level.
+        let (new_run, old_run) = if round % 2 == 0 {
+            let old_run = overloaded(ctx, orders, &mut db, old, offered).await?;
+            (
+                overloaded(ctx, orders, &mut db, new, offered).await?,
+                old_run,
+            )
+        } else {
+            let new_run = overloaded(ctx, orders, &mut db, new, offered).await?;
+            (
+                new_run,
+                overloaded(ctx, orders, &mut db, old, offered).await?,
+            )
+        };
+        runs[0].push((measured, unloaded_new, new_run));
+        runs[1].push((measured, unloaded_old, old_run));
+    }
     let written = orders.written(&mut db).await?;
     db.close().await?;
     orders.ensure_unique()?;
 
+    let [new_runs, old_runs] = runs;
+    let admission = |key: &str, label: &str, runs: Vec<(Capacity, Phase, Overloaded)>| Admission {
+        key: key.to_owned(),
+        label: label.to_owned(),
+        rounds: runs
+            .into_iter()
+            .map(|(capacity, unloaded, run)| run.round(capacity, unloaded, &written))
+            .collect(),
+    };
     let admissions = vec![
-        new_run.admission(
+        admission(
             "new",
             "as shipped: pool 16, admits the pool plus a quarter (20), 200 ms to get a connection",
-            unloaded_new,
-            &written,
+            new_runs,
         ),
-        old_run.admission(
+        admission(
             "old",
             "the old admission: pool 16, admits 256, 2 s to get a connection",
-            unloaded_old,
-            &written,
+            old_runs,
         ),
     ];
+    let capacity = median_of(capacity_rounds.iter().copied()).unwrap_or(0.0);
     Ok(Overload {
         capacity_rps: capacity,
         capacity_rounds,
         capacity_connections: ctx.scale.order_connections,
-        factor: ctx.scale.overload_factor.max(1.0),
-        offered_rps: offered,
+        factor,
+        offered_rps: capacity * factor,
         connections: ctx.scale.overload_connections,
         admissions,
     })
@@ -239,6 +397,14 @@ struct Overloaded {
     first: u64,
     count: u64,
     shed_counted: BTreeMap<String, f64>,
+    cpu: Cpu,
+}
+
+/// A round's capacity, and the cores used to measure it.
+#[derive(Clone, Copy)]
+struct Capacity {
+    rps: f64,
+    cpu: Cpu,
 }
 
 /// Orders at `offered` per second on `command`, open loop: a request
@@ -267,7 +433,8 @@ async fn overloaded(
     let (first, make) = orders.numbered(count);
     tracing::info!(program = %command.name, rate = offered as u64, "overload");
     let before = shed_counts(command.addr).await;
-    let outcome = load::run(command.addr, make, &spec).await?;
+    let (outcome, cpu) = Cpu::of(command.pid(), load::run(command.addr, make, &spec)).await;
+    let outcome = outcome?;
     let after = shed_counts(command.addr).await;
     ensure!(
         outcome.answers.iter().all(|a| a.n < count),
@@ -285,19 +452,14 @@ async fn overloaded(
         first,
         count,
         shed_counted,
+        cpu,
     })
 }
 
 impl Overloaded {
-    /// The phase's figures, and its answers set against `written` (the
+    /// The round's figures, and its answers set against `written` (the
     /// numbers of every request with an order in the database).
-    fn admission(
-        self,
-        key: &str,
-        label: &str,
-        unloaded: Phase,
-        written: &HashSet<u64>,
-    ) -> Admission {
+    fn round(self, capacity: Capacity, unloaded: Phase, written: &HashSet<u64>) -> Round {
         let window = self.outcome.window_us;
         let answers = &self.outcome.answers;
         let mut shed_latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).ok();
@@ -333,9 +495,10 @@ impl Overloaded {
         check.orders = written.iter().filter(|g| range.contains(g)).count() as u64;
         let answered_orders = check.created - check.lost + check.written_by_refused;
         check.written_otherwise = check.orders - answered_orders.min(check.orders);
-        Admission {
-            key: key.to_owned(),
-            label: label.to_owned(),
+        Round {
+            capacity_rps: capacity.rps,
+            capacity_cpu: capacity.cpu,
+            overload_cpu: self.cpu,
             unloaded,
             overload: self.outcome.phase,
             shed,
@@ -559,11 +722,16 @@ mod tests {
             first: 100,
             count: 6,
             shed_counted: BTreeMap::new(),
+            cpu: Cpu::default(),
         };
         // 101 was answered 201 but is missing; 102 was refused but written.
         // 200 belongs to another phase.
         let written: HashSet<u64> = [100, 102, 104, 200].into();
-        let a = run.admission("new", "", phase(1), &written);
+        let capacity = Capacity {
+            rps: 1.0,
+            cpu: Cpu::default(),
+        };
+        let a = run.round(capacity, phase(1), &written);
         assert_eq!(a.shed, 2);
         assert_eq!(a.shed_without_retry_after, 1);
         let w = a.written;
@@ -573,5 +741,77 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(w.untrue(), 3);
+    }
+
+    /// A phase of `ok` answers and `failed` with no answer, its p99 `p99_ms`.
+    fn phase(achieved_rps: f64, ok: u64, failed: u64, p99_ms: f64) -> Phase {
+        Phase {
+            label: String::new(),
+            mode: "fixed rate".into(),
+            connections: 1,
+            offered_rps: Some(1.0),
+            achieved_rps,
+            ok,
+            errors: failed,
+            statuses: [(201, ok), (0, failed)].into(),
+            duration_s: 1.0,
+            latency: Latency {
+                p99_ms,
+                ..Latency::default()
+            },
+            timeline: Vec::new(),
+        }
+    }
+
+    fn round(unloaded: Phase, overload: Phase) -> Round {
+        Round {
+            capacity_rps: 100.0,
+            capacity_cpu: Cpu::default(),
+            overload_cpu: Cpu::default(),
+            unloaded,
+            overload,
+            shed: 0,
+            shed_latency: Latency::default(),
+            shed_without_retry_after: 0,
+            shed_counted: BTreeMap::new(),
+            written: Written::default(),
+        }
+    }
+
+    #[test]
+    fn a_round_that_was_not_the_load_it_states_gives_no_ratio_and_says_why() {
+        let calm = || phase(50.0, 500, 0, 10.0);
+        let admission = Admission {
+            key: "new".into(),
+            label: String::new(),
+            rounds: vec![
+                round(calm(), phase(90.0, 900, 0, 20.0)),
+                // Half the capacity was an overload too: no p99 ratio.
+                round(phase(40.0, 400, 100, 300.0), phase(80.0, 800, 0, 30.0)),
+                // The client could not send its load: no ratio at all.
+                round(calm(), phase(10.0, 100, 50, 90.0)),
+            ],
+        };
+        let goodput: Vec<_> = admission.rounds.iter().map(Round::goodput_ratio).collect();
+        assert_eq!(goodput, [Some(0.9), Some(0.8), None]);
+        let p99: Vec<_> = admission.rounds.iter().map(Round::p99_ratio).collect();
+        assert_eq!(p99, [Some(2.0), None, None]);
+        // Medians of what was measured (the upper of two).
+        assert_eq!(admission.goodput_ratio(), Some(0.9));
+        assert_eq!(admission.p99_ratio(), Some(2.0));
+        assert!(admission.unmeasured(true).is_none());
+
+        let busy = Admission {
+            rounds: admission.rounds[1..].to_vec(),
+            ..admission
+        };
+        assert_eq!(busy.p99_ratio(), None);
+        let why = busy.unmeasured(true).expect("a reason");
+        assert!(why.starts_with("of 2 rounds, 1 had more than 1%"), "{why}");
+        assert!(
+            why.contains("and 1 had more than 1% of the orders at half the capacity"),
+            "{why}"
+        );
+        assert!(busy.unmeasured(false).is_none());
     }
 }
