@@ -382,7 +382,7 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
             // Little's law: the accepted orders in the API at once, on average.
             let in_flight =
                 new.median(|r| r.overload.latency.mean_ms / 1000.0 * r.overload.achieved_rps);
-            format!(
+            let text = format!(
                 "Medians over the rounds: at {:.0} orders/s offered ({:.0}x the {:.0} measured at saturation in the \
                  round) the \
                  admission as shipped accepted {:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms, against a p99 of {:.1} \
@@ -404,7 +404,21 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                 cores(r),
                 new.median(|r| r.capacity_cpu.api_cores + r.capacity_cpu.load_cores),
                 new.median(|r| r.overload_cpu.api_cores + r.overload_cpu.load_cores),
-            )
+            );
+            // Where the accepted orders waited, and so what would bound it.
+            let remedy = if key == "overload_p99" && db_pool < 1.0 {
+                format!(
+                    " The wait for a connection never reached its budget ({db_pool:.0} shed by it), so the queue \
+                     is not in front of the pool but in PostgreSQL, which runs the pooled transactions on {}: \
+                     the admitted count sets the wait. Admitting about as many as PostgreSQL runs usefully at \
+                     once (a pool sized to the database's cores, with the admission following it, or a limit \
+                     that follows the measured latency) would bound it, where the pool plus a quarter does not.",
+                    cores(r)
+                )
+            } else {
+                String::new()
+            };
+            text + &remedy
         }
         _ => return None,
     };
