@@ -368,6 +368,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
                     stack::as_role(&cqrs_url, stack::COMMAND_ROLE),
                 ),
                 ("COMMAND_API_ADDR", command_addr.to_string()),
+                // These scenarios measure what the write path carries, not
+                // its admission (the overload scenario does): every
+                // connection of the load generator is admitted.
+                (
+                    "COMMAND_API_CONCURRENCY_LIMIT",
+                    ctx.scale.order_connections.max(1).to_string(),
+                ),
             ],
             command_addr,
         )?;

@@ -347,7 +347,7 @@ async fn measure(
     let admissions = vec![
         admission(
             "new",
-            "as shipped: pool 16, admits the pool plus a quarter (20), 200 ms to get a connection",
+            "as shipped: pool 16, admits the pool plus a quarter (20), 500 ms to get a connection",
             new_runs,
         ),
         admission(
