@@ -151,7 +151,13 @@ as_pg() {
 # can write there, else a per-checkout folder under /var/tmp (a checkout under
 # /root, for example, is closed to `postgres`).
 choose_stack_dir() {
-  local dir="$ROOT/.stack"
+  # One stack per checkout and pair of ports: `down` with other ports must
+  # never stop the servers of the default ones.
+  local name=".stack"
+  if [[ "$PG_PORT" != 55432 || "$REDIS_PORT" != 56379 ]]; then
+    name=".stack-$PG_PORT-$REDIS_PORT"
+  fi
+  local dir="$ROOT/$name"
   if ! is_root; then
     mkdir -p "$dir"
     STACK="$dir"
@@ -164,7 +170,7 @@ choose_stack_dir() {
   fi
   local hash
   hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)"
-  dir="/var/tmp/course-sales-stack-$hash"
+  dir="/var/tmp/course-sales-stack-$hash${name#.stack}"
   mkdir -p "$dir"
   chown postgres:postgres "$dir"
   chmod 755 "$dir"
