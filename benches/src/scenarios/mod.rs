@@ -138,13 +138,31 @@ pub async fn measure_all(ctx: &Ctx, targets: &[Target]) -> Result<Vec<Subject>> 
 
 /// `target` on a fixed schedule of `rate` requests per second.
 pub async fn at_rate(ctx: &Ctx, target: &Target, rate: f64, what: &str) -> Result<Phase> {
-    let rate = rate.max(1.0);
     tracing::info!(key = %target.key, rate = rate as u64, "fixed rate");
-    Ok(load::run(
+    at_rate_of(
+        ctx,
         target.addr,
         target.make.clone(),
+        format!("{}: {what}", target.label),
+        rate,
+    )
+    .await
+}
+
+/// `make`'s requests to `addr` at `rate` a second, on a fixed schedule.
+pub async fn at_rate_of(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    make: MakeRequest,
+    label: String,
+    rate: f64,
+) -> Result<Phase> {
+    let rate = rate.max(1.0);
+    Ok(load::run(
+        addr,
+        make,
         &Spec {
-            label: format!("{}: {what}", target.label),
+            label,
             mode: Mode::Rate {
                 per_second: rate,
                 connections: ctx.scale.rate_connections,

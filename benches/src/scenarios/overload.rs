@@ -377,17 +377,8 @@ async fn unloaded(
 ) -> Result<Phase> {
     let rate = (capacity * 0.5).max(1.0);
     tracing::info!(%addr, rate = rate as u64, "overload: unloaded latency");
-    let spec = Spec {
-        label: format!("orders at {rate:.0}/s (half the capacity)"),
-        mode: Mode::Rate {
-            per_second: rate,
-            connections: ctx.scale.rate_connections,
-        },
-        warmup: ctx.scale.warmup,
-        duration: ctx.scale.rate_phase,
-        capture: None,
-    };
-    Ok(load::run(addr, orders.counted(), &spec).await?.phase)
+    let label = format!("orders at {rate:.0}/s (half the capacity)");
+    super::at_rate_of(ctx, addr, orders.counted(), label, rate).await
 }
 
 /// One overload phase and what is needed to judge it.
