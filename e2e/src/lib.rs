@@ -15,10 +15,7 @@ pub mod redis_server;
 use std::{
     path::PathBuf,
     process::Stdio,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        OnceLock,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -655,75 +652,13 @@ async fn delete_prefix(redis: &Client, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// The projector binary, never a stale one: `PROJECTOR_BIN` if set (used
-/// as is, nothing is built), else the projector built by `cargo build
-/// --workspace --bin projector` once per test process, in the profile and
-/// target directory of the running test binary.
-///
-/// `cargo test -p e2e` does not rebuild other packages' binaries, so running
-/// whatever sits in `target/` could test old projector code. The build is a
-/// no-op when nothing changed; parallel test binaries building at once wait
-/// on cargo's own lock. Cargo's output is shown only when the build fails.
+/// The projector binary: `PROJECTOR_BIN` if set (used as is, nothing is
+/// built), else the one [`programs::binary`] builds.
 pub fn projector_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("PROJECTOR_BIN") {
         return Ok(PathBuf::from(p));
     }
-    // A failed build is remembered too: every test of the process gets its
-    // error rather than building again.
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_projector().map_err(|err| format!("{err:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-/// Builds the projector as described at [`projector_binary`] and returns the
-/// path cargo reports for it.
-fn build_projector() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // The test binary is target/<profile dir>/deps/<name>.
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test binary is not in a target directory")?;
-    let target_dir = profile_dir
-        .parent()
-        .context("the test binary is not in a target directory")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("{} has no profile name", profile_dir.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    // `--workspace`: features resolved as by `cargo build --workspace
-    // --bins`; `-p projector` resolves others, so each command would
-    // rebuild the projector the other had built.
-    let output = std::process::Command::new(&cargo)
-        .args(["build", "--workspace", "--bin", "projector", "--profile"])
-        .arg(profile)
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cargo:?} to build the projector"))?;
-    if !output.status.success() {
-        bail!(
-            "building the projector failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    // The executable cargo built, as it reports it, rather than a guessed path.
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Json>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "projector")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo built no projector executable")
+    programs::binary("projector")
 }
 
 /// HTML of a realistic size and entropy: words drawn from a varied

@@ -31,18 +31,35 @@ pub fn free_port() -> Result<u16> {
     bail!("no free port outside the reserved ranges")
 }
 
-/// The executable of `name` (`command-api`, `query-api`), built first as
-/// the projector's is (see [`crate::projector_binary`]): `cargo test -p
-/// e2e` does not rebuild other packages' binaries.
+/// The executable of `name` (`command-api`, `query-api`, `projector`),
+/// built by `cargo build --workspace --bin <name>` once per test process, in
+/// the profile and target directory of the running test binary: `cargo test
+/// -p e2e` does not rebuild other packages' binaries, so whatever sits in
+/// `target/` could be old code. The build is a no-op when nothing changed;
+/// parallel test binaries wait on cargo's own lock. Cargo's output is shown
+/// only when the build fails.
 pub fn binary(name: &'static str) -> Result<PathBuf> {
-    static BUILT: OnceLock<Mutex<Vec<(&'static str, PathBuf)>>> = OnceLock::new();
-    let built = BUILT.get_or_init(Mutex::default);
-    let mut built = built
+    // A failed build is remembered too: every test of the process gets its
+    // error rather than building again.
+    type Built = Vec<(&'static str, Result<PathBuf, String>)>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
         .lock()
         .map_err(|_| anyhow::anyhow!("a build panicked"))?;
-    if let Some((_, path)) = built.iter().find(|(n, _)| *n == name) {
-        return Ok(path.clone());
-    }
+    let built = match built.iter().position(|(n, _)| *n == name) {
+        Some(at) => &built[at].1,
+        None => {
+            built.push((name, build(name).map_err(|err| format!("{err:#}"))));
+            &built[built.len() - 1].1
+        }
+    };
+    built.clone().map_err(anyhow::Error::msg)
+}
+
+/// Builds `name` as described at [`binary`] and returns the path cargo
+/// reports for it.
+fn build(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe
         .parent()
@@ -58,6 +75,9 @@ pub fn binary(name: &'static str) -> Result<PathBuf> {
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    // `--workspace`: features resolved as by `cargo build --workspace
+    // --bins`; `-p <name>` resolves others, so each command would rebuild
+    // what the other had built.
     let output = Command::new(&cargo)
         .args(["build", "--workspace", "--bin", name, "--profile"])
         .arg(profile)
@@ -82,7 +102,6 @@ pub fn binary(name: &'static str) -> Result<PathBuf> {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .with_context(|| format!("cargo built no {name} executable"))?;
-    built.push((name, path.clone()));
     Ok(path)
 }
 

@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::programs::free_port;
+
 /// A program on `PATH`.
 fn on_path(name: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")
@@ -23,24 +25,6 @@ fn on_path(name: &str) -> Result<PathBuf> {
                 .find(|p| p.is_file())
         })
         .with_context(|| format!("{name} is not on PATH (bash deploy/local.sh up installs it)"))
-}
-
-/// Ports the machine's other stacks use: never picked here.
-fn reserved(port: u16) -> bool {
-    (55400..=55499).contains(&port) || (56300..=56499).contains(&port)
-}
-
-/// A free port on 127.0.0.1, as the system hands one out.
-fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        if !reserved(port) {
-            return Ok(port);
-        }
-    }
-    bail!("no free port outside the reserved ranges")
 }
 
 /// `n` ports on 127.0.0.1 free together with their cluster bus port (+10000).
