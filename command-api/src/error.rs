@@ -295,29 +295,17 @@ impl IntoResponse for ApiError {
 /// shutting down, statement timeout, serialization conflict): 503, so clients
 /// retry; nothing a client sends causes them.
 fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 53: insufficient resources; 57: operator
-            // intervention (statement timeout, shutdown); 40001/40P01:
-            // serialization failure and deadlock; 55P03: lock not available.
-            // 28 (authorization) and 3D000 (no such database) only happen
-            // while connecting: the database is not there for us right now.
-            code.starts_with("08")
-                || code.starts_with("53")
+    is_outage(err)
+        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|code| {
+            // 53: insufficient resources; 57: operator intervention (statement
+            // timeout, shutdown); 40001/40P01: serialization failure and
+            // deadlock; 55P03: lock not available.
+            code.starts_with("53")
                 || code.starts_with("57")
-                || code.starts_with("28")
-                || code == "3D000"
                 || code == "40001"
                 || code == "40P01"
                 || code == "55P03"
-        }),
-        _ => false,
-    }
+        }))
 }
 
 /// Transient errors that say the database is out of reach (rather than
