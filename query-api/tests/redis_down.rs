@@ -1,11 +1,11 @@
 //! Redis unreachable: the query API stays up and says so at once, never a
 //! 500, and serves again once Redis answers.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
 
+use std::time::{Duration, Instant};
+
+use common::OwnRedis;
 use query_api::{Application, Config};
 
 /// A 503 `unavailable` must not wait out a Redis timeout: the client knows
@@ -72,30 +72,6 @@ async fn with_redis_unreachable_reads_are_503_unavailable_at_once_and_the_proces
     Ok(())
 }
 
-/// A `redis-server` of this test's own, killed when dropped.
-struct OwnRedis(Child);
-
-impl OwnRedis {
-    fn start(port: u16) -> anyhow::Result<Self> {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|err| {
-                anyhow::anyhow!("starting redis-server (installed by deploy/local.sh): {err}")
-            })?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Polls `url` until its error code is `code`, for at most `within`.
 async fn until_code(
     http: &reqwest::Client,
@@ -135,7 +111,7 @@ async fn a_query_api_started_before_redis_serves_once_it_answers_and_fails_fast_
 
     // Redis comes up: the client connects on its own (no restart) and the
     // read reaches Redis, where no view generation is live yet.
-    let redis = OwnRedis::start(port)?;
+    let redis = OwnRedis::start_on(port)?;
     until_code(&http, &course, "rebuilding", Duration::from_secs(15)).await?;
 
     // Redis dies: reads are 503 `unavailable` again, each one at once.

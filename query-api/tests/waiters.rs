@@ -6,11 +6,11 @@
 //! Counts commands on a `redis-server` of this test's own (other processes
 //! use the shared one), so `redis-server` must be on PATH.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
 
+use std::time::{Duration, Instant};
+
+use common::OwnRedis;
 use fred::prelude::*;
 use query_api::{Application, Config};
 use views::{CoursePage, CourseStats, GenerationMarker, Keys, VIEW_SCHEMA_VERSION};
@@ -19,34 +19,6 @@ use views::{CoursePage, CourseStats, GenerationMarker, Keys, VIEW_SCHEMA_VERSION
 const WAIT_MS: &str = "1500";
 /// A token the projection will not reach during the test.
 const FAR_FUTURE: &str = "FFFF/0";
-
-/// A `redis-server` of this test's own, killed when dropped.
-struct OwnRedis(Child);
-
-impl OwnRedis {
-    /// Started on a port free a moment ago; returns it and its URL.
-    fn start() -> anyhow::Result<(Self, String)> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|err| {
-                anyhow::anyhow!("starting redis-server (installed by deploy/local.sh): {err}")
-            })?;
-        Ok((Self(child), format!("redis://127.0.0.1:{port}")))
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A client of `url`, once the server answers.
 async fn client(url: &str) -> anyhow::Result<Client> {

@@ -19,6 +19,20 @@ async fn connect(address: &str) -> TcpStream {
     TcpStream::connect(host).await.expect("connected")
 }
 
+/// A connection that sent a `POST /v1/users` header announcing 64 bytes of
+/// body, and one byte of it.
+async fn stalled_body(address: &str) -> TcpStream {
+    let mut stream = connect(address).await;
+    stream
+        .write_all(
+            b"POST /v1/users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 64\r\n\r\n{",
+        )
+        .await
+        .expect("headers and one byte sent");
+    stream
+}
+
 /// Reads until the server closes the connection, within `bound`.
 async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> String {
     let mut answer = Vec::new();
@@ -49,15 +63,7 @@ async fn three_hundred_stalled_bodies_neither_block_new_users_nor_delay_refusing
     .await;
     let mut stalled = Vec::with_capacity(300);
     for _ in 0..300 {
-        let mut stream = connect(&app.address).await;
-        stream
-            .write_all(
-                b"POST /v1/users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-                  Content-Length: 64\r\n\r\n{",
-            )
-            .await
-            .expect("headers and one byte sent");
-        stalled.push(stream);
+        stalled.push(stalled_body(&app.address).await);
     }
 
     for n in 0..5 {
@@ -108,14 +114,7 @@ async fn a_body_that_stops_arriving_is_answered_400_after_the_body_read_timeout_
         config.body_read_timeout = Duration::from_millis(300);
     })
     .await;
-    let mut stream = connect(&app.address).await;
-    stream
-        .write_all(
-            b"POST /v1/users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-              Content-Length: 64\r\n\r\n{",
-        )
-        .await
-        .expect("headers and one byte sent");
+    let mut stream = stalled_body(&app.address).await;
     let answer = read_until_closed(&mut stream, PROMPTLY).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("did not arrive in time"), "{answer}");
