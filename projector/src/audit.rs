@@ -447,13 +447,7 @@ impl Auditor<'_> {
                 }
             }
             Kind::Category => {
-                let names: Vec<String> = chunk
-                    .iter()
-                    .filter_map(|s| match s {
-                        Subject::Category(name) => Some(name.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let names = Subject::category_names(chunk);
                 let got = observed::categories(redis, keys, g, &names).await?;
                 for (name, got) in names.iter().zip(got) {
                     let empty = Default::default();

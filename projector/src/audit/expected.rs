@@ -121,13 +121,7 @@ pub(super) async fn read(
         return Ok(expected);
     }
     if kind == Kind::Category {
-        let names: Vec<String> = subjects
-            .iter()
-            .filter_map(|s| match s {
-                Subject::Category(name) => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
+        let names = Subject::category_names(subjects);
         for name in &names {
             expected.categories.insert(name.clone(), BTreeSet::new());
         }
@@ -229,17 +223,6 @@ fn scans(kind: Kind) -> &'static [(Scan, &'static str)] {
     }
 }
 
-/// The names of the categories among `subjects`.
-fn category_names(subjects: &[Subject]) -> Vec<String> {
-    subjects
-        .iter()
-        .filter_map(|s| match s {
-            Subject::Category(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The row versions `subjects` are built from, in the snapshot `pg` is in:
 /// per table, a digest of the transaction ids (`xmin`) of every row the
 /// kind's scans could read, revoked ones included. Any transaction that
@@ -252,7 +235,7 @@ pub(super) async fn versions(
     subjects: &[Subject],
 ) -> anyhow::Result<Vec<String>> {
     let ids: Vec<i64> = subjects.iter().filter_map(Subject::id).collect();
-    let names = category_names(subjects);
+    let names = Subject::category_names(subjects);
     let mut digests = Vec::new();
     for (scan, filter) in scans(kind) {
         let sql = format!(

@@ -50,6 +50,17 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// The names of the categories among `subjects`.
+    pub(super) fn category_names(subjects: &[Subject]) -> Vec<String> {
+        subjects
+            .iter()
+            .filter_map(|s| match s {
+                Subject::Category(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(super) fn kind(&self) -> Kind {
         match self {
             Subject::Course(_) => Kind::Course,
