@@ -171,7 +171,7 @@ pub async fn acquire(
         };
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(None),
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => return Ok(None),
         }
     }
     wait_until_slot_free(&mut repl, &config.slot).await?;
