@@ -26,6 +26,7 @@ pub struct Application {
     db: Arc<DbWatch>,
     key_ttl: Duration,
     sweep_interval: Duration,
+    flags: service::Flags,
 }
 
 impl Application {
@@ -45,11 +46,19 @@ impl Application {
         if admin_token.is_none() {
             tracing::warn!("no admin token set: back-office writes are open (development mode)");
         }
+        let metrics = Arc::new(Metrics::new());
+        let flags = service::Flags::load(
+            &config.flags,
+            crate::switches::SPECS,
+            Some(metrics.recorded()),
+        );
         let state = AppState {
             pool: pool.clone(),
             db: db.clone(),
             admin_token,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            flags: flags.clone(),
+            intake: Arc::new(crate::switches::Intake::new()),
             max_connections: config.db_pool_size,
             // Filled in by `routes::router`, from the routes it serves.
             openapi: Default::default(),
@@ -62,6 +71,7 @@ impl Application {
             db,
             key_ttl: config.idempotency_key_ttl,
             sweep_interval: config.idempotency_sweep_interval,
+            flags,
         })
     }
 
@@ -80,14 +90,17 @@ impl Application {
             self.pool.clone(),
             self.key_ttl,
             self.sweep_interval,
+            self.flags.clone(),
         ));
         let watcher = tokio::spawn(self.db.clone().run());
+        let flag_file = tokio::spawn(self.flags.clone().watch());
         let served = self
             .server
             .serve("command api", self.router, shutdown)
             .await;
         sweeper.abort();
         watcher.abort();
+        flag_file.abort();
         self.pool.close().await;
         tracing::info!("command api stopped");
         served
