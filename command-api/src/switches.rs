@@ -150,4 +150,19 @@ mod tests {
         assert!((0..1000).all(|_| intake.take(&flags).is_ok()));
         assert!(!joined_lookup(&flags, 1));
     }
+
+    #[test]
+    fn the_sample_flag_file_is_valid_and_says_the_defaults() {
+        let args = service::FlagsArgs {
+            flags_file: Some(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/flags.example.json").into(),
+            ),
+        };
+        let flags = Flags::load(&args, SPECS, None);
+        let listing = flags.listing();
+        assert!(listing["file_problem"].is_null(), "{listing}");
+        for flag in listing["flags"].as_array().expect("a list") {
+            assert_eq!(flag["value"], flag["default"], "{flag}");
+        }
+    }
 }
