@@ -100,12 +100,8 @@ async fn assert_switched_off(response: reqwest::Response, flag: &str) {
 }
 
 /// `POST /v1/orders` of `body` under `key`, owning both.
-fn order(
-    app: &TestApp,
-    key: String,
-    body: Value,
-) -> impl std::future::Future<Output = reqwest::Response> + '_ {
-    async move { app.post_order(&key, &body).await }
+async fn order(app: &TestApp, key: String, body: Value) -> reqwest::Response {
+    app.post_order(&key, &body).await
 }
 
 /// An order of a course that does not exist: 422 when admitted, so probing
