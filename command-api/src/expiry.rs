@@ -15,7 +15,13 @@ const PAUSE: Duration = Duration::from_millis(100);
 
 /// Sweeps every `interval`, forever, except while the `idempotency-key-expiry`
 /// switch is off; the caller aborts it at shutdown.
-pub(crate) async fn run(pool: PgPool, ttl: Duration, interval: Duration, flags: Flags) {
+pub(crate) async fn run(
+    pool: PgPool,
+    ttl: Duration,
+    interval: Duration,
+    flags: Flags,
+    skipped: service::Counter,
+) {
     let mut paused = false;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -33,6 +39,7 @@ pub(crate) async fn run(pool: PgPool, ttl: Duration, interval: Duration, flags: 
             }
         }
         if paused {
+            skipped.increment(1);
             continue;
         }
         match sweep(&pool, ttl).await {

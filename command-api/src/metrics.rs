@@ -28,6 +28,8 @@ pub(crate) struct Metrics {
     /// [`Metrics::count_requests`] once the routes are known.
     requests: std::sync::OnceLock<Arc<RequestMetrics>>,
     pool: [Gauge; 4],
+    /// Expiry sweeps skipped while the `idempotency-key-expiry` switch is off.
+    pub(crate) sweeps_skipped: service::Counter,
     /// Orders placed by the checkout lookup they used: [separate, joined].
     lookups: [service::Counter; 2],
 }
@@ -64,6 +66,10 @@ impl Metrics {
         };
         let lookups = [lookup("separate"), lookup("joined")];
         Self {
+            sweeps_skipped: recorded.counter(
+                "command_api_idempotency_sweeps_skipped_total",
+                "Idempotency-key expiry sweeps skipped because the `idempotency-key-expiry` switch is off.",
+            ),
             lookups,
             shedding: Shedding::register(&recorded, "command_api", &[DB_POOL]),
             requests: std::sync::OnceLock::new(),

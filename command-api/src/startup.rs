@@ -27,6 +27,7 @@ pub struct Application {
     key_ttl: Duration,
     sweep_interval: Duration,
     flags: service::Flags,
+    sweeps_skipped: service::Counter,
 }
 
 impl Application {
@@ -52,6 +53,7 @@ impl Application {
             crate::switches::SPECS,
             Some(metrics.recorded()),
         );
+        let sweeps_skipped = metrics.sweeps_skipped.clone();
         let state = AppState {
             pool: pool.clone(),
             db: db.clone(),
@@ -72,6 +74,7 @@ impl Application {
             key_ttl: config.idempotency_key_ttl,
             sweep_interval: config.idempotency_sweep_interval,
             flags,
+            sweeps_skipped,
         })
     }
 
@@ -91,6 +94,7 @@ impl Application {
             self.key_ttl,
             self.sweep_interval,
             self.flags.clone(),
+            self.sweeps_skipped.clone(),
         ));
         let watcher = tokio::spawn(self.db.clone().run());
         let flag_file = tokio::spawn(self.flags.clone().watch());

@@ -300,8 +300,24 @@ async fn the_key_expiry_pauses_while_its_switch_is_off() {
     .await
     .expect("an expired key");
     let kept = "SELECT count(*) FROM idempotency_keys";
-    // Ten sweeps' worth of time: the paused job deletes nothing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Several sweeps come and go, skipped: nothing is deleted.
+    let start = Instant::now();
+    loop {
+        let metrics = app.metrics().await;
+        let skipped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("command_api_idempotency_sweeps_skipped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if skipped >= 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no sweep came: {skipped}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     assert_eq!(app.count(kept).await, 1);
     file.set(json!({}));
     let start = Instant::now();
