@@ -165,4 +165,40 @@ mod tests {
             assert_eq!(flag["value"], flag["default"], "{flag}");
         }
     }
+
+    /// The one-statement lookup's rollout: a tenth of 10,000 users at 10 %,
+    /// each of them still in at 50 %.
+    #[test]
+    fn the_lookup_rollout_takes_its_share_and_widening_it_keeps_every_user() {
+        let dir = std::env::temp_dir().join(format!("rollout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("flags.json");
+        let write = |percent: u32| {
+            let flags = serde_json::json!({"flags": {JOINED_LOOKUP: {
+                "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                "targeting": {"fractional": [["on", percent], ["off", 100 - percent]]}}}});
+            std::fs::write(&path, flags.to_string()).expect("written");
+        };
+        let users = |flags: &Flags| -> Vec<bool> {
+            (1..=10_000)
+                .map(|user| joined_lookup(flags, user))
+                .collect()
+        };
+        write(10);
+        let args = service::FlagsArgs {
+            flags_file: Some(path.clone()),
+        };
+        let at_ten = users(&Flags::load(&args, SPECS, None));
+        let share = at_ten.iter().filter(|on| **on).count();
+        assert!((850..=1150).contains(&share), "{share} of 10000 at 10 %");
+        write(50);
+        let at_fifty = users(&Flags::load(&args, SPECS, None));
+        let share = at_fifty.iter().filter(|on| **on).count();
+        assert!((4850..=5150).contains(&share), "{share} of 10000 at 50 %");
+        assert!(at_ten
+            .iter()
+            .zip(&at_fifty)
+            .all(|(ten, fifty)| !ten || *fifty));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

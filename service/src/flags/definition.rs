@@ -366,10 +366,11 @@ fn evaluate(rule: &Value, data: &Value) -> Result<Value, Unsupported> {
 
 /// flagd's `fractional`: `[bucketBy?, [variant, weight]...]`. Without a
 /// `bucketBy` expression the key is `$flagd.flagKey` followed by
-/// `targetingKey`. The key's murmur3 (32-bit, seed 0), read as a signed
-/// integer, its absolute value over `i32::MAX`, times 100, picks the first
-/// variant whose running share of the weights passes it: so raising the
-/// first variant's weight only adds keys to it.
+/// `targetingKey`. Weights are whole numbers (1 when left out); the key's
+/// murmur3 (32-bit, seed 0) times the weights' total, shifted right by 32,
+/// falls in the first variant whose running total of weights passes it, as
+/// flagd's evaluator computes it. With the total kept, raising the first
+/// variant's weight only adds keys to it.
 fn fractional(raw: &[Value], data: &Value) -> Result<Value, Unsupported> {
     let (bucket_by, buckets) = match raw.first() {
         Some(Value::Array(_)) | None => {
@@ -396,19 +397,22 @@ fn fractional(raw: &[Value], data: &Value) -> Result<Value, Unsupported> {
             _ => return Err(Unsupported),
         };
         let weight = match pair.get(1) {
-            None => 1.0,
-            Some(w) => number(w).filter(|w| *w >= 0.0).ok_or(Unsupported)?,
+            None => 1,
+            Some(w) => w
+                .as_u64()
+                .filter(|w| *w <= i32::MAX as u64)
+                .ok_or(Unsupported)?,
         };
         weighted.push((variant, weight));
     }
-    let total: f64 = weighted.iter().map(|(_, w)| w).sum();
-    if total <= 0.0 {
+    let total: u64 = weighted.iter().map(|(_, w)| w).sum();
+    if total == 0 || total > i32::MAX as u64 {
         return Ok(Value::Null);
     }
-    let bucket = bucket_of(&bucket_by);
-    let mut end = 0.0;
+    let bucket = bucket_of(&bucket_by, total);
+    let mut end = 0;
     for (variant, weight) in weighted {
-        end += weight * 100.0 / total;
+        end += weight;
         if bucket < end {
             return Ok(Value::String(variant));
         }
@@ -416,11 +420,9 @@ fn fractional(raw: &[Value], data: &Value) -> Result<Value, Unsupported> {
     Ok(Value::Null)
 }
 
-/// Where `key` falls in [0, 100], as flagd computes it.
-pub(crate) fn bucket_of(key: &str) -> f64 {
-    // flagd reads the hash as a signed 32-bit integer.
-    let hash = murmur3_32(key.as_bytes(), 0) as i32;
-    (f64::from(hash)).abs() / f64::from(i32::MAX) * 100.0
+/// Where `key` falls in `[0, total)`, as flagd computes it.
+pub(crate) fn bucket_of(key: &str, total: u64) -> u64 {
+    (u64::from(murmur3_32(key.as_bytes(), 0)) * total) >> 32
 }
 
 /// MurmurHash3, x86 32-bit variant.
@@ -595,14 +597,14 @@ mod tests {
     fn fractional_buckets_by_flag_key_and_targeting_key() {
         // The same key in the same bucket, whatever flag names it: the
         // bucket is of `flagKey + targetingKey`.
-        assert!((0.0..=100.0).contains(&bucket_of("rolloutuser-1")));
+        assert!(bucket_of("rolloutuser-1", 100) < 100);
         let defs = definitions(json!({
             "r": {"state": "ENABLED", "variants": {"new": true, "old": false}, "defaultVariant": "old",
                   "targeting": {"fractional": [["new", 30], ["old", 70]]}}
         }));
         for user in ["1", "2", "42", "7000"] {
             let got = defs.resolve("r", &EvaluationContext::with_targeting_key(user));
-            let expected = bucket_of(&format!("r{user}")) < 30.0;
+            let expected = bucket_of(&format!("r{user}"), 100) < 30;
             assert_eq!(got.value, Some(json!(expected)), "{user}");
             assert_eq!(got.reason, Reason::TargetingMatch);
         }
@@ -612,5 +614,53 @@ mod tests {
             (got.value, got.reason),
             (Some(json!(false)), Reason::Default)
         );
+    }
+
+    /// The buckets flagd's own evaluator tests expect, so a fleet moving to
+    /// flagd keeps every user's variant.
+    #[test]
+    fn fractional_picks_the_variants_flagds_tests_expect() {
+        let colors = |by: Option<Value>| {
+            let mut split = vec![
+                json!(["red", 25]),
+                json!(["blue", 25]),
+                json!(["green", 25]),
+                json!(["yellow", 25]),
+            ];
+            if let Some(by) = by {
+                split.insert(0, by);
+            }
+            let flag = json!({"state": "ENABLED", "defaultVariant": "red",
+                "variants": {"red": "#FF0000", "blue": "#0000FF", "green": "#00FF00", "yellow": "#FFFF00"},
+                "targeting": {"fractional": split}});
+            definitions(json!({ "headerColor": flag, "footerColor": flag }))
+        };
+        let by_email = colors(Some(
+            json!({"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]}),
+        ));
+        let by_targeting_key = colors(None);
+        for (flag, email, expected) in [
+            ("headerColor", "rachel@faas.com", "blue"),
+            ("headerColor", "monica@faas.com", "yellow"),
+            ("headerColor", "joey@faas.com", "red"),
+            ("headerColor", "ross@faas.com", "blue"),
+            ("footerColor", "ross@faas.com", "yellow"),
+        ] {
+            let context = EvaluationContext::with_targeting_key(email).with("email", email);
+            for defs in [&by_email, &by_targeting_key] {
+                let got = defs.resolve(flag, &context).variant.unwrap_or_default();
+                assert_eq!(got, expected, "{flag} {email}");
+            }
+        }
+    }
+
+    #[test]
+    fn fractional_weights_are_whole_numbers() {
+        let defs = definitions(json!({
+            "r": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                  "targeting": {"fractional": [["on", 0.5], ["off", 99.5]]}}
+        }));
+        let got = defs.resolve("r", &EvaluationContext::with_targeting_key("1"));
+        assert_eq!((got.value, got.reason), (None, Reason::Error));
     }
 }

@@ -400,13 +400,6 @@ fn describe(definitions: &Definitions, key: &str) -> String {
     }
 }
 
-/// Where `targeting_key` falls in [0, 100] for the fractional rollout of
-/// `flag_key`, as flagd computes it (for tests and tools).
-#[doc(hidden)]
-pub fn bucket_of(flag_key: &str, targeting_key: &str) -> f64 {
-    definition::bucket_of(&format!("{flag_key}{targeting_key}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
