@@ -28,6 +28,21 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Proof that the request may use the `/v1/ops/*` routes: it carried the
+/// configured admin token. Without a configured token those routes are off.
+pub(crate) struct Ops;
+
+impl FromRequestParts<AppState> for Ops {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match state.admin_token.as_deref() {
+            Some(expected) if bearer_matches(parts.headers.get(AUTHORIZATION), expected) => Ok(Ops),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
 /// Whether an `Authorization` value is `Bearer <expected>`. The token is
 /// compared in time that depends on the lengths only (the same `subtle`
 /// compare as the query API's ops routes), so it cannot be guessed byte by byte.

@@ -66,6 +66,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub connections: service::ConnectionLimits,
+
+    /// Ops flags (`FLAGS_FILE`): kill switches and release toggles.
+    #[command(flatten)]
+    pub flags: service::FlagsArgs,
 }
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -90,6 +94,7 @@ impl Config {
             idempotency_key_ttl: KEY_TTL_MIN,
             idempotency_sweep_interval: Duration::from_secs(5 * 60),
             connections: service::ConnectionLimits::default(),
+            flags: service::FlagsArgs::default(),
         }
     }
 

@@ -67,6 +67,10 @@ pub struct Config {
     /// Header-read and idle timeouts and the connection cap of the listener.
     #[command(flatten)]
     pub connections: service::ConnectionLimits,
+
+    /// Ops flags (`FLAGS_FILE`): kill switches and release toggles.
+    #[command(flatten)]
+    pub flags: service::FlagsArgs,
 }
 
 impl Config {

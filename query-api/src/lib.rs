@@ -12,6 +12,7 @@ mod prewarm;
 mod routes;
 mod served;
 mod store;
+mod switches;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub pages: served::Pages,
     /// The OpenAPI document, rendered once.
     pub openapi: Bytes,
+    /// Ops flags, re-read from `FLAGS_FILE` in the background.
+    pub flags: service::Flags,
 }
 
 impl std::ops::Deref for AppState {
@@ -57,6 +60,7 @@ pub struct Application {
     server: Server,
     router: Router,
     warm: (Arc<prewarm::Prewarm>, std::time::Duration),
+    flags: service::Flags,
 }
 
 impl Application {
@@ -64,6 +68,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (routes, document) = routes::router();
         let metrics = Arc::new(metrics::Metrics::new(routes::paths(&document)));
+        let flags = service::Flags::load(&config.flags, switches::SPECS, Some(metrics.recorded()));
         let store = store::Store::connect(
             &config.redis_url,
             Keys::new(config.key_prefix.clone()),
@@ -72,7 +77,8 @@ impl Application {
             config.view_schema_version,
             metrics.clone(),
         )
-        .await?;
+        .await?
+        .with_flags(flags.clone());
         let warm = (store.warm().clone(), config.prewarm_refresh());
         let server = Server::bind(config.addr)
             .await?
@@ -86,9 +92,11 @@ impl Application {
             metrics,
             pages: served::Pages::default(),
             openapi: Bytes::from(document.to_json()?),
+            flags,
         }));
         Ok(Self {
             server,
+            flags: state.flags.clone(),
             router: router(routes, state),
             warm,
         })
@@ -111,10 +119,12 @@ impl Application {
     ) -> std::io::Result<()> {
         let (warm, every) = self.warm;
         let refresher = (!warm.is_off()).then(|| tokio::spawn(warm.run(every)));
+        let flag_file = tokio::spawn(self.flags.watch());
         let served = self.server.serve("query api", self.router, shutdown).await;
         if let Some(refresher) = refresher {
             refresher.abort();
         }
+        flag_file.abort();
         served
     }
 }
@@ -125,6 +135,11 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
     let counted = state.metrics.clone();
     let stack = ServiceBuilder::new()
         .layer(RequestLayer::new(state.metrics.requests.clone()))
+        // Drops read-your-writes tokens while their waits are switched off.
+        .layer(axum::middleware::from_fn_with_state(
+            state.flags.clone(),
+            switches::read_your_writes,
+        ))
         // Counts every refusal; they are logged in summary, not one by one.
         .map_response(move |response: Response| {
             counted.shedding.observe(&response);

@@ -68,6 +68,11 @@ impl Metrics {
         }
     }
 
+    /// The recorder, for metrics registered elsewhere (the ops flags).
+    pub fn recorded(&self) -> &service::Metrics {
+        &self.recorded
+    }
+
     /// Records one round trip to Redis (a pipeline, answered).
     pub fn record_redis(&self, took: Duration) {
         self.redis.record(took.as_secs_f64());

@@ -5,6 +5,7 @@
 mod dependency;
 mod excerpt;
 mod exposition;
+pub mod flags;
 mod limits;
 mod logs;
 mod request_id;
@@ -15,6 +16,7 @@ mod shedding;
 pub use dependency::{io_cause, plain_cause, Dependency};
 pub use excerpt::{bounded, EXCERPT_CHARS};
 pub use exposition::Metrics;
+pub use flags::{EvaluationContext, FlagDefault, FlagSpec, Flags, FlagsArgs};
 pub use limits::{parse_duration, ConnectionLimits};
 pub use logs::{LogArgs, LogFormat};
 /// The handles of the metrics library the programs record with.

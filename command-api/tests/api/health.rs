@@ -207,6 +207,7 @@ async fn the_api_reference_is_generated_and_lists_exactly_the_served_routes() {
         ("/ready", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/ops/flags", "get"),
     ];
     let mut documented: Vec<(String, String)> = Vec::new();
     let paths = document["paths"].as_object().expect("paths");
