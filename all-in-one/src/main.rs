@@ -66,11 +66,14 @@ struct Settings {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
-    let settings = match parse(std::env::args_os().collect()) {
+    let mut settings = match parse(std::env::args_os().collect()) {
         Ok(settings) => settings,
         Err(err) => err.exit(),
     };
     settings.log.init();
+    settings.command.load_secrets()?;
+    settings.query.load_secrets()?;
+    settings.projector.load_secrets()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,7 +100,8 @@ fn parse(args: Vec<OsString>) -> Result<Settings, clap::Error> {
     let query = query_api::Config::try_parse_from(named("query-api", query))?;
     let mut projector = ProjectorArgs::try_parse_from(named("projector", projector))?.config;
     if let Some(url) = cli.projector_database_url {
-        projector.database_url = url;
+        // Instead of DATABASE_URL or DATABASE_URL_FILE.
+        projector.database = service::Database::new(&url);
     }
     Ok(Settings {
         log: cli.log,
@@ -264,11 +268,11 @@ mod tests {
         ]))
         .expect("parses");
         assert_eq!(
-            settings.command.database_url,
+            settings.command.database.url,
             "postgres://command@db/courses"
         );
         assert_eq!(
-            settings.projector.database_url,
+            settings.projector.database.url,
             "postgres://projector@db/courses"
         );
     }

@@ -35,7 +35,8 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = crate::db::pool(&config).context("invalid database url")?;
         let options = config
-            .database_url
+            .database
+            .url
             .parse::<PgConnectOptions>()
             .context("invalid database url")?;
         let db = DbWatch::new(options);
@@ -43,7 +44,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?
             .with_limits(config.connections.clone());
-        let admin_token = config.admin_token().map(Arc::from);
+        let admin_token = config.admin.configured().map(Arc::from);
         if admin_token.is_none() {
             tracing::warn!("no admin token set: back-office writes are open (development mode)");
         }

@@ -59,7 +59,7 @@ async fn query_api(
     window: Duration,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
     let mut config = query_api::Config::for_tests(stack.redis_url.parse()?, &stack.prefix);
-    config.admin_token = Some(TOKEN.into());
+    config.admin = service::AdminToken::new(Some(TOKEN));
     config.prewarm_refresh_ms = 50;
     config.prewarm_window = window;
     config.flags.flags_file = Some(flags.path.clone());

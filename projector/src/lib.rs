@@ -70,7 +70,10 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let app = http::router(metrics.clone());
+    let app = http::router(http::Ops {
+        metrics: metrics.clone(),
+        config: Arc::new(config.clone()),
+    });
     let server = tokio::spawn(server.serve("projector ops endpoints", app, http_stop));
 
     const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -164,13 +167,13 @@ async fn cycle(
     metrics: &Arc<Metrics>,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<pipeline::Stopped> {
-    let keys = Keys::new(config.key_prefix.clone());
-    let sink = Sink::connect(&config.redis_url, keys)
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    let sink = Sink::connect(&config.redis.url, keys)
         .await
         .context("connecting to Redis")?;
     sink.check_no_eviction().await?;
     metrics.redis_up.store(true, Relaxed);
-    let pg = Arc::new(source::connect(&config.database_url).await?);
+    let pg = Arc::new(source::connect(&config.database.url).await?);
     metrics.postgres_up.store(true, Relaxed);
     source::ensure_publication(&pg, &config.publication).await?;
     wal::check(&pg, &metrics.wal).await;

@@ -191,7 +191,7 @@ pub async fn heartbeat(pg: &Client) -> anyhow::Result<()> {
 /// The replication connection's settings, taken from the database URL.
 pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> {
     let pg =
-        tokio_postgres::Config::from_str(&config.database_url).context("parsing DATABASE_URL")?;
+        tokio_postgres::Config::from_str(&config.database.url).context("parsing DATABASE_URL")?;
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -282,7 +282,7 @@ async fn build_from_snapshot(
     consistent_point: Lsn,
     rows_read: &AtomicU64,
 ) -> anyhow::Result<()> {
-    let mut pg = connect(&config.database_url).await?;
+    let mut pg = connect(&config.database.url).await?;
     let tx = pg
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

@@ -70,8 +70,8 @@ impl Application {
         let metrics = Arc::new(metrics::Metrics::new(routes::paths(&document)));
         let flags = service::Flags::load(&config.flags, switches::SPECS, Some(metrics.recorded()));
         let store = store::Store::connect(
-            &config.redis_url,
-            Keys::new(config.key_prefix.clone()),
+            &config.redis.url,
+            Keys::new(config.redis.key_prefix.clone()),
             config.prewarm_window,
             config.redis_timeout(),
             config.view_schema_version,
@@ -83,7 +83,7 @@ impl Application {
         let server = Server::bind(config.addr)
             .await?
             .with_limits(config.connections.clone());
-        if config.admin_token.is_none() {
+        if config.admin.configured().is_none() {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
         let state = AppState(Arc::new(Shared {

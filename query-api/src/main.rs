@@ -10,8 +10,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
     config.log.init();
+    config.load_secrets()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

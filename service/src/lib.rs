@@ -1,6 +1,7 @@
 //! What makes each program a network service, done one way for all three so a
 //! fix reaches every one: logs, request ids, request spans and metrics,
-//! probes, the `/metrics` answer, binding and graceful shutdown.
+//! probes, the `/metrics` answer, binding and graceful shutdown, and the
+//! secret-bearing settings they share.
 
 mod dependency;
 mod excerpt;
@@ -10,6 +11,7 @@ mod limits;
 mod logs;
 mod request_id;
 mod requests;
+mod secrets;
 mod server;
 mod shedding;
 
@@ -23,5 +25,9 @@ pub use logs::{LogArgs, LogFormat};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use request_id::Counter as RequestIds;
 pub use requests::{RequestLayer, RequestMetrics, RouteId, Summarised};
+pub use secrets::{
+    bearer_matches, read_secret_file, redacted_url, AdminToken, Database, SecretError,
+    DEFAULT_DATABASE_URL,
+};
 pub use server::{health, shutdown_signal, Server};
 pub use shedding::Shedding;

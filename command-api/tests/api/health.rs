@@ -26,7 +26,7 @@ async fn health_and_ready_are_200_with_a_reachable_database() {
 async fn ready_is_503_with_retry_after_when_postgresql_is_unreachable() {
     // Port 1 on loopback refuses connections; the pool connects lazily.
     let app = spawn_app_with(|config| {
-        config.database_url = "postgres://postgres@127.0.0.1:1/none".to_owned();
+        config.database.url = "postgres://postgres@127.0.0.1:1/none".to_owned();
     })
     .await;
 

@@ -57,10 +57,10 @@ fn switch(on: bool) -> Value {
 
 async fn spawn_with_flags(file: &FlagFile, admin_token: Option<&str>) -> TestApp {
     let path = file.path.clone();
-    let token = admin_token.map(str::to_owned);
+    let admin = service::AdminToken::new(admin_token);
     spawn_app_with(move |config| {
         config.flags.flags_file = Some(path);
-        config.admin_token = token;
+        config.admin = admin;
         config.idempotency_sweep_interval = Duration::from_millis(100);
     })
     .await

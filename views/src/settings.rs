@@ -1,0 +1,157 @@
+//! The settings both sides of the read model take, declared once: where the
+//! Redis holding the views is (`REDIS_URL`, or `REDIS_URL_FILE` naming a
+//! file that holds it) and the namespace of the keys.
+
+use std::{ffi::OsStr, path::PathBuf};
+
+use clap::{builder::TypedValueParser, error::ErrorKind};
+
+use crate::{RedisUrl, RedisUrlError, DEFAULT_KEY_PREFIX};
+
+/// The local stack's Redis: where a program connects unless told otherwise.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
+
+/// Where the views are; flattened into the projector's and the query API's
+/// settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RedisSettings {
+    /// Redis: `redis://[user:password@]host:port[/db]` for one Redis; `redis-cluster://host:port` or a list of nodes `host:port,host:port` for a Redis Cluster.
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        default_value = DEFAULT_REDIS_URL,
+        hide_env_values = true,
+        value_parser = RedisUrlParser
+    )]
+    pub url: RedisUrl,
+
+    /// File holding the Redis URL, read once at start (a trailing newline is trimmed); instead of REDIS_URL.
+    #[arg(
+        id = "redis_url_file",
+        long = "redis-url-file",
+        env = "REDIS_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "redis_url"
+    )]
+    pub url_file: Option<PathBuf>,
+
+    /// Namespace of every Redis key; the projector and the query APIs reading its views must agree.
+    #[arg(long, env = "KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
+    pub key_prefix: String,
+}
+
+/// `REDIS_URL_FILE` named a file that could not be read or holds no Redis URL.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSettingsError {
+    #[error(transparent)]
+    File(#[from] service::SecretError),
+    #[error("REDIS_URL_FILE: {0}")]
+    Url(#[from] RedisUrlError),
+}
+
+impl RedisSettings {
+    /// The given Redis and key prefix (tests and tools).
+    pub fn new(url: RedisUrl, key_prefix: &str) -> Self {
+        Self {
+            url,
+            url_file: None,
+            key_prefix: key_prefix.to_owned(),
+        }
+    }
+
+    /// Reads the file twin, if one is named, into `url`; call once at start
+    /// (clap refuses the URL and its file together).
+    pub fn load(&mut self) -> Result<(), RedisSettingsError> {
+        if let Some(path) = self.url_file.take() {
+            self.url = RedisUrl::parse(&service::read_secret_file("REDIS_URL", &path)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `REDIS_URL` for clap without quoting the value in its error, as
+/// clap's own parsers do: it may hold a password. `RedisUrlError` shows it
+/// with the password hidden.
+#[derive(Clone, Copy)]
+struct RedisUrlParser;
+
+impl TypedValueParser for RedisUrlParser {
+    type Value = RedisUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<RedisUrl, clap::Error> {
+        let name = arg.map_or_else(|| "--redis-url".to_owned(), ToString::to_string);
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::InvalidUtf8, format!("{name} is not UTF-8\n")).with_cmd(cmd)
+        })?;
+        RedisUrl::parse(text).map_err(|err| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {err}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        redis: RedisSettings,
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_refused_without_its_password() {
+        let err = Settings::try_parse_from(["x", "--redis-url", "rediss://u:pa55word@h:6380"])
+            .err()
+            .expect("TLS is refused")
+            .to_string();
+        assert!(err.contains("TLS"), "{err}");
+        assert!(!err.contains("pa55word"), "{err}");
+    }
+
+    #[test]
+    fn the_url_or_its_file_not_both() {
+        let path = std::env::temp_dir().join(format!("redis-url-{}", std::process::id()));
+        std::fs::write(&path, "redis://:pa55word@127.0.0.1:7000/2\n").expect("write");
+        let file = path.to_str().expect("utf-8 path");
+        let mut settings = Settings::try_parse_from(["x", "--redis-url-file", file])
+            .expect("a default gives way to the file");
+        settings.redis.load().expect("readable");
+        assert_eq!(
+            settings.redis.url.as_str(),
+            "redis://:pa55word@127.0.0.1:7000/2"
+        );
+        assert!(Settings::try_parse_from([
+            "x",
+            "--redis-url",
+            "redis://h",
+            "--redis-url-file",
+            file
+        ])
+        .is_err());
+        std::fs::write(&path, "rediss://:pa55word@h\n").expect("write");
+        let mut settings =
+            Settings::try_parse_from(["x", "--redis-url-file", file]).expect("parses");
+        let err = settings
+            .redis
+            .load()
+            .expect_err("TLS is refused")
+            .to_string();
+        assert!(err.starts_with("REDIS_URL_FILE"), "{err}");
+        assert!(!err.contains("pa55word"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
