@@ -400,3 +400,432 @@ fn a_secret_and_its_file_together_or_an_unreadable_file_stop_the_program_at_star
     }
     Ok(())
 }
+
+/// `url` with `password` given for its user (`postgres://user@…` or
+/// `redis://…`): the local PostgreSQL trusts 127.0.0.1 and ignores it.
+fn with_password(url: &str, password: &str) -> Result<String> {
+    let mut parsed = url::Url::parse(url)?;
+    parsed
+        .set_password(Some(password))
+        .map_err(|()| anyhow::anyhow!("{url} takes no password"))?;
+    Ok(parsed.into())
+}
+
+/// Polls `url` until it answers `status` (at most `secs` seconds).
+async fn wait_for_status(
+    http: &reqwest::Client,
+    url: &str,
+    status: u16,
+    secs: u64,
+) -> Result<reqwest::Response> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Ok(answer) = http.get(url).send().await {
+            if answer.status().as_u16() == status {
+                return Ok(answer);
+            }
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{url} never answered {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `program`'s log holds `text` (at most `secs` seconds).
+async fn wait_for_log(program: &e2e::programs::Program, text: &str, secs: u64) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !program.log()?.contains(text) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            program.log()?
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Every program started with its secrets from files, password-bearing URLs
+/// (a Redis that requires its password), logging at `debug`: they work, the
+/// admin token guards their routes, and no secret reaches a log line, even
+/// where a wrong password or an unreachable server is logged.
+#[tokio::test]
+async fn secrets_read_from_files_work_and_no_log_line_shows_one() -> Result<()> {
+    use e2e::programs::{free_port, Program};
+
+    let redis = e2e::redis_server::RedisServer::start().await?;
+    redis.cli(&["config", "set", "requirepass", REDIS_PASSWORD])?;
+    let redis_url = with_password(&redis.url(), REDIS_PASSWORD)?;
+    let stack = e2e::Stack::start_with_redis(&redis_url).await?;
+    let database_url = with_password(&stack.database_url, DATABASE_PASSWORD)?;
+    let database_file = SecretFile::new(&format!("{database_url}\n"))?;
+    let redis_file = SecretFile::new(&format!("{redis_url}\n"))?;
+    let token_file = SecretFile::new(&format!("{ADMIN_TOKEN}\n"))?;
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let debug = ("RUST_LOG", "debug");
+
+    let projector = Program::start(
+        "projector",
+        "PROJECTOR_ADDR",
+        &[
+            ("DATABASE_URL_FILE", database_file.path()),
+            ("REDIS_URL_FILE", redis_file.path()),
+            ("ADMIN_TOKEN_FILE", token_file.path()),
+            ("KEY_PREFIX", &stack.prefix),
+            ("PROJECTOR_SLOT", &stack.slot),
+            ("PROJECTOR_PUBLICATION", &stack.publication),
+            debug,
+        ],
+    )
+    .await?;
+    wait_for_status(&http, &format!("{}/ready", projector.url), 200, 60).await?;
+    let status_url = format!("{}/v1/ops/status", projector.url);
+    for refused in [None, Some("Bearer wrong"), Some(ADMIN_TOKEN)] {
+        let mut request = http.get(&status_url);
+        if let Some(value) = refused {
+            request = request.header("authorization", value);
+        }
+        let answer = request.send().await?;
+        ensure!(answer.status() == 401, "{refused:?}: {}", answer.status());
+        let body: serde_json::Value = answer.json().await?;
+        ensure!(body["error"]["code"] == "unauthorized", "{body}");
+    }
+    let status: serde_json::Value = http
+        .get(&status_url)
+        .header("authorization", &bearer)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(status["slot"] == stack.slot.as_str(), "{status}");
+    ensure!(status["generation"].is_u64(), "{status}");
+
+    // The query API reads the projector's views through the file's URL.
+    let query = Program::start(
+        "query-api",
+        "QUERY_API_ADDR",
+        &[
+            ("REDIS_URL_FILE", redis_file.path()),
+            ("ADMIN_TOKEN_FILE", token_file.path()),
+            ("KEY_PREFIX", &stack.prefix),
+            debug,
+        ],
+    )
+    .await?;
+    wait_for_status(&http, &format!("{}/ready", query.url), 200, 30).await?;
+    let prewarm = format!("{}/v1/ops/prewarm", query.url);
+    ensure!(http.get(&prewarm).send().await?.status() == 401);
+    let answer = http
+        .get(&prewarm)
+        .header("authorization", &bearer)
+        .send()
+        .await?;
+    ensure!(answer.status() == 200, "{}", answer.status());
+
+    // The command API reaches PostgreSQL through the file's URL and guards
+    // back-office writes with the file's token.
+    let command = Program::start(
+        "command-api",
+        "COMMAND_API_ADDR",
+        &[
+            ("DATABASE_URL_FILE", database_file.path()),
+            ("ADMIN_TOKEN_FILE", token_file.path()),
+            debug,
+        ],
+    )
+    .await?;
+    wait_for_status(&http, &format!("{}/ready", command.url), 200, 30).await?;
+    let course = serde_json::json!({"title": "t", "summary": "s", "description_html": "<p>d</p>",
+        "category": "c", "instructor": "i", "price_krw": 1000});
+    let courses = format!("{}/v1/courses", command.url);
+    ensure!(http.post(&courses).json(&course).send().await?.status() == 401);
+    let answer = http
+        .post(&courses)
+        .json(&course)
+        .header("authorization", &bearer)
+        .send()
+        .await?;
+    ensure!(answer.status() == 201, "{}", answer.status());
+
+    // Problems logged with the URLs at hand: a wrong Redis password, an
+    // unreachable PostgreSQL (and Redis), a projector with no admin token.
+    let closed = free_port()?;
+    let wrong_redis = with_password(&redis.url(), "Wrong-Pa55word-33b1")?;
+    let unreachable_database =
+        format!("postgres://postgres:{DATABASE_PASSWORD}@127.0.0.1:{closed}/courses");
+    let unreachable_redis = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{closed}");
+    let lost_query = Program::start(
+        "query-api",
+        "QUERY_API_ADDR",
+        &[
+            ("REDIS_URL", &wrong_redis),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+            debug,
+        ],
+    )
+    .await?;
+    let lost_command = Program::start(
+        "command-api",
+        "COMMAND_API_ADDR",
+        &[("DATABASE_URL", &unreachable_database), debug],
+    )
+    .await?;
+    let lost_projector = Program::start(
+        "projector",
+        "PROJECTOR_ADDR",
+        &[
+            ("DATABASE_URL", &unreachable_database),
+            ("REDIS_URL", &redis_url),
+            debug,
+        ],
+    )
+    .await?;
+    wait_for_status(&http, &format!("{}/ready", lost_query.url), 503, 10).await?;
+    wait_for_status(&http, &format!("{}/ready", lost_command.url), 503, 10).await?;
+    // Without a configured token the projector's ops routes are off.
+    let answer = http
+        .get(format!("{}/v1/ops/status", lost_projector.url))
+        .header("authorization", "Bearer ")
+        .send()
+        .await?;
+    ensure!(answer.status() == 401, "{}", answer.status());
+    wait_for_log(&lost_projector, "retrying", 20).await?;
+    wait_for_log(&lost_projector, "no ADMIN_TOKEN configured", 1).await?;
+    // The problem names where, with the password masked.
+    wait_for_log(
+        &lost_projector,
+        &format!("PostgreSQL at postgres://postgres:***@127.0.0.1:{closed}/courses"),
+        1,
+    )
+    .await?;
+
+    // Programs refused at start say why without the password.
+    let refused = [
+        run_to_end(
+            "query-api",
+            &[],
+            &[("REDIS_URL", &format!("rediss://:{REDIS_PASSWORD}@h:6380"))],
+        )?,
+        run_to_end(
+            "command-api",
+            &[],
+            &[(
+                "DATABASE_URL",
+                &format!("postgres://u:{DATABASE_PASSWORD}@h:port/db"),
+            )],
+        )?,
+        run_to_end(
+            "projector",
+            &["status"],
+            &[
+                ("DATABASE_URL", &unreachable_database),
+                ("REDIS_URL", &unreachable_redis),
+            ],
+        )?,
+    ];
+    let mut logs = Vec::new();
+    for output in &refused {
+        ensure!(!output.status.success(), "{output:?}");
+        logs.push(String::from_utf8_lossy(&output.stderr).into_owned());
+        logs.push(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    for program in [
+        &projector,
+        &query,
+        &command,
+        &lost_query,
+        &lost_command,
+        &lost_projector,
+    ] {
+        logs.push(program.log()?);
+    }
+    ensure!(
+        logs.iter()
+            .any(|log| log.contains("WRONGPASS") || log.contains("invalid username-password")),
+        "no program logged the wrong Redis password:\n{}",
+        logs.join("\n---\n")
+    );
+    for log in &logs {
+        for secret in [
+            DATABASE_PASSWORD,
+            REDIS_PASSWORD,
+            ADMIN_TOKEN,
+            "Wrong-Pa55word",
+        ] {
+            ensure!(!log.contains(secret), "a log shows {secret}:\n{log}");
+        }
+    }
+    drop((
+        projector,
+        query,
+        command,
+        lost_query,
+        lost_command,
+        lost_projector,
+    ));
+    stack.cleanup().await
+}
+
+/// `projector status` (and every subcommand) takes its settings after the
+/// subcommand, and `GET /v1/ops/status` answers what it prints.
+#[tokio::test]
+async fn projector_subcommands_take_settings_after_them_and_ops_status_agrees() -> Result<()> {
+    use e2e::programs::Program;
+
+    let stack = e2e::Stack::start().await?;
+    let http = reqwest::Client::new();
+    let projector = Program::start(
+        "projector",
+        "PROJECTOR_ADDR",
+        &[
+            ("DATABASE_URL", &stack.database_url),
+            ("REDIS_URL", &stack.redis_url),
+            ("KEY_PREFIX", &stack.prefix),
+            ("PROJECTOR_SLOT", &stack.slot),
+            ("PROJECTOR_PUBLICATION", &stack.publication),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await?;
+    wait_for_status(&http, &format!("{}/ready", projector.url), 200, 60).await?;
+
+    let settings = [
+        "--database-url",
+        &stack.database_url,
+        "--redis-url",
+        &stack.redis_url,
+        "--key-prefix",
+        &stack.prefix,
+        "--slot",
+        &stack.slot,
+        "--publication",
+        &stack.publication,
+    ];
+    let run = |subcommand: &str| -> Result<Output> {
+        let output = Command::new(binary("projector")?)
+            .arg(subcommand)
+            .args(settings)
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "projector {subcommand} {settings:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output)
+    };
+    let printed: serde_json::Value = serde_json::from_slice(&run("status")?.stdout)?;
+    ensure!(printed["slot"] == stack.slot.as_str(), "{printed}");
+    ensure!(printed["slot_exists"] == true, "{printed}");
+    ensure!(printed["generation"].is_u64(), "{printed}");
+    run("audit")?;
+
+    let served: serde_json::Value = http
+        .get(format!("{}/v1/ops/status", projector.url))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    ensure!(keys(&served) == keys(&printed), "{served}\n{printed}");
+    for same in ["slot", "generation", "active_instance", "schema"] {
+        ensure!(
+            served[same] == printed[same],
+            "{same}: {served} vs {printed}"
+        );
+    }
+    run("rebuild")?;
+    drop(projector);
+    // Dropped once the daemon is gone (the server notices within moments).
+    let mut dropped = run("drop-slot");
+    for _ in 0..50 {
+        if dropped.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        dropped = run("drop-slot");
+    }
+    let dropped = dropped?;
+    ensure!(
+        String::from_utf8_lossy(&dropped.stdout).contains(&format!("dropped slot {}", stack.slot)),
+        "{dropped:?}"
+    );
+    stack.cleanup().await
+}
+
+/// Log lines as a collector reads them: `LOG_FORMAT=json` is one object per
+/// line with the request's id as a field; text has no colour codes when
+/// the output is not a terminal.
+#[tokio::test]
+async fn json_log_lines_carry_the_request_id_and_text_has_no_colour_off_a_terminal() -> Result<()> {
+    use e2e::programs::Program;
+
+    let http = reqwest::Client::new();
+    for format in ["json", "text"] {
+        let program = Program::start(
+            "query-api",
+            "QUERY_API_ADDR",
+            &[
+                ("REDIS_URL", &e2e::redis_url()),
+                ("LOG_FORMAT", format),
+                // The query API logs its answers at debug.
+                ("RUST_LOG", "info,service::requests=debug"),
+            ],
+        )
+        .await?;
+        let id = e2e::unique_name("request");
+        let answer = http
+            .get(format!("{}/v1/courses/x", program.url))
+            .header("x-request-id", &id)
+            .send()
+            .await?;
+        ensure!(answer.status() == 400, "{}", answer.status());
+        wait_for_log(&program, &id, 10).await?;
+        let log = program.log()?;
+        ensure!(
+            !log.contains("\x1b["),
+            "{format} log has colour codes:\n{log}"
+        );
+        if format == "text" {
+            continue;
+        }
+        let mut request_lines = 0;
+        for line in log.lines() {
+            let entry: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("not a JSON line: {line:?}"))?;
+            for field in ["timestamp", "level", "target", "message"] {
+                ensure!(entry[field].is_string(), "no {field} in {line}");
+            }
+            ensure!(
+                chrono::DateTime::parse_from_rfc3339(
+                    entry["timestamp"].as_str().unwrap_or_default()
+                )
+                .is_ok(),
+                "{line}"
+            );
+            if entry["request_id"] == id.as_str() {
+                request_lines += 1;
+                ensure!(entry["route"] == "/v1/courses/{id}", "{line}");
+                ensure!(entry["status"] == 400, "{line}");
+                ensure!(entry["method"] == "GET", "{line}");
+                ensure!(entry["level"] == "DEBUG", "{line}");
+            }
+        }
+        ensure!(
+            request_lines == 1,
+            "{request_lines} lines carry {id}:\n{log}"
+        );
+    }
+    Ok(())
+}

@@ -105,7 +105,7 @@ pub async fn audit(config: &Config, options: Options) -> anyhow::Result<Report> 
     let keys = Keys::new(config.redis.key_prefix.clone());
     let sink = Sink::connect(&config.redis.url, keys.clone())
         .await
-        .context("connecting to Redis")?;
+        .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
     let marker = sink
         .marker()
         .await?

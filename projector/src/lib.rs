@@ -170,7 +170,7 @@ async fn cycle(
     let keys = Keys::new(config.redis.key_prefix.clone());
     let sink = Sink::connect(&config.redis.url, keys)
         .await
-        .context("connecting to Redis")?;
+        .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
     sink.check_no_eviction().await?;
     metrics.redis_up.store(true, Relaxed);
     let pg = Arc::new(source::connect(&config.database.url).await?);

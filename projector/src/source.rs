@@ -44,7 +44,13 @@ pub(crate) const PUBLISHED_TABLES: &[&str] = &[
 pub async fn connect(database_url: &str) -> anyhow::Result<Client> {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
-        .context("connecting to PostgreSQL")?;
+        .with_context(|| {
+            // Where, never the password.
+            format!(
+                "connecting to PostgreSQL at {}",
+                service::redacted_url(database_url)
+            )
+        })?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(error = %err, "postgres control connection closed");
