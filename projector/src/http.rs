@@ -72,6 +72,9 @@ async fn ready(State(ops): State<Ops>) -> Response {
     }
 }
 
+/// How long `GET /v1/ops/status` waits for PostgreSQL and Redis.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `GET /v1/ops/status` (admin token): what `projector status` prints, as
 /// JSON. 401 without the token, or when none is configured (the route is off).
 async fn status(State(ops): State<Ops>, headers: HeaderMap) -> Response {
@@ -82,7 +85,11 @@ async fn status(State(ops): State<Ops>, headers: HeaderMap) -> Response {
             "this route needs the admin token (Authorization: Bearer <token>)",
         );
     }
-    match crate::ops::status(&ops.config).await {
+    // Bounded: a server that does not answer is an outage, not a hung request.
+    let status = tokio::time::timeout(STATUS_TIMEOUT, crate::ops::status(&ops.config))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {STATUS_TIMEOUT:?}")));
+    match status {
         Ok(status) => Json(status).into_response(),
         Err(err) => {
             // Logged once here, with the request's id; never shown.

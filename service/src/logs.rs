@@ -39,13 +39,19 @@ impl LogArgs {
         match self.log_format {
             LogFormat::Text => tracing_subscriber::fmt()
                 .with_env_filter(filter)
-                .with_ansi(std::io::stdout().is_terminal())
+                .with_ansi(colour())
                 .init(),
             LogFormat::Json => tracing_subscriber::registry()
                 .with(json_lines().with_filter(filter))
                 .init(),
         }
     }
+}
+
+/// Colour only on a terminal, and not there either when `NO_COLOR` is set
+/// (no-color.org).
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The JSON layer: every field flat in the line, so a collector indexes a
