@@ -626,6 +626,18 @@ async fn secrets_read_from_files_work_and_no_log_line_shows_one() -> Result<()> 
                 ("REDIS_URL", &unreachable_redis),
             ],
         )?,
+        // A file named by mistake: its content is another secret.
+        run_to_end(
+            "projector",
+            &["status"],
+            &[("DATABASE_URL_FILE", token_file.path())],
+        )?,
+        run_to_end("query-api", &[], &[("REDIS_URL_FILE", token_file.path())])?,
+        run_to_end(
+            "command-api",
+            &[],
+            &[("DATABASE_URL_FILE", token_file.path())],
+        )?,
     ];
     let mut logs = Vec::new();
     for output in &refused {

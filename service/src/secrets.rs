@@ -114,13 +114,36 @@ impl fmt::Debug for Database {
     }
 }
 
-/// `url` with the password of its user part, if any, replaced by `***`
-/// (and any `password=` parameter dropped from its query).
-pub fn redacted_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
+/// Where a PostgreSQL connection string points, for log lines and errors:
+/// a URL with its password replaced by `***` and no password parameter; of
+/// the `key=value` form, only `host`, `hostaddr`, `port`, `user` and
+/// `dbname`. Anything else (a file holding something other than a URL) is
+/// not shown at all.
+pub fn redacted_url(text: &str) -> String {
+    const NOT_SHOWN: &str = "(not a connection URL; not shown)";
+    let text = text.trim();
+    let Some((scheme, rest)) = text.split_once("://") else {
+        let kept: Vec<&str> = text
+            .split_whitespace()
+            .filter(|pair| {
+                pair.split_once('=').is_some_and(|(key, _)| {
+                    matches!(key, "host" | "hostaddr" | "port" | "user" | "dbname")
+                })
+            })
+            .collect();
+        return if kept.is_empty() {
+            NOT_SHOWN.to_owned()
+        } else {
+            kept.join(" ")
+        };
     };
+    let plain_scheme = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !plain_scheme || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return NOT_SHOWN.to_owned();
+    }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rsplit_once('@') {
@@ -130,23 +153,15 @@ pub fn redacted_url(url: &str) -> String {
         },
         None => authority.to_owned(),
     };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|pair| !pair.to_ascii_lowercase().starts_with("password="))
-                .collect();
-            if kept.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            }
-        }
-        None => tail.to_owned(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{authority}{tail}"),
-        None => format!("{authority}{tail}"),
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.to_ascii_lowercase().contains("password"))
+        .collect();
+    if kept.is_empty() {
+        format!("{scheme}://{authority}{path}")
+    } else {
+        format!("{scheme}://{authority}{path}?{}", kept.join("&"))
     }
 }
 
@@ -352,6 +367,14 @@ mod tests {
             redacted_url("postgres://db/courses"),
             "postgres://db/courses"
         );
+        assert_eq!(
+            redacted_url("host=db port=5432 user=app password=pa55 dbname=courses"),
+            "host=db port=5432 user=app dbname=courses"
+        );
+        // A file holding something else is not echoed.
+        assert!(!redacted_url("root:pa55:20228:0:99999:7:::\ndaemon:*").contains("pa55"));
+        assert!(!redacted_url("pa55").contains("pa55"));
+        assert!(!redacted_url("x://a b pa55").contains("pa55"));
         assert!(!format!("{:?}", Database::new("postgres://a:pa55@h/d")).contains("pa55"));
         assert!(!format!("{:?}", AdminToken::new(Some("pa55"))).contains("pa55"));
     }

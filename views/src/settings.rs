@@ -47,8 +47,10 @@ pub struct RedisSettings {
 pub enum RedisSettingsError {
     #[error(transparent)]
     File(#[from] service::SecretError),
-    #[error("REDIS_URL_FILE: {0}")]
-    Url(#[from] RedisUrlError),
+    /// What is wrong, never the file's content: a file named by mistake
+    /// may hold another secret.
+    #[error("REDIS_URL_FILE: {} holds no Redis URL this program takes: {why}", path.display())]
+    Url { path: PathBuf, why: &'static str },
 }
 
 impl RedisSettings {
@@ -65,9 +67,27 @@ impl RedisSettings {
     /// (clap refuses the URL and its file together).
     pub fn load(&mut self) -> Result<(), RedisSettingsError> {
         if let Some(path) = self.url_file.take() {
-            self.url = RedisUrl::parse(&service::read_secret_file("REDIS_URL", &path)?)?;
+            let text = service::read_secret_file("REDIS_URL", &path)?;
+            self.url = RedisUrl::parse(&text).map_err(|err| RedisSettingsError::Url {
+                why: problem(&err),
+                path,
+            })?;
         }
         Ok(())
+    }
+}
+
+/// What `err` says, without the text it quotes.
+fn problem(err: &RedisUrlError) -> &'static str {
+    match err {
+        RedisUrlError::Empty => "it is empty",
+        RedisUrlError::NoScheme(_) => "no scheme (redis://, redis-cluster://)",
+        RedisUrlError::Scheme(..) => "an unsupported scheme",
+        RedisUrlError::Tls(_) => "TLS (rediss://) is not built into this program",
+        RedisUrlError::Database(_) => "a cluster node names a database (a cluster has only 0)",
+        RedisUrlError::EmptyNode(_) => "an empty entry in its list of nodes",
+        RedisUrlError::Credentials(_) => "its nodes name different credentials",
+        RedisUrlError::Invalid(..) => "a malformed URL",
     }
 }
 
@@ -151,7 +171,13 @@ mod tests {
             .expect_err("TLS is refused")
             .to_string();
         assert!(err.starts_with("REDIS_URL_FILE"), "{err}");
+        assert!(err.contains("TLS"), "{err}");
         assert!(!err.contains("pa55word"), "{err}");
+        std::fs::write(&path, "an-admin-token\n").expect("write");
+        let mut settings =
+            Settings::try_parse_from(["x", "--redis-url-file", file]).expect("parses");
+        let err = settings.redis.load().expect_err("no scheme").to_string();
+        assert!(!err.contains("an-admin-token"), "{err}");
         let _ = std::fs::remove_file(&path);
     }
 }
