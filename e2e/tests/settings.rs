@@ -283,7 +283,7 @@ fn help_never_shows_a_secret_value() -> Result<()> {
         ("REDIS_URL", redis_url.as_str()),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
     ];
-    for program in PROGRAMS {
+    for program in PROGRAMS.into_iter().chain(["all-in-one"]) {
         for subcommand in subcommands(program) {
             let text = help(program, subcommand, &env)?;
             for secret in [DATABASE_PASSWORD, REDIS_PASSWORD, ADMIN_TOKEN] {
