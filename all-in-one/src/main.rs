@@ -34,6 +34,15 @@ struct Cli {
     #[arg(long, env = "PROJECTOR_DATABASE_URL", hide_env_values = true)]
     projector_database_url: Option<String>,
 
+    /// File holding the projector's PostgreSQL URL, read once at start (a trailing newline is trimmed); instead of PROJECTOR_DATABASE_URL.
+    #[arg(
+        long,
+        env = "PROJECTOR_DATABASE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "projector_database_url"
+    )]
+    projector_database_url_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     log: service::LogArgs,
 }
@@ -63,6 +72,8 @@ struct Settings {
     command: command_api::Config,
     query: query_api::Config,
     projector: projector::Config,
+    /// `PROJECTOR_DATABASE_URL_FILE`, read after the other secrets.
+    projector_database_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -74,6 +85,10 @@ fn main() -> anyhow::Result<ExitCode> {
     settings.command.load_secrets()?;
     settings.query.load_secrets()?;
     settings.projector.load_secrets()?;
+    if let Some(path) = &settings.projector_database_file {
+        let url = service::read_secret_file("PROJECTOR_DATABASE_URL", path)?;
+        settings.projector.database = service::Database::new(&url);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,6 +123,7 @@ fn parse(args: Vec<OsString>) -> Result<Settings, clap::Error> {
         command,
         query,
         projector,
+        projector_database_file: cli.projector_database_url_file,
     })
 }
 
@@ -117,7 +133,7 @@ fn top_command() -> clap::Command {
         "Each program reads its settings from the environment as when it runs alone; flags after a section \
          marker go to that program. The settings the programs share (DATABASE_URL, REDIS_URL, KEY_PREFIX, \
          ADMIN_TOKEN, LOG_FORMAT, the HTTP limits) are read once and mean the same to each; the projector \
-         uses DATABASE_URL too unless PROJECTOR_DATABASE_URL is set. SIGTERM or Ctrl-C stops all three \
+         uses DATABASE_URL too unless PROJECTOR_DATABASE_URL (or its _FILE twin) is set. SIGTERM or Ctrl-C stops all three \
          gracefully; if one of them fails, the others are stopped and the process exits non-zero.\n",
     );
     for (marker, mut program) in [

@@ -28,6 +28,12 @@ async fn write_and_read(stack: &mut Stack) -> Result<()> {
     ];
     let [command, query, projector] = ports.map(|p| format!("127.0.0.1:{p}"));
     let log = std::env::temp_dir().join(format!("{}.log", e2e::unique_name("all-in-one")));
+    // The projector's URL from a file of its own, as a credential would be.
+    let projector_url = std::env::temp_dir().join(e2e::unique_name("projector-url"));
+    std::fs::write(
+        &projector_url,
+        format!("{}\n", stack.projector_database_url),
+    )?;
     let mut child = tokio::process::Command::new(programs::binary("all-in-one")?)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -35,6 +41,7 @@ async fn write_and_read(stack: &mut Stack) -> Result<()> {
         .env("DATABASE_URL", &stack.database_url)
         .env("REDIS_URL", &stack.redis_url)
         .env("KEY_PREFIX", &stack.prefix)
+        .env("PROJECTOR_DATABASE_URL_FILE", &projector_url)
         .env("PROJECTOR_SLOT", &stack.slot)
         .env("PROJECTOR_PUBLICATION", &stack.publication)
         .env("PROJECTOR_HEARTBEAT_SECS", "1")
