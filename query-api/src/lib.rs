@@ -125,9 +125,11 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
     let counted = state.metrics.clone();
     let stack = ServiceBuilder::new()
         .layer(RequestLayer::new(state.metrics.requests.clone()))
-        // Counts every refusal; they are logged in summary, not one by one.
+        // Counts every refusal (logged in summary, not one by one), and the
+        // answers while views are rebuilt or stale.
         .map_response(move |response: Response| {
             counted.shedding.observe(&response);
+            counted.observe_answer(&response);
             response
         })
         .layer(HandleErrorLayer::new(|err: BoxError| async move {
