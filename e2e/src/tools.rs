@@ -57,7 +57,12 @@ pub fn run(program: &Path, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        bail!("{} {} failed ({}):\n{text}", program.display(), args.join(" "), out.status);
+        bail!(
+            "{} {} failed ({}):\n{text}",
+            program.display(),
+            args.join(" "),
+            out.status
+        );
     }
     Ok(text)
 }

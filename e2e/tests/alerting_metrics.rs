@@ -72,11 +72,28 @@ const KEYWORDS: [&str; 8] = ["and", "or", "unless", "offset", "bool", "inf", "na
 /// Aggregation operators, which may come before their parentheses
 /// (`sum by (le) (...)`).
 const AGGREGATIONS: [&str; 12] = [
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
 ];
 /// Keywords followed by a parenthesised list of label names.
-const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+const LABEL_LISTS: [&str; 6] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 
 /// The metric names an expression selects: identifiers that are not
 /// functions (followed by `(`), keywords, label names (in matchers and
@@ -133,7 +150,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -191,13 +210,25 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_program()
     let recorded = recorded_names(&rules);
     let mut used: Vec<(String, String)> = Vec::new();
     for expr in rule_expressions(&rules) {
-        used.extend(metric_names(&expr).into_iter().map(|n| (n, "rules.yml".to_owned())));
+        used.extend(
+            metric_names(&expr)
+                .into_iter()
+                .map(|n| (n, "rules.yml".to_owned())),
+        );
     }
     let mut panels = Vec::new();
     dashboard_expressions(&dashboard, &mut panels);
-    ensure!(panels.len() >= 7, "only {} queries in the dashboard", panels.len());
+    ensure!(
+        panels.len() >= 7,
+        "only {} queries in the dashboard",
+        panels.len()
+    );
     for expr in panels {
-        used.extend(metric_names(&expr).into_iter().map(|n| (n, "dashboard.json".to_owned())));
+        used.extend(
+            metric_names(&expr)
+                .into_iter()
+                .map(|n| (n, "dashboard.json".to_owned())),
+        );
     }
 
     // The three programs, with a little traffic so that the series carrying
@@ -205,18 +236,33 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_program()
     // 503 rebuilding, which the query API counts.
     let mut stack = Stack::start().await?;
     let early = stack.get("/v1/courses/1").await?;
-    ensure!(early.status == StatusCode::SERVICE_UNAVAILABLE, "read before any build: {}", early.status);
-    let course = stack.course("Observed course", "<p>observed</p>", 1000).await?;
+    ensure!(
+        early.status == StatusCode::SERVICE_UNAVAILABLE,
+        "read before any build: {}",
+        early.status
+    );
+    let course = stack
+        .course("Observed course", "<p>observed</p>", 1000)
+        .await?;
     let user = stack
         .user(&format!("{}@example.com", unique_name("u")), Some("Acme"))
         .await?;
     stack.start_projector().await?;
     let order = stack
-        .order(&unique_name("key"), &json!({"user_id": user, "course_ids": [course]}))
+        .order(
+            &unique_name("key"),
+            &json!({"user_id": user, "course_ids": [course]}),
+        )
         .await?;
-    ensure!(order.status == StatusCode::CREATED, "order: {}", order.status);
+    ensure!(
+        order.status == StatusCode::CREATED,
+        "order: {}",
+        order.status
+    );
     let lsn = order.header("x-commit-lsn").to_owned();
-    let read = stack.get_fresh(&format!("/v1/courses/{course}"), &lsn).await?;
+    let read = stack
+        .get_fresh(&format!("/v1/courses/{course}"), &lsn)
+        .await?;
     ensure!(read.status == StatusCode::OK, "read: {}", read.status);
     // The projector's histogram of commit-to-applied gets its first sample
     // with the flush of the order; the scrape may come just before it.
@@ -224,12 +270,20 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_program()
     let (command, query, projector) = loop {
         let scrape = |base: String| {
             let http = stack.http.clone();
-            async move { http.get(format!("{base}/metrics")).send().await?.text().await }
+            async move {
+                http.get(format!("{base}/metrics"))
+                    .send()
+                    .await?
+                    .text()
+                    .await
+            }
         };
         let command = scrape(stack.command.clone()).await?;
         let query = scrape(stack.query.clone()).await?;
         let projector = String::from_utf8(stack.projector_get("/metrics").await?.raw)?;
-        if projector.contains("projector_commit_to_applied_seconds_bucket") || Instant::now() > deadline {
+        if projector.contains("projector_commit_to_applied_seconds_bucket")
+            || Instant::now() > deadline
+        {
             break (command, query, projector);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -238,7 +292,10 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_program()
         .lines()
         .find_map(|line| line.strip_prefix("query_api_rebuilding_answers_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
-    ensure!(rebuilding == Some(1.0), "query_api_rebuilding_answers_total is {rebuilding:?}, not 1");
+    ensure!(
+        rebuilding == Some(1.0),
+        "query_api_rebuilding_answers_total is {rebuilding:?}, not 1"
+    );
     let all: BTreeSet<String> = [&command, &query, &projector]
         .into_iter()
         .flat_map(|text| exported(text))

@@ -29,7 +29,10 @@ fn path_str(path: &std::path::Path) -> Result<&str> {
 fn the_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
     let promtool = ensure_tool("promtool", "promtool")?;
     let checked = run(&promtool, &["check", "rules", path_str(&rules())?])?;
-    ensure!(checked.contains("SUCCESS"), "promtool check rules:\n{checked}");
+    ensure!(
+        checked.contains("SUCCESS"),
+        "promtool check rules:\n{checked}"
+    );
     let tests = deploy_dir().join("prometheus/rules_test.yml");
     let tested = run(&promtool, &["test", "rules", path_str(&tests)?])?;
     ensure!(tested.contains("SUCCESS"), "promtool test rules:\n{tested}");
@@ -61,7 +64,11 @@ fn every_alert_links_to_its_own_section_of_the_runbook() -> Result<()> {
         .map(str::trim)
         .collect();
     let alerts = alerts_and_runbook_anchors()?;
-    ensure!(alerts.len() >= 10, "only {} alerts found in rules.yml", alerts.len());
+    ensure!(
+        alerts.len() >= 10,
+        "only {} alerts found in rules.yml",
+        alerts.len()
+    );
     for (name, anchor) in alerts {
         // GitHub's anchor of a heading that is one word: lower case.
         ensure!(
@@ -102,12 +109,22 @@ fn the_alertmanager_configuration_passes_amtool_and_routes_pages_and_tickets() -
     let config = alertmanager_config();
     let config = path_str(&config)?;
     let checked = run(&amtool, &["check-config", config])?;
-    ensure!(checked.contains("SUCCESS"), "amtool check-config:\n{checked}");
+    ensure!(
+        checked.contains("SUCCESS"),
+        "amtool check-config:\n{checked}"
+    );
     let file = format!("--config.file={config}");
     for (severity, receiver) in [("page", "page"), ("ticket", "ticket")] {
         let routed = run(
             &amtool,
-            &["config", "routes", "test", &file, &format!("severity={severity}"), "incident=checkout"],
+            &[
+                "config",
+                "routes",
+                "test",
+                &file,
+                &format!("severity={severity}"),
+                "incident=checkout",
+            ],
         )?;
         ensure!(
             routed.lines().any(|line| line.trim() == receiver),
@@ -148,7 +165,10 @@ async fn start_alertmanager() -> Result<Alertmanager> {
     std::fs::create_dir_all(&storage.0)?;
     let port = free_port()?;
     let child = Command::new(binary)
-        .arg(format!("--config.file={}", path_str(&alertmanager_config())?))
+        .arg(format!(
+            "--config.file={}",
+            path_str(&alertmanager_config())?
+        ))
         .arg(format!("--storage.path={}", path_str(&storage.0)?))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         // No cluster: no gossip port, nothing to wait for.
@@ -254,9 +274,25 @@ async fn alertmanager_makes_one_incident_of_related_alerts_and_inhibits_symptoms
 
     // A stalled projector and its consequences.
     let projection = json!([
-        alert(&[("alertname", "ProjectorStalled"), page, ("incident", "projection"), ("service", "projector"), ("cause", "projector")]),
-        alert(&[("alertname", "FreshnessDegraded"), page, ("incident", "projection"), ("service", "projector")]),
-        alert(&[("alertname", "ViewsStaleTooLong"), page, ("incident", "projection"), ("service", "query-api")]),
+        alert(&[
+            ("alertname", "ProjectorStalled"),
+            page,
+            ("incident", "projection"),
+            ("service", "projector"),
+            ("cause", "projector")
+        ]),
+        alert(&[
+            ("alertname", "FreshnessDegraded"),
+            page,
+            ("incident", "projection"),
+            ("service", "projector")
+        ]),
+        alert(&[
+            ("alertname", "ViewsStaleTooLong"),
+            page,
+            ("incident", "projection"),
+            ("service", "query-api")
+        ]),
     ]);
     post_and_settle(
         &manager,
@@ -272,10 +308,33 @@ async fn alertmanager_makes_one_incident_of_related_alerts_and_inhibits_symptoms
     // Then PostgreSQL goes down: checkout's symptoms are its doing (and
     // the stall now is too); reads burning at the same time are not.
     let outage = json!([
-        alert(&[("alertname", "PostgresUnreachable"), page, ("incident", "checkout"), ("service", "postgresql"), ("cause", "postgresql")]),
-        alert(&[("alertname", "ErrorBudgetBurnFast"), page, ("incident", "checkout"), ("service", "command-api"), ("slo", "availability")]),
-        alert(&[("alertname", "OrdersCollapsed"), page, ("incident", "checkout"), ("service", "command-api")]),
-        alert(&[("alertname", "ErrorBudgetBurnFast"), page, ("incident", "storefront"), ("service", "query-api"), ("slo", "availability")]),
+        alert(&[
+            ("alertname", "PostgresUnreachable"),
+            page,
+            ("incident", "checkout"),
+            ("service", "postgresql"),
+            ("cause", "postgresql")
+        ]),
+        alert(&[
+            ("alertname", "ErrorBudgetBurnFast"),
+            page,
+            ("incident", "checkout"),
+            ("service", "command-api"),
+            ("slo", "availability")
+        ]),
+        alert(&[
+            ("alertname", "OrdersCollapsed"),
+            page,
+            ("incident", "checkout"),
+            ("service", "command-api")
+        ]),
+        alert(&[
+            ("alertname", "ErrorBudgetBurnFast"),
+            page,
+            ("incident", "storefront"),
+            ("service", "query-api"),
+            ("slo", "availability")
+        ]),
     ]);
     let seen = post_and_settle(
         &manager,
@@ -289,7 +348,11 @@ async fn alertmanager_makes_one_incident_of_related_alerts_and_inhibits_symptoms
         ],
     )
     .await?;
-    ensure!(seen.len() == 7, "alertmanager holds {} alerts, not 7", seen.len());
+    ensure!(
+        seen.len() == 7,
+        "alertmanager holds {} alerts, not 7",
+        seen.len()
+    );
 
     // One group per incident: three notifications, not seven.
     let groups: Vec<Json> = reqwest::Client::new()

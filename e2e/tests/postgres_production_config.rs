@@ -27,8 +27,16 @@ async fn every_production_setting_is_one_the_server_knows_with_a_value_of_its_ki
     let text = std::fs::read_to_string(deploy_dir().join("postgresql/course-sales.conf"))?;
     let settings = settings(&text)?;
     ensure!(settings.len() > 10, "only {} settings read", settings.len());
-    for required in ["wal_level", "max_replication_slots", "max_wal_senders", "max_slot_wal_keep_size"] {
-        ensure!(settings.iter().any(|(n, _)| n == required), "{required} is not set");
+    for required in [
+        "wal_level",
+        "max_replication_slots",
+        "max_wal_senders",
+        "max_slot_wal_keep_size",
+    ] {
+        ensure!(
+            settings.iter().any(|(n, _)| n == required),
+            "{required} is not set"
+        );
     }
     ensure!(
         settings.contains(&("wal_level".to_owned(), "logical".to_owned())),
@@ -36,7 +44,9 @@ async fn every_production_setting_is_one_the_server_knows_with_a_value_of_its_ki
     );
     let (pg, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
         .await
-        .context("connecting to the test PostgreSQL: is the local stack up (bash deploy/local.sh up)?")?;
+        .context(
+            "connecting to the test PostgreSQL: is the local stack up (bash deploy/local.sh up)?",
+        )?;
     tokio::spawn(conn);
     for (name, value) in settings {
         let row = pg
@@ -48,7 +58,9 @@ async fn every_production_setting_is_one_the_server_knows_with_a_value_of_its_ki
             .with_context(|| format!("the server has no setting {name}"))?;
         let (kind, choices): (String, Vec<String>) = (row.get(0), row.get(1));
         let fits = match kind.as_str() {
-            "bool" => ["on", "off", "true", "false", "yes", "no", "1", "0"].contains(&value.as_str()),
+            "bool" => {
+                ["on", "off", "true", "false", "yes", "no", "1", "0"].contains(&value.as_str())
+            }
             "enum" => choices.iter().any(|c| c.eq_ignore_ascii_case(&value)),
             // The server parses numbers with their units itself.
             "integer" | "real" => value
@@ -57,7 +69,10 @@ async fn every_production_setting_is_one_the_server_knows_with_a_value_of_its_ki
                 .is_ok(),
             _ => true,
         };
-        ensure!(fits, "{name} = {value} is not a {kind} the server takes ({choices:?})");
+        ensure!(
+            fits,
+            "{name} = {value} is not a {kind} the server takes ({choices:?})"
+        );
     }
     Ok(())
 }
@@ -76,10 +91,26 @@ fn the_access_lines_give_each_role_its_database_and_the_projector_no_physical_re
         let of_role: Vec<&Vec<&str>> = lines.iter().filter(|l| l.get(2) == Some(&role)).collect();
         ensure!(!of_role.is_empty(), "no pg_hba.conf line for {role}");
         for line in of_role {
-            ensure!(line.len() == 5, "`{}`: type, database, user, address, method", line.join(" "));
-            ensure!(line[0] == "hostssl", "{role} connects without TLS: `{}`", line.join(" "));
-            ensure!(line[1] != "replication", "{role} gets physical replication: `{}`", line.join(" "));
-            ensure!(line[4] == "scram-sha-256", "{role} authenticates by {}", line[4]);
+            ensure!(
+                line.len() == 5,
+                "`{}`: type, database, user, address, method",
+                line.join(" ")
+            );
+            ensure!(
+                line[0] == "hostssl",
+                "{role} connects without TLS: `{}`",
+                line.join(" ")
+            );
+            ensure!(
+                line[1] != "replication",
+                "{role} gets physical replication: `{}`",
+                line.join(" ")
+            );
+            ensure!(
+                line[4] == "scram-sha-256",
+                "{role} authenticates by {}",
+                line[4]
+            );
         }
     }
     Ok(())

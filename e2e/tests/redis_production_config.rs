@@ -95,12 +95,25 @@ async fn the_production_redis_settings_keep_views_and_the_projector_streams_agai
         .user(&format!("{}@example.com", unique_name("u")), None)
         .await?;
     let order = stack
-        .order(&unique_name("key"), &json!({"user_id": user, "course_ids": [course]}))
+        .order(
+            &unique_name("key"),
+            &json!({"user_id": user, "course_ids": [course]}),
+        )
         .await?;
-    ensure!(order.status == StatusCode::CREATED, "order: {}", order.status);
+    ensure!(
+        order.status == StatusCode::CREATED,
+        "order: {}",
+        order.status
+    );
     let lsn = order.header("x-commit-lsn").to_owned();
-    let read = stack.get_fresh(&format!("/v1/courses/{course}"), &lsn).await?;
+    let read = stack
+        .get_fresh(&format!("/v1/courses/{course}"), &lsn)
+        .await?;
     ensure!(read.status == StatusCode::OK, "read: {}", read.status);
-    ensure!(read.body["student_count"] == 1, "course view: {}", read.body);
+    ensure!(
+        read.body["student_count"] == 1,
+        "course view: {}",
+        read.body
+    );
     stack.cleanup().await
 }

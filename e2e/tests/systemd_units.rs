@@ -35,7 +35,10 @@ fn the_units_pass_systemd_analyze_verify_with_nothing_to_say() -> Result<()> {
     for program in PROGRAMS {
         let text = unit(program)?;
         let installed = format!("ExecStart=/usr/local/bin/{program}\n");
-        ensure!(text.contains(&installed), "{program}.service should say {installed}");
+        ensure!(
+            text.contains(&installed),
+            "{program}.service should say {installed}"
+        );
         let built = binary(program)?;
         let copy = text.replace(&installed, &format!("ExecStart={}\n", built.display()));
         let path = dir.0.join(format!("{program}.service"));
@@ -96,7 +99,11 @@ fn the_units_keep_to_the_hardening_and_credential_rules() -> Result<()> {
             ensure!(
                 text.lines().any(|l| l == line) == needed,
                 "{program}.service: `{line}` {}",
-                if needed { "missing" } else { "present, for a setting it does not have" }
+                if needed {
+                    "missing"
+                } else {
+                    "present, for a setting it does not have"
+                }
             );
         }
         ensure!(
