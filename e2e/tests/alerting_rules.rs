@@ -1,8 +1,9 @@
 //! The alerting kit of `deploy/` checked by the engines that run it:
 //! promtool checks the rules and runs their unit tests (a normal week, a
-//! sale's surge, a projector stall and an order collapse mid-sale), amtool
-//! checks the Alertmanager configuration and its routes, and a real
-//! Alertmanager groups an incident and inhibits symptoms by their causes.
+//! sale's surge, a projector stall, an order collapse mid-sale and a
+//! checkout failing one order in twenty), amtool checks the Alertmanager
+//! configuration and its routes, and a real Alertmanager groups an
+//! incident and inhibits symptoms by their causes.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
