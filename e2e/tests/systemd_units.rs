@@ -158,3 +158,59 @@ fn every_setting_of_the_example_environment_files_is_one_the_program_has() -> Re
     }
     Ok(())
 }
+
+/// `NAME=value` of every setting line of `program`'s example file.
+fn example_settings(program: &str) -> Result<Vec<(String, String)>> {
+    let path = deploy_dir().join(format!("systemd/{program}.env.example"));
+    let text = std::fs::read_to_string(&path)?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.split_once('=')
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .with_context(|| format!("{}: `{l}` is not NAME=value", path.display()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_value_of_the_example_environment_files_parses() -> Result<()> {
+    for program in PROGRAMS {
+        let port = e2e::programs::free_port()?;
+        // Dependencies on closed ports: nothing is reached; only the
+        // settings are parsed (clap exits with status 2 on a bad value, before
+        // anything starts).
+        let mut child = std::process::Command::new(binary(program)?)
+            .envs(example_settings(program)?)
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/none")
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("QUERY_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("PROJECTOR_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut said = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut stderr, &mut said)?;
+        }
+        ensure!(
+            status.and_then(|s| s.code()) != Some(2) && !said.contains("invalid value"),
+            "{program} refuses its example settings:\n{said}"
+        );
+    }
+    Ok(())
+}
