@@ -27,7 +27,8 @@ fn path_str(path: &std::path::Path) -> Result<&str> {
 }
 
 #[test]
-fn the_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
+fn the_rules_pass_promtool_check_and_their_unit_tests_and_load_in_the_example_config() -> Result<()>
+{
     let promtool = ensure_tool("promtool", "promtool")?;
     let checked = run(&promtool, &["check", "rules", path_str(&rules())?])?;
     ensure!(
@@ -37,6 +38,13 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
     let tests = deploy_dir().join("prometheus/rules_test.yml");
     let tested = run(&promtool, &["test", "rules", path_str(&tests)?])?;
     ensure!(tested.contains("SUCCESS"), "promtool test rules:\n{tested}");
+    // The example server configuration loads the same rules.
+    let config = deploy_dir().join("prometheus/prometheus.yml");
+    let checked = run(&promtool, &["check", "config", path_str(&config)?])?;
+    ensure!(
+        checked.contains("SUCCESS"),
+        "promtool check config:\n{checked}"
+    );
     Ok(())
 }
 
@@ -86,7 +94,7 @@ fn every_alert_links_to_its_own_section_of_the_runbook() -> Result<()> {
 }
 
 #[test]
-fn every_page_is_held_to_no_page_on_a_normal_day_and_during_a_sale() -> Result<()> {
+fn every_alert_is_held_silent_on_a_normal_day_and_through_a_sale() -> Result<()> {
     // The unit tests' first group is the normal week and the sale: each
     // alert must be asserted absent there, so a new alert that would page
     // on a sale's surge cannot slip past the tests unnoticed.
