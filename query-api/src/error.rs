@@ -11,6 +11,10 @@ use axum::{
 
 use crate::{headers::X_PROJECTION_LSN, served::Corrupt, store::StoreError};
 
+/// Marks a 503 `rebuilding` answer, so that the metrics count it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RebuildingAnswer;
+
 /// What went wrong with a read.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -92,6 +96,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
+        }
+        if matches!(self, ApiError::Rebuilding) {
+            response.extensions_mut().insert(RebuildingAnswer);
         }
         if let ApiError::NotYetProjected(lsn) = &self {
             if let Ok(lsn) = HeaderValue::try_from(lsn.to_string()) {

@@ -140,9 +140,11 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
             state.flags.clone(),
             switches::read_your_writes,
         ))
-        // Counts every refusal; they are logged in summary, not one by one.
+        // Counts every refusal (logged in summary, not one by one), and the
+        // answers while views are rebuilt or stale.
         .map_response(move |response: Response| {
             counted.shedding.observe(&response);
+            counted.observe_answer(&response);
             response
         })
         .layer(HandleErrorLayer::new(|err: BoxError| async move {
