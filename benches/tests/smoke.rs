@@ -151,8 +151,8 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
         .expect("overload admissions");
     assert_eq!(
         admissions.len(),
-        2,
-        "the admission as shipped and the old one"
+        3,
+        "the admission as shipped, with the pool sized to the cores, and the old one"
     );
     for a in admissions {
         let rounds = a["rounds"].as_array().expect("overload rounds");

@@ -180,7 +180,7 @@ impl Instance {
                     .filter(|line| {
                         serde_json::from_str::<Json>(line)
                             .ok()
-                            .and_then(|l| l["fields"]["message"].as_str().map(str::to_owned))
+                            .and_then(|l| l["message"].as_str().map(str::to_owned))
                             .is_some_and(|m| m.contains(needle))
                     })
                     .cloned()
