@@ -1,6 +1,6 @@
 //! Projector settings: every one a flag with an environment twin and a default.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -62,6 +62,10 @@ pub struct Config {
     /// Redis: `redis://host:port[/db]` for one Redis; `redis-cluster://host:port` or a list of nodes `host:port,host:port` for a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
     pub redis_url: views::RedisUrl,
+
+    /// PEM file of the CAs that sign the Redis servers' certificates, for `rediss://` URLs (default: Mozilla's roots).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Namespace of every Redis key the projector writes.
     #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
@@ -140,6 +144,19 @@ impl Config {
         cli.config.redis_url = redis_url;
         cli.config.key_prefix = key_prefix.to_owned();
         cli.config
+    }
+
+    /// Makes a `rediss://` URL check certificates against `redis_ca_file`
+    /// (done once at start, before any connection).
+    pub fn resolve_redis_tls(&mut self) -> anyhow::Result<()> {
+        if self.redis_url.uses_tls() {
+            let client = service::tls::client_config(
+                self.redis_ca_file.as_deref(),
+                service::tls::Verify::Full,
+            )?;
+            self.redis_url = self.redis_url.clone().with_tls(client);
+        }
+        Ok(())
     }
 
     pub(crate) fn flush_linger(&self) -> Duration {

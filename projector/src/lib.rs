@@ -73,6 +73,8 @@ pub async fn run(
     let app = http::router(metrics.clone());
     let server = tokio::spawn(server.serve("projector ops endpoints", app, http_stop));
 
+    check_tls(&config).await?;
+
     const FIRST_RETRY: Duration = Duration::from_millis(500);
     const OUTDATED_RECHECK: Duration = Duration::from_secs(5);
     let mut backoff = FIRST_RETRY;
@@ -130,6 +132,9 @@ pub async fn run(
                 tracing::info!("the stream stopped to rebuild or resume; starting over");
                 backoff = FIRST_RETRY;
             }
+            // A certificate that fails the check fails it again: a setting
+            // to fix, so the program stops rather than retry.
+            Err(err) if err.downcast_ref::<source::TlsRefused>().is_some() => return Err(err),
             Err(err) => {
                 metrics.failures.fetch_add(1, Relaxed);
                 // A failure after a long healthy run starts a new episode of
@@ -153,6 +158,24 @@ pub async fn run(
     }
     let _ = server.await;
     tracing::info!("projector stopped");
+    Ok(())
+}
+
+/// Stops the start when a dependency answers but its TLS certificate fails
+/// the check (a wrong CA or host name), so the mistake is one clear error,
+/// not a retry loop; a dependency that does not answer yet is waited for.
+async fn check_tls(config: &Config) -> anyhow::Result<()> {
+    const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+    if let Some(client) = config.redis_url.tls_client() {
+        service::tls::check_at_start("Redis", &config.redis_url.nodes(), &client, CHECK_TIMEOUT)
+            .await?;
+    }
+    if source::DatabaseUrl::parse(&config.database_url)?.verifies() {
+        match tokio::time::timeout(CHECK_TIMEOUT, source::connect(&config.database_url)).await {
+            Ok(Err(err)) if err.downcast_ref::<source::TlsRefused>().is_some() => return Err(err),
+            _ => {}
+        }
+    }
     Ok(())
 }
 

@@ -12,8 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    service::tls::install_crypto_provider();
+    let mut cli = Cli::parse();
     cli.log.init();
+    cli.config.resolve_redis_tls()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

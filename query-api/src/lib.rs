@@ -61,11 +61,28 @@ pub struct Application {
 
 impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
+    /// Over TLS, a Redis that answers with a certificate failing the check
+    /// (a wrong CA or host name) stops it here.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (routes, document) = routes::router();
         let metrics = Arc::new(metrics::Metrics::new(routes::paths(&document)));
+        let mut redis_url = config.redis_url.clone();
+        if redis_url.uses_tls() {
+            let client = service::tls::client_config(
+                config.redis_ca_file.as_deref(),
+                service::tls::Verify::Full,
+            )?;
+            service::tls::check_at_start(
+                "Redis",
+                &redis_url.nodes(),
+                &client,
+                config.redis_timeout().max(std::time::Duration::from_secs(5)),
+            )
+            .await?;
+            redis_url = redis_url.with_tls(client);
+        }
         let store = store::Store::connect(
-            &config.redis_url,
+            &redis_url,
             Keys::new(config.key_prefix.clone()),
             config.prewarm_window,
             config.redis_timeout(),

@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<()> {
+    service::tls::install_crypto_provider();
     let config = Config::parse();
     config.log.init();
     tokio::runtime::Builder::new_multi_thread()

@@ -11,6 +11,7 @@ mod request_id;
 mod requests;
 mod server;
 mod shedding;
+pub mod tls;
 
 pub use dependency::{io_cause, plain_cause, Dependency};
 pub use excerpt::{bounded, EXCERPT_CHARS};
