@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::programs::free_port;
+use crate::{programs::free_port, tls::ServerCert};
 
 /// A program on `PATH`.
 fn on_path(name: &str) -> Result<PathBuf> {
@@ -49,7 +49,16 @@ fn free_cluster_ports(n: usize) -> Result<Vec<u16>> {
 
 /// `redis-cli -p port args…`, its output.
 fn cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new(on_path("redis-cli")?)
+    cli_to(port, None, args)
+}
+
+/// `redis-cli -p port args…` over TLS when `tls_ca` (the CA to trust) is given.
+fn cli_to(port: u16, tls_ca: Option<&Path>, args: &[&str]) -> Result<String> {
+    let mut command = Command::new(on_path("redis-cli")?);
+    if let Some(ca) = tls_ca {
+        command.arg("--tls").arg("--cacert").arg(ca);
+    }
+    let out = command
         .args(["-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
@@ -58,10 +67,16 @@ fn cli(port: u16, args: &[&str]) -> Result<String> {
 }
 
 /// Waits until `redis-cli -p port args…` prints `want`.
-async fn wait_for(port: u16, args: &[&str], want: &str, within: Duration) -> Result<()> {
+async fn wait_for(
+    port: u16,
+    tls_ca: Option<&Path>,
+    args: &[&str],
+    want: &str,
+    within: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        if cli(port, args)?.contains(want) {
+        if cli_to(port, tls_ca, args)?.contains(want) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -77,6 +92,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// TLS only (`--port 0`): its certificate, and the CA that signed it.
+    tls: Option<(ServerCert, PathBuf)>,
     child: Option<Child>,
     saves: u32,
 }
@@ -84,16 +101,27 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one Redis on a free port, in a fresh temporary directory.
     pub async fn start() -> Result<Self> {
-        Self::start_on(free_port()?, false).await
+        Self::start_on(free_port()?, false, None).await
     }
 
-    async fn start_on(port: u16, cluster: bool) -> Result<Self> {
+    /// Starts one Redis that speaks TLS only, with `cert` (signed by the CA
+    /// whose certificate is `ca`); clients need no certificate of their own.
+    pub async fn start_tls(cert: &ServerCert, ca: &Path) -> Result<Self> {
+        Self::start_on(free_port()?, false, Some((cert.clone(), ca.to_owned()))).await
+    }
+
+    async fn start_on(
+        port: u16,
+        cluster: bool,
+        tls: Option<(ServerCert, PathBuf)>,
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique_name(&format!("redis{port}")));
         std::fs::create_dir_all(&dir)?;
         let mut server = Self {
             port,
             dir,
             cluster,
+            tls,
             child: None,
             saves: 0,
         };
@@ -104,8 +132,21 @@ impl RedisServer {
     /// Starts the process and waits until it answers (after loading its dump).
     async fn launch(&mut self) -> Result<()> {
         let mut command = Command::new(on_path("redis-server")?);
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, ca)) => command
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(&cert.cert)
+                .arg("--tls-key-file")
+                .arg(&cert.key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -123,7 +164,14 @@ impl RedisServer {
             .spawn()
             .context("starting redis-server")?;
         self.child = Some(child);
-        wait_for(self.port, &["ping"], "PONG", Duration::from_secs(20)).await
+        wait_for(
+            self.port,
+            self.tls_ca(),
+            &["ping"],
+            "PONG",
+            Duration::from_secs(20),
+        )
+        .await
     }
 
     pub fn port(&self) -> u16 {
@@ -135,9 +183,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `REDIS_URL` of this one Redis over TLS.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    fn tls_ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(_, ca)| ca.as_path())
+    }
+
     /// `redis-cli` against this server, its output.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        cli(self.port, args)
+        cli_to(self.port, self.tls_ca(), args)
     }
 
     /// The server's `run_id` (new at every start).
@@ -208,7 +265,7 @@ impl RedisCluster {
     pub async fn start() -> Result<Self> {
         let mut nodes = Vec::new();
         for port in free_cluster_ports(3)? {
-            nodes.push(RedisServer::start_on(port, true).await?);
+            nodes.push(RedisServer::start_on(port, true, None).await?);
         }
         let cluster = Self { nodes };
         let mut create = Command::new(on_path("redis-cli")?);
@@ -236,6 +293,7 @@ impl RedisCluster {
         for port in self.ports() {
             wait_for(
                 port,
+                None,
                 &["cluster", "info"],
                 "cluster_state:ok",
                 Duration::from_secs(30),
