@@ -442,7 +442,8 @@ cmd_down() {
 }
 
 cmd_test() {
-  prepare python3-venv
+  # openssl: the TLS tests make their CA and certificates with it.
+  prepare python3-venv openssl
   trap stop_started EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM

@@ -47,12 +47,7 @@ fn free_cluster_ports(n: usize) -> Result<Vec<u16>> {
     bail!("no {n} free port pairs")
 }
 
-/// `redis-cli -p port args…`, its output.
-fn cli(port: u16, args: &[&str]) -> Result<String> {
-    cli_to(port, None, args)
-}
-
-/// `redis-cli -p port args…` over TLS when `tls_ca` (the CA to trust) is given.
+/// `redis-cli -p port args…`, its output; over TLS when `tls_ca` (the CA to trust) is given.
 fn cli_to(port: u16, tls_ca: Option<&Path>, args: &[&str]) -> Result<String> {
     let mut command = Command::new(on_path("redis-cli")?);
     if let Some(ca) = tls_ca {
@@ -156,6 +151,9 @@ impl RedisServer {
             command
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"]);
+            if self.tls.is_some() {
+                command.args(["--tls-cluster", "yes"]);
+            }
         }
         let child = command
             .stdin(Stdio::null())
@@ -257,26 +255,54 @@ impl Drop for RedisServer {
 /// Three `redis-server` primaries forming one cluster (no replicas).
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The CA of the nodes' certificates, for a cluster over TLS.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisCluster {
     /// Starts the servers on free ports, forms the cluster and waits until
     /// every node reports `cluster_state:ok`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// As [`RedisCluster::start`], every node (and the cluster bus) speaking
+    /// TLS only with `cert`, signed by the CA whose certificate is `ca`.
+    pub async fn start_tls(cert: &ServerCert, ca: &Path) -> Result<Self> {
+        Self::start_with(Some((cert.clone(), ca.to_owned()))).await
+    }
+
+    async fn start_with(tls: Option<(ServerCert, PathBuf)>) -> Result<Self> {
         let mut nodes = Vec::new();
         for port in free_cluster_ports(3)? {
-            nodes.push(RedisServer::start_on(port, true, None).await?);
+            nodes.push(RedisServer::start_on(port, true, tls.clone()).await?);
         }
-        let cluster = Self { nodes };
+        let tls_ca = tls.map(|(_, ca)| ca);
+        let cluster = Self { nodes, tls_ca };
         let mut create = Command::new(on_path("redis-cli")?);
+        if let Some(ca) = &cluster.tls_ca {
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
         create.arg("--cluster").arg("create");
         for port in cluster.ports() {
             create.arg(format!("127.0.0.1:{port}"));
         }
-        let created = create
+        let mut child = tokio::process::Command::from(create)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdin(Stdio::null())
-            .output()?;
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        // It waits for the nodes to meet, forever if they never do (a
+        // cluster bus that cannot connect): bounded here.
+        if tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .is_err()
+        {
+            child.kill().await?;
+        }
+        let created = child.wait_with_output().await?;
         if !created.status.success() {
             bail!(
                 "redis-cli --cluster create failed: {}{}",
@@ -293,7 +319,7 @@ impl RedisCluster {
         for port in self.ports() {
             wait_for(
                 port,
-                None,
+                self.tls_ca.as_deref(),
                 &["cluster", "info"],
                 "cluster_state:ok",
                 Duration::from_secs(30),
@@ -317,9 +343,18 @@ impl RedisCluster {
             .join(",")
     }
 
+    /// `REDIS_URL` as a list of the nodes over TLS (`rediss://` each).
+    pub fn tls_url(&self) -> String {
+        self.ports()
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// `redis-cli -p port args…`, its output.
     pub fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
-        cli(port, args)
+        cli_to(port, self.tls_ca.as_deref(), args)
     }
 
     /// The node on `port`.
@@ -335,7 +370,11 @@ impl RedisCluster {
         self.ports()
             .into_iter()
             .map(|port| {
-                let out = cli(port, &["--scan", "--pattern", pattern])?;
+                let out = cli_to(
+                    port,
+                    self.tls_ca.as_deref(),
+                    &["--scan", "--pattern", pattern],
+                )?;
                 Ok((port, out.lines().map(str::to_owned).collect()))
             })
             .collect()

@@ -94,20 +94,26 @@ impl Ca {
             &ext,
             format!(
                 "subjectAltName={alt}\nbasicConstraints=CA:FALSE\n\
-                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
             ),
         )?;
         run(Command::new("openssl")
             .args(["req", "-new", "-nodes"])
             .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-            .args(["-subj", &format!("/CN={}", names.first().unwrap_or(&"server"))])
+            .args([
+                "-subj",
+                &format!("/CN={}", names.first().unwrap_or(&"server")),
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
             .arg(&csr))?;
         run(Command::new("openssl")
             .args(["x509", "-req", "-days", "2", "-set_serial"])
-            .arg(format!("{}", std::process::id() as u64 * 1000 + names.len() as u64))
+            .arg(format!(
+                "{}",
+                std::process::id() as u64 * 1000 + names.len() as u64
+            ))
             .arg("-in")
             .arg(&csr)
             .arg("-CA")
@@ -195,12 +201,21 @@ impl TlsPostgres {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
         if is_root() {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&pg.dir))?;
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&pg.dir))?;
         }
         run(as_pg(&pg.bin.join("initdb"))
             .arg("-D")
             .arg(pg.data())
-            .args(["-A", "trust", "-U", "postgres", "--encoding=UTF8", "--locale=C"]))?;
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--locale=C",
+            ]))?;
         let settings = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
              ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n\
@@ -233,7 +248,10 @@ impl TlsPostgres {
     /// A database URL as the administrative user, over `host`, with `query`
     /// (`sslmode=…&sslrootcert=…`) appended.
     pub fn url(&self, host: &str, database: &str, query: &str) -> String {
-        format!("postgres://postgres@{host}:{}/{database}?{query}", self.port)
+        format!(
+            "postgres://postgres@{host}:{}/{database}?{query}",
+            self.port
+        )
     }
 
     /// A plain connection over the Unix socket (checks and set-up).
@@ -255,7 +273,10 @@ impl TlsPostgres {
             match self.admin("postgres").await {
                 Ok(_) => return Ok(()),
                 Err(err) if Instant::now() > deadline => {
-                    bail!("the TLS PostgreSQL did not answer in 30 s: {err:#}\n{}", self.log())
+                    bail!(
+                        "the TLS PostgreSQL did not answer in 30 s: {err:#}\n{}",
+                        self.log()
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

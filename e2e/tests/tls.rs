@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use e2e::{
     programs::{run_to_exit, Program},
-    redis_server::RedisServer,
+    redis_server::{RedisCluster, RedisServer},
     tls::{Ca, TlsPostgres},
     unique_name, Stack,
 };
@@ -36,7 +36,10 @@ async fn stops_at_start(
     };
     assert!(!status.success(), "{name} exited {status}:\n{printed}");
     let said = format!("connecting to {dependency_at} over TLS");
-    assert!(printed.contains(&said), "{name} did not say {said:?}:\n{printed}");
+    assert!(
+        printed.contains(&said),
+        "{name} did not say {said:?}:\n{printed}"
+    );
     assert!(
         cause.iter().any(|c| printed.contains(c)),
         "{name} named none of {cause:?}:\n{printed}"
@@ -123,8 +126,12 @@ async fn postgres_over_verify_full_carries_writes_and_the_stream_and_a_wrong_ca_
     .await?;
     assert!(status.is_some_and(|s| s.success()), "migrate: {printed}");
 
-    let command = Program::start("command-api", "COMMAND_API_ADDR", &[("DATABASE_URL", &verified)])
-        .await?;
+    let command = Program::start(
+        "command-api",
+        "COMMAND_API_ADDR",
+        &[("DATABASE_URL", &verified)],
+    )
+    .await?;
     let redis = e2e::redis_url();
     let prefix = unique_name("k");
     let slot = unique_name("slot");
@@ -324,5 +331,50 @@ async fn redis_over_tls_carries_the_views_from_projector_to_query_api_and_a_wron
         UNKNOWN_ISSUER,
     )
     .await?;
+    stack.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls_carries_the_views_from_projector_to_query_api() -> Result<()> {
+    let ca = Ca::new("cluster")?;
+    // Nodes are reached at the address the cluster announces: 127.0.0.1.
+    let cert = ca.issue("node", &["localhost", "127.0.0.1"])?;
+    let cluster = RedisCluster::start_tls(&cert, &ca.cert()).await?;
+    let tls_url = cluster.tls_url();
+    let ca_file = ca.cert().display().to_string();
+
+    let mut stack = Stack::start().await?;
+    stack.spawn_projector_with(&[("REDIS_URL", &tls_url), ("REDIS_CA_FILE", &ca_file)])?;
+    stack.wait_projector_ready(Duration::from_secs(60)).await?;
+    let query = Program::start(
+        "query-api",
+        "QUERY_API_ADDR",
+        &[
+            ("REDIS_URL", &tls_url),
+            ("REDIS_CA_FILE", &ca_file),
+            ("KEY_PREFIX", &stack.prefix),
+        ],
+    )
+    .await?;
+    let mut courses = Vec::new();
+    for i in 0..6 {
+        courses.push(
+            stack
+                .course(&format!("Sealed {i}"), "<p>x</p>", 1000)
+                .await?,
+        );
+    }
+    for course in &courses {
+        let page = wait_for_json(&format!("{}/v1/courses/{course}", query.url), |b| {
+            b["id"] == *course
+        })
+        .await?;
+        assert_eq!(page["price_krw"], 1000);
+    }
+    // The views are spread over the cluster's nodes.
+    let by_node = cluster.keys_by_node(&format!("{}*", stack.prefix))?;
+    let holding = by_node.values().filter(|keys| !keys.is_empty()).count();
+    assert!(holding >= 2, "keys on {holding} node(s): {by_node:?}");
+    drop(query);
     stack.cleanup().await
 }

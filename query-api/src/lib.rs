@@ -76,7 +76,9 @@ impl Application {
                 "Redis",
                 &redis_url.nodes(),
                 &client,
-                config.redis_timeout().max(std::time::Duration::from_secs(5)),
+                config
+                    .redis_timeout()
+                    .max(std::time::Duration::from_secs(5)),
             )
             .await?;
             redis_url = redis_url.with_tls(client);

@@ -223,17 +223,16 @@ pub async fn check_handshake(
 ) -> Result<(), HandshakeError> {
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| HandshakeError::Refused(format!("{host:?} is no valid server name: {e}")))?;
-    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
-        .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => return Err(HandshakeError::Unreachable(crate::io_cause(&err))),
-        Err(_) => {
-            return Err(HandshakeError::Unreachable(format!(
-                "no answer within {timeout:?}"
-            )))
-        }
-    };
+    let tcp =
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(err)) => return Err(HandshakeError::Unreachable(crate::io_cause(&err))),
+            Err(_) => {
+                return Err(HandshakeError::Unreachable(format!(
+                    "no answer within {timeout:?}"
+                )))
+            }
+        };
     let connector = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(_stream)) => Ok(()),

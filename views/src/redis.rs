@@ -50,7 +50,9 @@ pub enum RedisUrlError {
     NoScheme(String),
     #[error("{0:?}: unsupported scheme {1:?}; use {REDIS_URL_FORMS}")]
     Scheme(String, String),
-    #[error("the nodes of {0:?} mix TLS (rediss://) and plain entries; write every one the same way")]
+    #[error(
+        "the nodes of {0:?} mix TLS (rediss://) and plain entries; write every one the same way"
+    )]
     MixedTls(String),
     #[error("{0:?}: a cluster has only database 0, so a cluster node names none")]
     Database(String),

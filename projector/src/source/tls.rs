@@ -181,8 +181,9 @@ mod tests {
         assert_eq!(url.config().get_dbname(), Some("courses"));
         assert_eq!(url.address(), "db.internal:5433");
 
-        let kv = DatabaseUrl::parse("host=db port=5433 user=app sslmode=verify-ca sslrootcert=/ca.pem")
-            .expect("parses");
+        let kv =
+            DatabaseUrl::parse("host=db port=5433 user=app sslmode=verify-ca sslrootcert=/ca.pem")
+                .expect("parses");
         assert_eq!(kv.verify(), Verify::Chain);
         assert_eq!(kv.config().get_user(), Some("app"));
     }
@@ -197,7 +198,10 @@ mod tests {
         assert_eq!(verify(""), Verify::Nothing);
         assert_eq!(verify("?sslmode=disable"), Verify::Nothing);
         assert_eq!(verify("?sslmode=require"), Verify::Nothing);
-        assert_eq!(verify("?sslmode=require&sslrootcert=/ca.pem"), Verify::Chain);
+        assert_eq!(
+            verify("?sslmode=require&sslrootcert=/ca.pem"),
+            Verify::Chain
+        );
         assert_eq!(verify("?sslmode=verify-ca"), Verify::Chain);
         assert_eq!(verify("?sslmode=verify-full"), Verify::Full);
         assert!(DatabaseUrl::parse("postgres://h/db?sslmode=strict").is_err());
