@@ -166,8 +166,7 @@ impl fmt::Debug for RedisUrl {
 /// Certificates checked against Mozilla's roots, host name included: what a
 /// TLS URL uses until [`RedisUrl::with_tls`] names other CAs.
 fn mozilla_roots() -> Arc<rustls::ClientConfig> {
-    // As `service::tls::install_crypto_provider` does: ring, once per process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_ring();
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -176,6 +175,14 @@ fn mozilla_roots() -> Arc<rustls::ClientConfig> {
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+/// Makes ring the process's crypto provider, as
+/// `service::tls::install_crypto_provider` does at the start of each
+/// program: fred builds a TLS client while it parses a `rediss://` URL, and
+/// rustls panics there if no provider was chosen and the build has two.
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// What a scheme fred connects with means.
@@ -195,6 +202,9 @@ fn checked_scheme(part: &str, scheme: &str) -> Result<Scheme, RedisUrlError> {
         "rediss-cluster" | "valkeys-cluster" => (true, true),
         _ => return Err(RedisUrlError::Scheme(redacted(part), scheme.to_owned())),
     };
+    if tls {
+        install_ring();
+    }
     Ok(Scheme { cluster, tls })
 }
 
