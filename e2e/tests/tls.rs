@@ -331,6 +331,19 @@ async fn redis_over_tls_carries_the_views_from_projector_to_query_api_and_a_wron
         UNKNOWN_ISSUER,
     )
     .await?;
+    stops_at_start(
+        "projector",
+        &["status"],
+        &[
+            ("DATABASE_URL", &stack.projector_database_url),
+            ("REDIS_URL", &tls_url),
+            ("REDIS_CA_FILE", &other_file),
+            ("KEY_PREFIX", &stack.prefix),
+        ],
+        &at,
+        UNKNOWN_ISSUER,
+    )
+    .await?;
     stack.cleanup().await
 }
 

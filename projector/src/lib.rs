@@ -134,7 +134,7 @@ pub async fn run(
             }
             // A certificate that fails the check fails it again: a setting
             // to fix, so the program stops rather than retry.
-            Err(err) if err.downcast_ref::<source::TlsRefused>().is_some() => return Err(err),
+            Err(err) if tls_refused(&err) => return Err(err),
             Err(err) => {
                 metrics.failures.fetch_add(1, Relaxed);
                 // A failure after a long healthy run starts a new episode of
@@ -177,6 +177,15 @@ async fn check_tls(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A dependency's certificate failed the check (see [`check_tls`]).
+fn tls_refused(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<source::TlsRefused>().is_some()
+        || matches!(
+            err.downcast_ref::<sink::SinkError>(),
+            Some(sink::SinkError::Tls(_))
+        )
 }
 
 /// One life of the replication connection: wait for the slot's lock as a
