@@ -11,6 +11,9 @@
 #                               that exits; Ctrl-C stops all (--standby: a
 #                               second projector waits beside the first)
 #   bash deploy/local.sh bench  up, release build, run benches/ (--smoke: seconds)
+#   bash deploy/local.sh install TOOL...  installs the Debian packages of the
+#                               tools the tests of deploy/ need (promtool,
+#                               amtool, systemd-analyze), starting no service
 #
 # See deploy/README.md for the layout of the stack directory.
 set -euo pipefail
@@ -97,6 +100,11 @@ ensure_packages() {
       python3-venv)
         command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
           || missing+=(python3 python3-venv) ;;
+      # The checks of deploy/: promtool tests the alerting rules, amtool the
+      # Alertmanager configuration, systemd-analyze verifies the units.
+      promtool) command -v promtool >/dev/null || missing+=(prometheus) ;;
+      amtool) command -v amtool >/dev/null || missing+=(prometheus-alertmanager) ;;
+      systemd-analyze) command -v systemd-analyze >/dev/null || missing+=(systemd) ;;
       *) command -v "$pkg" >/dev/null || missing+=("$pkg") ;;
     esac
   done
@@ -110,6 +118,10 @@ ensure_packages() {
     [[ "${CI:-}" == "true" ]] && SUDO="sudo -n"
   fi
 
+  # Tests install their tools in parallel: one install at a time, so that
+  # one's policy-rc.d is not removed under another's.
+  exec 8>"${TMPDIR:-/tmp}/course-sales-packages.lock"
+  flock -w 600 8 || die "another install holds ${TMPDIR:-/tmp}/course-sales-packages.lock"
   log "installing ${missing[*]}"
   if [[ -e "$POLICY_RC" ]]; then
     POLICY_BACKUP="$(mktemp)"
@@ -129,6 +141,7 @@ ensure_packages() {
 
   restore_policy_rc
   trap - EXIT INT TERM
+  exec 8>&-
 }
 SUDO=""
 
@@ -441,9 +454,15 @@ cmd_down() {
   if redis_answers; then log "redis on $REDIS_PORT still answers: not ours, left alone"; fi
 }
 
+# install TOOL...: the packages of the tools named (see ensure_packages).
+cmd_install() {
+  [[ $# -gt 0 ]] || die "install needs the names of tools"
+  ensure_packages "$@"
+}
+
 cmd_test() {
   # openssl: the TLS tests make their CA and certificates with it.
-  prepare python3-venv openssl
+  prepare python3-venv promtool amtool systemd-analyze openssl
   trap stop_started EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
@@ -758,7 +777,7 @@ cmd_pg() {
 }
 
 usage() {
-  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -768,6 +787,7 @@ main() {
     test) cmd_test ;;
     run) shift; cmd_run "$@" ;;
     bench) shift; cmd_bench "$@" ;;
+    install) shift; cmd_install "$@" ;;
     pg-stop) cmd_pg stop ;;
     pg-start) cmd_pg start ;;
     -h | --help | help) usage ;;

@@ -366,17 +366,20 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
         }
         "overload_goodput" | "overload_p99" => {
             let o = r.overload.as_ref()?;
-            let new = o.admission("new")?;
-            let old = o
-                .admission("old")
-                .map(|old| {
+            let new = o.admission("default")?;
+            let others: String = ["sized", "old"]
+                .iter()
+                .filter_map(|key| o.admission(key))
+                .map(|a| {
                     format!(
-                        " The old admission under the same load: {:.0} orders/s accepted, p99 {:.1} ms (medians).",
-                        old.median(|r| r.overload.achieved_rps),
-                        old.median(|r| r.overload.latency.p99_ms)
+                        " `{}` ({}) under the same load: {:.0} orders/s accepted, p99 {:.1} ms (medians).",
+                        a.key,
+                        a.label,
+                        a.median(|r| r.overload.achieved_rps),
+                        a.median(|r| r.overload.latency.p99_ms)
                     )
                 })
-                .unwrap_or_default();
+                .collect();
             let concurrency = new.median(|r| r.shed_counted.get("concurrency").copied().unwrap_or(0.0));
             let db_pool = new.median(|r| r.shed_counted.get("db_pool").copied().unwrap_or(0.0));
             // Little's law: the accepted orders in the API at once, on average.
@@ -387,7 +390,7 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                  round) the \
                  admission as shipped accepted {:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms, against a p99 of {:.1} \
                  ms at half the capacity) and shed {:.0} with 503 (p99 {:.1} ms; by the API's count {concurrency:.0} \
-                 at the admission limit, {db_pool:.0} after waiting for a connection).{old} On average \
+                 at the admission limit, {db_pool:.0} after waiting for a connection).{others} On average \
                  {in_flight:.1} accepted orders were in the API at once (mean latency × orders/s): each waits \
                  behind about that many, however few of them PostgreSQL runs at a time on its {}. The command API \
                  and the load generator used {:.2} cores at capacity and {:.2} under the overload, refusing what \
@@ -411,8 +414,8 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                     " The wait for a connection never reached its budget ({db_pool:.0} shed by it), so the queue \
                      is not in front of the pool but in PostgreSQL, which runs the pooled transactions on {}: \
                      the admitted count sets the wait. Admitting about as many as PostgreSQL runs usefully at \
-                     once (a pool sized to the database's cores, with the admission following it, or a limit \
-                     that follows the measured latency) would bound it, where the pool plus a quarter does not.",
+                     once bounds it, at the cost of goodput when too few connections leave the server idle \
+                     while answers travel: `sized` above is that trade, measured.",
                     cores(r)
                 )
             } else {

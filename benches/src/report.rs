@@ -393,7 +393,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     md
 }
 
-/// The overload scenario: capacity, then both admissions under the same
+/// The overload scenario: capacity, then every admission under the same
 /// loads round after round, and the database read back against the answers.
 fn overload_section(md: &mut String, r: &Results) {
     let _ = writeln!(
@@ -417,8 +417,8 @@ fn overload_section(md: &mut String, r: &Results) {
          rounds {}); orders at half that capacity for {:.1} s to each admission (the unloaded latency); then \
          orders at {:.0}x that capacity (median {:.0}/s) for {:.1} s after {:.1} s of warm-up to each in turn (the \
          first to go alternates), open loop on up to {} connections: a request leaves when it is due \
-         whatever came of the earlier ones, its latency counts from then, and a 503 is not retried. The two \
-         command APIs run side by side on one database with a pool of 16 each; a checkpoint precedes each \
+         whatever came of the earlier ones, its latency counts from then, and a 503 is not retried. The command \
+         APIs run side by side on one database, each with the pool its row below states; a checkpoint precedes each \
          overload. Every order is placed by a user of a course no other request of the scenario gives that \
          user, under an `Idempotency-Key` of its own, so the orders read back from the database name the \
          requests that placed them.\n",

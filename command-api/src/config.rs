@@ -12,21 +12,17 @@ use service::parse_duration;
     about = "The write side of the course store: validates commands and writes them to PostgreSQL."
 )]
 pub struct Config {
-    /// PostgreSQL connection URL of the write model.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:55432/courses"
-    )]
-    pub database_url: String,
+    /// The write model's PostgreSQL.
+    #[command(flatten)]
+    pub database: service::Database,
 
     /// Address the HTTP server listens on (port 0 picks a free port).
     #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: SocketAddr,
 
-    /// Bearer token that guards back-office writes; unset or empty leaves them open (development mode).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// The token guarding back-office writes (open when unset or empty: development mode).
+    #[command(flatten)]
+    pub admin: service::AdminToken,
 
     /// Most PostgreSQL connections the pool opens.
     #[arg(long, env = "COMMAND_API_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
@@ -66,6 +62,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub connections: service::ConnectionLimits,
+
+    /// Ops flags (`FLAGS_FILE`): kill switches and release toggles.
+    #[command(flatten)]
+    pub flags: service::FlagsArgs,
 }
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -77,9 +77,9 @@ impl Config {
     /// The defaults, listening on a free port of 127.0.0.1, with no admin token.
     pub fn for_tests(database_url: &str) -> Self {
         Config {
-            database_url: database_url.to_owned(),
+            database: service::Database::new(database_url),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            admin_token: None,
+            admin: service::AdminToken::default(),
             db_pool_size: DEFAULT_POOL_SIZE,
             db_acquire_timeout: Duration::from_millis(500),
             db_statement_timeout: Duration::from_secs(5),
@@ -90,6 +90,7 @@ impl Config {
             idempotency_key_ttl: KEY_TTL_MIN,
             idempotency_sweep_interval: Duration::from_secs(5 * 60),
             connections: service::ConnectionLimits::default(),
+            flags: service::FlagsArgs::default(),
         }
     }
 
@@ -104,11 +105,10 @@ impl Config {
         })
     }
 
-    /// The admin token, if one is configured; an empty value counts as none.
-    pub(crate) fn admin_token(&self) -> Option<&str> {
-        self.admin_token
-            .as_deref()
-            .filter(|token| !token.is_empty())
+    /// Reads the secrets named by `_FILE` settings; once, at start.
+    pub fn load_secrets(&mut self) -> Result<(), service::SecretError> {
+        self.database.load()?;
+        self.admin.load()
     }
 }
 
@@ -172,9 +172,9 @@ mod tests {
     #[test]
     fn an_empty_admin_token_counts_as_none() {
         let mut config = Config::for_tests("postgres://x/y");
-        config.admin_token = Some(String::new());
-        assert_eq!(config.admin_token(), None);
-        config.admin_token = Some("s3cret".to_owned());
-        assert_eq!(config.admin_token(), Some("s3cret"));
+        config.admin = service::AdminToken::new(Some(""));
+        assert_eq!(config.admin.configured(), None);
+        config.admin = service::AdminToken::new(Some("s3cret"));
+        assert_eq!(config.admin.configured(), Some("s3cret"));
     }
 }

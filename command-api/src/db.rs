@@ -11,7 +11,7 @@ use crate::config::Config;
 /// The pool the API runs on. It connects lazily, so the API starts (and
 /// `/ready` says 503) while PostgreSQL is still down.
 pub(crate) fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(&config.database_url)?.application_name("command-api");
+    let options = PgConnectOptions::from_str(&config.database.url)?.application_name("command-api");
     let statement_timeout = format!("{}ms", config.db_statement_timeout.as_millis());
     let pool = PgPoolOptions::new()
         .max_connections(config.db_pool_size)

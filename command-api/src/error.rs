@@ -107,6 +107,9 @@ pub(crate) enum ApiError {
     /// 503 `unavailable`: overloaded, timed out, or the database is out of reach.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// 503 `feature_disabled`: ops switched this feature off; names the flag.
+    #[error("this feature is switched off by ops (flag `{0}`), retry later")]
+    FeatureDisabled(&'static str),
     /// A database error nobody expected: 503 when it is transient, else 500. Logged, never shown.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -163,6 +166,7 @@ enum ErrorCode {
     ValidationFailed,
     IdempotencyKeyRequired,
     Unavailable,
+    FeatureDisabled,
     Internal,
 }
 
@@ -183,7 +187,9 @@ pub(crate) enum BodyRefused {
 }
 
 /// `unavailable`: the database is out of reach, a statement or the request
-/// timed out, or the service sheds load. Retry after `Retry-After` seconds.
+/// timed out, or the service sheds load; `feature_disabled`: an ops switch
+/// turned this feature off (the message names the flag). Retry after
+/// `Retry-After` seconds.
 #[derive(IntoResponses)]
 #[response(
     status = 503,
@@ -194,6 +200,8 @@ pub(crate) struct Unavailable(ErrorBody);
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
+/// Seconds before retrying a feature an ops switch turned off.
+const SWITCHED_OFF_RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("5");
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -227,6 +235,9 @@ impl IntoResponse for ApiError {
                 ErrorCode::IdempotencyKeyRequired,
             ),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::FeatureDisabled(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::FeatureDisabled)
+            }
             ApiError::Database(err) if is_outage(err) => {
                 // Per request at debug only: the watcher woken by the
                 // response's mark logs the outage once, with its cause.
@@ -275,9 +286,12 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(DatabaseTrouble);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS);
+            // A pulled switch stays pulled a while: no point retrying each second.
+            let after = match code {
+                ErrorCode::FeatureDisabled => SWITCHED_OFF_RETRY_AFTER_SECONDS,
+                _ => RETRY_AFTER_SECONDS,
+            };
+            response.headers_mut().insert(header::RETRY_AFTER, after);
         }
         if status == StatusCode::UNAUTHORIZED {
             response

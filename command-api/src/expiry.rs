@@ -3,21 +3,45 @@
 
 use std::time::Duration;
 
+use service::{EvaluationContext, Flags};
 use sqlx::PgPool;
+
+use crate::switches::KEY_EXPIRY;
 
 /// Rows deleted per statement.
 const BATCH: i64 = 1_000;
 /// Pause between two batches, so a large backlog does not hog the database.
 const PAUSE: Duration = Duration::from_millis(100);
 
-/// Sweeps every `interval`, forever; the caller aborts it at shutdown.
-pub(crate) async fn run(pool: PgPool, ttl: Duration, interval: Duration) {
+/// Sweeps every `interval`, forever, except while the `idempotency-key-expiry`
+/// switch is off; the caller aborts it at shutdown.
+pub(crate) async fn run(
+    pool: PgPool,
+    ttl: Duration,
+    interval: Duration,
+    flags: Flags,
+    skipped: service::Counter,
+) {
+    let mut paused = false;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; skip it so startup stays quiet.
     ticks.tick().await;
     loop {
         ticks.tick().await;
+        let on = flags.get_boolean_value(KEY_EXPIRY, &EvaluationContext::default(), true);
+        if on == paused {
+            paused = !on;
+            if paused {
+                tracing::warn!(flag = KEY_EXPIRY, "idempotency key expiry paused");
+            } else {
+                tracing::info!(flag = KEY_EXPIRY, "idempotency key expiry resumed");
+            }
+        }
+        if paused {
+            skipped.increment(1);
+            continue;
+        }
         match sweep(&pool, ttl).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired idempotency keys deleted"),

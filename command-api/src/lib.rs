@@ -18,6 +18,7 @@ mod routes;
 mod sale_event;
 mod startup;
 mod state;
+mod switches;
 mod unique_keys;
 
 pub use config::Config;
@@ -26,6 +27,6 @@ pub use config::Config;
 /// exactly what the handlers run.
 #[doc(hidden)]
 pub mod statements {
-    pub use crate::checkout::COURSE_PRICES;
+    pub use crate::checkout::{COURSE_PRICES, USER_AND_PRICES};
 }
 pub use startup::{migrate, Application};

@@ -27,20 +27,21 @@ enum Command {
 
 #[derive(clap::Args)]
 struct MigrateArgs {
-    /// PostgreSQL connection URL of the write model.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:55432/courses"
-    )]
-    database_url: String,
+    /// The write model's PostgreSQL.
+    #[command(flatten)]
+    database: service::Database,
 }
 
 fn main() -> anyhow::Result<()> {
     service::tls::install_crypto_provider();
     // Invalid settings fail here, before the runtime starts.
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     cli.log.init();
+    match &mut cli.command {
+        Some(Command::Migrate(args)) => args.database.load()?,
+        Some(Command::Serve(config)) => config.load_secrets()?,
+        None => cli.serve.load_secrets()?,
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Some(Command::Migrate(args)) => {
-                command_api::migrate(&args.database_url).await?;
+                command_api::migrate(&args.database.url).await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }

@@ -28,6 +28,10 @@ pub(crate) struct Metrics {
     /// [`Metrics::count_requests`] once the routes are known.
     requests: std::sync::OnceLock<Arc<RequestMetrics>>,
     pool: [Gauge; 4],
+    /// Expiry sweeps skipped while the `idempotency-key-expiry` switch is off.
+    pub(crate) sweeps_skipped: service::Counter,
+    /// Orders placed by the checkout lookup they used: [separate, joined].
+    lookups: [service::Counter; 2],
 }
 
 impl Metrics {
@@ -53,7 +57,20 @@ impl Metrics {
                 "Most connections the PostgreSQL pool may open.",
             ),
         ];
+        let lookup = |statement| {
+            recorded.counter_with_labels(
+                "command_api_checkout_lookups_total",
+                "Orders placed, by the checkout's user and price lookup (`joined`: the release toggle's one statement).",
+                &[("lookup", statement)],
+            )
+        };
+        let lookups = [lookup("separate"), lookup("joined")];
         Self {
+            sweeps_skipped: recorded.counter(
+                "command_api_idempotency_sweeps_skipped_total",
+                "Idempotency-key expiry sweeps skipped because the `idempotency-key-expiry` switch is off.",
+            ),
+            lookups,
             shedding: Shedding::register(&recorded, "command_api", &[DB_POOL]),
             requests: std::sync::OnceLock::new(),
             pool,
@@ -69,6 +86,16 @@ impl Metrics {
         self.requests
             .get_or_init(|| RequestMetrics::new(self.recorded.clone(), "command_api", routes))
             .clone()
+    }
+
+    /// Counts an order placed with the `joined` lookup or not.
+    pub(crate) fn count_lookup(&self, joined: bool) {
+        self.lookups[usize::from(joined)].increment(1);
+    }
+
+    /// The recorder, for metrics registered elsewhere (the ops flags).
+    pub(crate) fn recorded(&self) -> &service::Metrics {
+        &self.recorded
     }
 
     /// The `/metrics` answer, with the pool's state now.

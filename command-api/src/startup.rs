@@ -26,6 +26,8 @@ pub struct Application {
     db: Arc<DbWatch>,
     key_ttl: Duration,
     sweep_interval: Duration,
+    flags: service::Flags,
+    sweeps_skipped: service::Counter,
 }
 
 impl Application {
@@ -33,7 +35,8 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = crate::db::pool(&config).context("invalid database url")?;
         let options = config
-            .database_url
+            .database
+            .url
             .parse::<PgConnectOptions>()
             .context("invalid database url")?;
         check_tls(&options).await?;
@@ -42,15 +45,24 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?
             .with_limits(config.connections.clone());
-        let admin_token = config.admin_token().map(Arc::from);
+        let admin_token = config.admin.configured().map(Arc::from);
         if admin_token.is_none() {
             tracing::warn!("no admin token set: back-office writes are open (development mode)");
         }
+        let metrics = Arc::new(Metrics::new());
+        let flags = service::Flags::load(
+            &config.flags,
+            crate::switches::SPECS,
+            Some(metrics.recorded()),
+        );
+        let sweeps_skipped = metrics.sweeps_skipped.clone();
         let state = AppState {
             pool: pool.clone(),
             db: db.clone(),
             admin_token,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            flags: flags.clone(),
+            intake: Arc::new(crate::switches::Intake::new()),
             max_connections: config.db_pool_size,
             // Filled in by `routes::router`, from the routes it serves.
             openapi: Default::default(),
@@ -63,6 +75,8 @@ impl Application {
             db,
             key_ttl: config.idempotency_key_ttl,
             sweep_interval: config.idempotency_sweep_interval,
+            flags,
+            sweeps_skipped,
         })
     }
 
@@ -81,14 +95,18 @@ impl Application {
             self.pool.clone(),
             self.key_ttl,
             self.sweep_interval,
+            self.flags.clone(),
+            self.sweeps_skipped.clone(),
         ));
         let watcher = tokio::spawn(self.db.clone().run());
+        let flag_file = tokio::spawn(self.flags.clone().watch());
         let served = self
             .server
             .serve("command api", self.router, shutdown)
             .await;
         sweeper.abort();
         watcher.abort();
+        flag_file.abort();
         self.pool.close().await;
         tracing::info!("command api stopped");
         served

@@ -19,6 +19,10 @@ pub(crate) struct AppState {
     pub(crate) admin_token: Option<Arc<str>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) max_connections: u32,
+    /// Ops flags, re-read from `FLAGS_FILE` in the background.
+    pub(crate) flags: service::Flags,
+    /// The order-intake cap's token bucket.
+    pub(crate) intake: Arc<crate::switches::Intake>,
     /// The API reference, rendered once from the routes that are served.
     pub(crate) openapi: Bytes,
 }

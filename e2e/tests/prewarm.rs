@@ -13,7 +13,7 @@ async fn warm_query_api(
     stack: &Stack,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
     let mut config = query_api::Config::for_tests(stack.redis_url.parse()?, &stack.prefix);
-    config.admin_token = Some("ops-secret".into());
+    config.admin = service::AdminToken::new(Some("ops-secret"));
     config.prewarm_refresh_ms = 50;
     let app = query_api::Application::build(config).await?;
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -102,10 +102,10 @@ pub async fn row_versions(pg: &Client, subject: &Subject) -> anyhow::Result<Vec<
 /// `projector audit`: audits the live generation; with `--repair`, repairs
 /// what differs and audits that again.
 pub async fn audit(config: &Config, options: Options) -> anyhow::Result<Report> {
-    let keys = Keys::new(config.key_prefix.clone());
-    let sink = Sink::connect(&config.redis_url, keys.clone())
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    let sink = Sink::connect(&config.redis.url, keys.clone())
         .await
-        .context("connecting to Redis")?;
+        .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
     let marker = sink
         .marker()
         .await?
@@ -123,8 +123,8 @@ pub async fn audit(config: &Config, options: Options) -> anyhow::Result<Report> 
              meanwhile: audit once the rebuild is done"
         );
     }
-    let snap = source::connect(&config.database_url).await?;
-    let control = source::connect(&config.database_url).await?;
+    let snap = source::connect(&config.database.url).await?;
+    let control = source::connect(&config.database.url).await?;
     let auditor = Auditor {
         redis: sink.client(),
         keys: &keys,
@@ -170,7 +170,7 @@ pub async fn background(
 ) {
     /// Warnings per pass at most: a broken generation must not flood the log.
     const WARNINGS: usize = 20;
-    let keys = Keys::new(config.key_prefix.clone());
+    let keys = Keys::new(config.redis.key_prefix.clone());
     // A connection of its own: the audit's reads must not queue behind the
     // stream's flushes, nor delay them.
     let mut redis: Option<Sink> = None;
@@ -180,11 +180,11 @@ pub async fn background(
             let sink = match &redis {
                 Some(sink) => sink.clone(),
                 None => redis
-                    .insert(Sink::connect(&config.redis_url, keys.clone()).await?)
+                    .insert(Sink::connect(&config.redis.url, keys.clone()).await?)
                     .clone(),
             };
-            let snap = source::connect(&config.database_url).await?;
-            let control = source::connect(&config.database_url).await?;
+            let snap = source::connect(&config.database.url).await?;
+            let control = source::connect(&config.database.url).await?;
             let auditor = Auditor {
                 redis: sink.client(),
                 keys: &keys,

@@ -1,8 +1,8 @@
 //! Projector settings: every one a flag with an environment twin and a default.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// The projector: PostgreSQL logical replication (pgoutput) in, Redis views out.
 #[derive(Debug, Parser)]
@@ -14,6 +14,33 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub log: service::LogArgs,
+}
+
+impl Cli {
+    /// Parses `args` with every shared setting accepted before or after
+    /// the subcommand (`projector status --database-url ...` as well as
+    /// `projector --database-url ... status`).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command = Self::command().mut_args(|arg| {
+            if arg.is_positional() {
+                arg
+            } else {
+                arg.global(true)
+            }
+        });
+        let mut matches = command.try_get_matches_from(args)?;
+        Self::from_arg_matches_mut(&mut matches)
+    }
+
+    /// The process's arguments, parsed as [`Cli::try_parse_args`] does;
+    /// exits with clap's message when they are wrong.
+    pub fn parse_args() -> Self {
+        Self::try_parse_args(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
 }
 
 /// What to do; the daemon (`run`) when none is given.
@@ -51,27 +78,19 @@ pub struct AuditArgs {
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// PostgreSQL URL; the role needs REPLICATION and SELECT on the published tables.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:55432/courses"
-    )]
-    pub database_url: String,
+    /// The write model's PostgreSQL; the role needs REPLICATION and SELECT on the published tables.
+    #[command(flatten)]
+    pub database: service::Database,
 
-    /// Redis: `redis://host:port[/db]` for one Redis; `redis-cluster://host:port` or a list of nodes `host:port,host:port` for a Redis Cluster.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
-    pub redis_url: views::RedisUrl,
+    /// The Redis the views are written to, and their key prefix.
+    #[command(flatten)]
+    pub redis: views::RedisSettings,
 
-    /// PEM file of the CAs that sign the Redis servers' certificates, for `rediss://` URLs (default: Mozilla's roots).
-    #[arg(long, env = "REDIS_CA_FILE")]
-    pub redis_ca_file: Option<PathBuf>,
+    /// The token guarding `/v1/ops/*` (those routes answer 401 when unset).
+    #[command(flatten)]
+    pub admin: service::AdminToken,
 
-    /// Namespace of every Redis key the projector writes.
-    #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
-    pub key_prefix: String,
-
-    /// Listen address of the health, readiness and metrics endpoints.
+    /// Listen address of the health, readiness, metrics and ops endpoints.
     #[arg(
         long = "addr",
         env = "PROJECTOR_ADDR",
@@ -140,22 +159,16 @@ impl Config {
     /// Defaults with the given database, Redis and key prefix (for tests).
     pub fn new(database_url: &str, redis_url: views::RedisUrl, key_prefix: &str) -> Self {
         let mut cli = Cli::parse_from(["projector"]);
-        cli.config.database_url = database_url.to_owned();
-        cli.config.redis_url = redis_url;
-        cli.config.key_prefix = key_prefix.to_owned();
+        cli.config.database = service::Database::new(database_url);
+        cli.config.redis = views::RedisSettings::new(redis_url, key_prefix);
         cli.config
     }
 
-    /// Makes a `rediss://` URL check certificates against `redis_ca_file`
-    /// (done once at start, before any connection).
-    pub fn resolve_redis_tls(&mut self) -> anyhow::Result<()> {
-        if self.redis_url.uses_tls() {
-            let client = service::tls::client_config(
-                self.redis_ca_file.as_deref(),
-                service::tls::Verify::Full,
-            )?;
-            self.redis_url = self.redis_url.clone().with_tls(client);
-        }
+    /// Reads the secrets named by `_FILE` settings; once, at start.
+    pub fn load_secrets(&mut self) -> anyhow::Result<()> {
+        self.database.load()?;
+        self.redis.load()?;
+        self.admin.load()?;
         Ok(())
     }
 
@@ -214,14 +227,54 @@ mod tests {
         let cli =
             Cli::try_parse_from(["projector", "--redis-url", "127.0.0.1:7000,127.0.0.1:7001"])
                 .expect("a list of nodes parses");
-        assert!(cli.config.redis_url.is_clustered());
+        assert!(cli.config.redis.url.is_clustered());
         assert!(!Cli::parse_from(["projector"])
             .config
-            .redis_url
+            .redis
+            .url
             .is_clustered());
         let err = Cli::try_parse_from(["projector", "--redis-url", "127.0.0.1:7000"])
             .expect_err("a node without a scheme is refused")
             .to_string();
         assert!(err.contains("redis://127.0.0.1:7000"), "{err}");
+    }
+
+    #[test]
+    fn shared_settings_go_before_or_after_the_subcommand() {
+        for args in [
+            &[
+                "projector",
+                "status",
+                "--database-url",
+                "postgres://h/d",
+                "--slot",
+                "s",
+            ][..],
+            &[
+                "projector",
+                "--database-url",
+                "postgres://h/d",
+                "--slot",
+                "s",
+                "status",
+            ][..],
+            &[
+                "projector",
+                "--slot",
+                "s",
+                "status",
+                "--database-url",
+                "postgres://h/d",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_args(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
+            assert!(matches!(cli.command, Some(Command::Status)), "{args:?}");
+            assert_eq!(cli.config.database.url, "postgres://h/d", "{args:?}");
+            assert_eq!(cli.config.slot, "s", "{args:?}");
+        }
+        let cli = Cli::try_parse_args(["projector", "audit", "--sample", "5", "--key-prefix", "p"])
+            .expect("audit takes its own and the shared settings");
+        assert!(matches!(cli.command, Some(Command::Audit(a)) if a.sample == Some(5)));
+        assert_eq!(cli.config.redis.key_prefix, "p");
     }
 }

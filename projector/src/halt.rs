@@ -142,8 +142,8 @@ impl Source {
 
     async fn sink(&mut self, config: &Config) -> Option<&Sink> {
         if self.sink.is_none() {
-            let keys = Keys::new(config.key_prefix.clone());
-            match Sink::connect(&config.redis_url, keys).await {
+            let keys = Keys::new(config.redis.key_prefix.clone());
+            match Sink::connect(&config.redis.url, keys).await {
                 Ok(sink) => self.sink = Some(sink),
                 Err(err) => tracing::debug!(error = %err, "redis unreachable while halted"),
             }
@@ -155,7 +155,7 @@ impl Source {
     /// PostgreSQL could not be asked.
     async fn check(&mut self, config: &Config) -> Option<Option<SchemaProblem>> {
         if self.pg.as_ref().is_none_or(|pg| pg.is_closed()) {
-            match source::connect(&config.database_url).await {
+            match source::connect(&config.database.url).await {
                 Ok(pg) => self.pg = Some(pg),
                 Err(err) => {
                     tracing::debug!(error = %err, "postgres unreachable while halted");

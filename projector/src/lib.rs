@@ -70,7 +70,10 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let app = http::router(metrics.clone());
+    let app = http::router(http::Ops {
+        metrics: metrics.clone(),
+        config: Arc::new(config.clone()),
+    });
     let server = tokio::spawn(server.serve("projector ops endpoints", app, http_stop));
 
     check_tls(&config).await?;
@@ -166,12 +169,12 @@ pub async fn run(
 /// not a retry loop; a dependency that does not answer yet is waited for.
 async fn check_tls(config: &Config) -> anyhow::Result<()> {
     const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-    if let Some(client) = config.redis_url.tls_client() {
-        service::tls::check_at_start("Redis", &config.redis_url.nodes(), &client, CHECK_TIMEOUT)
+    if let Some(client) = config.redis.url.tls_client() {
+        service::tls::check_at_start("Redis", &config.redis.url.nodes(), &client, CHECK_TIMEOUT)
             .await?;
     }
-    if source::DatabaseUrl::parse(&config.database_url)?.verifies() {
-        match tokio::time::timeout(CHECK_TIMEOUT, source::connect(&config.database_url)).await {
+    if source::DatabaseUrl::parse(&config.database.url)?.verifies() {
+        match tokio::time::timeout(CHECK_TIMEOUT, source::connect(&config.database.url)).await {
             Ok(Err(err)) if err.downcast_ref::<source::TlsRefused>().is_some() => return Err(err),
             _ => {}
         }
@@ -196,13 +199,13 @@ async fn cycle(
     metrics: &Arc<Metrics>,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<pipeline::Stopped> {
-    let keys = Keys::new(config.key_prefix.clone());
-    let sink = Sink::connect(&config.redis_url, keys)
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    let sink = Sink::connect(&config.redis.url, keys)
         .await
-        .context("connecting to Redis")?;
+        .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
     sink.check_no_eviction().await?;
     metrics.redis_up.store(true, Relaxed);
-    let pg = Arc::new(source::connect(&config.database_url).await?);
+    let pg = Arc::new(source::connect(&config.database.url).await?);
     metrics.postgres_up.store(true, Relaxed);
     source::ensure_publication(&pg, &config.publication).await?;
     wal::check(&pg, &metrics.wal).await;

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use projector::{Cli, Command};
 
 /// glibc's malloc spent a sixth of a backlog's drain consolidating its
@@ -13,9 +12,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<ExitCode> {
     service::tls::install_crypto_provider();
-    let mut cli = Cli::parse();
+    let mut cli = Cli::parse_args();
     cli.log.init();
-    cli.config.resolve_redis_tls()?;
+    cli.config.load_secrets()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub snapshot_rows: AtomicU64,
     /// Courses whose aggregate the sink remembers.
     pub remembered_courses: AtomicU64,
+    /// `used_memory` and `maxmemory` of the fullest Redis primary.
+    pub redis_used_memory: AtomicU64,
+    pub redis_maxmemory: AtomicU64,
     /// Active, standby or starting: one instance per slot is active.
     pub role: RoleCell,
     /// `max_slot_wal_keep_size` and the slot's `wal_status`.
@@ -86,7 +89,7 @@ impl Exported {
         fn flag(on: &AtomicBool) -> f64 {
             f64::from(u8::from(on.load(Relaxed)))
         }
-        let gauges: [(&str, &'static str, ReadGauge); 12] = [
+        let gauges: [(&str, &'static str, ReadGauge); 14] = [
             ("projector_ready", "1 once the initial build is done and changes stream.", |m| flag(&m.ready)),
             ("projector_redis_up", "1 while Redis answers.", |m| flag(&m.redis_up)),
             ("projector_postgres_up", "1 while PostgreSQL answers.", |m| flag(&m.postgres_up)),
@@ -111,6 +114,12 @@ impl Exported {
             }),
             ("projector_remembered_courses", "Courses whose aggregate the projector remembers (their enrollments are applied and written in one step).", |m| {
                 m.remembered_courses.load(Relaxed) as f64
+            }),
+            ("projector_redis_used_memory_bytes", "used_memory of the fullest Redis primary (by share of its maxmemory).", |m| {
+                m.redis_used_memory.load(Relaxed) as f64
+            }),
+            ("projector_redis_maxmemory_bytes", "maxmemory of that primary; 0 when it has no limit.", |m| {
+                m.redis_maxmemory.load(Relaxed) as f64
             }),
             ("projector_audit_mismatches", "Entities whose views or aggregates differed from the tables in the last audit pass (--audit-interval-secs).", |m| {
                 m.audit_mismatches.load(Relaxed) as f64

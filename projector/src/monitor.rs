@@ -92,6 +92,15 @@ impl Monitor {
                     }
                     let up = fred::interfaces::ClientLike::ping::<()>(sink.client(), None).await.is_ok();
                     metrics.redis_up.store(up, Relaxed);
+                    if up {
+                        match sink.memory().await {
+                            Ok(memory) => {
+                                metrics.redis_used_memory.store(memory.used, Relaxed);
+                                metrics.redis_maxmemory.store(memory.max, Relaxed);
+                            }
+                            Err(err) => tracing::debug!(error = %err, "could not read redis memory"),
+                        }
+                    }
                 }
                 _ = marker.tick() => {
                     if sink.rebuild_requested().await.unwrap_or(false) {

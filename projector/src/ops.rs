@@ -8,11 +8,15 @@ use crate::{config::Config, sink::Sink, source, standby, wal};
 /// active instance, generation (and the generation each view schema's
 /// readers read) and watermark as JSON.
 pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
-    let pg = source::connect(&config.database_url).await?;
+    let pg = source::connect(&config.database.url).await?;
     let slot = source::slot_info(&pg, &config.slot).await?;
     let active = standby::holder(&pg, &config.slot).await?;
     let (keep_text, keep) = wal::keep_size(&pg).await?;
-    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+    let sink = Sink::connect(
+        &config.redis.url,
+        Keys::new(config.redis.key_prefix.clone()),
+    )
+    .await?;
     let marker = sink.marker().await?;
     let watermark = match &marker {
         Some(m) => sink.watermark(m.generation).await?,
@@ -41,14 +45,18 @@ pub async fn status(config: &Config) -> anyhow::Result<serde_json::Value> {
 /// `projector rebuild`: asks the running daemon (or the next one to start)
 /// to build a fresh generation and switch readers to it.
 pub async fn request_rebuild(config: &Config) -> anyhow::Result<()> {
-    let sink = Sink::connect(&config.redis_url, Keys::new(config.key_prefix.clone())).await?;
+    let sink = Sink::connect(
+        &config.redis.url,
+        Keys::new(config.redis.key_prefix.clone()),
+    )
+    .await?;
     sink.request_rebuild().await?;
     Ok(())
 }
 
 /// `projector drop-slot`: drops the slot (the daemon must be stopped).
 pub async fn drop_slot(config: &Config) -> anyhow::Result<bool> {
-    let pg = source::connect(&config.database_url).await?;
+    let pg = source::connect(&config.database.url).await?;
     match source::slot_info(&pg, &config.slot).await? {
         None => Ok(false),
         Some(s) => {

@@ -143,7 +143,9 @@ impl Pipeline<'_> {
                     tracing::info!(applied = %self.applied, "replication stopped after a final flush");
                     return Ok(Stopped::Shutdown);
                 }
-                _ = lost.wait_for(|l| *l) => {
+                // Its guard is dropped inside, so the stream stays `Send`
+                // (the all-in-one process runs it on a shared runtime).
+                _ = async { lost.wait_for(|l| *l).await.is_ok() } => {
                     if let Some(flight) = inflight.take() {
                         flight.abort();
                     }

@@ -53,7 +53,11 @@ pub async fn connect(database_url: &str) -> anyhow::Result<Client> {
                 address: url.address(),
                 cause,
             }),
-            None => anyhow::Error::new(err).context("connecting to PostgreSQL"),
+            // Where, never the password.
+            None => anyhow::Error::new(err).context(format!(
+                "connecting to PostgreSQL at {}",
+                service::redacted_url(database_url)
+            )),
         })?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
@@ -231,7 +235,7 @@ pub async fn heartbeat(pg: &Client) -> anyhow::Result<()> {
 
 /// The replication connection's settings, taken from the database URL.
 pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> {
-    let url = DatabaseUrl::parse(&config.database_url)?;
+    let url = DatabaseUrl::parse(&config.database.url)?;
     let pg = url.config();
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -324,7 +328,7 @@ async fn build_from_snapshot(
     consistent_point: Lsn,
     rows_read: &AtomicU64,
 ) -> anyhow::Result<()> {
-    let mut pg = connect(&config.database_url).await?;
+    let mut pg = connect(&config.database.url).await?;
     let tx = pg
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

@@ -124,7 +124,7 @@ pub async fn acquire(
         Ok(repl) => repl,
         Err(pgwire_replication::PgWireError::Tls(cause)) => {
             return Err(source::TlsRefused {
-                address: source::DatabaseUrl::parse(&config.database_url)?.address(),
+                address: source::DatabaseUrl::parse(&config.database.url)?.address(),
                 cause,
             }
             .into())
@@ -180,7 +180,7 @@ pub async fn acquire(
         };
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(None),
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => return Ok(None),
         }
     }
     wait_until_slot_free(&mut repl, &config.slot).await?;

@@ -1,6 +1,6 @@
 //! Query API settings: every one a flag with an environment twin and a default.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 
@@ -8,17 +8,9 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "query-api", version, about, long_about = None)]
 pub struct Config {
-    /// Redis: `redis://host:port[/db]` for one Redis; `redis-cluster://host:port` or a list of nodes `host:port,host:port` for a Redis Cluster.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:56379")]
-    pub redis_url: views::RedisUrl,
-
-    /// PEM file of the CAs that sign the Redis servers' certificates, for `rediss://` URLs (default: Mozilla's roots).
-    #[arg(long, env = "REDIS_CA_FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-
-    /// Namespace of the Redis keys the projector writes.
-    #[arg(long, env = "KEY_PREFIX", default_value = views::DEFAULT_KEY_PREFIX)]
-    pub key_prefix: String,
+    /// The Redis holding the views and their key prefix.
+    #[command(flatten)]
+    pub redis: views::RedisSettings,
 
     /// Listen address.
     #[arg(
@@ -28,9 +20,9 @@ pub struct Config {
     )]
     pub addr: SocketAddr,
 
-    /// Bearer token guarding `/v1/ops/*` (those routes answer 401 when unset).
-    #[arg(long, env = "ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
+    /// The token guarding `/v1/ops/*` (those routes answer 401 when unset).
+    #[command(flatten)]
+    pub admin: service::AdminToken,
 
     /// Default wait for `X-Min-Lsn` when `X-Max-Wait-Ms` is absent, in milliseconds.
     #[arg(long, env = "QUERY_DEFAULT_MAX_WAIT_MS", default_value_t = 1000)]
@@ -71,16 +63,26 @@ pub struct Config {
     /// Header-read and idle timeouts and the connection cap of the listener.
     #[command(flatten)]
     pub connections: service::ConnectionLimits,
+
+    /// Ops flags (`FLAGS_FILE`): kill switches and release toggles.
+    #[command(flatten)]
+    pub flags: service::FlagsArgs,
 }
 
 impl Config {
     /// Defaults on an ephemeral port for the given Redis and key prefix (tests).
     pub fn for_tests(redis_url: views::RedisUrl, key_prefix: &str) -> Self {
         let mut c = Config::parse_from(["query-api"]);
-        c.redis_url = redis_url;
-        c.key_prefix = key_prefix.to_owned();
+        c.redis = views::RedisSettings::new(redis_url, key_prefix);
         c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c
+    }
+
+    /// Reads the secrets named by `_FILE` settings; once, at start.
+    pub fn load_secrets(&mut self) -> anyhow::Result<()> {
+        self.redis.load()?;
+        self.admin.load()?;
+        Ok(())
     }
 
     pub(crate) fn prewarm_refresh(&self) -> Duration {
@@ -129,10 +131,10 @@ mod tests {
     fn a_list_of_nodes_selects_cluster_mode_and_a_bad_url_fails_parsing() {
         let config = Config::try_parse_from(["query-api", "--redis-url", "h1:7000,h2:7001"])
             .expect("a list of nodes parses");
-        assert!(config.redis_url.is_clustered());
+        assert!(config.redis.url.is_clustered());
         let config = Config::try_parse_from(["query-api", "--redis-url", "rediss://h:6380"])
             .expect("a TLS URL parses");
-        assert!(config.redis_url.uses_tls());
+        assert!(config.redis.url.uses_tls());
         let err = Config::try_parse_from(["query-api", "--redis-url", "h1:7000,rediss://h2:7001"])
             .expect_err("a list mixing TLS and plain nodes is refused")
             .to_string();

@@ -11,6 +11,10 @@ use axum::{
 
 use crate::{headers::X_PROJECTION_LSN, served::Corrupt, store::StoreError};
 
+/// Marks a 503 `rebuilding` answer, so that the metrics count it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RebuildingAnswer;
+
 /// What went wrong with a read.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,6 +45,9 @@ pub enum ApiError {
     /// 503: Redis is unreachable, or the service sheds load.
     #[error("the service is temporarily unavailable")]
     Unavailable,
+    /// 503: ops switched this feature off; names the flag.
+    #[error("this feature is switched off by ops (flag `{0}`), retry later")]
+    FeatureDisabled(&'static str),
 }
 
 /// The one place a read's failure becomes an answer; the store has logged
@@ -72,6 +79,7 @@ impl IntoResponse for ApiError {
             ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_projected"),
             ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "rebuilding"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::FeatureDisabled(_) => (StatusCode::SERVICE_UNAVAILABLE, "feature_disabled"),
         };
         let mut error =
             serde_json::json!({"code": code, "message": service::bounded(&self.to_string())});
@@ -80,9 +88,17 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A pulled switch stays pulled a while: no point retrying each second.
+            let after = match &self {
+                ApiError::FeatureDisabled(_) => "5",
+                _ => "1",
+            };
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
+        }
+        if matches!(self, ApiError::Rebuilding) {
+            response.extensions_mut().insert(RebuildingAnswer);
         }
         if let ApiError::NotYetProjected(lsn) = &self {
             if let Ok(lsn) = HeaderValue::try_from(lsn.to_string()) {

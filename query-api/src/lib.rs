@@ -12,6 +12,7 @@ mod prewarm;
 mod routes;
 mod served;
 mod store;
+mod switches;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub pages: served::Pages,
     /// The OpenAPI document, rendered once.
     pub openapi: Bytes,
+    /// Ops flags, re-read from `FLAGS_FILE` in the background.
+    pub flags: service::Flags,
 }
 
 impl std::ops::Deref for AppState {
@@ -57,6 +60,7 @@ pub struct Application {
     server: Server,
     router: Router,
     warm: (Arc<prewarm::Prewarm>, std::time::Duration),
+    flags: service::Flags,
 }
 
 impl Application {
@@ -66,37 +70,33 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (routes, document) = routes::router();
         let metrics = Arc::new(metrics::Metrics::new(routes::paths(&document)));
-        let mut redis_url = config.redis_url.clone();
-        if redis_url.uses_tls() {
-            let client = service::tls::client_config(
-                config.redis_ca_file.as_deref(),
-                service::tls::Verify::Full,
-            )?;
+        let flags = service::Flags::load(&config.flags, switches::SPECS, Some(metrics.recorded()));
+        if let Some(tls) = config.redis.url.tls_client() {
             service::tls::check_at_start(
                 "Redis",
-                &redis_url.nodes(),
-                &client,
+                &config.redis.url.nodes(),
+                &tls,
                 config
                     .redis_timeout()
                     .max(std::time::Duration::from_secs(5)),
             )
             .await?;
-            redis_url = redis_url.with_tls(client);
         }
         let store = store::Store::connect(
-            &redis_url,
-            Keys::new(config.key_prefix.clone()),
+            &config.redis.url,
+            Keys::new(config.redis.key_prefix.clone()),
             config.prewarm_window,
             config.redis_timeout(),
             config.view_schema_version,
             metrics.clone(),
         )
-        .await?;
+        .await?
+        .with_flags(flags.clone());
         let warm = (store.warm().clone(), config.prewarm_refresh());
         let server = Server::bind(config.addr)
             .await?
             .with_limits(config.connections.clone());
-        if config.admin_token.is_none() {
+        if config.admin.configured().is_none() {
             tracing::warn!("no ADMIN_TOKEN configured: /v1/ops routes are off (they answer 401)");
         }
         let state = AppState(Arc::new(Shared {
@@ -105,9 +105,11 @@ impl Application {
             metrics,
             pages: served::Pages::default(),
             openapi: Bytes::from(document.to_json()?),
+            flags,
         }));
         Ok(Self {
             server,
+            flags: state.flags.clone(),
             router: router(routes, state),
             warm,
         })
@@ -130,10 +132,12 @@ impl Application {
     ) -> std::io::Result<()> {
         let (warm, every) = self.warm;
         let refresher = (!warm.is_off()).then(|| tokio::spawn(warm.run(every)));
+        let flag_file = tokio::spawn(self.flags.watch());
         let served = self.server.serve("query api", self.router, shutdown).await;
         if let Some(refresher) = refresher {
             refresher.abort();
         }
+        flag_file.abort();
         served
     }
 }
@@ -144,9 +148,16 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
     let counted = state.metrics.clone();
     let stack = ServiceBuilder::new()
         .layer(RequestLayer::new(state.metrics.requests.clone()))
-        // Counts every refusal; they are logged in summary, not one by one.
+        // Drops read-your-writes tokens while their waits are switched off.
+        .layer(axum::middleware::from_fn_with_state(
+            state.flags.clone(),
+            switches::read_your_writes,
+        ))
+        // Counts every refusal (logged in summary, not one by one), and the
+        // answers while views are rebuilt or stale.
         .map_response(move |response: Response| {
             counted.shedding.observe(&response);
+            counted.observe_answer(&response);
             response
         })
         .layer(HandleErrorLayer::new(|err: BoxError| async move {

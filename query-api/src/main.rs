@@ -11,8 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<()> {
     service::tls::install_crypto_provider();
-    let config = Config::parse();
+    let mut config = Config::parse();
     config.log.init();
+    config.load_secrets()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -1,10 +1,13 @@
 //! The query API's metrics: requests (counted by the shared request layer),
-//! Redis round trips, and the pre-warm and MGET counts read at scrape time.
+//! Redis round trips, answers while views are rebuilt or stale, and the
+//! pre-warm and MGET counts read at scrape time.
 
 use std::{sync::Arc, time::Duration};
 
 use axum::response::Response;
 use service::{Counter, Gauge, Histogram, RequestMetrics, Shedding};
+
+use crate::{error::RebuildingAnswer, headers::X_VIEW_STALE};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -29,6 +32,8 @@ pub struct Metrics {
     events: Gauge,
     mgets: Counter,
     mget_reads: Counter,
+    rebuilding: Counter,
+    stale: Counter,
 }
 
 impl Metrics {
@@ -64,7 +69,31 @@ impl Metrics {
                 "query_api_redis_mget_reads_total",
                 "Reads carried by those MGETs.",
             ),
+            // Registered at start, at zero: an alert's rate() needs the
+            // series before the first such answer.
+            rebuilding: m.counter(
+                "query_api_rebuilding_answers_total",
+                "Reads answered 503 rebuilding: no view generation was live.",
+            ),
+            stale: m.counter(
+                "query_api_stale_answers_total",
+                "Reads answered from a generation no longer kept current (X-View-Stale: true).",
+            ),
             recorded,
+        }
+    }
+
+    /// The recorder, for metrics registered elsewhere (the ops flags).
+    pub fn recorded(&self) -> &service::Metrics {
+        &self.recorded
+    }
+
+    /// Counts `response` if it is a 503 `rebuilding` or marked stale.
+    pub fn observe_answer(&self, response: &Response) {
+        if response.extensions().get::<RebuildingAnswer>().is_some() {
+            self.rebuilding.increment(1);
+        } else if response.headers().contains_key(X_VIEW_STALE) {
+            self.stale.increment(1);
         }
     }
 

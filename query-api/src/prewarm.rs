@@ -82,6 +82,8 @@ struct WarmSet {
     cards: ById<i64, Ready<Bytes>>,
     event_pages: ById<i64, Ready<Served>>,
     refreshed: Option<Instant>,
+    /// When the watermark was last seen to move (the readiness check).
+    watermark_moved: Option<Instant>,
 }
 
 impl WarmSet {
@@ -92,6 +94,21 @@ impl WarmSet {
     fn raw(&self, kind: Kind, id: i64) -> Option<&Bytes> {
         self.stored.get(&(kind, id)).map(|s| &s.raw)
     }
+}
+
+/// How warm one event is in this process, for the readiness check.
+#[derive(Debug, Clone, Copy)]
+pub struct Warmth {
+    /// Views of the event held (the event view; each course's page, stats, card).
+    pub held: usize,
+    /// Views it has.
+    pub expected: usize,
+    /// Since the warm set was last refreshed.
+    pub refreshed: Option<Duration>,
+    /// Since the projection's watermark last moved.
+    pub watermark_moved: Option<Duration>,
+    /// The generation read is not kept current (a rebuild is under way).
+    pub stale: bool,
 }
 
 /// A warm answer and the projection state it was read at.
@@ -205,10 +222,78 @@ impl Prewarm {
         })
     }
 
+    /// The course page of `id` if warm, however old the warm set: what is
+    /// served, marked stale, while Redis is unreachable.
+    pub fn course_any_age(&self, id: i64, now: DateTime<Utc>) -> Option<Hit<Course>> {
+        self.lookup_aged(None, |set| match set.pages.get(&id) {
+            Some(ready) if ready.valid.contains(now) => Some(Course::Served(ready.value.clone())),
+            _ => Some(Course::Stored {
+                page: set.raw(Kind::Page, id)?.clone(),
+                stats: set.json(Kind::Stats, id)?.clone(),
+            }),
+        })
+    }
+
+    /// The event page of `id` if warm, however old the warm set (see
+    /// [`Prewarm::course_any_age`]).
+    pub fn event_any_age(&self, id: i64, now: DateTime<Utc>) -> Option<Hit<Event>> {
+        self.lookup_aged(None, |set| match set.event_pages.get(&id) {
+            Some(ready) if ready.valid.contains(now) => Some(Event::Served(ready.value.clone())),
+            _ => Some(Event::Stored(stored_event_page(set, id)?)),
+        })
+    }
+
+    /// How warm the event with `course_ids` is now.
+    pub fn warmth(&self, event_id: i64, course_ids: &[i64]) -> Warmth {
+        let set = self.set.load();
+        let mut wanted = vec![(Kind::Event, event_id)];
+        for &course in course_ids {
+            wanted.extend([
+                (Kind::Page, course),
+                (Kind::Stats, course),
+                (Kind::Card, course),
+            ]);
+        }
+        let warm = set.events.iter().any(|e| e.event_id == event_id);
+        let held = if warm {
+            wanted
+                .iter()
+                .filter(|entry| set.stored.contains_key(entry))
+                .count()
+        } else {
+            0
+        };
+        Warmth {
+            held,
+            expected: wanted.len(),
+            refreshed: set.refreshed.map(|t| t.elapsed()),
+            watermark_moved: set.watermark_moved.map(|t| t.elapsed()),
+            stale: set.stale,
+        }
+    }
+
+    /// The age past which the warm set is not served.
+    pub fn max_age() -> Duration {
+        MAX_AGE
+    }
+
     /// `find` in the warm set if it is fresh; counts one hit or one miss.
     fn lookup<T>(&self, find: impl FnOnce(&WarmSet) -> Option<T>) -> Option<Hit<T>> {
+        self.lookup_aged(Some(MAX_AGE), find)
+    }
+
+    /// `find` in the warm set if refreshed within `max_age` (any age: the
+    /// answer is marked stale); counts one hit or one miss.
+    fn lookup_aged<T>(
+        &self,
+        max_age: Option<Duration>,
+        find: impl FnOnce(&WarmSet) -> Option<T>,
+    ) -> Option<Hit<T>> {
         let set = self.set.load();
-        let fresh = set.refreshed.is_some_and(|t| t.elapsed() < MAX_AGE) && !set.stored.is_empty();
+        let fresh = set
+            .refreshed
+            .is_some_and(|t| max_age.is_none_or(|max| t.elapsed() < max))
+            && !set.stored.is_empty();
         match fresh.then(|| find(&set)).flatten() {
             Some(value) => {
                 self.hits.fetch_add(1, Relaxed);
@@ -216,7 +301,7 @@ impl Prewarm {
                     value,
                     generation: set.generation,
                     watermark: set.watermark.clone(),
-                    stale: set.stale,
+                    stale: set.stale || max_age.is_none(),
                 })
             }
             None => {
@@ -318,7 +403,13 @@ impl Prewarm {
         let values = self.read_all(keys).await?;
         let same_generation = previous.generation == generation;
         let lsn: Lsn = watermark.and_then(|w| w.parse().ok()).unwrap_or_default();
+        let watermark_moved = if same_generation && previous.watermark.lsn == lsn {
+            previous.watermark_moved
+        } else {
+            Some(Instant::now())
+        };
         let mut set = WarmSet {
+            watermark_moved,
             generation,
             watermark: Watermark::new(lsn),
             stale: live.stale,

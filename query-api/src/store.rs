@@ -126,6 +126,8 @@ pub struct Store {
     floor: Arc<ArcSwapOption<Floor>>,
     /// The watermark poll shared by reads waiting for a token.
     poll: Arc<poll::WatermarkPoll>,
+    /// Ops flags: whether warm pages stand in for an unreachable Redis.
+    flags: Option<service::Flags>,
 }
 
 /// A course's page as Redis holds it, and its stats' JSON.
@@ -201,8 +203,35 @@ impl Store {
             parsed: Arc::new(Parsed::new(schema)),
             floor: Arc::default(),
             poll: Arc::default(),
+            flags: None,
             metrics,
         })
+    }
+
+    /// Reads the ops flags from `flags` (else every flag at its default).
+    pub fn with_flags(mut self, flags: service::Flags) -> Self {
+        self.flags = Some(flags);
+        self
+    }
+
+    /// Whether a warm page may stand in, marked stale, for a read that
+    /// failed with `err` (Redis unreachable and the switch on).
+    fn stale_allowed(&self, err: &StoreError) -> bool {
+        matches!(err, StoreError::Unavailable)
+            && self
+                .flags
+                .as_ref()
+                .is_none_or(|flags| crate::switches::on(flags, crate::switches::STALE_ON_OUTAGE))
+    }
+
+    /// The event view of `id` as stored, read from Redis (the readiness check).
+    pub async fn event_view(&self, id: i64) -> Result<(Projection, Option<EventView>), StoreError> {
+        let (projection, json) = self.one_view(|keys, g| keys.event_view(g, id)).await?;
+        let event = json
+            .map(|json| serde_json::from_slice::<EventView>(&json))
+            .transpose()
+            .map_err(|err| Corrupt::new("event view", err))?;
+        Ok((projection, event))
     }
 
     /// The pre-warmed views of running and imminent sale events.
@@ -327,7 +356,15 @@ impl Store {
                 inflight.remove(&id);
             }
         }
-        let (projection, parts) = result?;
+        let (projection, parts) = match result {
+            Err(err) if self.stale_allowed(&err) => {
+                return match self.warm.course_any_age(id, now) {
+                    Some(hit) => Ok((Self::warm_projection(&hit), Some(hit.value))),
+                    None => Err(err),
+                };
+            }
+            other => other?,
+        };
         Ok((projection, parts.map(stored)))
     }
 
@@ -458,7 +495,7 @@ impl Store {
                 return Ok((Self::warm_projection(&hit), Some(hit.value)));
             }
         }
-        let (projection, (event, cards)) = self
+        let read = self
             .then_cards(
                 |keys, g| vec![Op::Get(keys.event_view(g, id))],
                 |values| {
@@ -471,7 +508,16 @@ impl Store {
                     Ok((Some(event), ids))
                 },
             )
-            .await?;
+            .await;
+        let (projection, (event, cards)) = match read {
+            Err(err) if cached && self.stale_allowed(&err) => {
+                return match self.warm.event_any_age(id, now) {
+                    Some(hit) => Ok((Self::warm_projection(&hit), Some(hit.value))),
+                    None => Err(err),
+                };
+            }
+            other => other?,
+        };
         let page = event.map(|event| {
             Event::Stored(EventPage {
                 event,

@@ -164,6 +164,11 @@ impl Fixture {
 
     /// `query_api_prewarm_hits_total`.
     async fn warm_hits(&self) -> anyhow::Result<u64> {
+        self.counter("query_api_prewarm_hits_total").await
+    }
+
+    /// A counter of `/metrics` (0 when absent).
+    async fn counter(&self, name: &str) -> anyhow::Result<u64> {
         let text = self
             .http
             .get(format!("{}/metrics", self.url))
@@ -173,7 +178,7 @@ impl Fixture {
             .await?;
         Ok(text
             .lines()
-            .find_map(|l| l.strip_prefix("query_api_prewarm_hits_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0))
     }
@@ -306,6 +311,9 @@ async fn without_a_live_generation_every_read_is_503_rebuilding() -> anyhow::Res
         assert_eq!(body["error"]["code"], "rebuilding", "{path}");
         assert_eq!(headers["retry-after"], "1", "{path}");
     }
+    // Counted, for the alert on a lasting 503 rebuilding.
+    assert_eq!(f.counter("query_api_rebuilding_answers_total").await?, 6);
+    assert_eq!(f.counter("query_api_stale_answers_total").await?, 0);
     f.cleanup().await
 }
 
@@ -328,6 +336,8 @@ async fn reads_follow_the_marker_to_a_new_generation_and_say_when_one_is_being_b
     let (_, headers, body) = f.get("/v1/courses?ids=1").await?;
     assert_eq!(body["courses"][0]["title"], "old");
     assert_eq!(headers["x-view-stale"], "true");
+    // Counted, for the alert on X-View-Stale lasting.
+    assert_eq!(f.counter("query_api_stale_answers_total").await?, 1);
 
     // The switch: the next read finds generation 2 (after one more round trip).
     f.marker(2, None).await?;
@@ -335,6 +345,8 @@ async fn reads_follow_the_marker_to_a_new_generation_and_say_when_one_is_being_b
     assert_eq!(body["courses"][0]["title"], "new");
     assert_eq!(headers["x-projection-lsn"], "0/20");
     assert!(headers.get("x-view-stale").is_none());
+    assert_eq!(f.counter("query_api_stale_answers_total").await?, 1);
+    assert_eq!(f.counter("query_api_rebuilding_answers_total").await?, 0);
     f.cleanup().await
 }
 

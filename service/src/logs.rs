@@ -3,7 +3,8 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{fmt::time::SystemTime, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -11,7 +12,9 @@ pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
-    /// One JSON object per line, for log collectors.
+    /// One JSON object per line, for log collectors: `timestamp`, `level`,
+    /// `target`, the event's fields (`message` among them) and those of
+    /// the spans it is in (a request's `request_id` and `route`).
     Json,
 }
 
@@ -33,10 +36,38 @@ impl LogArgs {
     /// Installs the global subscriber; call once, before the runtime starts.
     pub fn init(&self) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let logs = tracing_subscriber::fmt().with_env_filter(filter);
         match self.log_format {
-            LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
-            LogFormat::Json => logs.json().with_ansi(false).init(),
+            LogFormat::Text => tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(colour())
+                .init(),
+            LogFormat::Json => tracing_subscriber::registry()
+                .with(json_lines().with_filter(filter))
+                .init(),
         }
     }
+}
+
+/// Colour only on a terminal, and not there either when `NO_COLOR` is set
+/// (no-color.org).
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The JSON layer: every field flat in the line, so a collector indexes a
+/// request's id as it does `level` (tracing-subscriber's own JSON format
+/// nests span fields under `span` and `spans`). The request span's fields
+/// (`request_id`, `route`) are named apart from the events' own.
+fn json_lines<S>() -> json_subscriber::JsonLayer<S, fn() -> std::io::Stdout>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let mut layer = json_subscriber::JsonLayer::stdout();
+    layer
+        .with_timer("timestamp", SystemTime)
+        .with_level("level")
+        .with_target("target")
+        .with_flattened_event()
+        .with_top_level_flattened_span_list();
+    layer
 }

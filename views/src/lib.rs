@@ -12,6 +12,7 @@ mod lsn;
 mod marker;
 mod model;
 mod redis;
+mod settings;
 pub mod watermark;
 
 pub use codec::{
@@ -27,3 +28,4 @@ pub use model::{
     VIEW_SCHEMA_VERSION,
 };
 pub use redis::{delete_matching, RedisUrl, RedisUrlError, REDIS_URL_FORMS};
+pub use settings::{RedisSettings, RedisSettingsError, DEFAULT_REDIS_URL};

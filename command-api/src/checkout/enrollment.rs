@@ -33,6 +33,7 @@ pub(crate) async fn enroll(
         user_id,
         course_ids: vec![course_id],
         event_id,
+        joined_lookup: false,
     };
     let mut tx = conn.begin().await?;
     let receipt = order::write(&mut tx, &order, Pricing::FreeOnly).await?;

@@ -18,7 +18,7 @@ use crate::error::FieldErrors;
 pub(crate) use cancel::cancel;
 pub(crate) use enrollment::{enroll, Enrollment};
 pub(crate) use idempotency::{place, Placed};
-pub use pricing::COURSE_PRICES;
+pub use pricing::{COURSE_PRICES, USER_AND_PRICES};
 
 /// An order whose values passed the checks that need no database: 1 to 500
 /// distinct positive course ids.
@@ -26,6 +26,8 @@ pub(crate) struct NewOrder {
     pub(crate) user_id: i64,
     pub(crate) course_ids: Vec<i64>,
     pub(crate) event_id: Option<i64>,
+    /// Read the user and the prices in one statement (a release toggle).
+    pub(crate) joined_lookup: bool,
 }
 
 /// Which prices an order may have.

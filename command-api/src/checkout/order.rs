@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::pricing::{discounted, COURSE_PRICES};
+use super::pricing::{discounted, COURSE_PRICES, USER_AND_PRICES};
 use super::{seats, CheckoutError, Item, NewOrder, OrderStatus, Pricing, Receipt};
 use crate::error::{join_ids, violates, FieldErrors};
 
@@ -39,6 +39,44 @@ struct OrderRow {
     created_at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct UserPriceRow {
+    user_id: Option<i64>,
+    company: Option<String>,
+    id: Option<i64>,
+    price_krw: Option<i64>,
+}
+
+/// The user and the course prices in one round trip (the release toggle
+/// `checkout-joined-lookup`): always one row at least, without a user when
+/// there is no such user, without a course when none of the courses exists.
+async fn user_and_prices(
+    tx: &mut PgConnection,
+    order: &NewOrder,
+) -> Result<(Option<UserRow>, Vec<CourseRow>), CheckoutError> {
+    let rows: Vec<UserPriceRow> = sqlx::query_as(USER_AND_PRICES)
+        .bind(order.user_id)
+        .bind(&order.course_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let user = rows
+        .first()
+        .filter(|row| row.user_id.is_some())
+        .map(|row| UserRow {
+            company: row.company.clone(),
+        });
+    let courses = rows
+        .iter()
+        .filter_map(|row| {
+            Some(CourseRow {
+                id: row.id?,
+                price_krw: row.price_krw?,
+            })
+        })
+        .collect();
+    Ok((user, courses))
+}
+
 /// Validates the order against the database and writes it, inside `tx`:
 /// the order, its items, one enrollment per course, and the event seats.
 pub(super) async fn write(
@@ -46,14 +84,19 @@ pub(super) async fn write(
     order: &NewOrder,
     pricing: Pricing,
 ) -> Result<Receipt, CheckoutError> {
-    let user: Option<UserRow> = sqlx::query_as("SELECT company FROM users WHERE id = $1")
-        .bind(order.user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let courses: Vec<CourseRow> = sqlx::query_as(COURSE_PRICES)
-        .bind(&order.course_ids)
-        .fetch_all(&mut *tx)
-        .await?;
+    let (user, courses) = if order.joined_lookup {
+        user_and_prices(tx, order).await?
+    } else {
+        let user: Option<UserRow> = sqlx::query_as("SELECT company FROM users WHERE id = $1")
+            .bind(order.user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let courses: Vec<CourseRow> = sqlx::query_as(COURSE_PRICES)
+            .bind(&order.course_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        (user, courses)
+    };
     let event: Option<EventRow> = match order.event_id {
         Some(event_id) => {
             // The database clock decides whether the sale runs: [starts_at, ends_at).

@@ -13,6 +13,7 @@ use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
 use crate::routes::written;
 use crate::state::AppState;
+use crate::switches;
 
 /// A direct enrollment.
 #[derive(Deserialize, ToSchema)]
@@ -64,6 +65,8 @@ pub(super) async fn create(
         errors.add("event_id", "must be a positive integer");
     }
     errors.into_result()?;
+    // Ops switches refuse before any database work: nothing is written.
+    switches::admit(&state.flags, true, request.event_id)?;
 
     let mut conn = state.pool.acquire().await?;
     let enrollment = checkout::enroll(

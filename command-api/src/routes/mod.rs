@@ -5,6 +5,7 @@ mod courses;
 mod enrollments;
 mod events;
 mod health;
+mod ops;
 mod orders;
 mod reference;
 mod users;
@@ -79,6 +80,7 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))
+        .routes(routes!(ops::flags))
         .routes(routes!(reference::openapi))
         .split_for_parts();
     state.openapi = Bytes::from(document.to_json()?);

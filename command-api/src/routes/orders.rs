@@ -16,6 +16,7 @@ use crate::error::{join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unav
 use crate::extract::{AppJson, IdempotencyKey, PathId};
 use crate::routes::written;
 use crate::state::AppState;
+use crate::switches;
 
 /// Most courses one order may hold.
 const MAX_COURSES: usize = 500;
@@ -85,6 +86,7 @@ impl TryFrom<CreateOrder> for NewOrder {
             user_id: request.user_id,
             course_ids: request.course_ids,
             event_id: request.event_id,
+            joined_lookup: false,
         })
     }
 }
@@ -148,15 +150,21 @@ pub(super) async fn create(
     // The body is kept as parsed JSON: that is what a retry is compared with.
     let request = CreateOrder::deserialize(&body)
         .map_err(|err| ApiError::BadRequest(format!("the body is not an order: {err}")))?;
-    let order = NewOrder::try_from(request)?;
+    let mut order = NewOrder::try_from(request)?;
+    // Ops switches refuse before any database work: nothing is written.
+    switches::admit(&state.flags, false, order.event_id)?;
+    state.intake.take(&state.flags)?;
+    order.joined_lookup = switches::joined_lookup(&state.flags, order.user_id);
     let mut conn = state.pool.acquire().await?;
     match checkout::place(&mut conn, &key, &body, &order).await? {
         Placed::Created(receipt) => {
             tracing::info!(
                 order_id = receipt.id,
                 total_krw = receipt.total_krw,
+                joined_lookup = order.joined_lookup,
                 "order placed"
             );
+            state.metrics.count_lookup(order.joined_lookup);
             let lsn = commit_lsn(&mut conn).await;
             Ok(written(StatusCode::CREATED, lsn, &receipt))
         }

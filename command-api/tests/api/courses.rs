@@ -129,7 +129,8 @@ async fn patching_with_invalid_values_is_422() {
 
 #[tokio::test]
 async fn back_office_writes_need_the_admin_token_when_one_is_configured() {
-    let app = spawn_app_with(|config| config.admin_token = Some("s3cret".to_owned())).await;
+    let app =
+        spawn_app_with(|config| config.admin = service::AdminToken::new(Some("s3cret"))).await;
     let request = course_body("Rust from scratch", 55_000);
 
     let without = app.post_json("/v1/courses", &request).await;

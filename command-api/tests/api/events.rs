@@ -118,7 +118,8 @@ async fn an_event_with_an_unparseable_time_is_400() {
 
 #[tokio::test]
 async fn creating_an_event_needs_the_admin_token_when_one_is_configured() {
-    let app = spawn_app_with(|config| config.admin_token = Some("s3cret".to_owned())).await;
+    let app =
+        spawn_app_with(|config| config.admin = service::AdminToken::new(Some("s3cret"))).await;
 
     let response = app
         .post_json(

@@ -26,7 +26,7 @@ async fn health_and_ready_are_200_with_a_reachable_database() {
 async fn ready_is_503_with_retry_after_when_postgresql_is_unreachable() {
     // Port 1 on loopback refuses connections; the pool connects lazily.
     let app = spawn_app_with(|config| {
-        config.database_url = "postgres://postgres@127.0.0.1:1/none".to_owned();
+        config.database.url = "postgres://postgres@127.0.0.1:1/none".to_owned();
     })
     .await;
 
@@ -207,6 +207,7 @@ async fn the_api_reference_is_generated_and_lists_exactly_the_served_routes() {
         ("/ready", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/ops/flags", "get"),
     ];
     let mut documented: Vec<(String, String)> = Vec::new();
     let paths = document["paths"].as_object().expect("paths");

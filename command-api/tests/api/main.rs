@@ -13,4 +13,5 @@ mod orders;
 mod overload;
 mod seats;
 mod slow_clients;
+mod switches;
 mod users;

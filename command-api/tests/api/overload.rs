@@ -144,7 +144,7 @@ async fn with_postgresql_down_writes_are_503_with_retry_after_and_the_api_recove
     let relay = Relay::start(server_of(&admin_url())).await;
     let relayed = relay.addr.to_string();
     let app = spawn_app_with(|config| {
-        config.database_url = with_server(&config.database_url, &relayed);
+        config.database.url = with_server(&config.database.url, &relayed);
     })
     .await;
     let user = |n: u32| json!({ "email": format!("user{n}@example.com"), "name": "A" });

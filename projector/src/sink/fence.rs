@@ -153,7 +153,7 @@ impl Sink {
         }
     }
 
-    fn primaries(&self) -> Vec<Server> {
+    pub(super) fn primaries(&self) -> Vec<Server> {
         self.client
             .cached_cluster_state()
             .map(|state| state.unique_primary_nodes())

@@ -18,6 +18,7 @@ mod control;
 mod fence;
 mod flush;
 mod known;
+mod memory;
 mod script;
 mod sorted_sets;
 

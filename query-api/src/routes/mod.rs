@@ -33,6 +33,8 @@ pub(crate) fn router() -> (Router<AppState>, Document) {
         .routes(routes!(users::library))
         .routes(routes!(orders::order))
         .routes(routes!(ops::prewarm))
+        .routes(routes!(ops::flags))
+        .routes(routes!(ops::readiness))
         .split_for_parts();
     let router = undocumented()
         .into_iter()
@@ -83,6 +85,8 @@ mod tests {
                 "/v1/courses",
                 "/v1/courses/{id}",
                 "/v1/events/{id}",
+                "/v1/ops/events/{id}/readiness",
+                "/v1/ops/flags",
                 "/v1/ops/prewarm",
                 "/v1/orders/{id}",
                 "/v1/users/{id}/courses",

@@ -25,7 +25,8 @@ use crate::{
     responses(
         (status = 200, description = "The order", body = super::reference::Order, headers(
                 ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
-                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built, or while a newer view schema's generation is live (a rolling upgrade): the generation read is no longer kept current"),
+                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built, or while a newer view schema's generation is live (a rolling upgrade): the generation read is no longer kept current; also a pre-warmed copy served while Redis is unreachable (flag `stale-views-on-redis-outage`)"),
+                ("X-Min-Lsn-Ignored" = String, description = "`true` when ops switched read-your-writes waits off (flag `read-your-writes-wait`): the token was ignored and the answer is what was there"),
                 ("X-View-Generation" = String, description = "The view generation read: always one of the view schema this query API serves"),
                 ("ETag" = String, description = "Changes whenever the response body would"),
             )),

@@ -78,6 +78,9 @@ impl Modify for AdminToken {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub(super) struct FreshnessHeaders {
+    /// Read-your-writes token. While ops switch waits off (flag
+    /// `read-your-writes-wait`) a well-formed one is ignored and the answer
+    /// carries `X-Min-Lsn-Ignored: true`.
     #[param(rename = "X-Min-Lsn", schema_with = lsn_schema)]
     min_lsn: Option<String>,
     #[param(rename = "X-Max-Wait-Ms", schema_with = max_wait_schema)]

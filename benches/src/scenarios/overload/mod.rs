@@ -1,9 +1,10 @@
 //! Overload: orders offered at three times what the command API carries,
 //! against its admission as shipped (about as many requests as the pool
-//! has connections, a short wait for one) and as it was (256 admitted, 2 s
-//! to wait), side by side in one run: the goodput, the accepted orders'
-//! latency, how fast the rest were refused, and whether every answer told
-//! the truth about what was written.
+//! has connections, a short wait for one) with the default pool and with
+//! the pool sized to the database's cores, and as it was
+//! (256 admitted, 2 s to wait), side by side in one run: the goodput, the
+//! accepted orders' latency, how fast the rest were refused, and whether
+//! every answer told the truth about what was written.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -35,26 +36,74 @@ const OLD_ADMISSION: [(&str, &str); 2] = [
     ("COMMAND_API_DB_ACQUIRE_TIMEOUT", "2s"),
 ];
 
-/// Runs the scenario on the write model at `url`, with two command APIs of
-/// its own.
+/// The pool the README's sizing rule gives a database server with `cores`
+/// cores: twice its cores plus one (PostgreSQL's own rule of thumb: more
+/// connections than that queue inside the server instead of in front of it).
+pub fn sized_pool(cores: usize) -> usize {
+    2 * cores.max(1) + 1
+}
+
+/// One command API of the scenario and its settings.
+struct Subject {
+    key: &'static str,
+    label: String,
+    settings: Vec<(&'static str, String)>,
+}
+
+/// Runs the scenario on the write model at `url`, with a command API of its
+/// own per admission: the one the goals judge first, the old one last.
 pub async fn run(ctx: &Ctx, url: &str) -> Result<Overload> {
     let orders = Arc::new(Orders::reserve(ctx)?);
-    let start = |name: &str, settings: &[(&'static str, &str)]| -> Result<Program> {
+    // The database runs on this machine: its cores are ours.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pool = sized_pool(cores);
+    let subjects = [
+        Subject {
+            key: "default",
+            label: "as shipped: the default pool of 16, admitting the pool plus a quarter (20), 500 ms to get a \
+                    connection"
+                .to_owned(),
+            settings: Vec::new(),
+        },
+        Subject {
+            key: "sized",
+            label: format!(
+                "as shipped with the pool the README suggests as a start (twice the database's {cores} cores plus \
+                 one: {pool}), admitting the pool plus a quarter ({}), 500 ms to get a connection",
+                pool + (pool / 4).max(1)
+            ),
+            settings: vec![("COMMAND_API_DB_POOL_SIZE", pool.to_string())],
+        },
+        Subject {
+            key: "old",
+            label: "the old admission: pool 16, admits 256, 2 s to get a connection".to_owned(),
+            settings: OLD_ADMISSION.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        },
+    ];
+    let mut programs = Vec::new();
+    for subject in &subjects {
         let addr = free_addr()?;
         let mut envs = vec![
             ("DATABASE_URL", stack::as_role(url, stack::COMMAND_ROLE)),
             ("COMMAND_API_ADDR", addr.to_string()),
         ];
-        envs.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        Program::workspace(&ctx.env, name, "command-api", &envs, addr)
-    };
-    let mut new = start("command-api-admission-new", &[])?;
-    let mut old = start("command-api-admission-old", &OLD_ADMISSION)?;
-    new.wait_ok("/ready", Duration::from_secs(60)).await?;
-    old.wait_ok("/ready", Duration::from_secs(60)).await?;
-    let outcome = measure(ctx, url, &orders, &new, &old).await;
-    new.stop().await?;
-    old.stop().await?;
+        envs.extend(subject.settings.iter().cloned());
+        let name = format!("command-api-admission-{}", subject.key);
+        programs.push(Program::workspace(
+            &ctx.env,
+            &name,
+            "command-api",
+            &envs,
+            addr,
+        )?);
+    }
+    for program in &mut programs {
+        program.wait_ok("/ready", Duration::from_secs(60)).await?;
+    }
+    let outcome = measure(ctx, url, &orders, &subjects, &programs).await;
+    for program in programs {
+        program.stop().await?;
+    }
     outcome
 }
 
@@ -62,9 +111,11 @@ async fn measure(
     ctx: &Ctx,
     url: &str,
     orders: &Arc<Orders>,
-    new: &Program,
-    old: &Program,
+    subjects: &[Subject],
+    programs: &[Program],
 ) -> Result<Overload> {
+    // The old admission is last: it measures the capacity.
+    let old = programs.last().expect("the old admission");
     // Capacity: a closed loop on the old admission, which sheds nothing at
     // this many connections, so the figure is what the database carries;
     // taken again at the start of every round, since on a shared machine
@@ -79,7 +130,8 @@ async fn measure(
     };
     let factor = ctx.scale.overload_factor.max(1.0);
     let mut db = PgConnection::connect(url).await?;
-    let mut runs: [Vec<(Capacity, Phase, Overloaded)>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: Vec<Vec<(Capacity, Phase, Overloaded)>> =
+        programs.iter().map(|_| Vec::new()).collect();
     let mut capacity_rounds = Vec::new();
     for round in 0..ctx.scale.overload_rounds.max(1) {
         let (saturation, cpu) = Cpu::of(old.pid(), saturate(ctx, &capacity_target, round)).await;
@@ -88,52 +140,38 @@ async fn measure(
         capacity_rounds.push(capacity);
         let offered = capacity * factor;
         let measured = Capacity { rps: capacity, cpu };
-        let unloaded_new = unloaded(ctx, orders, new.addr, capacity).await?;
-        let unloaded_old = unloaded(ctx, orders, old.addr, capacity).await?;
+        let mut unloaded_runs = Vec::new();
+        for program in programs {
+            unloaded_runs.push(unloaded(ctx, orders, program.addr, capacity).await?);
+        }
         // The overloads take turns going first, so the work one leaves
         // behind (vacuum, dirty pages) lands on each in turn; a checkpoint
         // before each keeps the rest level.
-        let (new_run, old_run) = if round % 2 == 0 {
-            let old_run = overloaded(ctx, orders, &mut db, old, offered).await?;
-            (
-                overloaded(ctx, orders, &mut db, new, offered).await?,
-                old_run,
-            )
-        } else {
-            let new_run = overloaded(ctx, orders, &mut db, new, offered).await?;
-            (
-                new_run,
-                overloaded(ctx, orders, &mut db, old, offered).await?,
-            )
-        };
-        runs[0].push((measured, unloaded_new, new_run));
-        runs[1].push((measured, unloaded_old, old_run));
+        let mut overloads: Vec<Option<Overloaded>> = programs.iter().map(|_| None).collect();
+        for k in 0..programs.len() {
+            let i = (k + round) % programs.len();
+            overloads[i] = Some(overloaded(ctx, orders, &mut db, &programs[i], offered).await?);
+        }
+        for ((run, unloaded), overload) in runs.iter_mut().zip(unloaded_runs).zip(overloads) {
+            run.push((measured, unloaded, overload.expect("every admission ran")));
+        }
     }
     let written = orders.written(&mut db).await?;
     db.close().await?;
     orders.ensure_unique()?;
 
-    let [new_runs, old_runs] = runs;
-    let admission = |key: &str, label: &str, runs: Vec<(Capacity, Phase, Overloaded)>| Admission {
-        key: key.to_owned(),
-        label: label.to_owned(),
-        rounds: runs
-            .into_iter()
-            .map(|(capacity, unloaded, run)| run.round(capacity, unloaded, &written))
-            .collect(),
-    };
-    let admissions = vec![
-        admission(
-            "new",
-            "as shipped: pool 16, admits the pool plus a quarter (20), 500 ms to get a connection",
-            new_runs,
-        ),
-        admission(
-            "old",
-            "the old admission: pool 16, admits 256, 2 s to get a connection",
-            old_runs,
-        ),
-    ];
+    let admissions = subjects
+        .iter()
+        .zip(runs)
+        .map(|(subject, runs)| Admission {
+            key: subject.key.to_owned(),
+            label: subject.label.clone(),
+            rounds: runs
+                .into_iter()
+                .map(|(capacity, unloaded, run)| run.round(capacity, unloaded, &written))
+                .collect(),
+        })
+        .collect();
     let capacity = median_of(capacity_rounds.iter().copied()).unwrap_or(0.0);
     Ok(Overload {
         capacity_rps: capacity,
