@@ -151,8 +151,10 @@ impl Flags {
             seen: Mutex::new(Seen::default()),
             gauges,
         }));
-        flags.look();
+        // The defaults first: a file refused at start must leave the gauge
+        // saying so, not be covered by them.
         flags.export(true);
+        flags.look();
         flags
     }
 
@@ -455,6 +457,30 @@ mod tests {
         file(&dir, &off.replace("\"off\"}", "\"on\"}"));
         flags.look();
         assert!(flags.get_boolean_value("orders", &none, true));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_refused_at_start_shows_in_the_metrics_until_it_is_fixed() {
+        let dir = std::env::temp_dir().join(format!("flags-start-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let args = file(&dir, "{ not json");
+        let metrics = crate::Metrics::new(&[]);
+        let flags = Flags::load(&args, SPECS, Some(&metrics));
+        let ok = |metrics: &crate::Metrics| {
+            metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("flags_file_ok "))
+                .map(str::to_owned)
+        };
+        assert_eq!(ok(&metrics).as_deref(), Some("0"), "{}", metrics.render());
+        // Unchanged, it is not read again, and the gauge stays.
+        flags.look();
+        assert_eq!(ok(&metrics).as_deref(), Some("0"));
+        file(&dir, r#"{"flags": {}}"#);
+        flags.look();
+        assert_eq!(ok(&metrics).as_deref(), Some("1"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
