@@ -461,7 +461,8 @@ cmd_install() {
 }
 
 cmd_test() {
-  prepare python3-venv promtool amtool systemd-analyze
+  # openssl: the TLS tests make their CA and certificates with it.
+  prepare python3-venv promtool amtool systemd-analyze openssl
   trap stop_started EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM

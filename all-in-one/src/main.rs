@@ -77,6 +77,7 @@ struct Settings {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    service::tls::install_crypto_provider();
     let mut settings = match parse(std::env::args_os().collect()) {
         Ok(settings) => settings,
         Err(err) => err.exit(),

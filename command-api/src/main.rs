@@ -33,6 +33,7 @@ struct MigrateArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    service::tls::install_crypto_provider();
     // Invalid settings fail here, before the runtime starts.
     let mut cli = Cli::parse();
     cli.log.init();

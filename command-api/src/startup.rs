@@ -39,6 +39,7 @@ impl Application {
             .url
             .parse::<PgConnectOptions>()
             .context("invalid database url")?;
+        check_tls(&options).await?;
         let db = DbWatch::new(options);
         let server = Server::bind(config.addr)
             .await
@@ -110,6 +111,42 @@ impl Application {
         tracing::info!("command api stopped");
         served
     }
+}
+
+/// Stops the start when PostgreSQL answers but its certificate fails the
+/// check `sslmode=verify-ca`/`verify-full` asks for (a wrong CA or host
+/// name): a setting to fix, not an outage for the lazy pool to wait out.
+async fn check_tls(options: &PgConnectOptions) -> anyhow::Result<()> {
+    use sqlx::postgres::PgSslMode;
+    if !matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        return Ok(());
+    }
+    let attempt = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(options));
+    let cause = match attempt.await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Ok(Err(sqlx::Error::Tls(cause))) => cause.to_string(),
+        // The handshake's failure comes as an I/O error wrapping rustls's.
+        Ok(Err(sqlx::Error::Io(io)))
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            io.get_ref().map(ToString::to_string).unwrap_or_default()
+        }
+        // Down or slow: the pool connects when it can, `/ready` says 503.
+        _ => return Ok(()),
+    };
+    anyhow::bail!(
+        "connecting to PostgreSQL at {}:{} over TLS: {cause}",
+        options.get_host(),
+        options.get_port()
+    )
 }
 
 /// Applies the migrations embedded from `migrations/` to `database_url`.

@@ -11,6 +11,7 @@
 pub mod exact;
 pub mod programs;
 pub mod redis_server;
+pub mod tls;
 pub mod tools;
 
 use std::{

@@ -105,6 +105,44 @@ fn build(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `name` with `args` and only `env` (and `PATH`) until it exits, at
+/// most `within`; its exit status (`None`: still running then, killed) and
+/// everything it printed.
+pub async fn run_to_exit(
+    name: &'static str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> Result<(Option<std::process::ExitStatus>, String)> {
+    let mut child = tokio::process::Command::new(binary(name)?)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let status = match tokio::time::timeout(within, child.wait()).await {
+        Ok(status) => Some(status?),
+        Err(_) => {
+            child.kill().await?;
+            None
+        }
+    };
+    let output = child.wait_with_output().await?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((status, printed))
+}
+
 /// One running API binary and the file its log goes to.
 pub struct Program {
     child: Child,

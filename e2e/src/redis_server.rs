@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::programs::free_port;
+use crate::{programs::free_port, tls::ServerCert};
 
 /// A program on `PATH`.
 fn on_path(name: &str) -> Result<PathBuf> {
@@ -47,9 +47,13 @@ fn free_cluster_ports(n: usize) -> Result<Vec<u16>> {
     bail!("no {n} free port pairs")
 }
 
-/// `redis-cli -p port args…`, its output.
-fn cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new(on_path("redis-cli")?)
+/// `redis-cli -p port args…`, its output; over TLS when `tls_ca` (the CA to trust) is given.
+fn cli_to(port: u16, tls_ca: Option<&Path>, args: &[&str]) -> Result<String> {
+    let mut command = Command::new(on_path("redis-cli")?);
+    if let Some(ca) = tls_ca {
+        command.arg("--tls").arg("--cacert").arg(ca);
+    }
+    let out = command
         .args(["-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
@@ -58,10 +62,16 @@ fn cli(port: u16, args: &[&str]) -> Result<String> {
 }
 
 /// Waits until `redis-cli -p port args…` prints `want`.
-async fn wait_for(port: u16, args: &[&str], want: &str, within: Duration) -> Result<()> {
+async fn wait_for(
+    port: u16,
+    tls_ca: Option<&Path>,
+    args: &[&str],
+    want: &str,
+    within: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        if cli(port, args)?.contains(want) {
+        if cli_to(port, tls_ca, args)?.contains(want) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -77,6 +87,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// TLS only (`--port 0`): its certificate, and the CA that signed it.
+    tls: Option<(ServerCert, PathBuf)>,
     child: Option<Child>,
     saves: u32,
 }
@@ -84,16 +96,27 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one Redis on a free port, in a fresh temporary directory.
     pub async fn start() -> Result<Self> {
-        Self::start_on(free_port()?, false).await
+        Self::start_on(free_port()?, false, None).await
     }
 
-    async fn start_on(port: u16, cluster: bool) -> Result<Self> {
+    /// Starts one Redis that speaks TLS only, with `cert` (signed by the CA
+    /// whose certificate is `ca`); clients need no certificate of their own.
+    pub async fn start_tls(cert: &ServerCert, ca: &Path) -> Result<Self> {
+        Self::start_on(free_port()?, false, Some((cert.clone(), ca.to_owned()))).await
+    }
+
+    async fn start_on(
+        port: u16,
+        cluster: bool,
+        tls: Option<(ServerCert, PathBuf)>,
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique_name(&format!("redis{port}")));
         std::fs::create_dir_all(&dir)?;
         let mut server = Self {
             port,
             dir,
             cluster,
+            tls,
             child: None,
             saves: 0,
         };
@@ -104,8 +127,21 @@ impl RedisServer {
     /// Starts the process and waits until it answers (after loading its dump).
     async fn launch(&mut self) -> Result<()> {
         let mut command = Command::new(on_path("redis-server")?);
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, ca)) => command
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(&cert.cert)
+                .arg("--tls-key-file")
+                .arg(&cert.key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -115,6 +151,9 @@ impl RedisServer {
             command
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"]);
+            if self.tls.is_some() {
+                command.args(["--tls-cluster", "yes"]);
+            }
         }
         let child = command
             .stdin(Stdio::null())
@@ -123,7 +162,14 @@ impl RedisServer {
             .spawn()
             .context("starting redis-server")?;
         self.child = Some(child);
-        wait_for(self.port, &["ping"], "PONG", Duration::from_secs(20)).await
+        wait_for(
+            self.port,
+            self.tls_ca(),
+            &["ping"],
+            "PONG",
+            Duration::from_secs(20),
+        )
+        .await
     }
 
     pub fn port(&self) -> u16 {
@@ -135,9 +181,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `REDIS_URL` of this one Redis over TLS.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    fn tls_ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(_, ca)| ca.as_path())
+    }
+
     /// `redis-cli` against this server, its output.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        cli(self.port, args)
+        cli_to(self.port, self.tls_ca(), args)
     }
 
     /// The server's `run_id` (new at every start).
@@ -200,26 +255,54 @@ impl Drop for RedisServer {
 /// Three `redis-server` primaries forming one cluster (no replicas).
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The CA of the nodes' certificates, for a cluster over TLS.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisCluster {
     /// Starts the servers on free ports, forms the cluster and waits until
     /// every node reports `cluster_state:ok`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// As [`RedisCluster::start`], every node (and the cluster bus) speaking
+    /// TLS only with `cert`, signed by the CA whose certificate is `ca`.
+    pub async fn start_tls(cert: &ServerCert, ca: &Path) -> Result<Self> {
+        Self::start_with(Some((cert.clone(), ca.to_owned()))).await
+    }
+
+    async fn start_with(tls: Option<(ServerCert, PathBuf)>) -> Result<Self> {
         let mut nodes = Vec::new();
         for port in free_cluster_ports(3)? {
-            nodes.push(RedisServer::start_on(port, true).await?);
+            nodes.push(RedisServer::start_on(port, true, tls.clone()).await?);
         }
-        let cluster = Self { nodes };
+        let tls_ca = tls.map(|(_, ca)| ca);
+        let cluster = Self { nodes, tls_ca };
         let mut create = Command::new(on_path("redis-cli")?);
+        if let Some(ca) = &cluster.tls_ca {
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
         create.arg("--cluster").arg("create");
         for port in cluster.ports() {
             create.arg(format!("127.0.0.1:{port}"));
         }
-        let created = create
+        let mut child = tokio::process::Command::from(create)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdin(Stdio::null())
-            .output()?;
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        // It waits for the nodes to meet, forever if they never do (a
+        // cluster bus that cannot connect): bounded here.
+        if tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .is_err()
+        {
+            child.kill().await?;
+        }
+        let created = child.wait_with_output().await?;
         if !created.status.success() {
             bail!(
                 "redis-cli --cluster create failed: {}{}",
@@ -236,6 +319,7 @@ impl RedisCluster {
         for port in self.ports() {
             wait_for(
                 port,
+                self.tls_ca.as_deref(),
                 &["cluster", "info"],
                 "cluster_state:ok",
                 Duration::from_secs(30),
@@ -259,9 +343,18 @@ impl RedisCluster {
             .join(",")
     }
 
+    /// `REDIS_URL` as a list of the nodes over TLS (`rediss://` each).
+    pub fn tls_url(&self) -> String {
+        self.ports()
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// `redis-cli -p port args…`, its output.
     pub fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
-        cli(port, args)
+        cli_to(port, self.tls_ca.as_deref(), args)
     }
 
     /// The node on `port`.
@@ -277,7 +370,11 @@ impl RedisCluster {
         self.ports()
             .into_iter()
             .map(|port| {
-                let out = cli(port, &["--scan", "--pattern", pattern])?;
+                let out = cli_to(
+                    port,
+                    self.tls_ca.as_deref(),
+                    &["--scan", "--pattern", pattern],
+                )?;
                 Ok((port, out.lines().map(str::to_owned).collect()))
             })
             .collect()

@@ -628,7 +628,11 @@ async fn secrets_read_from_files_work_and_no_log_line_shows_one() -> Result<()> 
         run_to_end(
             "query-api",
             &[],
-            &[("REDIS_URL", &format!("rediss://:{REDIS_PASSWORD}@h:6380"))],
+            // A list mixing TLS and plain nodes is refused.
+            &[(
+                "REDIS_URL",
+                &format!("rediss://:{REDIS_PASSWORD}@h:6380,redis://h2:6381"),
+            )],
         )?,
         run_to_end(
             "command-api",

@@ -76,6 +76,8 @@ pub async fn run(
     });
     let server = tokio::spawn(server.serve("projector ops endpoints", app, http_stop));
 
+    check_tls(&config).await?;
+
     const FIRST_RETRY: Duration = Duration::from_millis(500);
     const OUTDATED_RECHECK: Duration = Duration::from_secs(5);
     let mut backoff = FIRST_RETRY;
@@ -133,6 +135,9 @@ pub async fn run(
                 tracing::info!("the stream stopped to rebuild or resume; starting over");
                 backoff = FIRST_RETRY;
             }
+            // A certificate that fails the check fails it again: a setting
+            // to fix, so the program stops rather than retry.
+            Err(err) if tls_refused(&err) => return Err(err),
             Err(err) => {
                 metrics.failures.fetch_add(1, Relaxed);
                 // A failure after a long healthy run starts a new episode of
@@ -157,6 +162,33 @@ pub async fn run(
     let _ = server.await;
     tracing::info!("projector stopped");
     Ok(())
+}
+
+/// Stops the start when a dependency answers but its TLS certificate fails
+/// the check (a wrong CA or host name), so the mistake is one clear error,
+/// not a retry loop; a dependency that does not answer yet is waited for.
+async fn check_tls(config: &Config) -> anyhow::Result<()> {
+    const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+    if let Some(client) = config.redis.url.tls_client() {
+        service::tls::check_at_start("Redis", &config.redis.url.nodes(), &client, CHECK_TIMEOUT)
+            .await?;
+    }
+    if source::DatabaseUrl::parse(&config.database.url)?.verifies() {
+        match tokio::time::timeout(CHECK_TIMEOUT, source::connect(&config.database.url)).await {
+            Ok(Err(err)) if err.downcast_ref::<source::TlsRefused>().is_some() => return Err(err),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A dependency's certificate failed the check (see [`check_tls`]).
+fn tls_refused(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<source::TlsRefused>().is_some()
+        || matches!(
+            err.downcast_ref::<sink::SinkError>(),
+            Some(sink::SinkError::Tls(_))
+        )
 }
 
 /// One life of the replication connection: wait for the slot's lock as a

@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<ExitCode> {
+    service::tls::install_crypto_provider();
     let mut cli = Cli::parse_args();
     cli.log.init();
     cli.config.load_secrets()?;

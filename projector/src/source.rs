@@ -6,14 +6,13 @@
 //! nothing twice).
 
 use std::{
-    str::FromStr,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
 use anyhow::Context;
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
-use tokio_postgres::{error::SqlState, Client, NoTls};
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
+use tokio_postgres::{error::SqlState, Client};
 use views::Lsn;
 
 use futures_util::TryStreamExt;
@@ -25,8 +24,10 @@ use crate::{
 };
 
 mod scan;
+mod tls;
 
 pub use scan::Scan;
+pub(crate) use tls::DatabaseUrl;
 
 /// The write model's tables the projector reads. The migrations publish the
 /// same list as `cqrs_projector` (migrations/0002_publication_and_grants.sql).
@@ -40,16 +41,23 @@ pub(crate) const PUBLISHED_TABLES: &[&str] = &[
 ];
 
 /// Opens an ordinary SQL connection, with UTC and ISO dates so text values
-/// read the same as the ones pgoutput sends.
+/// read the same as the ones pgoutput sends; over TLS as `sslmode` says.
 pub async fn connect(database_url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(database_url, NoTls)
+    let url = DatabaseUrl::parse(database_url)?;
+    let (client, connection) = url
+        .config()
+        .connect(url.connector()?)
         .await
-        .with_context(|| {
+        .map_err(|err| match tls_cause(&err) {
+            Some(cause) => anyhow::Error::new(TlsRefused {
+                address: url.address(),
+                cause,
+            }),
             // Where, never the password.
-            format!(
+            None => anyhow::Error::new(err).context(format!(
                 "connecting to PostgreSQL at {}",
                 service::redacted_url(database_url)
-            )
+            )),
         })?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
@@ -60,6 +68,37 @@ pub async fn connect(database_url: &str) -> anyhow::Result<Client> {
         .batch_execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO'")
         .await?;
     Ok(client)
+}
+
+/// The server's certificate failed the check `DATABASE_URL` asks for (or the
+/// server refused TLS): a setting to fix, which retrying would meet again.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to PostgreSQL at {address} over TLS: {cause}")]
+pub struct TlsRefused {
+    pub address: String,
+    pub cause: String,
+}
+
+/// The TLS failure behind a connection error, in rustls's words.
+fn tls_cause(err: &tokio_postgres::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An I/O error's `source` skips the error it wraps: look at it too.
+        if let Some(tls) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        source = err.source();
+    }
+    // tokio-postgres's own words when the server answers the TLS request with no.
+    let text = err.to_string();
+    text.contains("server does not support TLS").then_some(text)
 }
 
 /// Checks that the publication exists; creates it when missing and the role
@@ -196,8 +235,8 @@ pub async fn heartbeat(pg: &Client) -> anyhow::Result<()> {
 
 /// The replication connection's settings, taken from the database URL.
 pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> {
-    let pg =
-        tokio_postgres::Config::from_str(&config.database.url).context("parsing DATABASE_URL")?;
+    let url = DatabaseUrl::parse(&config.database.url)?;
+    let pg = url.config();
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -205,6 +244,7 @@ pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> 
         None => "127.0.0.1".to_owned(),
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let tls = url.replication_tls(&host);
     let user = pg.get_user().unwrap_or("postgres").to_owned();
     let password = pg
         .get_password()
@@ -220,7 +260,7 @@ pub fn replication_config(config: &Config) -> anyhow::Result<ReplicationConfig> 
         config.publication.clone(),
     )
     .with_port(port)
-    .with_tls(TlsConfig::disabled())
+    .with_tls(tls)
     // wal_sender_timeout (settable per session since PostgreSQL 12) bounds
     // how long a frozen active instance keeps the slot and its lock.
     .with_options(format!(

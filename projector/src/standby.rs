@@ -119,9 +119,18 @@ pub async fn acquire(
     role: &RoleCell,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Option<ReplicationClient>> {
-    let mut repl = ReplicationClient::connect_gated(source::replication_config(config)?)
-        .await
-        .context("opening the replication connection")?;
+    let mut repl = match ReplicationClient::connect_gated(source::replication_config(config)?).await
+    {
+        Ok(repl) => repl,
+        Err(pgwire_replication::PgWireError::Tls(cause)) => {
+            return Err(source::TlsRefused {
+                address: source::DatabaseUrl::parse(&config.database.url)?.address(),
+                cause,
+            }
+            .into())
+        }
+        Err(err) => return Err(err).context("opening the replication connection"),
+    };
     let try_lock = format!(
         "SELECT pg_try_advisory_lock({})",
         lock_key_sql(&config.slot)

@@ -132,8 +132,11 @@ mod tests {
         let config = Config::try_parse_from(["query-api", "--redis-url", "h1:7000,h2:7001"])
             .expect("a list of nodes parses");
         assert!(config.redis.url.is_clustered());
-        let err = Config::try_parse_from(["query-api", "--redis-url", "rediss://h:6380"])
-            .expect_err("TLS is refused")
+        let config = Config::try_parse_from(["query-api", "--redis-url", "rediss://h:6380"])
+            .expect("a TLS URL parses");
+        assert!(config.redis.url.uses_tls());
+        let err = Config::try_parse_from(["query-api", "--redis-url", "h1:7000,rediss://h2:7001"])
+            .expect_err("a list mixing TLS and plain nodes is refused")
             .to_string();
         assert!(err.contains("TLS"), "{err}");
     }

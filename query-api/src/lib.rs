@@ -65,10 +65,23 @@ pub struct Application {
 
 impl Application {
     /// Connects to Redis (in the background) and binds the listen address.
+    /// Over TLS, a Redis that answers with a certificate failing the check
+    /// (a wrong CA or host name) stops it here.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (routes, document) = routes::router();
         let metrics = Arc::new(metrics::Metrics::new(routes::paths(&document)));
         let flags = service::Flags::load(&config.flags, switches::SPECS, Some(metrics.recorded()));
+        if let Some(tls) = config.redis.url.tls_client() {
+            service::tls::check_at_start(
+                "Redis",
+                &config.redis.url.nodes(),
+                &tls,
+                config
+                    .redis_timeout()
+                    .max(std::time::Duration::from_secs(5)),
+            )
+            .await?;
+        }
         let store = store::Store::connect(
             &config.redis.url,
             Keys::new(config.redis.key_prefix.clone()),

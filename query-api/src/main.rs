@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings are parsed (and refused) before the runtime starts.
 fn main() -> anyhow::Result<()> {
+    service::tls::install_crypto_provider();
     let mut config = Config::parse();
     config.log.init();
     config.load_secrets()?;

@@ -14,6 +14,7 @@ mod requests;
 mod secrets;
 mod server;
 mod shedding;
+pub mod tls;
 
 pub use dependency::{io_cause, plain_cause, Dependency};
 pub use excerpt::{bounded, EXCERPT_CHARS};

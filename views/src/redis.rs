@@ -2,19 +2,24 @@
 //! `REDIS_URL` (one Redis or a Redis Cluster) and clean-ups that cover every
 //! node of a cluster.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use fred::{
     error::Error,
     prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig},
-    types::{scan::Scanner, Key},
+    types::{
+        config::{TlsConfig, TlsConnector, TlsHostMapping},
+        scan::Scanner,
+        Key,
+    },
 };
 use futures_util::{StreamExt, TryStreamExt};
 
 /// What `REDIS_URL` accepts, for `--help` texts and errors.
 pub const REDIS_URL_FORMS: &str = "redis://[user:password@]host[:port][/db] for one Redis; \
      redis-cluster://host:port[?node=host:port...] or a list host:port,host:port[,...] \
-     (entries may be written redis://host:port) for a Redis Cluster";
+     (entries may be written redis://host:port) for a Redis Cluster; \
+     rediss:// and rediss-cluster:// (or every entry of a list written rediss://host:port) for TLS";
 
 /// A parsed `REDIS_URL`: one Redis, or the seed nodes of a Redis Cluster.
 ///
@@ -23,10 +28,17 @@ pub const REDIS_URL_FORMS: &str = "redis://[user:password@]host[:port][/db] for 
 /// cluster, fred's own form); a comma-separated list of two or more nodes,
 /// `host:port,host:port` or `redis://host:port,redis://host:port` (a cluster
 /// seeded by those nodes). `valkey` schemes work as their `redis` twins.
+/// TLS: `rediss://` (one Redis), `rediss-cluster://`, or a list whose every
+/// entry is `rediss://host:port`; the certificate is checked against the
+/// CAs given by [`RedisUrl::with_tls`], host name included.
 #[derive(Clone)]
 pub struct RedisUrl {
     text: String,
     config: Config,
+    /// A TLS scheme was given.
+    tls: bool,
+    /// How TLS connections check the server (set at start from the CA file).
+    tls_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A `REDIS_URL` that names no Redis this program can reach.
@@ -38,8 +50,10 @@ pub enum RedisUrlError {
     NoScheme(String),
     #[error("{0:?}: unsupported scheme {1:?}; use {REDIS_URL_FORMS}")]
     Scheme(String, String),
-    #[error("{0:?}: TLS (rediss://) is not built into this program; use redis:// over a trusted network or a TLS proxy")]
-    Tls(String),
+    #[error(
+        "the nodes of {0:?} mix TLS (rediss://) and plain entries; write every one the same way"
+    )]
+    MixedTls(String),
     #[error("{0:?}: a cluster has only database 0, so a cluster node names none")]
     Database(String),
     #[error("an empty entry in the list of nodes {0:?}")]
@@ -57,7 +71,7 @@ impl RedisUrl {
         if trimmed.is_empty() {
             return Err(RedisUrlError::Empty);
         }
-        let config = if trimmed.contains(',') {
+        let (config, tls) = if trimmed.contains(',') {
             node_list(trimmed)?
         } else {
             single(trimmed)?
@@ -65,12 +79,44 @@ impl RedisUrl {
         Ok(Self {
             text: trimmed.to_owned(),
             config,
+            tls,
+            tls_client: None,
         })
     }
 
     /// The client configuration (fred's), ready for `Builder::from_config`.
     pub fn config(&self) -> Config {
-        self.config.clone()
+        let mut config = self.config.clone();
+        // Always set here, so a TLS URL never connects in clear and never
+        // with fred's own choice of roots.
+        config.tls = self.tls.then(|| {
+            let client = self.tls_client.clone().unwrap_or_else(mozilla_roots);
+            TlsConfig {
+                connector: TlsConnector::from((*client).clone()),
+                // Cluster nodes are reached at the addresses the cluster
+                // announces, and their certificates must name those.
+                hostnames: TlsHostMapping::None,
+            }
+        });
+        config
+    }
+
+    /// A TLS URL (`rediss://`, `rediss-cluster://`).
+    pub fn uses_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Checks servers' certificates with `client` (for TLS URLs; ignored otherwise).
+    pub fn with_tls(mut self, client: Arc<rustls::ClientConfig>) -> Self {
+        if self.tls {
+            self.tls_client = Some(client);
+        }
+        self
+    }
+
+    /// How TLS connections check the server, once [`RedisUrl::with_tls`] set it.
+    pub fn tls_client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls_client.clone()
     }
 
     /// A Redis Cluster, not one Redis.
@@ -117,58 +163,86 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
-/// The schemes fred connects with, by whether they mean a cluster; `None`
-/// for TLS ones (no TLS feature is built in, and fred would silently
-/// connect in clear) and for everything else.
-fn scheme_is_cluster(scheme: &str) -> Result<bool, Option<()>> {
-    match scheme.to_ascii_lowercase().as_str() {
-        "redis" | "valkey" => Ok(false),
-        "redis-cluster" | "valkey-cluster" => Ok(true),
-        "rediss" | "valkeys" | "rediss-cluster" | "valkeys-cluster" => Err(Some(())),
-        _ => Err(None),
+/// Certificates checked against Mozilla's roots, host name included: what a
+/// TLS URL uses until [`RedisUrl::with_tls`] names other CAs.
+fn mozilla_roots() -> Arc<rustls::ClientConfig> {
+    install_ring();
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Makes ring the process's crypto provider, as
+/// `service::tls::install_crypto_provider` does at the start of each
+/// program: fred builds a TLS client while it parses a `rediss://` URL, and
+/// rustls panics there if no provider was chosen and the build has two.
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What a scheme fred connects with means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scheme {
+    cluster: bool,
+    tls: bool,
+}
+
+/// Checks the scheme of `part` (which has one): whether it names a cluster,
+/// and TLS.
+fn checked_scheme(part: &str, scheme: &str) -> Result<Scheme, RedisUrlError> {
+    let (cluster, tls) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" | "valkey" => (false, false),
+        "redis-cluster" | "valkey-cluster" => (true, false),
+        "rediss" | "valkeys" => (false, true),
+        "rediss-cluster" | "valkeys-cluster" => (true, true),
+        _ => return Err(RedisUrlError::Scheme(redacted(part), scheme.to_owned())),
+    };
+    if tls {
+        install_ring();
     }
+    Ok(Scheme { cluster, tls })
 }
 
-/// Checks the scheme of `part` (which has one): whether it names a cluster.
-fn checked_scheme(part: &str, scheme: &str) -> Result<bool, RedisUrlError> {
-    scheme_is_cluster(scheme).map_err(|tls| match tls {
-        Some(()) => RedisUrlError::Tls(redacted(part)),
-        None => RedisUrlError::Scheme(redacted(part), scheme.to_owned()),
-    })
-}
-
-/// `scheme://…`: one Redis, or a cluster by its scheme.
-fn single(text: &str) -> Result<Config, RedisUrlError> {
+/// `scheme://…`: one Redis, or a cluster by its scheme; and whether over TLS.
+fn single(text: &str) -> Result<(Config, bool), RedisUrlError> {
     let Some((scheme, rest)) = text.split_once("://") else {
         return Err(RedisUrlError::NoScheme(redacted(text)));
     };
     let invalid = |err: Error| RedisUrlError::Invalid(redacted(text), err.details().to_owned());
-    if checked_scheme(text, scheme)? {
+    let scheme = checked_scheme(text, scheme)?;
+    let config = if scheme.cluster {
         if names_database(rest) {
             return Err(RedisUrlError::Database(redacted(text)));
         }
-        Config::from_url_clustered(text).map_err(invalid)
+        Config::from_url_clustered(text).map_err(invalid)?
     } else {
-        Config::from_url_centralized(text).map_err(invalid)
-    }
+        Config::from_url_centralized(text).map_err(invalid)?
+    };
+    Ok((config, scheme.tls))
 }
 
 /// `host:port,host:port,…` (entries may carry a scheme): a cluster seeded by
-/// every node listed.
-fn node_list(text: &str) -> Result<Config, RedisUrlError> {
+/// every node listed; and whether over TLS (every entry `rediss://`).
+fn node_list(text: &str) -> Result<(Config, bool), RedisUrlError> {
     let mut hosts = Vec::new();
     let mut credentials: Option<(Option<String>, Option<String>)> = None;
+    let mut tls: Option<bool> = None;
     for part in text.split(',').map(str::trim) {
         if part.is_empty() {
             return Err(RedisUrlError::EmptyNode(redacted(text)));
         }
-        let url = match part.split_once("://") {
-            Some((scheme, _)) => {
-                checked_scheme(part, scheme)?;
-                part.to_owned()
-            }
-            None => format!("redis://{part}"),
+        let (url, secure) = match part.split_once("://") {
+            Some((scheme, _)) => (part.to_owned(), checked_scheme(part, scheme)?.tls),
+            None => (format!("redis://{part}"), false),
         };
+        if *tls.get_or_insert(secure) != secure {
+            return Err(RedisUrlError::MixedTls(redacted(text)));
+        }
         let rest = url.split_once("://").map_or("", |(_, rest)| rest);
         if names_database(rest) {
             return Err(RedisUrlError::Database(redacted(part)));
@@ -195,12 +269,13 @@ fn node_list(text: &str) -> Result<Config, RedisUrlError> {
         }
     }
     let (username, password) = credentials.unwrap_or_default();
-    Ok(Config {
+    let config = Config {
         server: ServerConfig::new_clustered(hosts),
         username,
         password,
         ..Config::default()
-    })
+    };
+    Ok((config, tls.unwrap_or(false)))
 }
 
 /// The part after `scheme://` has a path naming a database other than 0.
@@ -358,10 +433,9 @@ mod tests {
             err("redis-sentinel://h:26379"),
             RedisUrlError::Scheme(..)
         ));
-        assert!(matches!(err("rediss://h:6380"), RedisUrlError::Tls(_)));
         assert!(matches!(
             err("h1:7000,rediss://h2:7001"),
-            RedisUrlError::Tls(_)
+            RedisUrlError::MixedTls(_)
         ));
         assert!(matches!(
             err("h1:7000,,h2:7001"),
@@ -392,6 +466,22 @@ mod tests {
     }
 
     #[test]
+    fn rediss_schemes_select_tls_for_one_redis_and_for_a_cluster() {
+        let one = parsed("rediss://user:secret@cache.internal:6380");
+        assert!(one.uses_tls() && !one.is_clustered());
+        assert!(one.config().tls.is_some());
+        let cluster = parsed("rediss-cluster://h1:7000?node=h2:7001");
+        assert!(cluster.uses_tls() && cluster.is_clustered());
+        let list = parsed("rediss://h1:7000,rediss://h2:7001");
+        assert!(list.uses_tls() && list.is_clustered());
+        assert!(list.config().tls.is_some());
+        for plain in ["redis://h:1", "redis-cluster://h:1", "h1:1,h2:2"] {
+            let url = parsed(plain);
+            assert!(!url.uses_tls() && url.config().tls.is_none(), "{plain}");
+        }
+    }
+
+    #[test]
     fn passwords_are_never_shown() {
         let url = parsed("redis://user:secret@h1:7000,redis://user:secret@h2:7001");
         assert_eq!(
@@ -401,7 +491,7 @@ mod tests {
         let err = RedisUrl::parse("redis://:secret@h1:1,redis://:other@h2:2").err();
         assert!(err.is_some_and(|e| !e.to_string().contains("secret")));
         assert!(!format!("{url:?}").contains("secret"));
-        let err = RedisUrl::parse("rediss://user:secret@h:6380").err();
+        let err = RedisUrl::parse("rediss://user:secret@h:6380,redis://h2:1").err();
         assert!(err.is_some_and(|e| !e.to_string().contains("secret")));
         assert_eq!(parsed("redis://h:1/2").to_string(), "redis://h:1/2");
     }

@@ -37,6 +37,10 @@ pub struct RedisSettings {
     )]
     pub url_file: Option<PathBuf>,
 
+    /// PEM file of the CAs that sign the Redis servers' certificates, for `rediss://` URLs (default: Mozilla's roots).
+    #[arg(long = "redis-ca-file", env = "REDIS_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Namespace of every Redis key; the projector and the query APIs reading its views must agree.
     #[arg(long, env = "KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
     pub key_prefix: String,
@@ -51,6 +55,8 @@ pub enum RedisSettingsError {
     /// may hold another secret.
     #[error("REDIS_URL_FILE: {} holds no Redis URL this program takes: {why}", path.display())]
     Url { path: PathBuf, why: &'static str },
+    #[error("REDIS_CA_FILE: {0}")]
+    Tls(#[from] service::tls::TlsSetupError),
 }
 
 impl RedisSettings {
@@ -59,12 +65,14 @@ impl RedisSettings {
         Self {
             url,
             url_file: None,
+            ca_file: None,
             key_prefix: key_prefix.to_owned(),
         }
     }
 
-    /// Reads the file twin, if one is named, into `url`; call once at start
-    /// (clap refuses the URL and its file together).
+    /// Reads the file twin, if one is named, into `url`, and makes a
+    /// `rediss://` URL check certificates against `ca_file`; call once at
+    /// start (clap refuses the URL and its file together).
     pub fn load(&mut self) -> Result<(), RedisSettingsError> {
         if let Some(path) = self.url_file.take() {
             let text = service::read_secret_file("REDIS_URL", &path)?;
@@ -72,6 +80,11 @@ impl RedisSettings {
                 why: problem(&err),
                 path,
             })?;
+        }
+        if self.url.uses_tls() {
+            let client =
+                service::tls::client_config(self.ca_file.as_deref(), service::tls::Verify::Full)?;
+            self.url = self.url.clone().with_tls(client);
         }
         Ok(())
     }
@@ -83,7 +96,7 @@ fn problem(err: &RedisUrlError) -> &'static str {
         RedisUrlError::Empty => "it is empty",
         RedisUrlError::NoScheme(_) => "no scheme (redis://, redis-cluster://)",
         RedisUrlError::Scheme(..) => "an unsupported scheme",
-        RedisUrlError::Tls(_) => "TLS (rediss://) is not built into this program",
+        RedisUrlError::MixedTls(_) => "its nodes mix TLS (rediss://) and plain entries",
         RedisUrlError::Database(_) => "a cluster node names a database (a cluster has only 0)",
         RedisUrlError::EmptyNode(_) => "an empty entry in its list of nodes",
         RedisUrlError::Credentials(_) => "its nodes name different credentials",
@@ -134,10 +147,14 @@ mod tests {
 
     #[test]
     fn a_bad_redis_url_is_refused_without_its_password() {
-        let err = Settings::try_parse_from(["x", "--redis-url", "rediss://u:pa55word@h:6380"])
-            .err()
-            .expect("TLS is refused")
-            .to_string();
+        let err = Settings::try_parse_from([
+            "x",
+            "--redis-url",
+            "rediss://u:pa55word@h:6380,redis://h2:6381",
+        ])
+        .err()
+        .expect("a list mixing TLS and plain nodes is refused")
+        .to_string();
         assert!(err.contains("TLS"), "{err}");
         assert!(!err.contains("pa55word"), "{err}");
     }
@@ -162,13 +179,13 @@ mod tests {
             file
         ])
         .is_err());
-        std::fs::write(&path, "rediss://:pa55word@h\n").expect("write");
+        std::fs::write(&path, "rediss://:pa55word@h1:1,redis://h2:2\n").expect("write");
         let mut settings =
             Settings::try_parse_from(["x", "--redis-url-file", file]).expect("parses");
         let err = settings
             .redis
             .load()
-            .expect_err("TLS is refused")
+            .expect_err("a list mixing TLS and plain nodes is refused")
             .to_string();
         assert!(err.starts_with("REDIS_URL_FILE"), "{err}");
         assert!(err.contains("TLS"), "{err}");
@@ -179,5 +196,28 @@ mod tests {
         let err = settings.redis.load().expect_err("no scheme").to_string();
         assert!(!err.contains("an-admin-token"), "{err}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_tls_url_checks_certificates_against_the_ca_file() {
+        let mut settings = Settings::try_parse_from(["x", "--redis-url", "rediss://h:6380"])
+            .expect("a TLS URL parses");
+        assert!(settings.redis.url.tls_client().is_none());
+        settings
+            .redis
+            .load()
+            .expect("Mozilla's roots without a CA file");
+        assert!(settings.redis.url.tls_client().is_some());
+
+        let mut settings = Settings::try_parse_from([
+            "x",
+            "--redis-url",
+            "rediss://h:6380",
+            "--redis-ca-file",
+            "/nonexistent/ca.pem",
+        ])
+        .expect("parses");
+        let err = settings.redis.load().expect_err("no CA file").to_string();
+        assert!(err.starts_with("REDIS_CA_FILE"), "{err}");
     }
 }

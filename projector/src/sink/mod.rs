@@ -48,6 +48,10 @@ pub enum SinkError {
     /// watermark than the stream wrote last (see `divergence`).
     #[error("redis refused to move the watermark: {0}")]
     WatermarkRefused(Box<crate::divergence::Refusal>),
+    /// A node answered with a certificate that fails the check (a wrong CA
+    /// or host name): a setting to fix, never retried.
+    #[error(transparent)]
+    Tls(#[from] service::tls::StartRefused),
 }
 
 impl From<script::BadReply> for SinkError {
@@ -75,6 +79,12 @@ pub struct Sink {
 impl Sink {
     /// Connects to Redis: one Redis, or a cluster (see [`views::RedisUrl`]).
     pub async fn connect(url: &views::RedisUrl, keys: Keys) -> Result<Self, SinkError> {
+        // fred reports a failed handshake as a bare I/O error: checked
+        // first, a wrong CA or host name is one clear line.
+        if let Some(tls) = url.tls_client() {
+            let timeout = std::time::Duration::from_secs(5);
+            service::tls::check_at_start("Redis", &url.nodes(), &tls, timeout).await?;
+        }
         let client = Builder::from_config(url.config())
             .with_connection_config(|c| {
                 c.connection_timeout = std::time::Duration::from_secs(5);
