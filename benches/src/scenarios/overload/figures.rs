@@ -23,16 +23,17 @@ pub struct Overload {
     pub offered_rps: f64,
     /// Connections of the overload's open loop (the most in flight at once).
     pub connections: usize,
-    /// The admission as shipped (the goals judge it), the same with the pool
-    /// sized to the database's cores, then the old one.
+    /// The admission as shipped with the pool sized to the database's cores
+    /// (the goals judge it), the same with the default pool, then the old one.
     pub admissions: Vec<Admission>,
 }
 
 /// One command API under the same loads, round after round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Admission {
-    /// `default` (as shipped), `sized` (as shipped, the pool twice the
-    /// database's cores plus one) or `old` (256 admitted, 2 s to wait).
+    /// `sized` (as shipped, the pool four per core of the database),
+    /// `default` (as shipped, the default pool) or `old` (256 admitted, 2 s
+    /// to wait).
     pub key: String,
     /// Its settings, for people.
     pub label: String,
@@ -68,7 +69,7 @@ pub struct Round {
 }
 
 impl Overload {
-    /// The admission `key` (`default`, `sized` or `old`).
+    /// The admission `key` (`sized`, `default` or `old`).
     pub fn admission(&self, key: &str) -> Option<&Admission> {
         self.admissions.iter().find(|a| a.key == key)
     }
@@ -281,7 +282,7 @@ mod tests {
     fn a_round_that_was_not_the_load_it_states_gives_no_ratio_and_says_why() {
         let calm = || phase(50.0, 500, 0, 10.0);
         let admission = Admission {
-            key: "default".into(),
+            key: "sized".into(),
             label: String::new(),
             rounds: vec![
                 round(calm(), phase(90.0, 900, 0, 20.0)),

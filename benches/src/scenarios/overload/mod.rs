@@ -1,7 +1,7 @@
 //! Overload: orders offered at three times what the command API carries,
 //! against its admission as shipped (about as many requests as the pool
-//! has connections, a short wait for one) with the default pool and with
-//! the pool sized to the database's cores, and as it was
+//! has connections, a short wait for one) with the pool sized to the
+//! database's cores as the README says and with the default pool, and as it was
 //! (256 admitted, 2 s to wait), side by side in one run: the goodput, the
 //! accepted orders' latency, how fast the rest were refused, and whether
 //! every answer told the truth about what was written.
@@ -37,10 +37,11 @@ const OLD_ADMISSION: [(&str, &str); 2] = [
 ];
 
 /// The pool the README's sizing rule gives a database server with `cores`
-/// cores: twice its cores plus one (PostgreSQL's own rule of thumb: more
-/// connections than that queue inside the server instead of in front of it).
+/// cores: four per core. More connections than the server runs at once
+/// queue inside it, where no admission limit sees the wait; fewer leave it
+/// idle while answers travel and commits wait on the disk.
 pub fn sized_pool(cores: usize) -> usize {
-    2 * cores.max(1) + 1
+    4 * cores.max(1)
 }
 
 /// One command API of the scenario and its settings.
@@ -59,20 +60,20 @@ pub async fn run(ctx: &Ctx, url: &str) -> Result<Overload> {
     let pool = sized_pool(cores);
     let subjects = [
         Subject {
+            key: "sized",
+            label: format!(
+                "as shipped with the pool sized as the README says (four per core of the database's {cores}: \
+                 {pool}), admitting the pool plus a quarter ({}), 500 ms to get a connection",
+                pool + (pool / 4).max(1)
+            ),
+            settings: vec![("COMMAND_API_DB_POOL_SIZE", pool.to_string())],
+        },
+        Subject {
             key: "default",
             label: "as shipped: the default pool of 16, admitting the pool plus a quarter (20), 500 ms to get a \
                     connection"
                 .to_owned(),
             settings: Vec::new(),
-        },
-        Subject {
-            key: "sized",
-            label: format!(
-                "as shipped with the pool the README suggests as a start (twice the database's {cores} cores plus \
-                 one: {pool}), admitting the pool plus a quarter ({}), 500 ms to get a connection",
-                pool + (pool / 4).max(1)
-            ),
-            settings: vec![("COMMAND_API_DB_POOL_SIZE", pool.to_string())],
         },
         Subject {
             key: "old",
