@@ -9,11 +9,9 @@ use axum::{
     Json,
 };
 
-use crate::{headers::X_PROJECTION_LSN, served::Corrupt, store::StoreError};
-
-/// Marks a 503 `rebuilding` answer, so that the metrics count it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RebuildingAnswer;
+use crate::{
+    headers::X_PROJECTION_LSN, metrics::RebuildingAnswer, served::Corrupt, store::StoreError,
+};
 
 /// What went wrong with a read.
 #[derive(Debug, thiserror::Error)]

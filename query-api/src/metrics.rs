@@ -7,7 +7,13 @@ use std::{sync::Arc, time::Duration};
 use axum::response::Response;
 use service::{Counter, Gauge, Histogram, RequestMetrics, Shedding};
 
-use crate::{error::RebuildingAnswer, headers::X_VIEW_STALE};
+use crate::headers::X_VIEW_STALE;
+
+/// Marks a 503 `rebuilding` answer, so that the metrics count it (set by
+/// the error's answer, read here: the marker lives with its reader so
+/// that the metrics need nothing of the errors).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RebuildingAnswer;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
