@@ -331,6 +331,10 @@ fn is_outage(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        // Bytes that are not the protocol: a connection cut mid-message
+        // (seen as "unexpected response from SSLRequest" when it drops
+        // while a new connection asks for TLS), not a request's fault.
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 28 and 3D000: no login or no such
@@ -425,6 +429,9 @@ mod tests {
         assert!(marked(sqlx::Error::PoolTimedOut));
         assert!(marked(sqlx::Error::Io(
             std::io::ErrorKind::ConnectionRefused.into()
+        )));
+        assert!(marked(sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00".into()
         )));
         assert!(!marked(sqlx::Error::RowNotFound));
     }

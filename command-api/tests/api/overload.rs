@@ -153,7 +153,12 @@ async fn with_postgresql_down_writes_are_503_with_retry_after_and_the_api_recove
     relay.cut();
 
     let write = app.post_json("/v1/users", &user(2)).await;
-    assert!(write.headers().contains_key("retry-after"));
+    assert!(
+        write.headers().contains_key("retry-after"),
+        "{} {:?}",
+        write.status(),
+        write.headers()
+    );
     let body = assert_error(write, 503, "unavailable").await;
     let message = body["error"]["message"].as_str().unwrap_or_default();
     for leak in ["connection", "os error", "reset", "refused", "eof", "io"] {
