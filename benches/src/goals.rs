@@ -358,24 +358,23 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
             None => "–".into(),
         },
     );
+    type Lags = fn(&crate::scenarios::rush::Round) -> &crate::scenarios::freshness::Freshness;
+    let lags = |of: Lags, p99: fn(&crate::scenarios::rush::Round) -> Option<f64>| match rush {
+        Some(x) => format!(
+            "median p50 {:.1} ms, max {:.1} ms of all rounds; rounds' p99 {}",
+            x.median(|r| of(r).p50_ms),
+            x.rounds.iter().map(|r| of(r).max_ms).fold(0.0, f64::max),
+            rounds(p99, 1)
+        ),
+        None => "–".into(),
+    };
     push(
         "rush_freshness_p99",
         "sale rush: commit to visible with the read mix, p99 (ms)",
         rush.and_then(|x| x.freshness_p99()),
         Some(1.0),
         "≤ 50",
-        match rush {
-            Some(x) => format!(
-                "median p50 {:.1} ms, max {:.1} ms of all rounds; rounds' p99 {}",
-                x.median(|r| r.freshness.p50_ms),
-                x.rounds
-                    .iter()
-                    .map(|r| r.freshness.max_ms)
-                    .fold(0.0, f64::max),
-                rounds(|r| r.freshness_p99(), 1)
-            ),
-            None => "–".into(),
-        },
+        lags(|r| &r.freshness, |r| r.freshness_p99()),
     );
     push(
         "rush_served_p99",
@@ -383,15 +382,7 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
         rush.and_then(|x| x.served_p99()),
         Some(1.0),
         "reported",
-        match rush {
-            Some(x) => format!(
-                "median p50 {:.1} ms, max {:.1} ms of all rounds; rounds' p99 {}",
-                x.median(|r| r.served.p50_ms),
-                x.rounds.iter().map(|r| r.served.max_ms).fold(0.0, f64::max),
-                rounds(|r| r.served_p99(), 1)
-            ),
-            None => "–".into(),
-        },
+        lags(|r| &r.served, |r| r.served_p99()),
     );
     if let Some(x) = rush {
         for (key, latency) in [
