@@ -456,6 +456,8 @@ fn rush_analysis(key: &str, r: &Results) -> Option<String> {
             .map(|(who, v)| format!(" Of the processes, {who} used the most: {v:.2} cores."))
             .unwrap_or_default()
     };
+    // Milliseconds of CPU per order from cores used at the orders' rate.
+    let per_order = |cores: f64| cores * 1e3 / x.order_rate.max(f64::EPSILON);
     let text = match key {
         "rush_reads" => {
             let (alone, with) = (
@@ -494,7 +496,10 @@ fn rush_analysis(key: &str, r: &Results) -> Option<String> {
                  ({}): the orders' side (command API, projector, PostgreSQL) {:.2} against {:.2} with the reads \
                  alone, the reads' side (query API, Redis, load generator) {side_with:.2} against {side_alone:.2}. \
                  At the CPU a read cost alone, the reads' side's cores together carry about {expected:.0} req/s: \
-                 {verdict}.{} {:.0}% of the query API's pre-warmed lookups hit during the phase together.",
+                 {verdict}. Holding 0.85 of the reads at their CPU per read alone leaves {:.2} of the {:.2} cores \
+                 the processes used alone for everything else; at {:.0} orders/s the orders' side took {:.2}, \
+                 {:.1} ms of CPU per order (the command API {:.1}, PostgreSQL {:.1}, the projector {:.1}).{} {:.0}% \
+                 of the query API's pre-warmed lookups hit during the phase together.",
                 cores(r),
                 reads_alone.total(),
                 list(&reads_alone),
@@ -502,6 +507,14 @@ fn rush_analysis(key: &str, r: &Results) -> Option<String> {
                 list(&together),
                 orders_side(&together),
                 orders_side(&reads_alone),
+                (reads_alone.total() - 0.85 * side_alone).max(0.0),
+                reads_alone.total(),
+                x.order_rate,
+                orders_side(&together),
+                per_order(orders_side(&together)),
+                per_order(c(together.command_api)),
+                per_order(c(together.postgres)),
+                per_order(c(together.projector)),
                 busiest(&together),
                 hits * 100.0
             )
@@ -525,20 +538,25 @@ fn rush_analysis(key: &str, r: &Results) -> Option<String> {
             c(orders_alone.command_api),
             c(together.postgres),
             c(orders_alone.postgres),
-            if together.total() >= 0.9 * r.meta.machine.cores.max(1) as f64 {
-                format!(
-                    "Together the processes kept {:.2} of the {} cores busy: each step of an order, in the \
-                     command API and in PostgreSQL, waits its turn for a core behind the reads.",
-                    together.total(),
-                    r.meta.machine.cores
-                )
-            } else {
-                format!(
-                    "Together the processes used {:.2} of the {} cores, not all of them: not all of the \
-                     orders' wait is for a core.",
-                    together.total(),
-                    r.meta.machine.cores
-                )
+            {
+                // Every process's time, anyone else's too: the cores left idle.
+                let busy = together.machine.unwrap_or(together.total());
+                if busy >= 0.9 * r.meta.machine.cores.max(1) as f64 {
+                    format!(
+                        "Together the machine's {} cores were {:.2} busy (every process, these {:.2}): each step \
+                         of an order, in the command API and in PostgreSQL, waits its turn for a core behind the \
+                         reads.",
+                        r.meta.machine.cores,
+                        busy,
+                        together.total()
+                    )
+                } else {
+                    format!(
+                        "Together the machine's {} cores were {busy:.2} busy (every process), not all of the \
+                         time: not all of the orders' wait is for a core.",
+                        r.meta.machine.cores
+                    )
+                }
             },
             busiest(&together),
         ),

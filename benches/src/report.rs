@@ -484,9 +484,10 @@ fn rush_section(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "| phase | query API | command API | projector | PostgreSQL | Redis | load generator | all |"
+        "| phase | query API | command API | projector | PostgreSQL | Redis | load generator | all these | the \
+         machine, every process |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     type Of = fn(&crate::scenarios::rush::Round) -> crate::scenarios::rush::Cores;
     let phases: [(&str, Of); 3] = [
         ("reads alone", |r| r.reads_alone_cores),
@@ -499,9 +500,10 @@ fn rush_section(md: &mut String, r: &Results) {
         let each: Vec<String> = cores.each().iter().map(|(_, c)| fmt_opt(*c, 2)).collect();
         let _ = writeln!(
             md,
-            "| {what} | {} | {:.2} |",
+            "| {what} | {} | {:.2} | {} |",
             each.join(" | "),
-            cores.total()
+            cores.total(),
+            fmt_opt(cores.machine, 2)
         );
     }
     let _ = writeln!(md);

@@ -241,6 +241,25 @@ pub fn postgres_cpu_s(postmaster: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds every process on the machine has used so far, ours and
+/// anyone else's: the busy time of `/proc/stat`'s first line (user, nice,
+/// system, irq, softirq and steal, in ticks of 1/100 s).
+pub fn machine_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| fields.get(i).copied())
+        .sum::<Option<f64>>()?;
+    Some(busy / 100.0)
+}
+
 /// CPU seconds Redis has used so far (`INFO cpu`).
 pub async fn redis_cpu_s(redis: &fred::prelude::Client) -> Option<f64> {
     use fred::prelude::*;

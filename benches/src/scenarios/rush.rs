@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     freshness::{self, Freshness, Visible},
-    median_of, mix,
+    machine_cpu_s, median_of, mix,
     orders::event_order_requests,
     postgres_cpu_s, process_cpu_s, redis_cpu_s, Ctx, PROFILE_SECONDS,
 };
@@ -130,6 +130,9 @@ pub struct Cores {
     pub redis: Option<f64>,
     /// This process: the load generator and the visibility pollers.
     pub load_generator: Option<f64>,
+    /// Every process on the machine, these and anyone else's.
+    #[serde(default)]
+    pub machine: Option<f64>,
 }
 
 impl Cores {
@@ -168,6 +171,7 @@ impl Cores {
             postgres: of(|c| c.postgres),
             redis: of(|c| c.redis),
             load_generator: of(|c| c.load_generator),
+            machine: of(|c| c.machine),
         }
     }
 }
@@ -175,7 +179,7 @@ impl Cores {
 /// CPU seconds of every process so far, and when they were read.
 struct Sample {
     at: Instant,
-    seconds: [Option<f64>; 6],
+    seconds: [Option<f64>; 7],
 }
 
 async fn sample(pids: &Pids, redis: &Client) -> Sample {
@@ -188,6 +192,7 @@ async fn sample(pids: &Pids, redis: &Client) -> Sample {
             pids.postmaster.and_then(postgres_cpu_s),
             redis_cpu_s(redis).await,
             process_cpu_s(std::process::id()),
+            machine_cpu_s(),
         ],
         at: Instant::now(),
     }
@@ -215,6 +220,7 @@ async fn metered<T>(
         postgres: used(3),
         redis: used(4),
         load_generator: used(5),
+        machine: used(6),
     };
     (out, cores)
 }
@@ -684,6 +690,7 @@ pub(crate) mod tests {
             postgres: Some(0.2),
             redis: Some(redis),
             load_generator: Some(0.5),
+            machine: Some(2.0),
         };
         Round {
             reads_alone: phase(reads.0, 1_000, 0, 1.0),
