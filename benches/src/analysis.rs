@@ -601,11 +601,20 @@ fn rush_profile(r: &Results) -> String {
         .take(6)
         .map(|(pct, name)| format!("{name} {pct:.0}%"))
         .collect();
+    let hottest: Vec<String> = p
+        .symbols
+        .iter()
+        .take(5)
+        .map(|(pct, name)| format!("`{name}` {pct:.1}%"))
+        .collect();
+    // perf names a process by its thread: every Rust program's runtime
+    // threads are `tokio-rt-worker`, so the table of cores above splits them.
     format!(
-        " In the whole-machine profile of the phase together ({}), the samples by process: {}. {}",
-        p.what,
+        " In a whole-machine profile of one more phase together, the samples by process name: {} \
+         (`tokio-rt-worker` is the runtime threads of the query API, the command API, the projector and the load \
+         generator together; the cores above split them); the hottest symbols: {}.",
         top.join(", "),
-        profile_sentence(r, "sale rush")
+        hottest.join(", ")
     )
 }
 
