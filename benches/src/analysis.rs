@@ -444,9 +444,199 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
             };
             text + &remedy
         }
+        "rush_reads" | "rush_order_p99" | "rush_freshness_p99" => rush_analysis(key, r)?,
         _ => return None,
     };
     Some(text.trim_end().to_owned())
+}
+
+/// The rush's figures behind a missed goal: what each process used, alone
+/// and together, from the same rounds.
+fn rush_analysis(key: &str, r: &Results) -> Option<String> {
+    use crate::scenarios::rush::{Cores, Round};
+    let x = r.rush.as_ref()?;
+    let median =
+        |of: fn(&Round) -> Cores| Cores::median(&x.rounds.iter().map(of).collect::<Vec<_>>());
+    let (reads_alone, orders_alone, together) = (
+        median(|r| r.reads_alone_cores),
+        median(|r| r.orders_alone_cores),
+        median(|r| r.cores),
+    );
+    let c = |v: Option<f64>| v.unwrap_or(0.0);
+    let reads_side = |k: &Cores| c(k.query_api) + c(k.redis) + c(k.load_generator);
+    let orders_side = |k: &Cores| c(k.command_api) + c(k.projector) + c(k.postgres);
+    let list = |k: &Cores| {
+        k.each()
+            .iter()
+            .filter_map(|(who, v)| Some(format!("{who} {:.2}", (*v)?)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let busiest = |k: &Cores| {
+        k.busiest()
+            .map(|(who, v)| format!(" Of the processes, {who} used the most: {v:.2} cores."))
+            .unwrap_or_default()
+    };
+    // Milliseconds of CPU per order from cores used at the orders' rate.
+    let per_order = |cores: f64| cores * 1e3 / x.order_rate.max(f64::EPSILON);
+    let text = match key {
+        "rush_reads" => {
+            let (alone, with) = (
+                x.median(|r| r.reads_alone.achieved_rps),
+                x.median(|r| r.reads.achieved_rps),
+            );
+            let (side_alone, side_with) = (reads_side(&reads_alone), reads_side(&together));
+            // Reads per core of the reads' own processes, alone.
+            let expected = alone / side_alone.max(f64::EPSILON) * side_with;
+            let verdict = match relation(with, expected) {
+                Relation::Same => "about what was measured, so the cores the orders' side took account for the \
+                                   drop"
+                    .to_owned(),
+                Relation::Lower => format!(
+                    "more than was measured ({with:.0}): each read also cost more CPU together ({:.1} µs against \
+                     {:.1} µs alone, in the query API, Redis and the load generator; in the query API alone {:.1} \
+                     µs against {:.1} µs)",
+                    side_with * 1e6 / with.max(f64::EPSILON),
+                    side_alone * 1e6 / alone.max(f64::EPSILON),
+                    c(together.query_api) * 1e6 / with.max(f64::EPSILON),
+                    c(reads_alone.query_api) * 1e6 / alone.max(f64::EPSILON)
+                ),
+                Relation::Higher => format!("fewer than were measured ({with:.0})"),
+            };
+            let hits = x.median(|r| {
+                let (h, m) = (r.warm_hits.unwrap_or(0.0), r.warm_misses.unwrap_or(0.0));
+                if h + m > 0.0 {
+                    h / (h + m)
+                } else {
+                    0.0
+                }
+            });
+            format!(
+                "Medians over the rounds, on {}. Alone, the read mix reached {alone:.0} req/s with the processes \
+                 using {:.2} cores ({}). Together it reached {with:.0} req/s with the processes using {:.2} cores \
+                 ({}): the orders' side (command API, projector, PostgreSQL) {:.2} against {:.2} with the reads \
+                 alone, the reads' side (query API, Redis, load generator) {side_with:.2} against {side_alone:.2}. \
+                 At the CPU a read cost alone, the reads' side's cores together carry about {expected:.0} req/s: \
+                 {verdict}. Holding 0.85 of the reads at their CPU per read alone leaves {:.2} of the {:.2} cores \
+                 the processes used alone for everything else; at {:.0} orders/s the orders' side took {:.2}, \
+                 {:.1} ms of CPU per order (the command API {:.1}, PostgreSQL {:.1}, the projector {:.1}).{} {:.0}% \
+                 of the query API's pre-warmed lookups hit during the phase together.",
+                cores(r),
+                reads_alone.total(),
+                list(&reads_alone),
+                together.total(),
+                list(&together),
+                orders_side(&together),
+                orders_side(&reads_alone),
+                (reads_alone.total() - 0.85 * side_alone).max(0.0),
+                reads_alone.total(),
+                x.order_rate,
+                orders_side(&together),
+                per_order(orders_side(&together)),
+                per_order(c(together.command_api)),
+                per_order(c(together.postgres)),
+                per_order(c(together.projector)),
+                busiest(&together),
+                hits * 100.0
+            )
+        }
+        "rush_order_p99" => format!(
+            "Medians over the rounds, on {}. Orders alone answered in p50 {:.1} ms and p99 {:.1} ms with the processes \
+             using {:.2} cores ({}); with the reads, p50 {:.1} ms and p99 {:.1} ms, with {:.2} cores used ({}), of \
+             which the reads' side (query API, Redis, load generator) {:.2}. The command API used {:.2} cores \
+             together against {:.2} alone, PostgreSQL {:.2} against {:.2}. {}{}",
+            cores(r),
+            x.median(|r| r.orders_alone.latency.p50_ms),
+            x.median(|r| r.orders_alone.latency.p99_ms),
+            orders_alone.total(),
+            list(&orders_alone),
+            x.median(|r| r.orders.latency.p50_ms),
+            x.median(|r| r.orders.latency.p99_ms),
+            together.total(),
+            list(&together),
+            reads_side(&together),
+            c(together.command_api),
+            c(orders_alone.command_api),
+            c(together.postgres),
+            c(orders_alone.postgres),
+            {
+                // Every process's time, anyone else's too: the cores left idle.
+                let busy = together.machine.unwrap_or(together.total());
+                if busy >= 0.9 * r.meta.machine.cores.max(1) as f64 {
+                    format!(
+                        "Together the machine's {} cores were {:.2} busy (every process, these {:.2}): each step \
+                         of an order, in the command API and in PostgreSQL, waits its turn for a core behind the \
+                         reads.",
+                        r.meta.machine.cores,
+                        busy,
+                        together.total()
+                    )
+                } else {
+                    format!(
+                        "Together the machine's {} cores were {busy:.2} busy (every process), not all of the \
+                         time: not all of the orders' wait is for a core.",
+                        r.meta.machine.cores
+                    )
+                }
+            },
+            busiest(&together),
+        ),
+        "rush_freshness_p99" => {
+            let alone_p99 = x.median(|r| r.orders_alone_freshness.p99_ms);
+            let cause = if alone_p99 > 50.0 {
+                "The orders alone miss the goal too, so the pipeline itself sets the lag, not the reads."
+            } else {
+                "Alone the lag is within the goal, so it is the reads' load that stretches it."
+            };
+            format!(
+                "Medians over the rounds, on {}. The lag to the watermark was p50 {:.1} ms and p99 {alone_p99:.1} ms \
+                 with the orders alone, p50 {:.1} ms and p99 {:.1} ms with the reads. {cause} The projector used \
+                 {:.2} cores with the reads against {:.2} alone, Redis {:.2} against {:.2} (one thread: 1.00 is its \
+                 ceiling), PostgreSQL {:.2} against {:.2}.{}",
+                cores(r),
+                x.median(|r| r.orders_alone_freshness.p50_ms),
+                x.median(|r| r.freshness.p50_ms),
+                x.median(|r| r.freshness.p99_ms),
+                c(together.projector),
+                c(orders_alone.projector),
+                c(together.redis),
+                c(orders_alone.redis),
+                c(together.postgres),
+                c(orders_alone.postgres),
+                busiest(&together),
+            )
+        }
+        _ => return None,
+    };
+    Some(text + &rush_profile(r))
+}
+
+/// Where the machine's time went in the rush's profile, by process.
+fn rush_profile(r: &Results) -> String {
+    let Some(p) = r.profiles.iter().find(|p| p.what.contains("sale rush")) else {
+        return String::new();
+    };
+    let top: Vec<String> = p
+        .dsos
+        .iter()
+        .take(6)
+        .map(|(pct, name)| format!("{name} {pct:.0}%"))
+        .collect();
+    let hottest: Vec<String> = p
+        .symbols
+        .iter()
+        .take(5)
+        .map(|(pct, name)| format!("`{name}` {pct:.1}%"))
+        .collect();
+    // perf names a process by its thread: every Rust program's runtime
+    // threads are `tokio-rt-worker`, so the table of cores above splits them.
+    format!(
+        " In a whole-machine profile of one more phase together, the samples by process name: {} \
+         (`tokio-rt-worker` is the runtime threads of the query API, the command API, the projector and the load \
+         generator together; the cores above split them); the hottest symbols: {}.",
+        top.join(", "),
+        hottest.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -560,6 +750,37 @@ mod tests {
         r.notes.clear();
         let text = analysis("hot_over_bare", &r).expect("an analysis");
         assert!(!text.contains("cache hits"), "{text}");
+    }
+
+    #[test]
+    fn a_missed_rush_goal_says_which_process_used_the_cpu() {
+        use crate::scenarios::rush::tests::{round, rush};
+        let mut r = committed();
+        r.rush = Some(rush(vec![round((1000.0, 700.0), (10.0, 40.0), 0, 80.0)]));
+        let text = analysis("rush_reads", &r).expect("an analysis");
+        assert!(
+            text.contains("Of the processes, Redis used the most: 0.90 cores."),
+            "{text}"
+        );
+        assert!(text.contains("Together it reached 700 req/s"), "{text}");
+        let text = analysis("rush_order_p99", &r).expect("an analysis");
+        assert!(text.contains("p99 10.0 ms"), "{text}");
+        assert!(text.contains("p99 40.0 ms"), "{text}");
+        let text = analysis("rush_freshness_p99", &r).expect("an analysis");
+        assert!(
+            text.contains("Alone the lag is within the goal, so it is the reads' load"),
+            "{text}"
+        );
+
+        // The orders alone past the goal too: the pipeline, not the reads.
+        let mut slow = round((1000.0, 700.0), (10.0, 40.0), 0, 80.0);
+        slow.orders_alone_freshness.p99_ms = 70.0;
+        r.rush = Some(rush(vec![slow]));
+        let text = analysis("rush_freshness_p99", &r).expect("an analysis");
+        assert!(
+            text.contains("The orders alone miss the goal too"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -311,6 +311,95 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
             None => "–".into(),
         },
     );
+    // The rush: each figure the median of the rounds', every round's
+    // phases side by side.
+    let rush = r.rush.as_ref();
+    let rounds = |figure: fn(&crate::scenarios::rush::Round) -> Option<f64>, digits: usize| {
+        rush.map(|x| {
+            x.rounds
+                .iter()
+                .map(|round| {
+                    figure(round)
+                        .map(|v| format!("{v:.digits$}"))
+                        .unwrap_or_else(|| "–".into())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| "–".into())
+    };
+    let rate = rush.map(|x| x.order_rate).unwrap_or(166.0);
+    push(
+        "rush_reads",
+        "sale rush: read mix RPS with orders and the projector / read mix RPS alone",
+        rush.and_then(|x| x.read_ratio()),
+        Some(1.0),
+        "≥ 0.85",
+        match rush {
+            Some(x) => format!(
+                "medians {:.0} / {:.0} req/s; rounds {}",
+                x.median(|r| r.reads.achieved_rps),
+                x.median(|r| r.reads_alone.achieved_rps),
+                rounds(|r| r.read_ratio(), 2)
+            ),
+            None => "–".into(),
+        },
+    );
+    push(
+        "rush_order_p99",
+        &format!("sale rush: order p99 with the read mix / orders alone, {rate:.0} orders/s"),
+        rush.and_then(|x| x.order_p99_ratio()),
+        Some(1.0),
+        "≤ 2",
+        match rush {
+            Some(x) => format!(
+                "medians {:.1} / {:.1} ms (p50 {:.1} / {:.1}); rounds {}",
+                x.median(|r| r.orders.latency.p99_ms),
+                x.median(|r| r.orders_alone.latency.p99_ms),
+                x.median(|r| r.orders.latency.p50_ms),
+                x.median(|r| r.orders_alone.latency.p50_ms),
+                rounds(|r| r.order_p99_ratio(), 2)
+            ),
+            None => "–".into(),
+        },
+    );
+    type Lags = fn(&crate::scenarios::rush::Round) -> &crate::scenarios::freshness::Freshness;
+    let lags = |of: Lags, p99: fn(&crate::scenarios::rush::Round) -> Option<f64>| match rush {
+        Some(x) => format!(
+            "median p50 {:.1} ms, max {:.1} ms of all rounds; rounds' p99 {}",
+            x.median(|r| of(r).p50_ms),
+            x.rounds.iter().map(|r| of(r).max_ms).fold(0.0, f64::max),
+            rounds(p99, 1)
+        ),
+        None => "–".into(),
+    };
+    push(
+        "rush_freshness_p99",
+        "sale rush: commit to visible with the read mix, p99 (ms)",
+        rush.and_then(|x| x.freshness_p99()),
+        Some(1.0),
+        "≤ 50",
+        lags(|r| &r.freshness, |r| r.freshness_p99()),
+    );
+    push(
+        "rush_served_p99",
+        "sale rush: commit to the pre-warmed event page showing it, with the read mix, p99 (ms)",
+        rush.and_then(|x| x.served_p99()),
+        Some(1.0),
+        "reported",
+        lags(|r| &r.served, |r| r.served_p99()),
+    );
+    if let Some(x) = rush {
+        for (key, latency) in [
+            ("rush_order_p99", true),
+            ("rush_freshness_p99", false),
+            ("rush_served_p99", false),
+        ] {
+            if let Some(why) = x.unmeasured(latency) {
+                unmeasured.push((key.to_owned(), why));
+            }
+        }
+    }
     if let Some(ratio) = out.iter_mut().find(|x| x.key == "freshness_p99") {
         ratio.unmeasured = top.unmeasured;
     }

@@ -437,6 +437,53 @@ fn summarize(
     })
 }
 
+/// One keep-alive connection for a sequence of requests (a poller's), opened
+/// again after a failure.
+pub struct Connection {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Body>>,
+}
+
+impl Connection {
+    /// A connection to `addr`, opened on first use.
+    pub fn new(addr: SocketAddr) -> Self {
+        Connection { addr, sender: None }
+    }
+
+    /// Sends `request` and reads the whole answer: its status and headers.
+    pub async fn send(&mut self, mut request: Request<Body>) -> Result<(u16, header::HeaderMap)> {
+        if self.sender.is_none() {
+            self.sender = Some(connect(self.addr).await?);
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            anyhow::bail!("no connection to {}", self.addr);
+        };
+        if let Ok(host) = header::HeaderValue::from_str(&self.addr.to_string()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            response.into_body().collect().await?;
+            anyhow::Ok((status, headers))
+        })
+        .await;
+        match answer {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => {
+                self.sender = None;
+                Err(err)
+            }
+            Err(_) => {
+                self.sender = None;
+                anyhow::bail!("no answer within {REQUEST_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
 /// A GET request for `path`.
 pub fn get_request(path: &str) -> Request<Body> {
     let mut request = Request::new(Body::new(Bytes::new()));

@@ -265,6 +265,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
              that scenario's leftover work does not land in these phases.\n"
         );
     }
+    rush_section(&mut md, r);
     let _ = writeln!(
         md,
         "## Takeover: a standby projector after kill -9 of the active one\n"
@@ -391,6 +392,121 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         }
     }
     md
+}
+
+/// The rush: every round's three phases side by side, and the cores each
+/// process used in each phase.
+fn rush_section(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "## Rush: a sale's reads and orders together\n");
+    let Some(x) = &r.rush else {
+        return;
+    };
+    let m = &r.meta;
+    let mix: Vec<String> = crate::scenarios::rush::MIX
+        .iter()
+        .map(|(read, share)| format!("{share}% {}", read.label()))
+        .collect();
+    let _ = writeln!(
+        md,
+        "A sale event of {} courses with {} seats each, created through the command API, running and pre-warmed \
+         by the query API serving the reads. {} round(s) of three phases, the first to go turning each round, each \
+         {:.1} s after {:.1} s of warm-up: the read mix alone at saturation ({} connections: {}); orders on the \
+         event's courses alone at {:.0}/s on a fixed schedule (open loop, a fresh user each, priced and seated by \
+         the event); and both together. The projector runs throughout, so alone means without the other load. \
+         Commit to visible: from the order's answer (its `X-Commit-Lsn`) to the projection's watermark in Redis \
+         reaching it (polled every millisecond, as in the freshness scenario), and to the query API serving the \
+         event page with an `X-Projection-Lsn` at or past it (revalidated every 5 ms with its `ETag`); those \
+         pollers run in the phases with orders only. Each ratio is the median of the rounds' ratios.\n",
+        x.courses,
+        x.seat_limit,
+        x.rounds.len(),
+        x.phase_s,
+        m.scale.warmup.as_secs_f64(),
+        x.read_connections,
+        mix.join(", "),
+        x.order_rate
+    );
+    let _ = writeln!(
+        md,
+        "| round | reads alone, req/s | with orders | ratio | orders alone p50 / p99 ms | with reads | p99 ratio | \
+         failed alone / with reads | visible p50 / p99 / max ms, alone | with reads | event page served, p50 / p99 / \
+         max ms | pre-warmed hits / misses |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---|");
+    for (i, round) in x.rounds.iter().enumerate() {
+        let lags = |f: &crate::scenarios::freshness::Freshness| {
+            format!(
+                "{:.1} / {:.1} / {:.1}{}",
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms,
+                if f.unseen > 0 {
+                    format!(" ({} not seen)", f.unseen)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} / {} | {} | {} | {} | {} / {} |",
+            i + 1,
+            round.reads_alone.achieved_rps,
+            round.reads.achieved_rps,
+            fmt_opt(round.read_ratio(), 2),
+            round.orders_alone.latency.p50_ms,
+            round.orders_alone.latency.p99_ms,
+            round.orders.latency.p50_ms,
+            round.orders.latency.p99_ms,
+            fmt_opt(round.order_p99_ratio(), 2),
+            round.orders_alone.errors,
+            round.orders.errors,
+            lags(&round.orders_alone_freshness),
+            lags(&round.freshness),
+            lags(&round.served),
+            fmt_opt(round.warm_hits, 0),
+            fmt_opt(round.warm_misses, 0),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nFailed: orders without a 2xx answer, or still unsent when the phase ended. A round whose orders had more \
+         than 1% failed gives no order ratio and no lag figure. Reads that failed: {} alone, {} with the orders \
+         (all rounds).\n",
+        x.rounds.iter().map(|r| r.reads_alone.errors).sum::<u64>(),
+        x.rounds.iter().map(|r| r.reads.errors).sum::<u64>(),
+    );
+    let _ = writeln!(
+        md,
+        "Cores by process (CPU seconds per second, user and system, the median of the rounds; PostgreSQL is every \
+         process of its server), on {} cores:\n",
+        m.machine.cores
+    );
+    let _ = writeln!(
+        md,
+        "| phase | query API | command API | projector | PostgreSQL | Redis | load generator | all these | the \
+         machine, every process |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    type Of = fn(&crate::scenarios::rush::Round) -> crate::scenarios::rush::Cores;
+    let phases: [(&str, Of); 3] = [
+        ("reads alone", |r| r.reads_alone_cores),
+        ("orders alone", |r| r.orders_alone_cores),
+        ("together", |r| r.cores),
+    ];
+    for (what, of) in phases {
+        let all: Vec<_> = x.rounds.iter().map(of).collect();
+        let cores = crate::scenarios::rush::Cores::median(&all);
+        let each: Vec<String> = cores.each().iter().map(|(_, c)| fmt_opt(*c, 2)).collect();
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {:.2} | {} |",
+            each.join(" | "),
+            cores.total(),
+            fmt_opt(cores.machine, 2)
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// The overload scenario: capacity, then every admission under the same

@@ -9,6 +9,7 @@ use crate::{
         freshness::Freshness,
         overload::Overload,
         reads::{CartComparison, ReadCpu},
+        rush::Rush,
         storage::Storage,
         stream::Stream,
         takeover::Takeover,
@@ -72,6 +73,9 @@ pub struct Results {
     /// and the old one.
     #[serde(default)]
     pub overload: Option<Overload>,
+    /// A sale's reads and orders together, against each alone.
+    #[serde(default)]
+    pub rush: Option<Rush>,
     /// Where the CPU went on the paths behind the ratios (perf).
     #[serde(default)]
     pub profiles: Vec<Profile>,

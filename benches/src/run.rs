@@ -20,7 +20,7 @@ use crate::{
     goals, report,
     results::{Meta, Results, Timings},
     scale::Scale,
-    scenarios::{self, freshness, orders, overload, storage, stream, takeover, Ctx},
+    scenarios::{self, freshness, orders, overload, rush, storage, stream, takeover, Ctx},
     seed,
     stack::{self, free_addr, Env, Program},
     tools::{self, Machine},
@@ -43,6 +43,9 @@ pub enum Scenario {
     Takeover,
     /// Orders at three times the capacity, admission as shipped against the old one.
     Overload,
+    /// A sale's reads at saturation with orders on its seat-limited courses,
+    /// against each alone.
+    Rush,
 }
 
 impl Scenario {
@@ -56,6 +59,7 @@ impl Scenario {
             Scenario::Storage => "storage",
             Scenario::Takeover => "takeover",
             Scenario::Overload => "overload",
+            Scenario::Rush => "rush",
         }
     }
 }
@@ -155,6 +159,7 @@ pub async fn run(options: Options) -> Result<Results> {
         stream: None,
         takeover: None,
         overload: None,
+        rush: None,
         profiles: Vec::new(),
         ratios: Vec::new(),
         notes: Vec::new(),
@@ -240,6 +245,42 @@ async fn start_projector(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) ->
     Ok(projector)
 }
 
+/// Starts a query API on the views under `prefix`, pre-warming the events
+/// that start within `prewarm_window` (`0`: none).
+fn start_query_api(ctx: &Ctx, name: &str, prefix: &str, prewarm_window: &str) -> Result<Program> {
+    let env = &ctx.env;
+    let addr = free_addr()?;
+    Program::workspace(
+        env,
+        name,
+        "query-api",
+        &[
+            ("REDIS_URL", env.redis_url.clone()),
+            ("KEY_PREFIX", prefix.to_owned()),
+            ("QUERY_API_ADDR", addr.to_string()),
+            ("PREWARM_WINDOW", prewarm_window.to_owned()),
+        ],
+        addr,
+    )
+}
+
+/// Vacuums and checkpoints the write model at `url`, then waits until the
+/// projection under `prefix` has caught up with it: the work earlier
+/// scenarios left behind does not land in the next one's phases.
+async fn catch_up(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) -> Result<()> {
+    let mut conn = PgConnection::connect(url).await?;
+    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
+    sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await?;
+    let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    let redis = ctx.env.redis().await?;
+    let reached = freshness::wait_for_watermark(&redis, prefix, now.parse()?, limit).await?;
+    anyhow::ensure!(reached, "the projector did not catch up with the orders");
+    Ok(())
+}
+
 fn projector_env(
     ctx: &Ctx,
     url: &str,
@@ -265,10 +306,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     let views_needed = wants(Scenario::Reads)
         || wants(Scenario::Storage)
         || wants(Scenario::Freshness)
-        || wants(Scenario::Takeover);
+        || wants(Scenario::Takeover)
+        || wants(Scenario::Rush);
     let monolith_needed = wants(Scenario::Reads) || wants(Scenario::Orders);
-    let command_needed =
-        wants(Scenario::Orders) || wants(Scenario::Freshness) || wants(Scenario::Takeover);
+    let command_needed = wants(Scenario::Orders)
+        || wants(Scenario::Freshness)
+        || wants(Scenario::Takeover)
+        || wants(Scenario::Rush);
 
     // Data: the write model, a copy of its catalogue for the stream
     // scenario (taken before any enrollment), and the monolith's copy.
@@ -416,25 +460,9 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     // Freshness: the whole pipeline, once the projector has caught up.
     if let (true, Some(command)) = (wants(Scenario::Freshness), &command) {
         let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
-        let caught_up = async {
-            let mut conn = PgConnection::connect(&cqrs_url).await?;
-            // The orders scenario leaves vacuum and checkpoint work behind;
-            // done here, it does not land in the freshness phases, which
-            // measure the pipeline at their own rate.
-            sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
-            sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await?;
-            let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-                .fetch_one(&mut conn)
-                .await?;
-            conn.close().await?;
-            let redis = env.redis().await?;
-            let reached =
-                freshness::wait_for_watermark(&redis, &prefix, now.parse()?, build_limit).await?;
-            anyhow::ensure!(reached, "the projector did not catch up with the orders");
-            Ok(())
-        };
+        let caught_up = catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results
-            .record("freshness (catching up)", caught_up.await)
+            .record("freshness (catching up)", caught_up)
             .is_some()
         {
             tracing::info!("freshness");
@@ -444,6 +472,39 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
             ) {
                 results.freshness = f;
             }
+        }
+        projector.stop().await?;
+    }
+
+    // The rush: a sale's reads and its orders together, with a query API
+    // pre-warming the rush's event, against each alone.
+    if let (true, Some(command)) = (wants(Scenario::Rush), &command) {
+        let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
+        let caught_up = catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
+        if results.record("rush (catching up)", caught_up).is_some() {
+            tracing::info!("rush");
+            let mut query = start_query_api(ctx, "query-api-rush", &prefix, "10m")?;
+            query.wait_ok("/ready", Duration::from_secs(60)).await?;
+            let targets = rush::Targets {
+                query: query.addr,
+                command: command.addr,
+                prefix: prefix.clone(),
+                pids: rush::Pids {
+                    query_api: query.pid(),
+                    command_api: command.pid(),
+                    projector: projector.pid(),
+                    postmaster: stack::postmaster_pid(env).await,
+                },
+            };
+            if let Some((measured, profile)) =
+                results.record("rush", rush::run(ctx, &targets).await)
+            {
+                results.rush = Some(measured);
+                if let Some(p) = profile.and_then(|p| results.record("profile (rush)", p)) {
+                    results.profiles.push(p);
+                }
+            }
+            query.stop().await?;
         }
         projector.stop().await?;
     }

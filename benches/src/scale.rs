@@ -82,6 +82,10 @@ pub struct Scale {
     /// at once: generous, so the client never limits the load.
     #[serde(default)]
     pub overload_connections: usize,
+    /// The rush scenario's orders per second, on a fixed schedule, on the
+    /// courses of its seat-limited event.
+    #[serde(default)]
+    pub rush_order_rate: f64,
 }
 
 /// Durations as seconds in the JSON summary.
@@ -132,6 +136,7 @@ impl Scale {
             overload_phase: Duration::from_secs(20),
             overload_rounds: 3,
             overload_connections: 1024,
+            rush_order_rate: 166.0,
         }
     }
 
@@ -189,6 +194,8 @@ impl Scale {
             overload_phase: Duration::from_secs(2),
             overload_rounds: 1,
             overload_connections: 64,
+            // A debug build on a CI machine: the harness, not the rate.
+            rush_order_rate: 40.0,
         }
     }
 
@@ -204,5 +211,15 @@ impl Scale {
     pub fn cart_ids(&self) -> Vec<i64> {
         let step = (self.courses / self.cart_size).max(1);
         (0..self.cart_size).map(|k| 1 + k * step).collect()
+    }
+
+    /// The ids of the rush scenario's seat-limited event: as many courses as
+    /// the running sale's, each the one after a course of it, so no course
+    /// is in both.
+    pub fn rush_ids(&self) -> Vec<i64> {
+        self.cart_ids()
+            .into_iter()
+            .map(|id| id % self.courses.max(1) + 1)
+            .collect()
     }
 }

@@ -149,7 +149,8 @@ const COMPANY_KINDS: &[&str] = &[
     "Electronics",
 ];
 
-const CATEGORIES: &[&str] = &[
+/// The catalogue's categories.
+pub const CATEGORIES: &[&str] = &[
     "backend",
     "frontend",
     "mobile",

@@ -215,6 +215,37 @@ impl Program {
     }
 }
 
+/// The sum of the samples at `addr`'s `/metrics` whose name `wanted`
+/// accepts (`None`: no such metric, or no metrics).
+pub async fn metric_sum(addr: SocketAddr, wanted: impl Fn(&str) -> bool) -> Option<f64> {
+    let (status, body) = crate::load::get(addr, "/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| wanted(l.split(['{', ' ']).next().unwrap_or("")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
+/// The postmaster of the PostgreSQL server at `env`, when it runs on this
+/// machine (the parent of a backend of ours, itself named `postgres`).
+pub async fn postmaster_pid(env: &Env) -> Option<u32> {
+    let mut admin = env.admin().await.ok()?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut admin)
+        .await
+        .ok()?;
+    let _ = admin.close().await;
+    let postmaster = crate::scenarios::parent_pid(u32::try_from(backend).ok()?)?;
+    let name = std::fs::read_to_string(format!("/proc/{postmaster}/comm")).ok()?;
+    (name.trim() == "postgres").then_some(postmaster)
+}
+
 /// The command API's role (deploy/roles.sql): the programs run as in
 /// `deploy/local.sh run`, each with its own least-privilege role.
 pub const COMMAND_ROLE: &str = "course_sales_command";

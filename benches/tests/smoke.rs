@@ -105,7 +105,7 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     assert!(number(&r, "cart.single.latency.p50_ms") > 0.0);
 
     // Orders, pgbench, freshness, the stream, bytes per view, redis-benchmark,
-    // takeovers, overload.
+    // takeovers, overload, the rush.
     let orders = r["orders"].as_array().expect("orders");
     assert_eq!(orders.len(), 4, "spread and hot, command API and monolith");
     for s in orders {
@@ -187,6 +187,51 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
                 assert_eq!(number(w, untrue), 0.0, "{}: {w}", a["key"]);
             }
         }
+    }
+
+    // The rush: every phase of its round answered (every read a 2xx, so
+    // every path of the mix exists), every order became visible, and the
+    // cores of the processes it started were read.
+    let rush_rounds = r["rush"]["rounds"].as_array().expect("rush rounds");
+    assert_eq!(rush_rounds.len(), 1);
+    for round in rush_rounds {
+        for phase in ["reads_alone", "reads", "orders_alone", "orders"] {
+            assert!(
+                number(round, &format!("{phase}.ok")) > 0.0,
+                "rush: {phase} answered nothing"
+            );
+        }
+        for phase in ["reads_alone", "reads"] {
+            assert_eq!(
+                number(round, &format!("{phase}.errors")),
+                0.0,
+                "rush: {phase} had failed reads"
+            );
+        }
+        for lags in ["orders_alone_freshness", "freshness", "served"] {
+            assert!(
+                number(round, &format!("{lags}.orders")) > 0.0,
+                "rush: {lags}"
+            );
+            assert_eq!(
+                number(round, &format!("{lags}.unseen")),
+                0.0,
+                "rush: every order became visible ({lags})"
+            );
+        }
+        for process in [
+            "query_api",
+            "command_api",
+            "projector",
+            "redis",
+            "load_generator",
+        ] {
+            assert!(number(round, &format!("cores.{process}")) >= 0.0);
+        }
+        assert!(
+            number(round, "warm_hits") > 0.0,
+            "the event's pages were served pre-warmed"
+        );
     }
 
     // Every ratio of the table has a value, or says why the host could

@@ -13,7 +13,7 @@ use crate::{
         reads::{self, ReadTargets},
         Ctx,
     },
-    stack::{free_addr, Program},
+    stack::{free_addr, metric_sum, Program},
 };
 
 /// The reads against the live views in `prefix`: the query API, the bare
@@ -26,28 +26,14 @@ pub(super) async fn measure(
     mono_addr: SocketAddr,
 ) -> Result<()> {
     let env = &ctx.env;
-    let start_query = |name: &str, prewarm_window: &str| -> Result<(SocketAddr, Program)> {
-        let addr = free_addr()?;
-        let program = Program::workspace(
-            env,
-            name,
-            "query-api",
-            &[
-                ("REDIS_URL", env.redis_url.clone()),
-                ("KEY_PREFIX", prefix.to_owned()),
-                ("QUERY_API_ADDR", addr.to_string()),
-                ("PREWARM_WINDOW", prewarm_window.to_owned()),
-            ],
-            addr,
-        )?;
-        Ok((addr, program))
-    };
-    let (query_addr, mut query) = start_query("query-api", "10m")?;
+    let mut query = super::start_query_api(ctx, "query-api", prefix, "10m")?;
+    let query_addr = query.addr;
     query.wait_ok("/ready", Duration::from_secs(60)).await?;
     // A second instance with pre-warming off, for the hot course's page
     // read from Redis (the very bytes the bare endpoint and the warmed read
     // send): its metrics then count the Redis-path reads alone.
-    let (unwarmed_addr, mut unwarmed) = start_query("query-api-unwarmed", "0")?;
+    let mut unwarmed = super::start_query_api(ctx, "query-api-unwarmed", prefix, "0")?;
+    let unwarmed_addr = unwarmed.addr;
     unwarmed.wait_ok("/ready", Duration::from_secs(60)).await?;
 
     // Reads, with the bare endpoint answering the hot page's very bytes.
@@ -175,23 +161,6 @@ pub(super) async fn measure(
     unwarmed.stop().await?;
     query.stop().await?;
     Ok(())
-}
-
-/// The sum of the samples at `addr`'s `/metrics` whose name `wanted`
-/// accepts (`None`: no such metric, or no metrics).
-async fn metric_sum(addr: SocketAddr, wanted: impl Fn(&str) -> bool) -> Option<f64> {
-    let (status, body) = load::get(addr, "/metrics").await.ok()?;
-    if status != 200 {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&body);
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| wanted(l.split(['{', ' ']).next().unwrap_or("")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 /// The query API's in-process cache hits so far, when it counts them.

@@ -5,6 +5,7 @@
 //! projector moves it only after the views up to it are written, so the
 //! first time it reaches an order's token is when the order became visible.
 //! Lag counts from the acknowledgement, the earliest a client could look.
+//! The rush scenario also times a page the query API serves showing it.
 
 use std::{
     net::SocketAddr,
@@ -47,29 +48,118 @@ pub async fn watermark_key(redis: &Client, prefix: &str) -> Result<String> {
     Ok(keys.watermark(marker.generation))
 }
 
-/// Reads the watermark every millisecond and keeps each new value with
-/// the moment it was first seen.
-async fn poll(redis: Client, key: String, mut stop: watch::Receiver<bool>) -> Vec<(Instant, Lsn)> {
+/// Where an order is looked for.
+#[derive(Clone)]
+pub enum Visible {
+    /// The live generation's watermark in Redis, read every millisecond:
+    /// the projection has applied the order, so a read with its token gets it.
+    Watermark { redis: Client, key: String },
+    /// The `X-Projection-Lsn` of a page the query API serves, revalidated
+    /// with its `ETag` every 5 ms (a page costs the server more than a GET
+    /// costs Redis): the page shows the order.
+    Served { addr: SocketAddr, path: String },
+}
+
+/// Longest wait, after the last order, for a source to reach it.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Polls `source` and keeps each new LSN with the moment it was first seen,
+/// until it reaches the LSN sent on `until` (or [`SETTLE_LIMIT`] after it
+/// was sent).
+async fn poll(source: Visible, mut until: watch::Receiver<Option<Lsn>>) -> Vec<(Instant, Lsn)> {
     let mut seen = Vec::new();
     let mut last = Lsn(0);
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut deadline: Option<Instant> = None;
+    let (mut connection, every) = match &source {
+        Visible::Served { addr, .. } => {
+            (Some(load::Connection::new(*addr)), Duration::from_millis(5))
+        }
+        Visible::Watermark { .. } => (None, Duration::from_millis(1)),
+    };
+    let mut etag: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tick.tick() => {
-                if let Ok(Some(value)) = redis.get::<Option<String>, _>(&key).await {
-                    if let Ok(lsn) = value.parse::<Lsn>() {
-                        if lsn > last {
-                            last = lsn;
-                            seen.push((Instant::now(), lsn));
-                        }
-                    }
+        tick.tick().await;
+        if let Some(target) = *until.borrow_and_update() {
+            if last >= target || deadline.is_some_and(|d| Instant::now() > d) {
+                break;
+            }
+            deadline.get_or_insert_with(|| Instant::now() + SETTLE_LIMIT);
+        }
+        let lsn = match (&source, connection.as_mut()) {
+            (Visible::Watermark { redis, key }, _) => redis
+                .get::<Option<String>, _>(key)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<Lsn>().ok()),
+            (Visible::Served { path, .. }, Some(connection)) => {
+                let mut request = load::get_request(path);
+                if let Some(tag) = etag.as_deref().and_then(|t| t.parse().ok()) {
+                    request
+                        .headers_mut()
+                        .insert(hyper::header::IF_NONE_MATCH, tag);
                 }
+                match connection.send(request).await {
+                    Ok((200 | 304, headers)) => {
+                        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+                        if let Some(tag) = text(hyper::header::ETAG) {
+                            etag = Some(tag.to_owned());
+                        }
+                        text(hyper::header::HeaderName::from_static("x-projection-lsn"))
+                            .and_then(|v| v.parse::<Lsn>().ok())
+                    }
+                    _ => None,
+                }
+            }
+            (Visible::Served { .. }, None) => None,
+        };
+        if let Some(lsn) = lsn {
+            if lsn > last {
+                last = lsn;
+                seen.push((Instant::now(), lsn));
             }
         }
     }
     seen
+}
+
+/// Runs `orders` (a load phase capturing `X-Commit-Lsn`, offered at `rate`)
+/// while every source is polled, until each has reached the last order;
+/// returns the phase and the orders' lags by source, in their order.
+pub async fn watched(
+    rate: f64,
+    sources: Vec<Visible>,
+    orders: impl std::future::Future<Output = Result<load::Outcome>>,
+) -> Result<(load::Outcome, Vec<Freshness>)> {
+    let (until_tx, until_rx) = watch::channel(None);
+    let pollers: Vec<_> = sources
+        .into_iter()
+        .map(|source| tokio::spawn(poll(source, until_rx.clone())))
+        .collect();
+    let outcome = orders.await;
+    let tokens: Vec<(Instant, Lsn)> = outcome
+        .as_ref()
+        .map(|o| {
+            o.captured
+                .iter()
+                .filter_map(|c| c.value.parse::<Lsn>().ok().map(|l| (c.done, l)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let newest = tokens.iter().map(|(_, l)| *l).max().unwrap_or_default();
+    let _ = until_tx.send(Some(newest));
+    let mut seen = Vec::with_capacity(pollers.len());
+    for poller in pollers {
+        seen.push(poller.await.context("a visibility poller failed")?);
+    }
+    let outcome = outcome?;
+    let lags = seen
+        .iter()
+        .map(|seen| lags(rate, &outcome.phase, &tokens, seen))
+        .collect::<Result<_>>()?;
+    Ok((outcome, lags))
 }
 
 /// Waits until the watermark under `prefix` reaches `target` (or `limit` passes).
@@ -106,38 +196,26 @@ pub async fn run(ctx: &Ctx, command: SocketAddr, prefix: &str) -> Result<Vec<Fre
     let mut out = Vec::new();
     for &rate in &ctx.scale.freshness_rates {
         tracing::info!(rate, "freshness");
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let poller = tokio::spawn(poll(redis.clone(), key.clone(), stop_rx));
         let make = order_requests(
             ctx.next_user.clone(),
             std::sync::Arc::new(move |n| 1 + (mix(n) % courses) as i64),
         );
-        let outcome = load::run(
-            command,
-            make,
-            &Spec {
-                label: format!("orders at {rate:.0}/s"),
-                mode: Mode::Rate {
-                    per_second: rate,
-                    connections: ctx.scale.rate_connections,
-                },
-                warmup: ctx.scale.warmup,
-                duration: ctx.scale.freshness_phase,
-                capture: Some("x-commit-lsn"),
+        let spec = Spec {
+            label: format!("orders at {rate:.0}/s"),
+            mode: Mode::Rate {
+                per_second: rate,
+                connections: ctx.scale.rate_connections,
             },
-        )
-        .await?;
-        let tokens: Vec<(Instant, Lsn)> = outcome
-            .captured
-            .iter()
-            .filter_map(|c| c.value.parse::<Lsn>().ok().map(|l| (c.done, l)))
-            .collect();
-        let newest = tokens.iter().map(|(_, l)| *l).max().unwrap_or_default();
-        wait_for_watermark(&redis, prefix, newest, Duration::from_secs(10)).await?;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let _ = stop_tx.send(true);
-        let seen = poller.await.context("the watermark poller failed")?;
-        out.push(lags(rate, &outcome.phase, &tokens, &seen)?);
+            warmup: ctx.scale.warmup,
+            duration: ctx.scale.freshness_phase,
+            capture: Some("x-commit-lsn"),
+        };
+        let source = Visible::Watermark {
+            redis: redis.clone(),
+            key: key.clone(),
+        };
+        let (_, lags) = watched(rate, vec![source], load::run(command, make, &spec)).await?;
+        out.extend(lags);
     }
     Ok(out)
 }

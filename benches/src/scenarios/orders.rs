@@ -26,9 +26,33 @@ pub fn order_requests(
     next_user: Arc<AtomicI64>,
     course: Arc<dyn Fn(u64) -> i64 + Send + Sync>,
 ) -> MakeRequest {
+    orders_of(next_user, None, course)
+}
+
+/// The same through sale event `event`, which prices the course and, if it
+/// limits its seats, sells one of them.
+pub fn event_order_requests(
+    next_user: Arc<AtomicI64>,
+    event: i64,
+    course: Arc<dyn Fn(u64) -> i64 + Send + Sync>,
+) -> MakeRequest {
+    orders_of(next_user, Some(event), course)
+}
+
+fn orders_of(
+    next_user: Arc<AtomicI64>,
+    event: Option<i64>,
+    course: Arc<dyn Fn(u64) -> i64 + Send + Sync>,
+) -> MakeRequest {
+    let event = event
+        .map(|id| format!(r#","event_id":{id}"#))
+        .unwrap_or_default();
     Arc::new(move |n| {
         let user = next_user.fetch_add(1, Ordering::Relaxed);
-        let body = format!(r#"{{"user_id":{user},"course_ids":[{}]}}"#, course(n));
+        let body = format!(
+            r#"{{"user_id":{user},"course_ids":[{}]{event}}}"#,
+            course(n)
+        );
         post_json(
             "/v1/orders",
             body.into_bytes(),

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::super::process_cpu_s;
+use super::super::{median_of, process_cpu_s};
 use crate::load::{Latency, Phase};
 
 /// What the scenario measured.
@@ -175,13 +175,6 @@ impl Admission {
             }
         ))
     }
-}
-
-/// The median (the upper one of an even count).
-pub(super) fn median_of(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
 }
 
 /// Cores (CPU seconds per second) two processes used during a phase: the

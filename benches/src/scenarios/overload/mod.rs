@@ -20,11 +20,10 @@ use sqlx::{Connection, PgConnection};
 mod figures;
 mod orders;
 
-use figures::median_of;
 pub use figures::{Admission, Cpu, Overload, Round, Written};
 use orders::Orders;
 
-use super::{saturate, Ctx, Target};
+use super::{median_of, saturate, Ctx, Target};
 use crate::{
     load::{self, Latency, Mode, Outcome, Phase, Spec},
     stack::{self, free_addr, Program},
