@@ -8,6 +8,7 @@
 mod analysis;
 pub mod baseline;
 pub mod corpus;
+pub mod cpu;
 pub mod goals;
 pub mod load;
 pub mod plot;

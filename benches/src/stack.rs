@@ -241,7 +241,7 @@ pub async fn postmaster_pid(env: &Env) -> Option<u32> {
         .await
         .ok()?;
     let _ = admin.close().await;
-    let postmaster = crate::scenarios::parent_pid(u32::try_from(backend).ok()?)?;
+    let postmaster = crate::cpu::parent_pid(u32::try_from(backend).ok()?)?;
     let name = std::fs::read_to_string(format!("/proc/{postmaster}/comm")).ok()?;
     (name.trim() == "postgres").then_some(postmaster)
 }
