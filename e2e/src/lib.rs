@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use fred::prelude::*;
 use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::Value as Json;
@@ -443,6 +443,20 @@ impl Stack {
                 .json(body),
         )
         .await
+    }
+
+    /// `user` buys `course` (a key of its own); the order's `X-Commit-Lsn`.
+    pub async fn buy(&self, user: i64, course: i64) -> Result<String> {
+        let order = self
+            .order(
+                &unique_name("key"),
+                &serde_json::json!({"user_id": user, "course_ids": [course]}),
+            )
+            .await?
+            .ensure_status(StatusCode::CREATED)?;
+        let lsn = order.header("x-commit-lsn");
+        ensure!(!lsn.is_empty(), "the order carries no X-Commit-Lsn");
+        Ok(lsn.to_owned())
     }
 
     /// GET from the query API.

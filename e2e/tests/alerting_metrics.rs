@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use e2e::tools::deploy_dir;
 use e2e::{unique_name, Stack};
 use reqwest::StatusCode;
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 /// The PromQL expressions of a rules file: each `expr:`, inline or as a
 /// block (the lines indented deeper than it).
@@ -248,18 +248,7 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_program()
         .user(&format!("{}@example.com", unique_name("u")), Some("Acme"))
         .await?;
     stack.start_projector().await?;
-    let order = stack
-        .order(
-            &unique_name("key"),
-            &json!({"user_id": user, "course_ids": [course]}),
-        )
-        .await?;
-    ensure!(
-        order.status == StatusCode::CREATED,
-        "order: {}",
-        order.status
-    );
-    let lsn = order.header("x-commit-lsn").to_owned();
+    let lsn = stack.buy(user, course).await?;
     let read = stack
         .get_fresh(&format!("/v1/courses/{course}"), &lsn)
         .await?;

@@ -10,7 +10,6 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use e2e::{programs, Stack};
 use reqwest::StatusCode;
-use serde_json::json;
 
 #[tokio::test]
 async fn a_write_through_the_all_in_one_process_is_read_back_through_it() -> Result<()> {
@@ -87,15 +86,7 @@ async fn write_and_read(stack: &mut Stack) -> Result<()> {
     let course = stack
         .course("One process", "<p>All three, one runtime.</p>", 1000)
         .await?;
-    let order = stack
-        .order(
-            "all-in-one-1",
-            &json!({"user_id": user, "course_ids": [course]}),
-        )
-        .await?
-        .ensure_status(StatusCode::CREATED)?;
-    let lsn = order.header("x-commit-lsn").to_owned();
-    ensure!(!lsn.is_empty(), "the order carries no X-Commit-Lsn");
+    let lsn = stack.buy(user, course).await?;
     let page = stack
         .get_fresh(&format!("/v1/courses/{course}"), &lsn)
         .await?

@@ -11,7 +11,6 @@ use e2e::programs::free_port;
 use e2e::tools::deploy_dir;
 use e2e::{unique_name, Stack};
 use reqwest::StatusCode;
-use serde_json::json;
 
 /// A redis-server on the production file, killed (and its directory
 /// removed) on drop.
@@ -94,18 +93,7 @@ async fn the_production_redis_settings_keep_views_and_the_projector_streams_agai
     let user = stack
         .user(&format!("{}@example.com", unique_name("u")), None)
         .await?;
-    let order = stack
-        .order(
-            &unique_name("key"),
-            &json!({"user_id": user, "course_ids": [course]}),
-        )
-        .await?;
-    ensure!(
-        order.status == StatusCode::CREATED,
-        "order: {}",
-        order.status
-    );
-    let lsn = order.header("x-commit-lsn").to_owned();
+    let lsn = stack.buy(user, course).await?;
     let read = stack
         .get_fresh(&format!("/v1/courses/{course}"), &lsn)
         .await?;

@@ -266,6 +266,27 @@ async fn postgres_over_verify_full_carries_writes_and_the_stream_and_a_wrong_ca_
     Ok(())
 }
 
+/// The stack's projector and a query API, both on the Redis at `url`
+/// checked against `ca_file`; once the projector is ready.
+async fn projector_and_query_api_over(
+    stack: &mut Stack,
+    url: &str,
+    ca_file: &str,
+) -> Result<Program> {
+    stack.spawn_projector_with(&[("REDIS_URL", url), ("REDIS_CA_FILE", ca_file)])?;
+    stack.wait_projector_ready(Duration::from_secs(60)).await?;
+    Program::start(
+        "query-api",
+        "QUERY_API_ADDR",
+        &[
+            ("REDIS_URL", url),
+            ("REDIS_CA_FILE", ca_file),
+            ("KEY_PREFIX", &stack.prefix),
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_carries_the_views_from_projector_to_query_api_and_a_wrong_ca_stops_both(
 ) -> Result<()> {
@@ -278,18 +299,7 @@ async fn redis_over_tls_carries_the_views_from_projector_to_query_api_and_a_wron
     let other_file = other.cert().display().to_string();
 
     let mut stack = Stack::start().await?;
-    stack.spawn_projector_with(&[("REDIS_URL", &tls_url), ("REDIS_CA_FILE", &ca_file)])?;
-    stack.wait_projector_ready(Duration::from_secs(60)).await?;
-    let query = Program::start(
-        "query-api",
-        "QUERY_API_ADDR",
-        &[
-            ("REDIS_URL", &tls_url),
-            ("REDIS_CA_FILE", &ca_file),
-            ("KEY_PREFIX", &stack.prefix),
-        ],
-    )
-    .await?;
+    let query = projector_and_query_api_over(&mut stack, &tls_url, &ca_file).await?;
     let course = stack.course("Sealed", "<p>over TLS</p>", 1000).await?;
     let page = wait_for_json(&format!("{}/v1/courses/{course}", query.url), |b| {
         b["id"] == course
@@ -357,18 +367,7 @@ async fn a_redis_cluster_over_tls_carries_the_views_from_projector_to_query_api(
     let ca_file = ca.cert().display().to_string();
 
     let mut stack = Stack::start().await?;
-    stack.spawn_projector_with(&[("REDIS_URL", &tls_url), ("REDIS_CA_FILE", &ca_file)])?;
-    stack.wait_projector_ready(Duration::from_secs(60)).await?;
-    let query = Program::start(
-        "query-api",
-        "QUERY_API_ADDR",
-        &[
-            ("REDIS_URL", &tls_url),
-            ("REDIS_CA_FILE", &ca_file),
-            ("KEY_PREFIX", &stack.prefix),
-        ],
-    )
-    .await?;
+    let query = projector_and_query_api_over(&mut stack, &tls_url, &ca_file).await?;
     let mut courses = Vec::new();
     for i in 0..6 {
         courses.push(
