@@ -10,7 +10,8 @@ use anyhow::{ensure, Context, Result};
 use e2e::programs::binary;
 use e2e::tools::{deploy_dir, ensure as ensure_tool};
 
-const PROGRAMS: [&str; 3] = ["command-api", "query-api", "projector"];
+/// The three programs, and the one process that runs them together.
+const PROGRAMS: [&str; 4] = ["command-api", "query-api", "projector", "all-in-one"];
 
 /// A directory removed on drop.
 struct TempDir(PathBuf);
@@ -84,6 +85,7 @@ fn the_units_keep_to_the_hardening_and_credential_rules() -> Result<()> {
             "Environment=LOG_FORMAT=json",
             "TimeoutStopSec=30s",
             "Environment=DATABASE_URL_FILE=%d/database-url",
+            "Environment=PROJECTOR_DATABASE_URL_FILE=%d/projector-database-url",
             "Environment=REDIS_URL_FILE=%d/redis-url",
             "Environment=ADMIN_TOKEN_FILE=%d/admin-token",
         ] {
@@ -149,7 +151,7 @@ fn every_setting_of_the_example_environment_files_is_one_the_program_has() -> Re
                 "{program}.env.example sets {name}, which {program} does not have"
             );
             ensure!(
-                !["DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN"].contains(&name),
+                !["DATABASE_URL", "PROJECTOR_DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN"].contains(&name),
                 "{program}.env.example holds the secret {name}: it belongs in a credential"
             );
             set += 1;
