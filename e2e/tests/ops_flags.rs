@@ -158,6 +158,12 @@ async fn storefront_switches_take_effect_within_a_second_and_back_again() -> any
         .await?;
     assert_eq!(twin.status, StatusCode::OK);
     assert_eq!(twin.header("x-min-lsn-ignored"), "true");
+    // Percent-encoded as a form would send it: the same token.
+    let encoded = stack
+        .send(http.get(format!("{query}/v1/courses/{course}?min_lsn=FF%2F0")))
+        .await?;
+    assert_eq!(encoded.status, StatusCode::OK);
+    assert_eq!(encoded.header("x-min-lsn-ignored"), "true");
     let malformed = stack
         .send(
             http.get(format!("{query}/v1/courses/{course}"))

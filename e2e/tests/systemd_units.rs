@@ -151,7 +151,13 @@ fn every_setting_of_the_example_environment_files_is_one_the_program_has() -> Re
                 "{program}.env.example sets {name}, which {program} does not have"
             );
             ensure!(
-                !["DATABASE_URL", "PROJECTOR_DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN"].contains(&name),
+                ![
+                    "DATABASE_URL",
+                    "PROJECTOR_DATABASE_URL",
+                    "REDIS_URL",
+                    "ADMIN_TOKEN"
+                ]
+                .contains(&name),
                 "{program}.env.example holds the secret {name}: it belongs in a credential"
             );
             set += 1;

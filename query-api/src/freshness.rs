@@ -10,7 +10,9 @@ use views::Lsn;
 use crate::{
     error::ApiError,
     headers::{X_MAX_WAIT_MS, X_MIN_LSN},
+    params::QueryParams,
     store::{Projection, Store, StoreError},
+    switches, AppState,
 };
 
 /// The longest a read waits for its token, whatever it asks.
@@ -23,9 +25,22 @@ pub(crate) struct MinLsn {
     deadline: tokio::time::Instant,
 }
 
+/// The token a read honours: the caller's, checked whatever the switches
+/// say, and none while ops switched read-your-writes waits off (the answer
+/// is then what is there, marked by [`switches::mark_ignored_tokens`]).
+pub(crate) fn token(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &QueryParams,
+) -> Result<Option<MinLsn>, ApiError> {
+    let min = min_lsn(headers, params.min_lsn()?, state.config.default_max_wait_ms)?;
+    // The flag is looked at only for a read that has a token.
+    Ok(min.filter(|_| switches::on(&state.flags, switches::READ_YOUR_WRITES)))
+}
+
 /// The caller's token, if it sent one (the header wins over `query`), with
 /// `default_wait_ms` unless it says how long to wait.
-pub(crate) fn min_lsn(
+fn min_lsn(
     headers: &HeaderMap,
     query: Option<&str>,
     default_wait_ms: u64,

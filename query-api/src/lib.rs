@@ -148,10 +148,10 @@ fn router(routes: Router<AppState>, state: AppState) -> Router {
     let counted = state.metrics.clone();
     let stack = ServiceBuilder::new()
         .layer(RequestLayer::new(state.metrics.requests.clone()))
-        // Drops read-your-writes tokens while their waits are switched off.
+        // Marks the reads whose tokens were ignored, waits switched off.
         .layer(axum::middleware::from_fn_with_state(
             state.flags.clone(),
-            switches::read_your_writes,
+            switches::mark_ignored_tokens,
         ))
         // Counts every refusal (logged in summary, not one by one), and the
         // answers while views are rebuilt or stale.

@@ -4,12 +4,11 @@
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderName, HeaderValue, Uri},
+    http::{HeaderName, HeaderValue},
     middleware::Next,
     response::Response,
 };
 use service::{EvaluationContext, FlagDefault, FlagSpec, Flags};
-use views::Lsn;
 
 use crate::headers::X_MIN_LSN;
 
@@ -51,36 +50,20 @@ pub(crate) fn on(flags: &Flags, key: &str) -> bool {
     flags.get_boolean_value(key, &EvaluationContext::default(), true)
 }
 
-/// With waits switched off, drops a well-formed read-your-writes token from
-/// the request (a malformed one stays, to be refused) and marks the answer.
-pub(crate) async fn read_your_writes(
+/// Marks a successful answer to a read that carried a read-your-writes
+/// token while waits are switched off (`crate::freshness::token` dropped it).
+pub(crate) async fn mark_ignored_tokens(
     State(flags): State<Flags>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
-    let header = request.headers().contains_key(X_MIN_LSN);
-    let query = request.uri().query().is_some_and(has_token);
-    if !(header || query) || on(&flags, READ_YOUR_WRITES) {
-        return next.run(request).await;
-    }
-    let mut ignored = false;
-    if header {
-        let well_formed = request
-            .headers()
-            .get(X_MIN_LSN)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().parse::<Lsn>().is_ok());
-        if well_formed {
-            request.headers_mut().remove(X_MIN_LSN);
-            ignored = true;
-        }
-    }
-    if query {
-        if let Some(uri) = without_token(request.uri()) {
-            *request.uri_mut() = uri;
-            ignored = true;
-        }
-    }
+    let carried = request.headers().contains_key(X_MIN_LSN)
+        || request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("min_lsn=")));
+    // Looked at before the read, as the read itself does.
+    let ignored = carried && !on(&flags, READ_YOUR_WRITES);
     let mut response = next.run(request).await;
     if ignored && response.status().is_success() {
         response
@@ -90,53 +73,9 @@ pub(crate) async fn read_your_writes(
     response
 }
 
-fn has_token(query: &str) -> bool {
-    query.split('&').any(|pair| pair.starts_with("min_lsn="))
-}
-
-/// `uri` without its well-formed `min_lsn` pairs; `None` if one is malformed.
-fn without_token(uri: &Uri) -> Option<Uri> {
-    let query = uri.query()?;
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        match pair.strip_prefix("min_lsn=") {
-            Some(value) => {
-                let value = value.replace("%2F", "/").replace("%2f", "/");
-                value.parse::<Lsn>().ok()?;
-            }
-            None => kept.push(pair),
-        }
-    }
-    let path = uri.path();
-    let rebuilt = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    rebuilt.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_well_formed_tokens_are_dropped_from_the_query() {
-        let uri: Uri = "/v1/courses/1?min_lsn=0%2F16B3748&x=1"
-            .parse()
-            .expect("uri");
-        assert_eq!(
-            without_token(&uri).map(|u| u.to_string()),
-            Some("/v1/courses/1?x=1".to_owned())
-        );
-        let uri: Uri = "/v1/courses/1?min_lsn=0/1".parse().expect("uri");
-        assert_eq!(
-            without_token(&uri).map(|u| u.to_string()),
-            Some("/v1/courses/1".to_owned())
-        );
-        let bad: Uri = "/v1/courses/1?min_lsn=nope".parse().expect("uri");
-        assert_eq!(without_token(&bad), None);
-    }
 
     #[test]
     fn the_sample_flag_file_is_valid_and_says_the_defaults() {

@@ -6,7 +6,7 @@ use axum::{extract::State, response::Response};
 use super::answer::{answer, list_page};
 use crate::{
     error::ApiError,
-    freshness::{at_least, min_lsn},
+    freshness::{at_least, token},
     params::{parse_sorted_page, PathText, QueryParams, ReadHeaders},
     store::List,
     switches, AppState,
@@ -54,11 +54,7 @@ pub(super) async fn courses(
         return Err(ApiError::FeatureDisabled(switches::CATEGORY_RANKINGS));
     }
     let (sort, page) = parse_sorted_page(&params, DEFAULT_LIMIT)?;
-    let min = min_lsn(
-        &headers,
-        params.min_lsn()?,
-        state.config.default_max_wait_ms,
-    )?;
+    let min = token(&state, &headers, &params)?;
     let (store, category) = (&state.store, category.as_str());
     let (projection, list) = at_least(&state.store, min, |_| {
         store.list(List::Category(category, sort), page)

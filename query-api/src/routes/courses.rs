@@ -8,7 +8,7 @@ use axum::{extract::State, response::Response};
 use super::answer::{answer, missing};
 use crate::{
     error::ApiError,
-    freshness::{at_least, min_lsn},
+    freshness::{at_least, token},
     params::{parse_ids, PathId, QueryParams, ReadHeaders},
     served::{CardList, Course},
     AppState,
@@ -48,11 +48,7 @@ pub(super) async fn detail(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let min = min_lsn(
-        &headers,
-        params.min_lsn()?,
-        state.config.default_max_wait_ms,
-    )?;
+    let min = token(&state, &headers, &params)?;
     let now = chrono::Utc::now();
     let store = &state.store;
     let (projection, course) =
@@ -96,11 +92,7 @@ pub(super) async fn cards(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&params)?;
-    let min = min_lsn(
-        &headers,
-        params.min_lsn()?,
-        state.config.default_max_wait_ms,
-    )?;
+    let min = token(&state, &headers, &params)?;
     let now = chrono::Utc::now();
     let (store, ids) = (&state.store, ids.as_slice());
     let (projection, (list, absent)) = at_least(&state.store, min, |cached| async move {

@@ -6,7 +6,7 @@ use axum::{extract::State, response::Response};
 use super::answer::{answer, missing};
 use crate::{
     error::ApiError,
-    freshness::{at_least, min_lsn},
+    freshness::{at_least, token},
     params::{PathId, QueryParams, ReadHeaders},
     served::{self, Event},
     AppState,
@@ -46,11 +46,7 @@ pub(super) async fn event(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let min = min_lsn(
-        &headers,
-        params.min_lsn()?,
-        state.config.default_max_wait_ms,
-    )?;
+    let min = token(&state, &headers, &params)?;
     let now = chrono::Utc::now();
     let store = &state.store;
     let (projection, page) =

@@ -5,7 +5,7 @@ use axum::{extract::State, response::Response};
 use super::answer::{answer, missing};
 use crate::{
     error::ApiError,
-    freshness::{at_least, min_lsn},
+    freshness::{at_least, token},
     params::{PathId, QueryParams, ReadHeaders},
     served, AppState,
 };
@@ -44,11 +44,7 @@ pub(super) async fn order(
     params: QueryParams,
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
-    let min = min_lsn(
-        &headers,
-        params.min_lsn()?,
-        state.config.default_max_wait_ms,
-    )?;
+    let min = token(&state, &headers, &params)?;
     let store = &state.store;
     let (projection, stored) = at_least(&state.store, min, |_| store.order(id)).await?;
     let Some(stored) = stored else {

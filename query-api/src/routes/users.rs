@@ -5,7 +5,7 @@ use axum::{extract::State, response::Response};
 use super::answer::{answer, list_page};
 use crate::{
     error::ApiError,
-    freshness::{at_least, min_lsn},
+    freshness::{at_least, token},
     params::{parse_page, PathId, QueryParams, ReadHeaders},
     store::List,
     AppState,
@@ -49,11 +49,7 @@ pub(super) async fn library(
     ReadHeaders(headers): ReadHeaders,
 ) -> Result<Response, ApiError> {
     let page = parse_page(&params, DEFAULT_LIMIT)?;
-    let min = min_lsn(
-        &headers,
-        params.min_lsn()?,
-        state.config.default_max_wait_ms,
-    )?;
+    let min = token(&state, &headers, &params)?;
     let store = &state.store;
     let (projection, list) = at_least(&state.store, min, |_| {
         store.list(List::Library(user_id), page)
