@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sqlx::{Connection, PgConnection};
 
 mod reads;
 
@@ -264,21 +263,19 @@ fn start_query_api(ctx: &Ctx, name: &str, prefix: &str, prewarm_window: &str) ->
     )
 }
 
-/// Vacuums and checkpoints the write model at `url`, then waits until the
-/// projection under `prefix` has caught up with it: the work earlier
-/// scenarios left behind does not land in the next one's phases.
-async fn catch_up(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) -> Result<()> {
-    let mut conn = PgConnection::connect(url).await?;
-    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
-    sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await?;
-    let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-        .fetch_one(&mut conn)
-        .await?;
-    conn.close().await?;
-    let redis = ctx.env.redis().await?;
-    let reached = freshness::wait_for_watermark(&redis, prefix, now.parse()?, limit).await?;
-    anyhow::ensure!(reached, "the projector did not catch up with the orders");
-    Ok(())
+/// The command API's settings on the write model at `url`, serving `addr`.
+fn command_env(ctx: &Ctx, url: &str, addr: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", stack::as_role(url, stack::COMMAND_ROLE)),
+        ("COMMAND_API_ADDR", addr.to_string()),
+        // The scenarios measure what the write path carries, not its
+        // admission (the overload scenario does): every connection of the
+        // load generator is admitted.
+        (
+            "COMMAND_API_CONCURRENCY_LIMIT",
+            ctx.scale.order_connections.max(1).to_string(),
+        ),
+    ]
 }
 
 fn projector_env(
@@ -292,7 +289,8 @@ fn projector_env(
         ("REDIS_URL", ctx.env.redis_url.clone()),
         ("KEY_PREFIX", prefix.to_owned()),
         ("PROJECTOR_ADDR", addr.to_string()),
-        ("PROJECTOR_SLOT", ctx.env.name("cqrs")),
+        // One slot per set of views: the slot is named after their prefix.
+        ("PROJECTOR_SLOT", prefix.to_owned()),
         ("PROJECTOR_PUBLICATION", stack::PUBLICATION.to_owned()),
         ("PROJECTOR_HEARTBEAT_SECS", "1".to_owned()),
     ]
@@ -401,26 +399,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     }
     let mut command = None;
     if command_needed {
-        let command_addr = free_addr()?;
+        let addr = free_addr()?;
         let mut started = Program::workspace(
             env,
             "command-api",
             "command-api",
-            &[
-                (
-                    "DATABASE_URL",
-                    stack::as_role(&cqrs_url, stack::COMMAND_ROLE),
-                ),
-                ("COMMAND_API_ADDR", command_addr.to_string()),
-                // These scenarios measure what the write path carries, not
-                // its admission (the overload scenario does): every
-                // connection of the load generator is admitted.
-                (
-                    "COMMAND_API_CONCURRENCY_LIMIT",
-                    ctx.scale.order_connections.max(1).to_string(),
-                ),
-            ],
-            command_addr,
+            &command_env(ctx, &cqrs_url, addr),
+            addr,
         )?;
         started.wait_ok("/ready", Duration::from_secs(60)).await?;
         command = Some(started);
@@ -439,16 +424,12 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
         monolith.stop().await?;
     }
     if let (true, true, Some(command)) = (ctx.profile, wants(Scenario::Orders), &command) {
-        let courses = ctx.scale.courses as u64;
         let outcome = scenarios::profile_load(
             ctx,
             None,
             "whole machine, orders spread through the command API at saturation",
             command.addr,
-            orders::order_requests(
-                ctx.next_user.clone(),
-                Arc::new(move |n| 1 + (crate::scenarios::mix(n) % courses) as i64),
-            ),
+            orders::order_requests(ctx.next_user.clone(), orders::spread_courses(&ctx.scale)),
             ctx.scale.order_connections,
         )
         .await;
@@ -460,7 +441,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     // Freshness: the whole pipeline, once the projector has caught up.
     if let (true, Some(command)) = (wants(Scenario::Freshness), &command) {
         let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
-        let caught_up = catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
+        let caught_up = freshness::catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results
             .record("freshness (catching up)", caught_up)
             .is_some()
@@ -480,7 +461,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     // pre-warming the rush's event, against each alone.
     if let (true, Some(command)) = (wants(Scenario::Rush), &command) {
         let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
-        let caught_up = catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
+        let caught_up = freshness::catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results.record("rush (catching up)", caught_up).is_some() {
             tracing::info!("rush");
             let mut query = start_query_api(ctx, "query-api-rush", &prefix, "10m")?;
@@ -493,6 +474,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
                     query_api: query.pid(),
                     command_api: command.pid(),
                     projector: projector.pid(),
+                    all_in_one: None,
                     postmaster: stack::postmaster_pid(env).await,
                 },
             };

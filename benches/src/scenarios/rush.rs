@@ -103,6 +103,8 @@ pub struct Pids {
     pub query_api: Option<u32>,
     pub command_api: Option<u32>,
     pub projector: Option<u32>,
+    /// The three in one process, when they run so (the all-in-one scenario).
+    pub all_in_one: Option<u32>,
     /// Absent when PostgreSQL does not run on this machine.
     pub postmaster: Option<u32>,
 }
@@ -124,6 +126,9 @@ pub struct Cores {
     pub query_api: Option<f64>,
     pub command_api: Option<f64>,
     pub projector: Option<f64>,
+    /// The three programs in one process, when they run so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_in_one: Option<f64>,
     /// Every process of the PostgreSQL server: backends, the walsender
     /// decoding the projector's slot, background workers.
     pub postgres: Option<f64>,
@@ -136,16 +141,21 @@ pub struct Cores {
 }
 
 impl Cores {
-    /// Every process with its cores, in a fixed order.
-    pub fn each(&self) -> [(&'static str, Option<f64>); 6] {
-        [
+    /// Every process with its cores, in a fixed order; the all-in-one
+    /// process last, only where it ran.
+    pub fn each(&self) -> Vec<(&'static str, Option<f64>)> {
+        let mut each = vec![
             ("the query API", self.query_api),
             ("the command API", self.command_api),
             ("the projector", self.projector),
             ("PostgreSQL", self.postgres),
             ("Redis", self.redis),
             ("the load generator", self.load_generator),
-        ]
+        ];
+        if self.all_in_one.is_some() {
+            each.push(("the all-in-one process", self.all_in_one));
+        }
+        each
     }
 
     /// The cores of every process measured.
@@ -168,6 +178,7 @@ impl Cores {
             query_api: of(|c| c.query_api),
             command_api: of(|c| c.command_api),
             projector: of(|c| c.projector),
+            all_in_one: of(|c| c.all_in_one),
             postgres: of(|c| c.postgres),
             redis: of(|c| c.redis),
             load_generator: of(|c| c.load_generator),
@@ -179,7 +190,7 @@ impl Cores {
 /// CPU seconds of every process so far, and when they were read.
 struct Sample {
     at: Instant,
-    seconds: [Option<f64>; 7],
+    seconds: [Option<f64>; 8],
 }
 
 async fn sample(pids: &Pids, redis: &Client) -> Sample {
@@ -193,13 +204,14 @@ async fn sample(pids: &Pids, redis: &Client) -> Sample {
             redis_cpu_s(redis).await,
             process_cpu_s(std::process::id()),
             machine_cpu_s(),
+            cpu(pids.all_in_one),
         ],
         at: Instant::now(),
     }
 }
 
 /// Runs `phase`, measuring the cores each process used meanwhile.
-async fn metered<T>(
+pub(crate) async fn metered<T>(
     pids: &Pids,
     redis: &Client,
     phase: impl std::future::Future<Output = T>,
@@ -217,6 +229,7 @@ async fn metered<T>(
         query_api: used(0),
         command_api: used(1),
         projector: used(2),
+        all_in_one: used(7),
         postgres: used(3),
         redis: used(4),
         load_generator: used(5),
@@ -230,7 +243,7 @@ async fn metered<T>(
 const FAILED_SHARE: f64 = 0.01;
 
 /// A fixed-rate phase placed (nearly) every order due in its window.
-fn carried(phase: &Phase) -> bool {
+pub(crate) fn carried(phase: &Phase) -> bool {
     let due = phase.ok + phase.errors;
     due > 0 && phase.errors as f64 <= FAILED_SHARE * due as f64
 }
@@ -687,6 +700,7 @@ pub(crate) mod tests {
             query_api: Some(0.6),
             command_api: Some(0.1),
             projector: Some(0.05),
+            all_in_one: None,
             postgres: Some(0.2),
             redis: Some(redis),
             load_generator: Some(0.5),
