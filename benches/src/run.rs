@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+mod all_in_one;
 mod reads;
 
 use crate::{
@@ -45,6 +46,9 @@ pub enum Scenario {
     /// A sale's reads at saturation with orders on its seat-limited courses,
     /// against each alone.
     Rush,
+    /// The all-in-one process against the three processes: reads, orders
+    /// and freshness, side by side.
+    AllInOne,
 }
 
 impl Scenario {
@@ -59,6 +63,7 @@ impl Scenario {
             Scenario::Takeover => "takeover",
             Scenario::Overload => "overload",
             Scenario::Rush => "rush",
+            Scenario::AllInOne => "all-in-one",
         }
     }
 }
@@ -159,6 +164,7 @@ pub async fn run(options: Options) -> Result<Results> {
         takeover: None,
         overload: None,
         rush: None,
+        all_in_one: None,
         profiles: Vec::new(),
         ratios: Vec::new(),
         notes: Vec::new(),
@@ -247,20 +253,24 @@ async fn start_projector(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) ->
 /// Starts a query API on the views under `prefix`, pre-warming the events
 /// that start within `prewarm_window` (`0`: none).
 fn start_query_api(ctx: &Ctx, name: &str, prefix: &str, prewarm_window: &str) -> Result<Program> {
-    let env = &ctx.env;
     let addr = free_addr()?;
-    Program::workspace(
-        env,
-        name,
-        "query-api",
-        &[
-            ("REDIS_URL", env.redis_url.clone()),
-            ("KEY_PREFIX", prefix.to_owned()),
-            ("QUERY_API_ADDR", addr.to_string()),
-            ("PREWARM_WINDOW", prewarm_window.to_owned()),
-        ],
-        addr,
-    )
+    let settings = query_env(ctx, prefix, addr, prewarm_window);
+    Program::workspace(&ctx.env, name, "query-api", &settings, addr)
+}
+
+/// The query API's settings on the views under `prefix`, serving `addr`.
+fn query_env(
+    ctx: &Ctx,
+    prefix: &str,
+    addr: SocketAddr,
+    prewarm_window: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_URL", ctx.env.redis_url.clone()),
+        ("KEY_PREFIX", prefix.to_owned()),
+        ("QUERY_API_ADDR", addr.to_string()),
+        ("PREWARM_WINDOW", prewarm_window.to_owned()),
+    ]
 }
 
 /// The command API's settings on the write model at `url`, serving `addr`.
@@ -328,6 +338,15 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     }
     tracing::info!("seeding enrollments");
     seed::enrollments(&cqrs_url, &ctx.scale).await?;
+    // The all-in-one and the three processes: a copy of the same data each,
+    // taken before any order, so neither's orders land in the other's slot.
+    let mut aio_urls = None;
+    if wants(Scenario::AllInOne) {
+        aio_urls = Some((
+            stack::copy_database(env, &cqrs, &env.name("aio_three")).await?,
+            stack::copy_database(env, &cqrs, &env.name("aio_one")).await?,
+        ));
+    }
     let mono_url = if monolith_needed {
         let url = stack::copy_database(env, &cqrs, &mono).await?;
         seed::monolith(&url).await?;
@@ -511,6 +530,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
         tracing::info!("overload");
         let outcome = overload::run(ctx, &cqrs_url).await;
         results.overload = results.record("overload", outcome);
+    }
+
+    // The all-in-one against the three processes, each on its own copy.
+    if let Some((three_url, one_url)) = &aio_urls {
+        tracing::info!("all-in-one against three processes");
+        let outcome = all_in_one::measure(ctx, three_url, one_url, build_limit).await;
+        results.all_in_one = results.record("all-in-one", outcome);
     }
 
     // The projector against the decode ceiling, in a database of its own.

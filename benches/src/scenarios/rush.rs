@@ -658,7 +658,7 @@ pub(crate) mod tests {
     use crate::load::Latency;
 
     /// A phase of `ok` answers and `failed` ones, at `rps`, its p99 `p99_ms`.
-    fn phase(rps: f64, ok: u64, failed: u64, p99_ms: f64) -> Phase {
+    pub(crate) fn phase(rps: f64, ok: u64, failed: u64, p99_ms: f64) -> Phase {
         Phase {
             label: String::new(),
             mode: "fixed rate".into(),
@@ -678,7 +678,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn lags(orders: u64, p99_ms: f64) -> Freshness {
+    /// `orders` lags whose p99 is `p99_ms`.
+    pub(crate) fn lags(orders: u64, p99_ms: f64) -> Freshness {
         Freshness {
             offered_rps: 166.0,
             achieved_rps: 166.0,
