@@ -9,7 +9,7 @@ use crate::{
     analysis::{analysis, cpu_ranking},
     plot,
     results::{Meta, Ratio, Results},
-    scenarios::Subject,
+    scenarios::{median_of, Subject},
 };
 
 /// Writes `<name>.md`, `<name>.json` and the plots into `dir`.
@@ -596,6 +596,18 @@ fn all_in_one_section(md: &mut String, r: &Results) {
         ("orders on the schedule", |r| r.freshness_cores),
         ("orders at saturation", |r| r.orders_cores),
     ];
+    let idle: Vec<String> = x
+        .deployments
+        .iter()
+        .filter_map(|d| {
+            let cores = median_of(d.rounds.iter().filter_map(|r| r.other_idle_cores))?;
+            let other = x.deployments.iter().find(|o| o.key != d.key)?;
+            Some(format!(
+                "the {}, {cores:.3} cores during the turns of the {}",
+                other.label, d.label
+            ))
+        })
+        .collect();
     for d in &x.deployments {
         for (what, of) in phases {
             let c = d.cores(of);
@@ -625,6 +637,14 @@ fn all_in_one_section(md: &mut String, r: &Results) {
                 fmt_opt(c.machine, 2)
             );
         }
+    }
+    if !idle.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThe programs of the deployment idling meanwhile used (median of the turns, from after the catch-up \
+             to the end): {}.",
+            idle.join("; ")
+        );
     }
     let _ = writeln!(md);
 }

@@ -10,7 +10,7 @@
 use std::{
     net::SocketAddr,
     sync::{atomic::AtomicI64, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -21,6 +21,7 @@ use super::{
     freshness::{self, Freshness, Visible},
     median_of,
     orders::{order_requests, spread_courses},
+    process_cpu_s,
     reads::gets,
     rush::{carried, metered, Cores, Pids},
     saturate, Ctx, Target,
@@ -59,6 +60,10 @@ pub struct Round {
     /// Orders spread over the catalogue at saturation.
     pub orders: Phase,
     pub orders_cores: Cores,
+    /// Cores the other deployment's programs used meanwhile, idle: what
+    /// it took from this turn.
+    #[serde(default)]
+    pub other_idle_cores: Option<f64>,
 }
 
 /// Everything one deployment measured.
@@ -153,7 +158,12 @@ pub async fn run(ctx: &Ctx, deployments: &[Deployment]) -> Result<AllInOne> {
             let i = (k + round) % turns.len();
             let turn = &turns[i];
             tracing::info!(round, deployment = turn.deployment.key, "all-in-one");
-            measured[i].push(run_turn(ctx, &redis, turn, round, rate).await?);
+            let others: Vec<u32> = deployments
+                .iter()
+                .filter(|d| d.key != turn.deployment.key)
+                .flat_map(|d| d.pids.programs())
+                .collect();
+            measured[i].push(run_turn(ctx, &redis, turn, &others, round, rate).await?);
         }
     }
     Ok(AllInOne {
@@ -238,6 +248,7 @@ async fn run_turn(
     ctx: &Ctx,
     redis: &Client,
     turn: &Turn<'_>,
+    others: &[u32],
     round: usize,
     rate: f64,
 ) -> Result<Round> {
@@ -245,6 +256,12 @@ async fn run_turn(
     freshness::catch_up(ctx, &d.database_url, &d.prefix, CATCH_UP_LIMIT)
         .await
         .with_context(|| format!("{} catching up", d.key))?;
+    let idle = |pids: &[u32]| {
+        pids.iter()
+            .map(|&pid| process_cpu_s(pid))
+            .sum::<Option<f64>>()
+    };
+    let (idle_before, started) = (idle(others), Instant::now());
     let (hot, hot_cores) = metered(&d.pids, redis, saturate(ctx, &turn.hot, round)).await;
     let (hot_redis, hot_redis_cores) =
         metered(&d.pids, redis, saturate(ctx, &turn.hot_redis, round)).await;
@@ -262,6 +279,12 @@ async fn run_turn(
     .await;
     let (fresh_orders, freshness) = fresh?;
     let (orders, orders_cores) = metered(&d.pids, redis, saturate(ctx, &turn.orders, round)).await;
+    let other_idle_cores = match (idle_before, idle(others)) {
+        (Some(a), Some(b)) if !others.is_empty() => {
+            Some((b - a).max(0.0) / started.elapsed().as_secs_f64().max(f64::EPSILON))
+        }
+        _ => None,
+    };
     Ok(Round {
         hot: hot?,
         hot_cores,
@@ -272,6 +295,7 @@ async fn run_turn(
         freshness_cores,
         orders: orders?,
         orders_cores,
+        other_idle_cores,
     })
 }
 
@@ -293,6 +317,7 @@ mod tests {
             freshness_cores: Cores::default(),
             orders: phase(orders, 1_000, 0, 20.0),
             orders_cores: Cores::default(),
+            other_idle_cores: Some(0.01),
         }
     }
 

@@ -109,6 +109,20 @@ pub struct Pids {
     pub postmaster: Option<u32>,
 }
 
+impl Pids {
+    /// The ids of the programs under test (not PostgreSQL's).
+    pub fn programs(&self) -> impl Iterator<Item = u32> {
+        [
+            self.query_api,
+            self.command_api,
+            self.projector,
+            self.all_in_one,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Where the rush sends its reads and orders, and what serves them.
 pub struct Targets {
     /// A query API pre-warming the events about to run.
