@@ -526,7 +526,8 @@ fn all_in_one_section(md: &mut String, r: &Results) {
          database, taken before any order, with its own replication slot and Redis key prefix, so neither's orders \
          reach the other's projector. Both stay up; in each of {rounds} round(s) they take turns, the first to go \
          alternating, and only the one whose turn it is gets load (the other idles: its query API re-reads its \
-         pre-warmed set, its projector sends heartbeats). A turn: its projector catches up (vacuum, checkpoint, \
+         pre-warmed set, its projector sends heartbeats, and the walsender of its slot reads the other's WAL to \
+         skip it). A turn: its projector catches up (vacuum, checkpoint, \
          the watermark at the end of the WAL); the hot course's pre-warmed page at saturation ({} connections); the \
          same page from Redis, read with a read-your-writes token its projection has reached; orders at {:.0}/s on \
          a fixed schedule for {:.1} s, timed from each order's answer to the projection's watermark in Redis \
