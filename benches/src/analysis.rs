@@ -445,9 +445,82 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
             text + &remedy
         }
         "rush_reads" | "rush_order_p99" | "rush_freshness_p99" => rush_analysis(key, r)?,
+        "aio_hot" | "aio_hot_redis" | "aio_orders" | "aio_freshness_p99_one" => {
+            all_in_one_analysis(key, r)?
+        }
         _ => return None,
     };
     Some(text.trim_end().to_owned())
+}
+
+/// The all-in-one's figures behind a missed goal: the cores each
+/// deployment's programs and the machine used in that phase, and whether
+/// the rounds of the two overlap.
+fn all_in_one_analysis(key: &str, r: &Results) -> Option<String> {
+    use crate::scenarios::{
+        all_in_one::{Measured, Round},
+        rush::Cores,
+    };
+    let x = r.all_in_one.as_ref()?;
+    let (one, three) = (x.deployment("one")?, x.deployment("three")?);
+    type Of = (fn(&Round) -> f64, fn(&Round) -> Cores);
+    let (figure, phase_cores): Of = match key {
+        "aio_hot" => (|r| r.hot.achieved_rps, |r| r.hot_cores),
+        "aio_hot_redis" => (|r| r.hot_redis.achieved_rps, |r| r.hot_redis_cores),
+        "aio_orders" => (|r| r.orders.achieved_rps, |r| r.orders_cores),
+        _ => (|r| r.freshness.p99_ms, |r| r.freshness_cores),
+    };
+    let programs = |c: &Cores| {
+        [c.all_in_one, c.command_api, c.query_api, c.projector]
+            .iter()
+            .flatten()
+            .sum::<f64>()
+    };
+    let range = |d: &Measured| {
+        let all: Vec<f64> = d.rounds.iter().map(figure).collect();
+        let low = all.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = all.iter().copied().fold(0.0, f64::max);
+        (low, high)
+    };
+    let (c1, c3) = (one.cores(phase_cores), three.cores(phase_cores));
+    let machine = |c: &Cores| c.machine.map(|m| format!("{m:.2}")).unwrap_or("–".into());
+    let used = format!(
+        "In that phase the all-in-one process used {:.2} cores against {:.2} for the three processes together, \
+         PostgreSQL {:.2} against {:.2}; the machine was busy {} and {} of its {} (every process, anyone's).",
+        programs(&c1),
+        programs(&c3),
+        c1.postgres.unwrap_or(0.0),
+        c3.postgres.unwrap_or(0.0),
+        machine(&c1),
+        machine(&c3),
+        cores(r),
+    );
+    if key == "aio_freshness_p99_one" {
+        let p99s: Vec<String> = one
+            .rounds
+            .iter()
+            .map(|r| format!("{:.1}", r.freshness.p99_ms))
+            .collect();
+        return Some(format!(
+            "The all-in-one's rounds' p99: {} ms; the three processes' median {} ms. {used}",
+            p99s.join(", "),
+            three
+                .freshness_p99()
+                .map_or("–".to_owned(), |v| format!("{v:.1}"))
+        ));
+    }
+    let ((low1, high1), (low3, high3)) = (range(one), range(three));
+    let overlap = if high1 >= low3 {
+        "they overlap, so the gap is within what this run's rounds moved"
+    } else {
+        "no round of the all-in-one reached the three processes' slowest"
+    };
+    Some(format!(
+        "{used} Each request cost the programs {:.1} µs of CPU in one process against {:.1} µs in three. The \
+         rounds ranged {low1:.0} to {high1:.0} against {low3:.0} to {high3:.0}: {overlap}.",
+        programs(&c1) * 1e6 / one.median(figure).max(f64::EPSILON),
+        programs(&c3) * 1e6 / three.median(figure).max(f64::EPSILON),
+    ))
 }
 
 /// The rush's figures behind a missed goal: what each process used, alone

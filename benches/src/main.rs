@@ -53,7 +53,7 @@ struct Cli {
     )]
     redis_url: String,
 
-    /// Directory of command-api, query-api and projector (default: beside this binary).
+    /// Directory of command-api, query-api, projector and all-in-one (default: beside this binary).
     #[arg(long, env = "BENCH_BIN_DIR")]
     bin_dir: Option<PathBuf>,
 

@@ -9,7 +9,7 @@ use crate::{
     analysis::{analysis, cpu_ranking},
     plot,
     results::{Meta, Ratio, Results},
-    scenarios::Subject,
+    scenarios::{median_of, Subject},
 };
 
 /// Writes `<name>.md`, `<name>.json` and the plots into `dir`.
@@ -266,6 +266,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         );
     }
     rush_section(&mut md, r);
+    all_in_one_section(&mut md, r);
     let _ = writeln!(
         md,
         "## Takeover: a standby projector after kill -9 of the active one\n"
@@ -504,6 +505,146 @@ fn rush_section(md: &mut String, r: &Results) {
             each.join(" | "),
             cores.total(),
             fmt_opt(cores.machine, 2)
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// The all-in-one against the three processes: each deployment's medians
+/// and rounds, then the cores each process used in each phase.
+fn all_in_one_section(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "## All-in-one against the three processes\n");
+    let Some(x) = &r.all_in_one else {
+        return;
+    };
+    let m = &r.meta;
+    let rounds = x.deployments.first().map_or(0, |d| d.rounds.len());
+    let _ = writeln!(
+        md,
+        "The command API, the projector and the query API run as three processes and as the `all-in-one` binary \
+         (one process, one runtime, the same libraries and settings), each deployment on its own copy of the seeded \
+         database, taken before any order, with its own replication slot and Redis key prefix, so neither's orders \
+         reach the other's projector. Both stay up; in each of {rounds} round(s) they take turns, the first to go \
+         alternating, and only the one whose turn it is gets load (the other idles: its query API re-reads its \
+         pre-warmed set, its projector sends heartbeats, and the walsender of its slot reads the other's WAL to \
+         skip it). A turn: its projector catches up (vacuum, checkpoint, \
+         the watermark at the end of the WAL); the hot course's pre-warmed page at saturation ({} connections); the \
+         same page from Redis, read with a read-your-writes token its projection has reached; orders at {:.0}/s on \
+         a fixed schedule for {:.1} s, timed from each order's answer to the projection's watermark in Redis \
+         reaching its `X-Commit-Lsn` (as in the freshness scenario); and orders spread over the catalogue at \
+         saturation ({} connections). Each phase follows {:.1} s of warm-up; a saturation phase lasts {:.1} s. Each \
+         figure is the median of a deployment's rounds; each ratio divides the all-in-one's by the three \
+         processes'.\n",
+        x.read_connections,
+        x.order_rate,
+        m.scale.freshness_phase.as_secs_f64(),
+        x.order_connections,
+        m.scale.warmup.as_secs_f64(),
+        m.scale.round.as_secs_f64(),
+    );
+    let _ = writeln!(
+        md,
+        "| deployment | initial build s | warmed hot read req/s | Redis path req/s | orders/s at saturation | \
+         orders at {:.0}/s: achieved, failed | visible p50 / p99 / max ms |",
+        x.order_rate
+    );
+    let _ = writeln!(md, "|---|---:|---|---|---|---|---|");
+    type Figure = fn(&crate::scenarios::all_in_one::Round) -> f64;
+    for d in &x.deployments {
+        let figure = |of: Figure| {
+            let all: Vec<String> = d.rounds.iter().map(|r| format!("{:.0}", of(r))).collect();
+            format!("{:.0} ({})", d.median(of), all.join(", "))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {} | {} | {:.0}, {} | {:.1} / {} / {:.1} |",
+            d.label,
+            d.initial_build_s,
+            figure(|r| r.hot.achieved_rps),
+            figure(|r| r.hot_redis.achieved_rps),
+            figure(|r| r.orders.achieved_rps),
+            d.median(|r| r.fresh_orders.achieved_rps),
+            d.rounds.iter().map(|r| r.fresh_orders.errors).sum::<u64>(),
+            d.median(|r| r.freshness.p50_ms),
+            fmt_opt(d.freshness_p99(), 1),
+            d.rounds
+                .iter()
+                .map(|r| r.freshness.max_ms)
+                .fold(0.0, f64::max),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nIn parentheses, every round's figure. Failed: orders on the schedule without a 2xx answer or still \
+         unsent when the phase ended (all rounds); a round with more than 1% failed gives no p99. The max is the \
+         longest lag of all rounds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "Cores by process (CPU seconds per second, user and system, the median of the rounds, warm-up included; \
+         PostgreSQL is every process of its server), on {} cores:\n",
+        m.machine.cores
+    );
+    let _ = writeln!(
+        md,
+        "| deployment | phase | programs | PostgreSQL | Redis | load generator | the machine, every process |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|");
+    type Of = fn(&crate::scenarios::all_in_one::Round) -> crate::scenarios::rush::Cores;
+    let phases: [(&str, Of); 4] = [
+        ("warmed hot read", |r| r.hot_cores),
+        ("Redis path", |r| r.hot_redis_cores),
+        ("orders on the schedule", |r| r.freshness_cores),
+        ("orders at saturation", |r| r.orders_cores),
+    ];
+    let idle: Vec<String> = x
+        .deployments
+        .iter()
+        .filter_map(|d| {
+            let cores = median_of(d.rounds.iter().filter_map(|r| r.other_idle_cores))?;
+            let other = x.deployments.iter().find(|o| o.key != d.key)?;
+            Some(format!(
+                "the {}, {cores:.3} cores during the turns of the {}",
+                other.label, d.label
+            ))
+        })
+        .collect();
+    for d in &x.deployments {
+        for (what, of) in phases {
+            let c = d.cores(of);
+            let programs = match c.all_in_one {
+                Some(one) => format!("all-in-one {one:.2}"),
+                None => {
+                    let each = [
+                        ("command API", c.command_api),
+                        ("query API", c.query_api),
+                        ("projector", c.projector),
+                    ];
+                    let sum: f64 = each.iter().filter_map(|(_, v)| *v).sum();
+                    let parts: Vec<String> = each
+                        .iter()
+                        .map(|(who, v)| format!("{who} {}", fmt_opt(*v, 2)))
+                        .collect();
+                    format!("{} = {sum:.2}", parts.join(" + "))
+                }
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {what} | {programs} | {} | {} | {} | {} |",
+                d.label,
+                fmt_opt(c.postgres, 2),
+                fmt_opt(c.redis, 2),
+                fmt_opt(c.load_generator, 2),
+                fmt_opt(c.machine, 2)
+            );
+        }
+    }
+    if !idle.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThe programs of the deployment idling meanwhile used (median of the turns, from after the catch-up \
+             to the end): {}.",
+            idle.join("; ")
         );
     }
     let _ = writeln!(md);

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     scale::Scale,
     scenarios::{
+        all_in_one::AllInOne,
         freshness::Freshness,
         overload::Overload,
         reads::{CartComparison, ReadCpu},
@@ -76,6 +77,9 @@ pub struct Results {
     /// A sale's reads and orders together, against each alone.
     #[serde(default)]
     pub rush: Option<Rush>,
+    /// The all-in-one process against the three processes, side by side.
+    #[serde(default)]
+    pub all_in_one: Option<AllInOne>,
     /// Where the CPU went on the paths behind the ratios (perf).
     #[serde(default)]
     pub profiles: Vec<Profile>,

@@ -11,8 +11,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sqlx::{Connection, PgConnection};
 
+mod all_in_one;
 mod reads;
 
 use crate::{
@@ -46,6 +46,9 @@ pub enum Scenario {
     /// A sale's reads at saturation with orders on its seat-limited courses,
     /// against each alone.
     Rush,
+    /// The all-in-one process against the three processes: reads, orders
+    /// and freshness, side by side.
+    AllInOne,
 }
 
 impl Scenario {
@@ -60,6 +63,7 @@ impl Scenario {
             Scenario::Takeover => "takeover",
             Scenario::Overload => "overload",
             Scenario::Rush => "rush",
+            Scenario::AllInOne => "all-in-one",
         }
     }
 }
@@ -160,6 +164,7 @@ pub async fn run(options: Options) -> Result<Results> {
         takeover: None,
         overload: None,
         rush: None,
+        all_in_one: None,
         profiles: Vec::new(),
         ratios: Vec::new(),
         notes: Vec::new(),
@@ -248,37 +253,39 @@ async fn start_projector(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) ->
 /// Starts a query API on the views under `prefix`, pre-warming the events
 /// that start within `prewarm_window` (`0`: none).
 fn start_query_api(ctx: &Ctx, name: &str, prefix: &str, prewarm_window: &str) -> Result<Program> {
-    let env = &ctx.env;
     let addr = free_addr()?;
-    Program::workspace(
-        env,
-        name,
-        "query-api",
-        &[
-            ("REDIS_URL", env.redis_url.clone()),
-            ("KEY_PREFIX", prefix.to_owned()),
-            ("QUERY_API_ADDR", addr.to_string()),
-            ("PREWARM_WINDOW", prewarm_window.to_owned()),
-        ],
-        addr,
-    )
+    let settings = query_env(ctx, prefix, addr, prewarm_window);
+    Program::workspace(&ctx.env, name, "query-api", &settings, addr)
 }
 
-/// Vacuums and checkpoints the write model at `url`, then waits until the
-/// projection under `prefix` has caught up with it: the work earlier
-/// scenarios left behind does not land in the next one's phases.
-async fn catch_up(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) -> Result<()> {
-    let mut conn = PgConnection::connect(url).await?;
-    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
-    sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await?;
-    let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-        .fetch_one(&mut conn)
-        .await?;
-    conn.close().await?;
-    let redis = ctx.env.redis().await?;
-    let reached = freshness::wait_for_watermark(&redis, prefix, now.parse()?, limit).await?;
-    anyhow::ensure!(reached, "the projector did not catch up with the orders");
-    Ok(())
+/// The query API's settings on the views under `prefix`, serving `addr`.
+fn query_env(
+    ctx: &Ctx,
+    prefix: &str,
+    addr: SocketAddr,
+    prewarm_window: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_URL", ctx.env.redis_url.clone()),
+        ("KEY_PREFIX", prefix.to_owned()),
+        ("QUERY_API_ADDR", addr.to_string()),
+        ("PREWARM_WINDOW", prewarm_window.to_owned()),
+    ]
+}
+
+/// The command API's settings on the write model at `url`, serving `addr`.
+fn command_env(ctx: &Ctx, url: &str, addr: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", stack::as_role(url, stack::COMMAND_ROLE)),
+        ("COMMAND_API_ADDR", addr.to_string()),
+        // The scenarios measure what the write path carries, not its
+        // admission (the overload scenario does): every connection of the
+        // load generator is admitted.
+        (
+            "COMMAND_API_CONCURRENCY_LIMIT",
+            ctx.scale.order_connections.max(1).to_string(),
+        ),
+    ]
 }
 
 fn projector_env(
@@ -292,7 +299,8 @@ fn projector_env(
         ("REDIS_URL", ctx.env.redis_url.clone()),
         ("KEY_PREFIX", prefix.to_owned()),
         ("PROJECTOR_ADDR", addr.to_string()),
-        ("PROJECTOR_SLOT", ctx.env.name("cqrs")),
+        // One slot per set of views: the slot is named after their prefix.
+        ("PROJECTOR_SLOT", prefix.to_owned()),
         ("PROJECTOR_PUBLICATION", stack::PUBLICATION.to_owned()),
         ("PROJECTOR_HEARTBEAT_SECS", "1".to_owned()),
     ]
@@ -330,6 +338,15 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     }
     tracing::info!("seeding enrollments");
     seed::enrollments(&cqrs_url, &ctx.scale).await?;
+    // The all-in-one and the three processes: a copy of the same data each,
+    // taken before any order, so neither's orders land in the other's slot.
+    let mut aio_urls = None;
+    if wants(Scenario::AllInOne) {
+        aio_urls = Some((
+            stack::copy_database(env, &cqrs, &env.name("aio_three")).await?,
+            stack::copy_database(env, &cqrs, &env.name("aio_one")).await?,
+        ));
+    }
     let mono_url = if monolith_needed {
         let url = stack::copy_database(env, &cqrs, &mono).await?;
         seed::monolith(&url).await?;
@@ -401,26 +418,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     }
     let mut command = None;
     if command_needed {
-        let command_addr = free_addr()?;
+        let addr = free_addr()?;
         let mut started = Program::workspace(
             env,
             "command-api",
             "command-api",
-            &[
-                (
-                    "DATABASE_URL",
-                    stack::as_role(&cqrs_url, stack::COMMAND_ROLE),
-                ),
-                ("COMMAND_API_ADDR", command_addr.to_string()),
-                // These scenarios measure what the write path carries, not
-                // its admission (the overload scenario does): every
-                // connection of the load generator is admitted.
-                (
-                    "COMMAND_API_CONCURRENCY_LIMIT",
-                    ctx.scale.order_connections.max(1).to_string(),
-                ),
-            ],
-            command_addr,
+            &command_env(ctx, &cqrs_url, addr),
+            addr,
         )?;
         started.wait_ok("/ready", Duration::from_secs(60)).await?;
         command = Some(started);
@@ -439,16 +443,12 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
         monolith.stop().await?;
     }
     if let (true, true, Some(command)) = (ctx.profile, wants(Scenario::Orders), &command) {
-        let courses = ctx.scale.courses as u64;
         let outcome = scenarios::profile_load(
             ctx,
             None,
             "whole machine, orders spread through the command API at saturation",
             command.addr,
-            orders::order_requests(
-                ctx.next_user.clone(),
-                Arc::new(move |n| 1 + (crate::scenarios::mix(n) % courses) as i64),
-            ),
+            orders::order_requests(ctx.next_user.clone(), orders::spread_courses(&ctx.scale)),
             ctx.scale.order_connections,
         )
         .await;
@@ -460,7 +460,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     // Freshness: the whole pipeline, once the projector has caught up.
     if let (true, Some(command)) = (wants(Scenario::Freshness), &command) {
         let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
-        let caught_up = catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
+        let caught_up = freshness::catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results
             .record("freshness (catching up)", caught_up)
             .is_some()
@@ -480,7 +480,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     // pre-warming the rush's event, against each alone.
     if let (true, Some(command)) = (wants(Scenario::Rush), &command) {
         let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
-        let caught_up = catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
+        let caught_up = freshness::catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results.record("rush (catching up)", caught_up).is_some() {
             tracing::info!("rush");
             let mut query = start_query_api(ctx, "query-api-rush", &prefix, "10m")?;
@@ -493,6 +493,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
                     query_api: query.pid(),
                     command_api: command.pid(),
                     projector: projector.pid(),
+                    all_in_one: None,
                     postmaster: stack::postmaster_pid(env).await,
                 },
             };
@@ -529,6 +530,13 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
         tracing::info!("overload");
         let outcome = overload::run(ctx, &cqrs_url).await;
         results.overload = results.record("overload", outcome);
+    }
+
+    // The all-in-one against the three processes, each on its own copy.
+    if let Some((three_url, one_url)) = &aio_urls {
+        tracing::info!("all-in-one against three processes");
+        let outcome = all_in_one::measure(ctx, three_url, one_url, build_limit).await;
+        results.all_in_one = results.record("all-in-one", outcome);
     }
 
     // The projector against the decode ceiling, in a database of its own.

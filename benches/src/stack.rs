@@ -22,7 +22,7 @@ pub struct Env {
     /// Any database of the server (`.../postgres`): databases are created from it.
     pub admin_url: String,
     pub redis_url: String,
-    /// Directory of `command-api`, `query-api` and `projector`.
+    /// Directory of `command-api`, `query-api`, `projector` and `all-in-one`.
     pub bin_dir: PathBuf,
     /// The `bench` binary, which also serves the baselines.
     pub bench_exe: PathBuf,
@@ -167,8 +167,19 @@ impl Program {
 
     /// Waits until `path` answers 200.
     pub async fn wait_ok(&mut self, path: &str, timeout: Duration) -> Result<()> {
+        self.wait_ok_at(self.addr, path, timeout).await
+    }
+
+    /// Waits until `path` at `addr` answers 200: a process serving on
+    /// several addresses (the all-in-one) is ready when each of them is.
+    pub async fn wait_ok_at(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let url = format!("http://{}{path}", self.addr);
+        let url = format!("http://{addr}{path}");
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -176,7 +187,7 @@ impl Program {
                     self.name
                 );
             }
-            if let Ok((200, _)) = crate::load::get(self.addr, path).await {
+            if let Ok((200, _)) = crate::load::get(addr, path).await {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -105,7 +105,7 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     assert!(number(&r, "cart.single.latency.p50_ms") > 0.0);
 
     // Orders, pgbench, freshness, the stream, bytes per view, redis-benchmark,
-    // takeovers, overload, the rush.
+    // takeovers, overload, the rush, the all-in-one.
     let orders = r["orders"].as_array().expect("orders");
     assert_eq!(orders.len(), 4, "spread and hot, command API and monolith");
     for s in orders {
@@ -232,6 +232,58 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
             number(round, "warm_hits") > 0.0,
             "the event's pages were served pre-warmed"
         );
+    }
+
+    // The all-in-one and the three processes: each took its turn, its reads
+    // and orders answered, every order on the schedule became visible, and
+    // the cores of its own processes were read.
+    let deployments = r["all_in_one"]["deployments"]
+        .as_array()
+        .expect("all-in-one deployments");
+    assert_eq!(deployments.len(), 2, "the all-in-one and three processes");
+    for d in deployments {
+        let key = d["key"].as_str().expect("a key");
+        assert!(number(d, "initial_build_s") > 0.0, "{key}");
+        let rounds = d["rounds"].as_array().expect("all-in-one rounds");
+        assert_eq!(rounds.len(), 1, "{key}");
+        for round in rounds {
+            for phase in ["hot", "hot_redis", "orders", "fresh_orders"] {
+                assert!(
+                    number(round, &format!("{phase}.ok")) > 0.0,
+                    "{key}: {phase} answered nothing"
+                );
+            }
+            // Orders on a schedule may be shed on a busy machine (a debug
+            // build): the lag then has a reason instead of a value.
+            for phase in ["hot", "hot_redis", "orders"] {
+                assert_eq!(
+                    number(round, &format!("{phase}.errors")),
+                    0.0,
+                    "{key}: {phase} had errors"
+                );
+            }
+            assert!(number(round, "freshness.orders") > 0.0, "{key}");
+            assert_eq!(
+                number(round, "freshness.unseen"),
+                0.0,
+                "{key}: every order became visible"
+            );
+            let program = match key {
+                "one" => "all_in_one",
+                _ => "command_api",
+            };
+            for cores in [
+                "hot_cores",
+                "hot_redis_cores",
+                "freshness_cores",
+                "orders_cores",
+            ] {
+                assert!(
+                    number(round, &format!("{cores}.{program}")) >= 0.0,
+                    "{key}: {cores}"
+                );
+            }
+        }
     }
 
     // Every ratio of the table has a value, or says why the host could

@@ -19,7 +19,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use views::{GenerationMarker, Keys, Lsn};
 
-use super::{mix, orders::order_requests, Ctx};
+use sqlx::{Connection, PgConnection};
+
+use super::{
+    orders::{order_requests, spread_courses},
+    Ctx,
+};
 use crate::load::{self, Mode, Spec};
 
 /// Lags at one offered order rate.
@@ -192,32 +197,59 @@ pub async fn wait_for_watermark(
 pub async fn run(ctx: &Ctx, command: SocketAddr, prefix: &str) -> Result<Vec<Freshness>> {
     let redis = ctx.env.redis().await?;
     let key = watermark_key(&redis, prefix).await?;
-    let courses = ctx.scale.courses as u64;
     let mut out = Vec::new();
     for &rate in &ctx.scale.freshness_rates {
         tracing::info!(rate, "freshness");
-        let make = order_requests(
-            ctx.next_user.clone(),
-            std::sync::Arc::new(move |n| 1 + (mix(n) % courses) as i64),
-        );
-        let spec = Spec {
-            label: format!("orders at {rate:.0}/s"),
-            mode: Mode::Rate {
-                per_second: rate,
-                connections: ctx.scale.rate_connections,
-            },
-            warmup: ctx.scale.warmup,
-            duration: ctx.scale.freshness_phase,
-            capture: Some("x-commit-lsn"),
-        };
+        let make = order_requests(ctx.next_user.clone(), spread_courses(&ctx.scale));
         let source = Visible::Watermark {
             redis: redis.clone(),
             key: key.clone(),
         };
-        let (_, lags) = watched(rate, vec![source], load::run(command, make, &spec)).await?;
-        out.extend(lags);
+        let (_, lags) = at_rate(ctx, command, make, source, rate).await?;
+        out.push(lags);
     }
     Ok(out)
+}
+
+/// `make`'s orders to `command` at `rate` for a freshness phase, with
+/// `source` polled throughout: the phase and the orders' lags.
+pub async fn at_rate(
+    ctx: &Ctx,
+    command: SocketAddr,
+    make: load::MakeRequest,
+    source: Visible,
+    rate: f64,
+) -> Result<(load::Phase, Freshness)> {
+    let spec = Spec {
+        label: format!("orders at {rate:.0}/s"),
+        mode: Mode::Rate {
+            per_second: rate,
+            connections: ctx.scale.rate_connections,
+        },
+        warmup: ctx.scale.warmup,
+        duration: ctx.scale.freshness_phase,
+        capture: Some("x-commit-lsn"),
+    };
+    let (outcome, mut lags) = watched(rate, vec![source], load::run(command, make, &spec)).await?;
+    let lags = lags.pop().context("no lags of the orders")?;
+    Ok((outcome.phase, lags))
+}
+
+/// Vacuums and checkpoints the write model at `url`, then waits until the
+/// projection under `prefix` has caught up with it: the work earlier
+/// phases left behind does not land in the next ones.
+pub async fn catch_up(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) -> Result<()> {
+    let mut conn = PgConnection::connect(url).await?;
+    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
+    sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await?;
+    let now: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    let redis = ctx.env.redis().await?;
+    let reached = wait_for_watermark(&redis, prefix, now.parse()?, limit).await?;
+    anyhow::ensure!(reached, "the projector did not catch up with the orders");
+    Ok(())
 }
 
 fn lags(

@@ -1,8 +1,10 @@
 //! The scenarios, each next to its baseline: reads, orders, freshness, the
 //! projector against pg_recvlogical, what a view costs in Redis, how fast a
-//! standby projector takes over, what admission keeps under overload, and
-//! a sale's reads and orders together against each alone.
+//! standby projector takes over, what admission keeps under overload, a
+//! sale's reads and orders together against each alone, and the all-in-one
+//! process against the three processes.
 
+pub mod all_in_one;
 pub mod freshness;
 pub mod orders;
 pub mod overload;

@@ -17,6 +17,7 @@ use tokio::process::Command;
 use super::{at_rate, median, mix, saturate, Ctx, Subject, Target};
 use crate::{
     load::{post_json, MakeRequest, Phase},
+    scale::Scale,
     stack::Env,
     tools::{self, Pgbench},
 };
@@ -27,6 +28,12 @@ pub fn order_requests(
     course: Arc<dyn Fn(u64) -> i64 + Send + Sync>,
 ) -> MakeRequest {
     orders_of(next_user, None, course)
+}
+
+/// A course of the whole catalogue for request `n`, spread evenly.
+pub fn spread_courses(scale: &Scale) -> Arc<dyn Fn(u64) -> i64 + Send + Sync> {
+    let courses = scale.courses as u64;
+    Arc::new(move |n| 1 + (mix(n) % courses) as i64)
 }
 
 /// The same through sale event `event`, which prices the course and, if it
@@ -70,9 +77,8 @@ pub async fn run(
     monolith: SocketAddr,
     database: &str,
 ) -> Result<(Vec<Subject>, Option<Pgbench>)> {
-    let courses = ctx.scale.courses as u64;
-    let spread: Arc<dyn Fn(u64) -> i64 + Send + Sync> =
-        Arc::new(move |n| 1 + (mix(n) % courses) as i64);
+    let courses = ctx.scale.courses;
+    let spread = spread_courses(&ctx.scale);
     let hot: Arc<dyn Fn(u64) -> i64 + Send + Sync> = Arc::new(|_| 1);
     let mut targets = Vec::new();
     for (prefix, what, addr) in [

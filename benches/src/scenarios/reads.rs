@@ -54,7 +54,8 @@ pub struct CartComparison {
     pub single: Phase,
 }
 
-fn gets(paths: impl Fn(u64) -> String + Send + Sync + 'static) -> MakeRequest {
+/// GETs of the path `paths` names for each request.
+pub(crate) fn gets(paths: impl Fn(u64) -> String + Send + Sync + 'static) -> MakeRequest {
     Arc::new(move |n| get_request(&paths(n)))
 }
 

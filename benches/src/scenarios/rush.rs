@@ -103,8 +103,24 @@ pub struct Pids {
     pub query_api: Option<u32>,
     pub command_api: Option<u32>,
     pub projector: Option<u32>,
+    /// The three in one process, when they run so (the all-in-one scenario).
+    pub all_in_one: Option<u32>,
     /// Absent when PostgreSQL does not run on this machine.
     pub postmaster: Option<u32>,
+}
+
+impl Pids {
+    /// The ids of the programs under test (not PostgreSQL's).
+    pub fn programs(&self) -> impl Iterator<Item = u32> {
+        [
+            self.query_api,
+            self.command_api,
+            self.projector,
+            self.all_in_one,
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// Where the rush sends its reads and orders, and what serves them.
@@ -124,6 +140,9 @@ pub struct Cores {
     pub query_api: Option<f64>,
     pub command_api: Option<f64>,
     pub projector: Option<f64>,
+    /// The three programs in one process, when they run so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_in_one: Option<f64>,
     /// Every process of the PostgreSQL server: backends, the walsender
     /// decoding the projector's slot, background workers.
     pub postgres: Option<f64>,
@@ -136,16 +155,21 @@ pub struct Cores {
 }
 
 impl Cores {
-    /// Every process with its cores, in a fixed order.
-    pub fn each(&self) -> [(&'static str, Option<f64>); 6] {
-        [
+    /// Every process with its cores, in a fixed order; the all-in-one
+    /// process last, only where it ran.
+    pub fn each(&self) -> Vec<(&'static str, Option<f64>)> {
+        let mut each = vec![
             ("the query API", self.query_api),
             ("the command API", self.command_api),
             ("the projector", self.projector),
             ("PostgreSQL", self.postgres),
             ("Redis", self.redis),
             ("the load generator", self.load_generator),
-        ]
+        ];
+        if self.all_in_one.is_some() {
+            each.push(("the all-in-one process", self.all_in_one));
+        }
+        each
     }
 
     /// The cores of every process measured.
@@ -168,6 +192,7 @@ impl Cores {
             query_api: of(|c| c.query_api),
             command_api: of(|c| c.command_api),
             projector: of(|c| c.projector),
+            all_in_one: of(|c| c.all_in_one),
             postgres: of(|c| c.postgres),
             redis: of(|c| c.redis),
             load_generator: of(|c| c.load_generator),
@@ -179,7 +204,7 @@ impl Cores {
 /// CPU seconds of every process so far, and when they were read.
 struct Sample {
     at: Instant,
-    seconds: [Option<f64>; 7],
+    seconds: [Option<f64>; 8],
 }
 
 async fn sample(pids: &Pids, redis: &Client) -> Sample {
@@ -193,13 +218,14 @@ async fn sample(pids: &Pids, redis: &Client) -> Sample {
             redis_cpu_s(redis).await,
             process_cpu_s(std::process::id()),
             machine_cpu_s(),
+            cpu(pids.all_in_one),
         ],
         at: Instant::now(),
     }
 }
 
 /// Runs `phase`, measuring the cores each process used meanwhile.
-async fn metered<T>(
+pub(crate) async fn metered<T>(
     pids: &Pids,
     redis: &Client,
     phase: impl std::future::Future<Output = T>,
@@ -217,6 +243,7 @@ async fn metered<T>(
         query_api: used(0),
         command_api: used(1),
         projector: used(2),
+        all_in_one: used(7),
         postgres: used(3),
         redis: used(4),
         load_generator: used(5),
@@ -230,7 +257,7 @@ async fn metered<T>(
 const FAILED_SHARE: f64 = 0.01;
 
 /// A fixed-rate phase placed (nearly) every order due in its window.
-fn carried(phase: &Phase) -> bool {
+pub(crate) fn carried(phase: &Phase) -> bool {
     let due = phase.ok + phase.errors;
     due > 0 && phase.errors as f64 <= FAILED_SHARE * due as f64
 }
@@ -645,7 +672,7 @@ pub(crate) mod tests {
     use crate::load::Latency;
 
     /// A phase of `ok` answers and `failed` ones, at `rps`, its p99 `p99_ms`.
-    fn phase(rps: f64, ok: u64, failed: u64, p99_ms: f64) -> Phase {
+    pub(crate) fn phase(rps: f64, ok: u64, failed: u64, p99_ms: f64) -> Phase {
         Phase {
             label: String::new(),
             mode: "fixed rate".into(),
@@ -665,7 +692,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn lags(orders: u64, p99_ms: f64) -> Freshness {
+    /// `orders` lags whose p99 is `p99_ms`.
+    pub(crate) fn lags(orders: u64, p99_ms: f64) -> Freshness {
         Freshness {
             offered_rps: 166.0,
             achieved_rps: 166.0,
@@ -687,6 +715,7 @@ pub(crate) mod tests {
             query_api: Some(0.6),
             command_api: Some(0.1),
             projector: Some(0.05),
+            all_in_one: None,
             postgres: Some(0.2),
             redis: Some(redis),
             load_generator: Some(0.5),

@@ -5,7 +5,6 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{mix, orders::order_requests, Ctx};
+use super::{
+    orders::{order_requests, spread_courses},
+    Ctx,
+};
 use crate::{
     load::{self, Mode, Spec},
     stack::{free_addr, Program},
@@ -86,7 +88,7 @@ pub async fn run(
     let rate = ctx.scale.takeover_rate.max(1.0);
     let stream = tokio::spawn(stream_orders(
         command,
-        order_requests(ctx.next_user.clone(), random_course(ctx)),
+        order_requests(ctx.next_user.clone(), spread_courses(&ctx.scale)),
         rate,
         stop_rx,
     ));
@@ -134,12 +136,6 @@ pub async fn run(
     })
 }
 
-/// A course of the catalogue for request `n`.
-fn random_course(ctx: &Ctx) -> Arc<dyn Fn(u64) -> i64 + Send + Sync> {
-    let courses = ctx.scale.courses as u64;
-    Arc::new(move |n| 1 + (mix(n) % courses) as i64)
-}
-
 /// SIGKILLs `active`, writes an order and times until the query API has it.
 async fn kill_and_time(
     ctx: &Ctx,
@@ -147,7 +143,7 @@ async fn kill_and_time(
     query: SocketAddr,
     active: Program,
 ) -> Result<Kill> {
-    let order = order_requests(ctx.next_user.clone(), random_course(ctx));
+    let order = order_requests(ctx.next_user.clone(), spread_courses(&ctx.scale));
     let killed_at = Instant::now();
     active.kill().await?;
     let (status, headers, body) = load::send(command, order(u64::MAX)).await?;
