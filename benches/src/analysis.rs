@@ -276,9 +276,9 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
             };
             format!(
                 "pgbench runs the same statements from a thin C client; the command API adds HTTP and JSON \
-                 handling, a pool checkout, a round trip to PostgreSQL per statement and one for the commit \
-                 LSN.{profile} Candidates: fewer round trips (the order's inserts in one statement with \
-                 data-modifying CTEs, or pipelined execution) and the commit LSN in the COMMIT's round trip."
+                 handling, a pool checkout (with its ping), and a round trip to PostgreSQL per statement: BEGIN, \
+                 the key and the facts, the write, COMMIT and the commit LSN.{profile} Candidates: the commit \
+                 LSN in the COMMIT's round trip, and no ping on a connection the pool used a moment ago."
             )
         }
         "projector_over_recvlogical" => {
