@@ -254,10 +254,12 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                 String::new()
             };
             format!(
-                "Hot orders reached {:.0} orders/s against {:.0} spread.{monolith} No row is shared, but every hot \
-                 order inserts into the same leaf pages of `enrollments_course_idx` (all keys equal) and of the \
-                 partial unique index. A candidate: an index that spreads equal keys (a hash index, or a key with \
-                 the enrollment id first).",
+                "Hot orders reached {:.0} orders/s against {:.0} spread.{monolith} No row is updated, but every hot \
+                 order's item and enrollment lock the course's row through their foreign keys (`FOR KEY SHARE`, \
+                 a new multixact per order as buyers overlap) and insert into the same leaf pages of \
+                 `enrollments_course_idx` (all keys equal). Candidates: an index that spreads equal keys (a hash \
+                 index, or a key with the enrollment id first); the foreign keys to `courses`, whose cost was \
+                 within the noise when last measured.",
                 order("cqrs_hot"),
                 order("cqrs_spread"),
             )
