@@ -254,10 +254,12 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
                 String::new()
             };
             format!(
-                "Hot orders reached {:.0} orders/s against {:.0} spread.{monolith} No row is shared, but every hot \
-                 order inserts into the same leaf pages of `enrollments_course_idx` (all keys equal) and of the \
-                 partial unique index. A candidate: an index that spreads equal keys (a hash index, or a key with \
-                 the enrollment id first).",
+                "Hot orders reached {:.0} orders/s against {:.0} spread.{monolith} No row is updated, but every hot \
+                 order's item and enrollment lock the course's row through their foreign keys (`FOR KEY SHARE`, \
+                 a new multixact per order as buyers overlap) and insert into the same leaf pages of \
+                 `enrollments_course_idx` (all keys equal). Candidates: an index that spreads equal keys (a hash \
+                 index, or a key with the enrollment id first); the foreign keys to `courses`, whose cost was \
+                 within the noise when last measured.",
                 order("cqrs_hot"),
                 order("cqrs_spread"),
             )
@@ -276,9 +278,9 @@ pub(crate) fn analysis(key: &str, r: &Results) -> Option<String> {
             };
             format!(
                 "pgbench runs the same statements from a thin C client; the command API adds HTTP and JSON \
-                 handling, a pool checkout, a round trip to PostgreSQL per statement and one for the commit \
-                 LSN.{profile} Candidates: fewer round trips (the order's inserts in one statement with \
-                 data-modifying CTEs, or pipelined execution) and the commit LSN in the COMMIT's round trip."
+                 handling, a pool checkout (with its ping), and a round trip to PostgreSQL per statement: BEGIN, \
+                 the key and the facts, the write, COMMIT and the commit LSN.{profile} Candidates: the commit \
+                 LSN in the COMMIT's round trip, and no ping on a connection the pool used a moment ago."
             )
         }
         "projector_over_recvlogical" => {

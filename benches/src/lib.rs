@@ -19,6 +19,7 @@ pub mod scale;
 pub mod scenarios;
 pub mod seed;
 pub mod stack;
+pub mod steady;
 pub mod tools;
 
 pub use run::{run, Options};

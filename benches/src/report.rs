@@ -9,7 +9,7 @@ use crate::{
     analysis::{analysis, cpu_ranking},
     plot,
     results::{Meta, Ratio, Results},
-    scenarios::{median_of, Subject},
+    scenarios::{median_of, rounds_spread, Subject},
 };
 
 /// Writes `<name>.md`, `<name>.json` and the plots into `dir`.
@@ -229,14 +229,18 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         let _ = writeln!(
             md,
             "pgbench, the same SQL prepared, {} clients, a round after each round of the others: {:.0} transactions/s \
-             (median; rounds {}), mean latency {:.2} ms ({} transactions).\n",
+             (median; rounds {}, max / min {}), mean latency {:.2} ms ({} transactions).\n",
             p.clients,
             p.tps,
             p.rounds.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", "),
+            rounds_spread(&p.rounds)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "–".into()),
             p.latency_avg_ms,
             p.transactions
         );
     }
+    round_activity(&mut md, r);
     let _ = writeln!(md, "## Freshness: commit to visible\n");
     if !r.freshness.is_empty() {
         let _ = writeln!(md, "| offered orders/s | achieved | orders | failed | p50 ms | p95 ms | p99 ms | max ms | not seen |");
@@ -821,15 +825,55 @@ fn overload_section(md: &mut String, r: &Results) {
     let _ = writeln!(md);
 }
 
+/// What the database server did in each order round, beside the round's figure.
+fn round_activity(md: &mut String, r: &Results) {
+    let mut rows: Vec<(usize, &str, f64, &crate::steady::Activity)> = Vec::new();
+    for s in &r.orders {
+        for (i, (rps, did)) in s.rounds.iter().zip(&s.activity).enumerate() {
+            rows.push((i, &s.label, *rps, did));
+        }
+    }
+    if let Some(p) = &r.pgbench {
+        for (i, (tps, did)) in p.rounds.iter().zip(&p.activity).enumerate() {
+            rows.push((i, "pgbench, the same SQL", *tps, did));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by_key(|row| row.0);
+    let _ = writeln!(
+        md,
+        "Each subject first runs one unmeasured round. Before each round both databases are vacuumed and \
+         analyzed, the server is checkpointed and left until no autovacuum worker runs, so a round does not \
+         pay for the writes of the rounds and scenarios before it. What the \
+         server did during each round (pg_stat_wal, checkpoints started, pg_stat_activity sampled every 100 ms: \
+         what the client backends inside a transaction were doing, `CPU` when active without a wait event, \
+         `client` when idle in the transaction, waiting for the client's next statement) and the cores the load generator \
+         and the whole machine used:\n"
+    );
+    let _ = writeln!(md, "| round | subject | per s | server |");
+    let _ = writeln!(md, "|---:|---|---:|---|");
+    for (i, label, rps, did) in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {label} | {rps:.0} | {} |",
+            i + 1,
+            did.describe()
+        );
+    }
+    let _ = writeln!(md);
+}
+
 fn subjects_table(md: &mut String, subjects: &[Subject]) {
     if subjects.is_empty() {
         return;
     }
     let _ = writeln!(
         md,
-        "| subject | max req/s (median) | rounds | errors | at 50%: p50 / p99 / max ms | at 90%: p50 / p99 / max ms |"
+        "| subject | max req/s (median) | rounds | max / min | errors | at 50%: p50 / p99 / max ms | at 90%: p50 / p99 / max ms |"
     );
-    let _ = writeln!(md, "|---|---:|---|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---|---|");
     for s in subjects {
         let at = |p: &Option<crate::load::Phase>| match p {
             Some(p) => format!(
@@ -847,9 +891,13 @@ fn subjects_table(md: &mut String, subjects: &[Subject]) {
             None => "–".to_owned(),
         };
         let rounds: Vec<String> = s.rounds.iter().map(|v| format!("{v:.0}")).collect();
+        let spread = s
+            .spread()
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "–".into());
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {spread} | {} | {} | {} |",
             s.label,
             s.saturation.achieved_rps,
             rounds.join(", "),

@@ -71,6 +71,9 @@ pub struct Pgbench {
     pub transactions: u64,
     pub tps: f64,
     pub latency_avg_ms: f64,
+    /// What the database server did in each round, in the order run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activity: Vec<crate::steady::Activity>,
 }
 
 /// Parses pgbench's summary.

@@ -27,6 +27,6 @@ pub use config::Config;
 /// exactly what the handlers run.
 #[doc(hidden)]
 pub mod statements {
-    pub use crate::checkout::{COURSE_PRICES, USER_AND_PRICES};
+    pub use crate::checkout::{CHECKOUT_FACTS, CHECKOUT_WRITE, COURSE_PRICES};
 }
 pub use startup::{migrate, Application};

@@ -60,7 +60,7 @@ impl Metrics {
         let lookup = |statement| {
             recorded.counter_with_labels(
                 "command_api_checkout_lookups_total",
-                "Orders placed, by the checkout's user and price lookup (`joined`: the release toggle's one statement).",
+                "Orders placed, by the checkout's statement plan (`joined`: the release toggle's two statements).",
                 &[("lookup", statement)],
             )
         };

@@ -19,8 +19,8 @@ pub(crate) const EVENT_PURCHASES: &str = "checkout-event-purchases";
 pub(crate) const ORDER_RATE: &str = "checkout-order-rate";
 /// Kill switch: the idempotency-key expiry job.
 pub(crate) const KEY_EXPIRY: &str = "idempotency-key-expiry";
-/// Release toggle, by user id: the checkout reads the user and the course
-/// prices in one statement instead of two.
+/// Release toggle, by user id: the checkout claims its key and reads every
+/// fact in one statement and writes in one, instead of a statement a step.
 pub(crate) const JOINED_LOOKUP: &str = "checkout-joined-lookup";
 
 /// Every flag the command API reads, with its default.
@@ -52,8 +52,8 @@ pub(crate) static SPECS: &[FlagSpec] = &[
     },
     FlagSpec {
         key: JOINED_LOOKUP,
-        default: FlagDefault::Bool(false),
-        about: "Release toggle by user id: the checkout's one-statement user and price lookup.",
+        default: FlagDefault::Bool(true),
+        about: "Release toggle by user id: the checkout in two statements (one reads, one writes); off: a statement a step.",
     },
 ];
 
@@ -84,10 +84,10 @@ pub(crate) fn admit(
     Ok(())
 }
 
-/// Whether `user_id` is in the rollout of the one-statement lookup.
+/// Whether `user_id` is in the rollout of the two-statement checkout.
 pub(crate) fn joined_lookup(flags: &Flags, user_id: i64) -> bool {
     let user = EvaluationContext::with_targeting_key(user_id.to_string());
-    flags.get_boolean_value(JOINED_LOOKUP, &user, false)
+    flags.get_boolean_value(JOINED_LOOKUP, &user, true)
 }
 
 /// The order-intake cap: a token bucket holding at most one second of
@@ -148,7 +148,7 @@ mod tests {
         assert!(admit(&flags, true, Some(3)).is_ok());
         let intake = Intake::new();
         assert!((0..1000).all(|_| intake.take(&flags).is_ok()));
-        assert!(!joined_lookup(&flags, 1));
+        assert!(joined_lookup(&flags, 1));
     }
 
     #[test]

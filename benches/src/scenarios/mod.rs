@@ -55,6 +55,10 @@ pub struct Subject {
     pub saturation: Phase,
     /// Throughput of every saturation round, in the order run.
     pub rounds: Vec<f64>,
+    /// What the database server did in each saturation round (write
+    /// scenarios), in the order run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activity: Vec<crate::steady::Activity>,
     pub at_50: Option<Phase>,
     pub at_90: Option<Phase>,
 }
@@ -64,6 +68,18 @@ impl Subject {
     pub fn max_rps(&self) -> f64 {
         self.saturation.achieved_rps
     }
+
+    /// The fastest round over the slowest: 1 when the rounds agree.
+    pub fn spread(&self) -> Option<f64> {
+        rounds_spread(&self.rounds)
+    }
+}
+
+/// The largest of `rounds` over the smallest (`None` without a round above 0).
+pub fn rounds_spread(rounds: &[f64]) -> Option<f64> {
+    let min = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rounds.iter().copied().fold(0.0, f64::max);
+    (min > 0.0 && min.is_finite()).then(|| max / min)
 }
 
 /// What a subject sends where, and how.
@@ -135,6 +151,7 @@ pub async fn measure_all(ctx: &Ctx, targets: &[Target]) -> Result<Vec<Subject>> 
             label: target.label.clone(),
             saturation,
             rounds: all,
+            activity: Vec::new(),
             at_50,
             at_90,
         });

@@ -19,6 +19,7 @@ use crate::{
     load::{post_json, MakeRequest, Phase},
     scale::Scale,
     stack::Env,
+    steady::{self, Activity},
     tools::{self, Pgbench},
 };
 
@@ -70,7 +71,8 @@ fn orders_of(
 
 /// Orders through the command API and through the monolith, spread and
 /// hot, with pgbench taking its turn in every round: all measured side by
-/// side. Returns the subjects and pgbench's median round.
+/// side, each round from a settled database. Returns the subjects and
+/// pgbench's median round.
 pub async fn run(
     ctx: &Ctx,
     command: SocketAddr,
@@ -80,6 +82,11 @@ pub async fn run(
     let courses = ctx.scale.courses;
     let spread = spread_courses(&ctx.scale);
     let hot: Arc<dyn Fn(u64) -> i64 + Send + Sync> = Arc::new(|_| 1);
+    let cqrs_url = ctx.env.database_url(database);
+    let mono_url = ctx.env.database_url(&ctx.env.name("mono"));
+    // Both databases are settled before every round: either one's
+    // autovacuum or dirty pages would land in the other's rounds.
+    let urls = [cqrs_url.clone(), mono_url.clone()];
     let mut targets = Vec::new();
     for (prefix, what, addr) in [
         ("cqrs", "command API", command),
@@ -104,20 +111,38 @@ pub async fn run(
         }
     }
     let mut rounds: Vec<Vec<Phase>> = vec![Vec::new(); targets.len()];
+    let mut activity: Vec<Vec<Activity>> = vec![Vec::new(); targets.len()];
     let mut pgbench_rounds = Vec::new();
     let mut pgbench_error = None;
+    // An unmeasured round first: in the runs that had none, the first round
+    // was the slowest (cold caches, the first autovacuum of the new tables).
+    for target in &targets {
+        steady::settle(&urls).await?;
+        saturate(ctx, target, 0).await?;
+    }
+    // Within a round, the subjects of each goal's ratio run back to back:
+    // hot beside spread, spread beside pgbench (`None`: pgbench's turn).
+    let turns = [Some(1), Some(0), None, Some(2), Some(3)];
     for round in 0..ctx.scale.rounds.max(1) {
-        for (i, target) in targets.iter().enumerate() {
-            rounds[i].push(saturate(ctx, target, round).await?);
-        }
-        tracing::info!(round, "pgbench");
-        match pgbench(ctx, database).await {
-            Ok(p) => pgbench_rounds.push(p),
-            Err(err) => pgbench_error = Some(err),
+        for turn in turns {
+            let Some(i) = turn else {
+                tracing::info!(round, "pgbench");
+                match steady_round(&urls, pgbench(ctx, database)).await {
+                    Ok((mut p, did)) => {
+                        p.activity = vec![did];
+                        pgbench_rounds.push(p);
+                    }
+                    Err(err) => pgbench_error = Some(err),
+                }
+                continue;
+            };
+            let (phase, did) = steady_round(&urls, saturate(ctx, &targets[i], round)).await?;
+            rounds[i].push(phase);
+            activity[i].push(did);
         }
     }
     let mut subjects = Vec::new();
-    for (target, rounds) in targets.iter().zip(rounds) {
+    for ((target, rounds), activity) in targets.iter().zip(rounds).zip(activity) {
         let (saturation, all) = median(rounds)?;
         let (at_50, at_90) = if target.rates {
             (
@@ -132,6 +157,7 @@ pub async fn run(
             label: target.label.clone(),
             saturation,
             rounds: all,
+            activity,
             at_50,
             at_90,
         });
@@ -141,34 +167,91 @@ pub async fn run(
             return Err(err.context("pgbench"));
         }
     }
-    pgbench_rounds.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+    // Every round's figure and activity, in the order run, go with the median round.
     let rounds: Vec<f64> = pgbench_rounds.iter().map(|p| p.tps).collect();
+    let pgbench_activity: Vec<Activity> = pgbench_rounds
+        .iter_mut()
+        .flat_map(|p| std::mem::take(&mut p.activity))
+        .collect();
+    pgbench_rounds.sort_by(|a, b| a.tps.total_cmp(&b.tps));
     let mid = pgbench_rounds.len() / 2;
     let pgbench = pgbench_rounds.into_iter().nth(mid).map(|mut p| {
         p.rounds = rounds;
+        p.activity = pgbench_activity;
         p
     });
     Ok((subjects, pgbench))
 }
 
-/// The command API's order transaction as a pgbench script: the same
-/// statements in the same order (the company is read again in a sub-select
-/// where the API binds the value it read), prepared, one fresh user per
-/// transaction from a sequence.
-const PGBENCH_SCRIPT: &str = r#"\set cid random(1, :courses)
-SELECT nextval('bench_pgbench_user') AS uid \gset
-BEGIN;
-INSERT INTO idempotency_keys (user_id, key, request) VALUES (:uid, 'pgbench-' || :uid::text, jsonb_build_object('user_id', :uid::bigint, 'course_ids', jsonb_build_array(:cid::bigint))) ON CONFLICT DO NOTHING RETURNING 1;
-SELECT company FROM users WHERE id = :uid;
-SELECT id, price_krw AS price FROM courses WHERE id = ANY(ARRAY[:cid::bigint]) \gset
-SELECT course_id FROM enrollments WHERE user_id = :uid AND course_id = ANY(ARRAY[:cid::bigint]) AND revoked_at IS NULL;
-INSERT INTO orders (user_id, event_id, status, total_krw) VALUES (:uid, NULL, 'completed', :price) RETURNING id AS oid \gset
-INSERT INTO order_items (order_id, course_id, price_krw) SELECT :oid, item.course_id, item.price_krw FROM UNNEST(ARRAY[:cid::bigint], ARRAY[:price::bigint]) AS item(course_id, price_krw);
-INSERT INTO enrollments (user_id, course_id, order_id, event_id, company) SELECT :uid, e.course_id, :oid, e.event_id, (SELECT company FROM users WHERE id = :uid) FROM UNNEST(ARRAY[:cid::bigint], ARRAY[NULL::bigint]) AS e(course_id, event_id);
-UPDATE idempotency_keys SET response = jsonb_build_object('id', :oid::bigint, 'user_id', :uid::bigint, 'event_id', NULL, 'status', 'completed', 'total_krw', :price::bigint, 'items', jsonb_build_array(jsonb_build_object('course_id', :cid::bigint, 'price_krw', :price::bigint)), 'created_at', now()), status_code = 201 WHERE user_id = :uid AND key = 'pgbench-' || :uid::text;
-COMMIT;
-SELECT pg_current_wal_insert_lsn()::text;
-"#;
+/// One round of writes in a steady state: the databases of `urls` are
+/// settled first, and what the server did during the round comes back with
+/// the round's outcome.
+async fn steady_round<T>(
+    urls: &[String],
+    round: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Activity)> {
+    let settled = steady::settle(urls).await?;
+    tracing::debug!(seconds = settled, "settled");
+    let watch = steady::Watch::start(&urls[0]).await?;
+    let outcome = round.await;
+    let did = watch.finish().await?;
+    Ok((outcome?, did))
+}
+
+/// The command API's order transaction as a pgbench script: the very
+/// statements the checkout sends (taken from the command API), with the
+/// values it binds written as pgbench expressions (the company is read
+/// again in a sub-select where the API binds the value it read), prepared,
+/// one fresh user per transaction from a sequence.
+fn pgbench_script() -> String {
+    let facts = bind(
+        command_api::statements::CHECKOUT_FACTS,
+        &[
+            ":uid::bigint",
+            "'pgbench-' || :uid::text",
+            "jsonb_build_object('user_id', :uid::bigint, 'course_ids', jsonb_build_array(:cid::bigint))",
+            "ARRAY[:cid::bigint]",
+            "NULL::bigint",
+        ],
+    );
+    let write = bind(
+        command_api::statements::CHECKOUT_WRITE,
+        &[
+            ":uid::bigint",
+            "NULL::bigint",
+            "(:prices::bigint[])[1]",
+            "'{}'::bigint[]",
+            "ARRAY[:cid::bigint]",
+            ":prices::bigint[]",
+            "(SELECT company FROM users WHERE id = :uid::bigint)",
+            "ARRAY[NULL::bigint]",
+            "jsonb_build_object('id', 0, 'user_id', :uid::bigint, 'event_id', NULL, 'status', 'completed', \
+             'total_krw', (:prices::bigint[])[1], 'items', jsonb_build_array(jsonb_build_object('course_id', \
+             :cid::bigint, 'price_krw', (:prices::bigint[])[1])), 'created_at', :now::text)",
+            "'pgbench-' || :uid::text",
+        ],
+    );
+    format!(
+        "\\set cid random(1, :courses)\n\
+         SELECT nextval('bench_pgbench_user') AS uid \\gset\n\
+         BEGIN;\n\
+         {facts} \\gset\n\
+         {write};\n\
+         COMMIT;\n\
+         SELECT pg_current_wal_insert_lsn()::text;\n"
+    )
+}
+
+/// `statement` with each `$n` replaced by the n-th of `values` (a pgbench
+/// script holds one line per statement).
+fn bind(statement: &str, values: &[&str]) -> String {
+    let mut out = statement.replace('\n', " ");
+    // The highest first, so `$1` does not match the start of `$10`.
+    for (i, value) in values.iter().enumerate().rev() {
+        out = out.replace(&format!("${}", i + 1), &format!("({value})"));
+    }
+    out
+}
 
 /// pgbench with the order SQL against `database`, spread over every course.
 pub async fn pgbench(ctx: &Ctx, database: &str) -> Result<Pgbench> {
@@ -182,7 +265,7 @@ pub async fn pgbench(ctx: &Ctx, database: &str) -> Result<Pgbench> {
     .await?;
     let script = ctx.env.log_dir.join("orders.pgbench.sql");
     std::fs::create_dir_all(&ctx.env.log_dir)?;
-    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    std::fs::write(&script, pgbench_script())?;
     let result = run_pgbench(&ctx.env, ctx, database, &script).await;
     // Later orders start after the users pgbench took.
     let last: i64 = sqlx::query_scalar("SELECT last_value FROM bench_pgbench_user")
@@ -234,4 +317,20 @@ async fn run_pgbench(
     command.arg(database);
     let out = tools::output(command, limit).await.context("pgbench")?;
     tools::parse_pgbench(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pgbench_script_binds_every_parameter_one_statement_a_line() {
+        let script = pgbench_script();
+        assert!(!script.contains('$'), "{script}");
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines.len(), 7, "{script}");
+        assert!(lines[3].starts_with("WITH claimed AS"), "{}", lines[3]);
+        assert!(lines[3].ends_with("\\gset"), "{}", lines[3]);
+        assert!(lines[4].starts_with("WITH placed AS"), "{}", lines[4]);
+    }
 }

@@ -4,8 +4,9 @@
 
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
+use super::joined::{self, Claim};
 use super::{order, CheckoutError, NewOrder, Pricing, Receipt};
 
 /// Tries of one request when its key row disappears between the conflict and
@@ -62,53 +63,71 @@ async fn attempt(
     // The primary key (user_id, key) serializes concurrent requests with the
     // same key: a second INSERT waits here until the first commits (then it
     // conflicts and reads the stored answer) or rolls back (then it proceeds).
-    let claimed: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (user_id, key, request) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING RETURNING 1",
-    )
-    .bind(order.user_id)
-    .bind(key)
-    .bind(Json(request))
-    .fetch_optional(&mut *tx)
-    .await?;
-    if claimed.is_none() {
-        // jsonb equality compares parsed JSON: key order and spacing do not matter.
-        let stored: Option<StoredKey> = sqlx::query_as(
-            "SELECT request = $3 AS same_request, response FROM idempotency_keys \
-             WHERE user_id = $1 AND key = $2",
+    let receipt = if order.joined_lookup {
+        let Claim::Claimed(facts, now) = joined::claim(&mut tx, key, request, order).await? else {
+            return stored(tx, key, request, order).await;
+        };
+        let plan = order::plan(order, Pricing::Paid, facts)?;
+        joined::write(&mut tx, key, order, plan, now).await?
+    } else {
+        let claimed: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (user_id, key, request) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING 1",
         )
         .bind(order.user_id)
         .bind(key)
         .bind(Json(request))
         .fetch_optional(&mut *tx)
         .await?;
-        tx.rollback().await?;
-        return match stored {
-            None => Ok(Attempt::KeyVanished),
-            Some(StoredKey {
-                same_request: false,
-                ..
-            }) => Err(CheckoutError::KeyReused),
-            Some(StoredKey {
-                response: Some(response),
-                ..
-            }) => Ok(Attempt::Done(Placed::Replayed(response))),
-            // Rows are committed only with their answer, so this is a bug.
-            Some(StoredKey { response: None, .. }) => Err(CheckoutError::KeyWithoutResponse),
-        };
-    }
+        if claimed.is_none() {
+            return stored(tx, key, request, order).await;
+        }
+        let receipt = order::write(&mut tx, order, Pricing::Paid).await?;
+        sqlx::query(
+            "UPDATE idempotency_keys SET response = $3, status_code = 201 \
+             WHERE user_id = $1 AND key = $2",
+        )
+        .bind(order.user_id)
+        .bind(key)
+        .bind(Json(&receipt))
+        .execute(&mut *tx)
+        .await?;
+        receipt
+    };
+    tx.commit().await?;
+    Ok(Attempt::Done(Placed::Created(receipt)))
+}
 
-    let receipt = order::write(&mut tx, order, Pricing::Paid).await?;
-
-    sqlx::query(
-        "UPDATE idempotency_keys SET response = $3, status_code = 201 \
+/// The answer stored under the key another request claimed, read in `tx`,
+/// which is then rolled back.
+async fn stored(
+    mut tx: Transaction<'_, Postgres>,
+    key: &str,
+    request: &Value,
+    order: &NewOrder,
+) -> Result<Attempt, CheckoutError> {
+    // jsonb equality compares parsed JSON: key order and spacing do not matter.
+    let stored: Option<StoredKey> = sqlx::query_as(
+        "SELECT request = $3 AS same_request, response FROM idempotency_keys \
          WHERE user_id = $1 AND key = $2",
     )
     .bind(order.user_id)
     .bind(key)
-    .bind(Json(&receipt))
-    .execute(&mut *tx)
+    .bind(Json(request))
+    .fetch_optional(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(Attempt::Done(Placed::Created(receipt)))
+    tx.rollback().await?;
+    match stored {
+        None => Ok(Attempt::KeyVanished),
+        Some(StoredKey {
+            same_request: false,
+            ..
+        }) => Err(CheckoutError::KeyReused),
+        Some(StoredKey {
+            response: Some(response),
+            ..
+        }) => Ok(Attempt::Done(Placed::Replayed(response))),
+        // Rows are committed only with their answer, so this is a bug.
+        Some(StoredKey { response: None, .. }) => Err(CheckoutError::KeyWithoutResponse),
+    }
 }

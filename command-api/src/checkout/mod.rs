@@ -5,6 +5,7 @@
 mod cancel;
 mod enrollment;
 mod idempotency;
+mod joined;
 mod order;
 mod pricing;
 mod seats;
@@ -18,7 +19,8 @@ use crate::error::FieldErrors;
 pub(crate) use cancel::cancel;
 pub(crate) use enrollment::{enroll, Enrollment};
 pub(crate) use idempotency::{place, Placed};
-pub use pricing::{COURSE_PRICES, USER_AND_PRICES};
+pub use joined::{CHECKOUT_FACTS, CHECKOUT_WRITE};
+pub use pricing::COURSE_PRICES;
 
 /// An order whose values passed the checks that need no database: 1 to 500
 /// distinct positive course ids.
@@ -26,7 +28,8 @@ pub(crate) struct NewOrder {
     pub(crate) user_id: i64,
     pub(crate) course_ids: Vec<i64>,
     pub(crate) event_id: Option<i64>,
-    /// Read the user and the prices in one statement (a release toggle).
+    /// Claim the key and read every fact in one statement, and write in one
+    /// (the release toggle `checkout-joined-lookup`); else a statement a step.
     pub(crate) joined_lookup: bool,
 }
 
@@ -55,6 +58,28 @@ pub(crate) struct Receipt {
     /// Only on a cancelled order.
     #[serde(skip_serializing_if = "Option::is_none")]
     cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl Receipt {
+    /// The answer for `order` of `items`, written under id `id` at `created_at`.
+    fn completed(
+        order: &NewOrder,
+        items: Vec<Item>,
+        total_krw: i64,
+        id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Receipt {
+            id,
+            user_id: order.user_id,
+            event_id: order.event_id,
+            status: OrderStatus::Completed,
+            total_krw,
+            items,
+            created_at,
+            cancelled_at: None,
+        }
+    }
 }
 
 /// Where an order stands. Payment is out of scope: an order completes when

@@ -6,14 +6,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::pricing::{discounted, COURSE_PRICES, USER_AND_PRICES};
-use super::{seats, CheckoutError, Item, NewOrder, OrderStatus, Pricing, Receipt};
+use super::pricing::{discounted, COURSE_PRICES};
+use super::{seats, CheckoutError, Item, NewOrder, Pricing, Receipt};
 use crate::error::{join_ids, violates, FieldErrors};
-
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    company: Option<String>,
-}
 
 #[derive(sqlx::FromRow)]
 struct CourseRow {
@@ -22,9 +17,9 @@ struct CourseRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
-    discount_percent: i32,
-    running: bool,
+pub(super) struct EventRow {
+    pub(super) discount_percent: i32,
+    pub(super) running: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -39,83 +34,48 @@ struct OrderRow {
     created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-struct UserPriceRow {
-    user_id: Option<i64>,
-    company: Option<String>,
-    id: Option<i64>,
-    price_krw: Option<i64>,
+/// What the database says about an order before anything is written.
+pub(super) struct Facts {
+    /// `None`: there is no such user; else the user's company, if any.
+    pub(super) user: Option<Option<String>>,
+    /// The list price of every course of the order that exists.
+    pub(super) prices: HashMap<i64, i64>,
+    /// The order's event, if it names one that exists.
+    pub(super) event: Option<EventRow>,
+    /// The order's courses that are in its event, with their seat limits.
+    pub(super) in_event: HashMap<i64, Option<i32>>,
+    /// The order's courses the user is actively enrolled in.
+    pub(super) enrolled: Vec<i64>,
 }
 
-/// The user and the course prices in one round trip (the release toggle
-/// `checkout-joined-lookup`): always one row at least, without a user when
-/// there is no such user, without a course when none of the courses exists.
-async fn user_and_prices(
-    tx: &mut PgConnection,
-    order: &NewOrder,
-) -> Result<(Option<UserRow>, Vec<CourseRow>), CheckoutError> {
-    let rows: Vec<UserPriceRow> = sqlx::query_as(USER_AND_PRICES)
-        .bind(order.user_id)
-        .bind(&order.course_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-    let user = rows
-        .first()
-        .filter(|row| row.user_id.is_some())
-        .map(|row| UserRow {
-            company: row.company.clone(),
-        });
-    let courses = rows
-        .iter()
-        .filter_map(|row| {
-            Some(CourseRow {
-                id: row.id?,
-                price_krw: row.price_krw?,
-            })
-        })
-        .collect();
-    Ok((user, courses))
+/// The order as it is to be written, once the facts allow it.
+pub(super) struct Plan {
+    pub(super) items: Vec<Item>,
+    pub(super) total_krw: i64,
+    pub(super) company: Option<String>,
+    /// Course ids ascending, so two orders of one user that overlap wait on
+    /// each other instead of deadlocking; with the prices and the event
+    /// (if any) of each one's enrollment.
+    pub(super) course_ids: Vec<i64>,
+    pub(super) item_prices: Vec<i64>,
+    pub(super) enrollment_events: Vec<Option<i64>>,
+    /// The courses that take an event seat, ascending.
+    pub(super) limited: Vec<i64>,
 }
 
-/// Validates the order against the database and writes it, inside `tx`:
-/// the order, its items, one enrollment per course, and the event seats.
-pub(super) async fn write(
-    tx: &mut PgConnection,
+/// Checks `order` against `facts` and prices it: every refusal that needs no
+/// write (unknown ids, an event not running, courses already taken, a price
+/// a direct enrollment may not have) comes from here.
+pub(super) fn plan(
     order: &NewOrder,
     pricing: Pricing,
-) -> Result<Receipt, CheckoutError> {
-    let (user, courses) = if order.joined_lookup {
-        user_and_prices(tx, order).await?
-    } else {
-        let user: Option<UserRow> = sqlx::query_as("SELECT company FROM users WHERE id = $1")
-            .bind(order.user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let courses: Vec<CourseRow> = sqlx::query_as(COURSE_PRICES)
-            .bind(&order.course_ids)
-            .fetch_all(&mut *tx)
-            .await?;
-        (user, courses)
-    };
-    let event: Option<EventRow> = match order.event_id {
-        Some(event_id) => {
-            // The database clock decides whether the sale runs: [starts_at, ends_at).
-            sqlx::query_as(
-                "SELECT discount_percent, (starts_at <= now() AND now() < ends_at) AS running \
-                 FROM sale_events WHERE id = $1",
-            )
-            .bind(event_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-        None => None,
-    };
-
+    facts: Facts,
+) -> Result<Plan, CheckoutError> {
     let mut errors = FieldErrors::default();
-    if user.is_none() {
+    if facts.user.is_none() {
         errors.add("user_id", format!("there is no user {}", order.user_id));
     }
-    let prices: HashMap<i64, i64> = courses.iter().map(|c| (c.id, c.price_krw)).collect();
+    let prices = &facts.prices;
     let unknown: Vec<i64> = order
         .course_ids
         .iter()
@@ -128,7 +88,7 @@ pub(super) async fn write(
             format!("unknown course ids: {}", join_ids(&unknown)),
         );
     }
-    match (order.event_id, &event) {
+    match (order.event_id, &facts.event) {
         (Some(event_id), None) => errors.add("event_id", format!("there is no event {event_id}")),
         (Some(event_id), Some(event)) if !event.running => {
             errors.add("event_id", format!("event {event_id} is not running now"))
@@ -138,44 +98,16 @@ pub(super) async fn write(
     if !errors.is_empty() {
         return Err(CheckoutError::Invalid(errors));
     }
-    let company = user.and_then(|user| user.company);
-
-    // Courses of the running event, with their seat limits.
-    let (discount_percent, in_event): (i64, HashMap<i64, Option<i32>>) =
-        match (order.event_id, &event) {
-            (Some(event_id), Some(event)) => {
-                let rows: Vec<EventCourseRow> = sqlx::query_as(
-                    "SELECT course_id, seat_limit FROM sale_event_courses \
-                 WHERE event_id = $1 AND course_id = ANY($2)",
-                )
-                .bind(event_id)
-                .bind(&order.course_ids)
-                .fetch_all(&mut *tx)
-                .await?;
-                (
-                    i64::from(event.discount_percent),
-                    rows.into_iter()
-                        .map(|r| (r.course_id, r.seat_limit))
-                        .collect(),
-                )
-            }
-            _ => (0, HashMap::new()),
-        };
-
-    // Checked before anything is written, so the common refusal costs no
-    // locks; the unique index below still catches a concurrent order.
-    let mut enrolled: Vec<i64> = sqlx::query_scalar(
-        "SELECT course_id FROM enrollments \
-         WHERE user_id = $1 AND course_id = ANY($2) AND revoked_at IS NULL",
-    )
-    .bind(order.user_id)
-    .bind(&order.course_ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let company = facts.user.flatten();
+    let mut enrolled = facts.enrolled;
     if !enrolled.is_empty() {
         enrolled.sort_unstable();
         return Err(CheckoutError::AlreadyEnrolled(enrolled));
     }
+    let (discount_percent, in_event) = match &facts.event {
+        Some(event) => (i64::from(event.discount_percent), facts.in_event),
+        None => (0, HashMap::new()),
+    };
 
     let items: Vec<Item> = order
         .course_ids
@@ -210,30 +142,6 @@ pub(super) async fn write(
         }
     }
 
-    let created: OrderRow = sqlx::query_as(
-        "INSERT INTO orders (user_id, event_id, status, total_krw) \
-         VALUES ($1, $2, 'completed', $3) RETURNING id, created_at",
-    )
-    .bind(order.user_id)
-    .bind(order.event_id)
-    .bind(total_krw)
-    .fetch_one(&mut *tx)
-    .await?;
-
-    if let Some(event_id) = order.event_id {
-        let mut limited: Vec<i64> = in_event
-            .iter()
-            .filter(|(_, seat_limit)| seat_limit.is_some())
-            .map(|(course_id, _)| *course_id)
-            .collect();
-        if !limited.is_empty() {
-            limited.sort_unstable();
-            seats::claim(tx, event_id, &limited, created.id).await?;
-        }
-    }
-
-    // Rows go in ascending course order, so two orders of one user that
-    // overlap wait on each other instead of deadlocking.
     let mut sorted: Vec<&Item> = items.iter().collect();
     sorted.sort_unstable_by_key(|item| item.course_id);
     let course_ids: Vec<i64> = sorted.iter().map(|item| item.course_id).collect();
@@ -242,6 +150,104 @@ pub(super) async fn write(
         .iter()
         .map(|course_id| order.event_id.filter(|_| in_event.contains_key(course_id)))
         .collect();
+    let mut limited: Vec<i64> = in_event
+        .iter()
+        .filter(|(_, seat_limit)| seat_limit.is_some())
+        .map(|(course_id, _)| *course_id)
+        .collect();
+    limited.sort_unstable();
+    Ok(Plan {
+        items,
+        total_krw,
+        company,
+        course_ids,
+        item_prices,
+        enrollment_events,
+        limited,
+    })
+}
+
+/// The facts about `order`, one statement each.
+async fn facts(tx: &mut PgConnection, order: &NewOrder) -> Result<Facts, CheckoutError> {
+    let user: Option<Option<String>> =
+        sqlx::query_scalar("SELECT company FROM users WHERE id = $1")
+            .bind(order.user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let courses: Vec<CourseRow> = sqlx::query_as(COURSE_PRICES)
+        .bind(&order.course_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let event: Option<EventRow> = match order.event_id {
+        // The database clock decides whether the sale runs: [starts_at, ends_at).
+        Some(event_id) => {
+            sqlx::query_as(
+                "SELECT discount_percent, (starts_at <= now() AND now() < ends_at) AS running \
+             FROM sale_events WHERE id = $1",
+            )
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        None => None,
+    };
+    let in_event = match (order.event_id, &event) {
+        (Some(event_id), Some(event)) if event.running => {
+            let rows: Vec<EventCourseRow> = sqlx::query_as(
+                "SELECT course_id, seat_limit FROM sale_event_courses \
+                 WHERE event_id = $1 AND course_id = ANY($2)",
+            )
+            .bind(event_id)
+            .bind(&order.course_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            rows.into_iter()
+                .map(|r| (r.course_id, r.seat_limit))
+                .collect()
+        }
+        _ => HashMap::new(),
+    };
+    let enrolled: Vec<i64> = sqlx::query_scalar(
+        "SELECT course_id FROM enrollments \
+         WHERE user_id = $1 AND course_id = ANY($2) AND revoked_at IS NULL",
+    )
+    .bind(order.user_id)
+    .bind(&order.course_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(Facts {
+        user,
+        prices: courses.into_iter().map(|c| (c.id, c.price_krw)).collect(),
+        event,
+        in_event,
+        enrolled,
+    })
+}
+
+/// Validates the order against the database and writes it, inside `tx`,
+/// one statement a step: the order, its items, one enrollment per course,
+/// and the event seats.
+pub(super) async fn write(
+    tx: &mut PgConnection,
+    order: &NewOrder,
+    pricing: Pricing,
+) -> Result<Receipt, CheckoutError> {
+    let facts = facts(tx, order).await?;
+    let plan = plan(order, pricing, facts)?;
+
+    let created: OrderRow = sqlx::query_as(
+        "INSERT INTO orders (user_id, event_id, status, total_krw) \
+         VALUES ($1, $2, 'completed', $3) RETURNING id, created_at",
+    )
+    .bind(order.user_id)
+    .bind(order.event_id)
+    .bind(plan.total_krw)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    if let (Some(event_id), false) = (order.event_id, plan.limited.is_empty()) {
+        seats::claim(tx, event_id, &plan.limited, created.id).await?;
+    }
 
     sqlx::query(
         "INSERT INTO order_items (order_id, course_id, price_krw) \
@@ -249,8 +255,8 @@ pub(super) async fn write(
          FROM UNNEST($2::bigint[], $3::bigint[]) AS item(course_id, price_krw)",
     )
     .bind(created.id)
-    .bind(&course_ids)
-    .bind(&item_prices)
+    .bind(&plan.course_ids)
+    .bind(&plan.item_prices)
     .execute(&mut *tx)
     .await?;
 
@@ -263,9 +269,9 @@ pub(super) async fn write(
     )
     .bind(order.user_id)
     .bind(created.id)
-    .bind(&company)
-    .bind(&course_ids)
-    .bind(&enrollment_events)
+    .bind(&plan.company)
+    .bind(&plan.course_ids)
+    .bind(&plan.enrollment_events)
     .execute(&mut *tx)
     .await
     .map_err(|err| {
@@ -276,14 +282,11 @@ pub(super) async fn write(
         }
     })?;
 
-    Ok(Receipt {
-        id: created.id,
-        user_id: order.user_id,
-        event_id: order.event_id,
-        status: OrderStatus::Completed,
-        total_krw,
-        items,
-        created_at: created.created_at,
-        cancelled_at: None,
-    })
+    Ok(Receipt::completed(
+        order,
+        plan.items,
+        plan.total_krw,
+        created.id,
+        created.created_at,
+    ))
 }

@@ -5,13 +5,6 @@
 /// planned anew and may scan; only ids and prices, no heavy columns.
 pub const COURSE_PRICES: &str = "SELECT id, price_krw FROM courses WHERE id = ANY($1)";
 
-/// The user's company and the prices of the courses that exist, in one
-/// statement: the checkout's lookup behind the `checkout-joined-lookup` toggle.
-pub const USER_AND_PRICES: &str = "SELECT u.id AS user_id, u.company, c.id, c.price_krw \
-     FROM (SELECT $1::bigint AS wanted) AS q \
-     LEFT JOIN users u ON u.id = q.wanted \
-     LEFT JOIN courses c ON c.id = ANY($2)";
-
 /// The sale price: `price * (100 - discount) / 100`, rounded down.
 pub(super) fn discounted(price_krw: i64, discount_percent: i64) -> i64 {
     let discounted = i128::from(price_krw) * i128::from(100 - discount_percent) / 100;

@@ -281,7 +281,7 @@ async fn the_flags_route_needs_the_admin_token_and_lists_every_flag() {
     assert_eq!(value("checkout-orders"), Some(json!(true)));
     assert_eq!(value("checkout-order-rate"), Some(json!(0)));
     assert_eq!(value("idempotency-key-expiry"), Some(json!(true)));
-    assert_eq!(value("checkout-joined-lookup"), Some(json!(false)));
+    assert_eq!(value("checkout-joined-lookup"), Some(json!(true)));
 
     // Without a configured token the route is off.
     let open = spawn_with_flags(&file, None).await;
@@ -331,9 +331,9 @@ async fn the_key_expiry_pauses_while_its_switch_is_off() {
 }
 
 #[tokio::test]
-async fn the_joined_lookup_rollout_places_the_same_orders() {
-    let mut everyone = switch(false);
-    everyone["targeting"] = json!({"fractional": [["on", 100], ["off", 0]]});
+async fn users_rolled_back_to_a_statement_a_step_get_the_same_orders() {
+    let mut everyone = switch(true);
+    everyone["targeting"] = json!({"fractional": [["on", 0], ["off", 100]]});
     let file = FlagFile::new(json!({ "checkout-joined-lookup": everyone }));
     let app = spawn_with_flags(&file, None).await;
     let user = app.create_user("rollout@example.com", Some("Acme")).await;
@@ -367,7 +367,7 @@ async fn the_joined_lookup_rollout_places_the_same_orders() {
     assert!(body["error"]["fields"]["course_ids"].is_string(), "{body}");
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("command_api_checkout_lookups_total{lookup=\"joined\"} 1"),
+        metrics.contains("command_api_checkout_lookups_total{lookup=\"separate\"} 1"),
         "{metrics}"
     );
 }
