@@ -3,6 +3,9 @@
 //!
 //! - The HTTP ceiling: a bare axum endpoint answering the hot course page's
 //!   very bytes.
+//! - The one-round-trip ceiling: the same endpoint doing one Redis `GET` of
+//!   the hot course's stored view per request, with the query API's client
+//!   and settings, and answering the bytes read.
 //! - The monolith: the course page built from PostgreSQL on every read, and
 //!   the command API's order transaction plus `UPDATE courses SET
 //!   student_count = student_count + 1`, the hot row our schema bans, on a
@@ -27,12 +30,25 @@ use sqlx::{
     Connection, PgPool,
 };
 
-/// Serves `GET /page` (the bytes of `body_file`, as JSON) and `GET /health`.
-pub async fn serve_bare(addr: SocketAddr, body_file: &Path) -> Result<()> {
+/// Where the one-round-trip ceiling reads: the Redis and the key of a
+/// stored view.
+pub struct StoredView {
+    pub redis_url: views::RedisUrl,
+    pub key: String,
+}
+
+/// Serves `GET /page` (the bytes of `body_file`, as JSON), `GET /health`
+/// and, given `stored`, `GET /stored`: one `GET` of that key per request,
+/// answered with the bytes read.
+pub async fn serve_bare(
+    addr: SocketAddr,
+    body_file: &Path,
+    stored: Option<StoredView>,
+) -> Result<()> {
     let body = Bytes::from(
         std::fs::read(body_file).with_context(|| format!("reading {}", body_file.display()))?,
     );
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/page",
             get(move || {
@@ -41,11 +57,42 @@ pub async fn serve_bare(addr: SocketAddr, body_file: &Path) -> Result<()> {
             }),
         )
         .route("/health", get(|| async { "ok" }));
+    if let Some(stored) = stored {
+        let timeout = Duration::from_millis(views::DEFAULT_READ_TIMEOUT_MS);
+        let client = views::read_client(&stored.redis_url, timeout)?;
+        fred::prelude::ClientLike::init(&client)
+            .await
+            .context("connecting to Redis")?;
+        // Built once: a clone is a reference count, as the query API's keys.
+        let key = fred::types::Key::from(stored.key);
+        app = app.route(
+            "/stored",
+            get(move || {
+                let (client, key) = (client.clone(), key.clone());
+                async move { one_get(&client, key).await }
+            }),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
     Ok(())
+}
+
+/// One `GET`, its value answered as it is.
+async fn one_get(client: &fred::prelude::Client, key: fred::types::Key) -> Response {
+    use fred::prelude::KeysInterface;
+    match client.get::<Option<Bytes>, _>(key).await {
+        Ok(Some(value)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "no such key").into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "redis read failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis error").into_response()
+        }
+    }
 }
 
 /// The monolith's pool: as large as the command API's, with the same

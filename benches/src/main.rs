@@ -68,13 +68,18 @@ struct Cli {
 /// The baselines' servers (started by the run, not by hand).
 #[derive(Debug, Subcommand)]
 enum Serve {
-    /// The HTTP ceiling: `GET /page` answers the bytes of a file.
+    /// The HTTP ceiling: `GET /page` answers the bytes of a file; with a
+    /// Redis and a key, `GET /stored` answers one `GET` of that key.
     #[command(hide = true)]
     ServeBare {
         #[arg(long)]
         addr: SocketAddr,
         #[arg(long)]
         body: PathBuf,
+        #[arg(long, requires = "redis_key")]
+        redis_url: Option<String>,
+        #[arg(long, requires = "redis_url")]
+        redis_key: Option<String>,
     },
     /// The monolith's read and write paths on PostgreSQL.
     #[command(hide = true)]
@@ -116,8 +121,20 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.serve {
-        Some(Serve::ServeBare { addr, body }) => {
-            benches::baseline::serve_bare(addr, &body).await?;
+        Some(Serve::ServeBare {
+            addr,
+            body,
+            redis_url,
+            redis_key,
+        }) => {
+            let stored = match redis_url.zip(redis_key) {
+                Some((url, key)) => Some(benches::baseline::StoredView {
+                    redis_url: url.parse()?,
+                    key,
+                }),
+                None => None,
+            };
+            benches::baseline::serve_bare(addr, &body, stored).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Some(Serve::ServeMonolith { addr, database_url }) => {

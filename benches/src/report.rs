@@ -149,6 +149,16 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
              cheapest page (one row, the count kept on it) they are reported beside the goals.\n"
         );
     }
+    if r.read("redis_get").is_some() {
+        let _ = writeln!(
+            md,
+            "The one-GET ceiling is the bare endpoint's process doing, per request, one Redis `GET` of the hot \
+             course's stored view with the query API's client and settings, and answering the bytes read as they \
+             are ({} bytes, LZ4, where the query API answers the {}-byte page): what one Redis round trip per read \
+             allows on this machine. The query API's Redis path is reported against it beside the goal.\n",
+            r.hot_stored_bytes, r.hot_page_bytes
+        );
+    }
     let behind = r
         .reads
         .iter()

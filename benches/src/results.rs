@@ -58,6 +58,9 @@ pub struct Results {
     pub redis_benchmark: Vec<RedisBench>,
     /// Bytes of the hot course page as the query API answers it (and the bare endpoint).
     pub hot_page_bytes: usize,
+    /// Bytes of the hot course's stored view (what the one-GET ceiling reads and answers).
+    #[serde(default)]
+    pub hot_stored_bytes: usize,
     pub reads: Vec<Subject>,
     pub cart: Option<CartComparison>,
     /// CPU per read of the page's paths at one rate.

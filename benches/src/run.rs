@@ -154,6 +154,7 @@ pub async fn run(options: Options) -> Result<Results> {
         storage: None,
         redis_benchmark: Vec::new(),
         hot_page_bytes: 0,
+        hot_stored_bytes: 0,
         reads: Vec::new(),
         cart: None,
         read_cpu: Vec::new(),

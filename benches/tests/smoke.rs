@@ -73,7 +73,16 @@ fn every_scenario_produces_numbers_in_a_smoke_run() {
     // Reads: every subject answered at saturation and on the schedule.
     let reads = r["reads"].as_array().expect("reads");
     let keys: Vec<&str> = reads.iter().filter_map(|s| s["key"].as_str()).collect();
-    for key in ["bare", "hot", "random", "pg_count", "pg_companies", "cart"] {
+    for key in [
+        "bare",
+        "redis_get",
+        "hot",
+        "hot_redis",
+        "random",
+        "pg_count",
+        "pg_companies",
+        "cart",
+    ] {
         assert!(keys.contains(&key), "read subject {key} missing: {keys:?}");
     }
     for s in reads {

@@ -49,7 +49,7 @@ pub struct Config {
 
     /// Longest wait for a Redis reply or connection attempt, in milliseconds;
     /// a read past it is answered 503 `unavailable`.
-    #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = views::DEFAULT_READ_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
 
     /// Tests only (hidden): the view schema version this release reads, to run two releases side by side as in a rolling upgrade.

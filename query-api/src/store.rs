@@ -148,19 +148,7 @@ impl Store {
         schema: u32,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, fred::error::Error> {
-        let mut config = url.config();
-        // fred's default gives up on a failed first connection for good: a
-        // query API started before Redis would never serve.
-        config.fail_fast = false;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()?;
+        let client = views::read_client(url, timeout)?;
         // Connect in the background (reads fail `Unavailable` until Redis
         // answers), awaiting the first attempt so reads right after start do
         // not find it pending. Reads do not send while Redis is away (see

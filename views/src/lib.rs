@@ -27,5 +27,7 @@ pub use model::{
     CourseStats, EventView, OrderItem, OrderView, Sale, ServeError, StoredPageError, TopCompany,
     VIEW_SCHEMA_VERSION,
 };
-pub use redis::{delete_matching, RedisUrl, RedisUrlError, REDIS_URL_FORMS};
+pub use redis::{
+    delete_matching, read_client, RedisUrl, RedisUrlError, DEFAULT_READ_TIMEOUT_MS, REDIS_URL_FORMS,
+};
 pub use settings::{RedisSettings, RedisSettingsError, DEFAULT_REDIS_URL};

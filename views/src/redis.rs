@@ -2,11 +2,11 @@
 //! `REDIS_URL` (one Redis or a Redis Cluster) and clean-ups that cover every
 //! node of a cluster.
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 use fred::{
     error::Error,
-    prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig},
+    prelude::{Builder, Client, ClientLike, Config, KeysInterface, ReconnectPolicy, ServerConfig},
     types::{
         config::{TlsConfig, TlsConnector, TlsHostMapping},
         scan::Scanner,
@@ -161,6 +161,30 @@ impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RedisUrl({self})")
     }
+}
+
+/// How long a reader waits for a Redis reply or connection attempt unless
+/// told otherwise (the query API's `QUERY_REDIS_TIMEOUT_MS`).
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 500;
+
+/// A client that reads the views as the query API does (not connected yet):
+/// `timeout` bounds each command and connection attempt, a failed first
+/// connection is retried rather than final, and reconnections back off.
+/// The benchmark's one-round-trip ceiling uses it too, so both read alike.
+pub fn read_client(url: &RedisUrl, timeout: Duration) -> Result<Client, Error> {
+    let mut config = url.config();
+    // fred's default gives up on a failed first connection for good: a
+    // reader started before Redis would never serve.
+    config.fail_fast = false;
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()
 }
 
 /// Certificates checked against Mozilla's roots, host name included: what a

@@ -1,5 +1,6 @@
 //! The reads scenario's set-up: a warmed and an unwarmed query API, the bare
-//! endpoint answering the hot page's bytes, and the counters of their metrics.
+//! endpoint answering the hot page's bytes (and one Redis `GET` of its stored
+//! view), and the counters of their metrics.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -52,6 +53,8 @@ pub(super) async fn measure(
     std::fs::write(&page_file, &page)?;
     let bare_addr = free_addr()?;
     let page_arg = page_file.to_string_lossy().into_owned();
+    let (stored_key, stored_bytes) = hot_view(ctx, prefix).await?;
+    results.hot_stored_bytes = stored_bytes;
     let mut bare = Program::spawn(
         env,
         "bare",
@@ -62,6 +65,10 @@ pub(super) async fn measure(
             &bare_addr.to_string(),
             "--body",
             &page_arg,
+            "--redis-url",
+            &env.redis_url,
+            "--redis-key",
+            &stored_key,
         ],
         &[],
         bare_addr,
@@ -161,6 +168,19 @@ pub(super) async fn measure(
     unwarmed.stop().await?;
     query.stop().await?;
     Ok(())
+}
+
+/// The key of the hot course's stored view in the live generation under
+/// `prefix` (what the one-round-trip ceiling reads), and its length.
+async fn hot_view(ctx: &Ctx, prefix: &str) -> Result<(String, usize)> {
+    use fred::prelude::KeysInterface;
+    let keys = views::Keys::new(prefix);
+    let redis = ctx.env.redis().await?;
+    let generation = crate::scenarios::live_generation(&redis, &keys).await?;
+    let key = keys.course_view(generation, 1);
+    let bytes: usize = redis.strlen(&key).await?;
+    anyhow::ensure!(bytes > 0, "the hot course has no stored view");
+    Ok((key, bytes))
 }
 
 /// The query API's in-process cache hits so far, when it counts them.

@@ -17,7 +17,7 @@ use fred::prelude::*;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use views::{GenerationMarker, Keys, Lsn};
+use views::{Keys, Lsn};
 
 use sqlx::{Connection, PgConnection};
 
@@ -47,10 +47,7 @@ pub struct Freshness {
 /// The live generation's watermark key under `prefix`.
 pub async fn watermark_key(redis: &Client, prefix: &str) -> Result<String> {
     let keys = Keys::new(prefix);
-    let marker: Option<String> = redis.get(keys.generation_marker()).await?;
-    let marker: GenerationMarker =
-        serde_json::from_str(&marker.context("no live generation: is the projector running?")?)?;
-    Ok(keys.watermark(marker.generation))
+    Ok(keys.watermark(super::live_generation(redis, &keys).await?))
 }
 
 /// Where an order is looked for.

@@ -32,6 +32,18 @@ use crate::{
     tools,
 };
 
+/// The generation live under `keys`, by its marker.
+pub(crate) async fn live_generation(
+    redis: &fred::prelude::Client,
+    keys: &views::Keys,
+) -> Result<u64> {
+    use anyhow::Context;
+    use fred::prelude::KeysInterface;
+    let marker: Option<String> = redis.get(keys.generation_marker()).await?;
+    let marker = marker.context("no live generation: is the projector running?")?;
+    Ok(serde_json::from_str::<views::GenerationMarker>(&marker)?.generation)
+}
+
 /// What every scenario gets.
 pub struct Ctx {
     pub env: Env,

@@ -97,6 +97,13 @@ pub async fn run(
             true,
         ),
         target(
+            "redis_get",
+            "bare axum, one Redis GET of the stored page (one-round-trip ceiling)",
+            at.bare,
+            gets(|_| "/stored".to_owned()),
+            true,
+        ),
+        target(
             "hot",
             "query API, hot course (warmed read)",
             at.query,
@@ -172,6 +179,7 @@ pub async fn run(
     // so that the CPU each read costs compares without batching effects.
     let paths = [
         ("bare", at.bare_pid, false),
+        ("redis_get", at.bare_pid, true),
         ("hot", at.query_pid, false),
         ("hot_redis", at.unwarmed_pid, true),
         ("random", at.query_pid, true),

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
-use views::{GenerationMarker, Keys};
+use views::Keys;
 
 use super::Ctx;
 use crate::tools::{self, RedisBench};
@@ -36,10 +36,7 @@ pub struct Storage {
 pub async fn run(ctx: &Ctx, prefix: &str) -> Result<(Storage, Vec<u8>, Vec<u8>)> {
     let redis = ctx.env.redis().await?;
     let keys = Keys::new(prefix);
-    let marker: Option<String> = redis.get(keys.generation_marker()).await?;
-    let generation =
-        serde_json::from_str::<GenerationMarker>(&marker.context("no live generation")?)?
-            .generation;
+    let generation = super::live_generation(&redis, &keys).await?;
     let mut s = Storage::default();
     let (mut description_bytes, mut card_raw, mut card_stored) = (0u64, 0u64, 0u64);
     let ids: Vec<i64> = (1..=ctx.scale.courses).collect();
