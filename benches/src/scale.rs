@@ -166,7 +166,7 @@ impl Scale {
     pub fn smoke() -> Self {
         Scale {
             name: "smoke".to_owned(),
-            users: 6_000,
+            users: 20_000,
             courses: 300,
             description_bytes: 10 * 1024,
             hot_enrollments: 500,
