@@ -13,7 +13,6 @@ use sqlx::PgConnection;
 
 use super::order::{EventRow, Facts, Plan};
 use super::{CheckoutError, NewOrder, Receipt};
-use crate::error::violates;
 
 /// Claims the key `($1, $2)` for request `$3` and reads, for user `$1`,
 /// courses `$4` and event `$5` (NULL: none): the user, the prices, the event
@@ -193,13 +192,7 @@ pub(super) async fn write(
         .bind(key)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|err| {
-            if violates(&err, "enrollments_active_key") {
-                CheckoutError::AlreadyEnrolled(Vec::new())
-            } else {
-                CheckoutError::Database(err)
-            }
-        })?;
+        .map_err(super::order::enrollment_refused)?;
     if written.seated.len() < limited.len() {
         // The rollback gives back the seats this order did take.
         let sold_out: Vec<i64> = limited

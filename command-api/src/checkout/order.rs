@@ -274,13 +274,7 @@ pub(super) async fn write(
     .bind(&plan.enrollment_events)
     .execute(&mut *tx)
     .await
-    .map_err(|err| {
-        if violates(&err, "enrollments_active_key") {
-            CheckoutError::AlreadyEnrolled(Vec::new())
-        } else {
-            CheckoutError::Database(err)
-        }
-    })?;
+    .map_err(enrollment_refused)?;
 
     Ok(Receipt::completed(
         order,
@@ -289,4 +283,14 @@ pub(super) async fn write(
         created.id,
         created.created_at,
     ))
+}
+
+/// An enrollment insert's error: a concurrent order of the same user and
+/// course (the active-enrollment key) is 409 `already_enrolled`.
+pub(super) fn enrollment_refused(err: sqlx::Error) -> CheckoutError {
+    if violates(&err, "enrollments_active_key") {
+        CheckoutError::AlreadyEnrolled(Vec::new())
+    } else {
+        CheckoutError::Database(err)
+    }
 }
