@@ -12,6 +12,7 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 
 use super::order::{EventRow, Facts, Plan};
+use super::seats::free_seats;
 use super::{CheckoutError, NewOrder, Receipt};
 
 /// Claims the key `($1, $2)` for request `$3` and reads, for user `$1`,
@@ -59,19 +60,14 @@ CROSS JOIN LATERAL ( \
 /// and the enrollments (company `$7`, events `$8`), and stores the answer
 /// `$9` with the order's id set in it under key `($1, $10)`. Returns the
 /// order's id and time and the courses that got a seat.
-pub const CHECKOUT_WRITE: &str = "\
+pub const CHECKOUT_WRITE: &str = concat!(
+    "\
 WITH placed AS ( \
     INSERT INTO orders (user_id, event_id, status, total_krw) \
     VALUES ($1, $2, 'completed', $3) RETURNING id, created_at \
-), free AS ( \
-    SELECT seat.course_id, seat.seat_no \
-    FROM UNNEST($4::bigint[]) AS wanted(course_id) \
-    CROSS JOIN LATERAL ( \
-        SELECT e.course_id, e.seat_no FROM event_seats e \
-        WHERE e.event_id = $2 AND e.course_id = wanted.course_id AND e.order_id IS NULL \
-        LIMIT 1 FOR UPDATE SKIP LOCKED \
-    ) AS seat \
-), seated AS ( \
+), free AS (",
+    free_seats!(2, 4),
+    "), seated AS ( \
     UPDATE event_seats s SET order_id = placed.id FROM free, placed \
     WHERE s.event_id = $2 AND s.course_id = free.course_id AND s.seat_no = free.seat_no \
     RETURNING s.course_id \
@@ -88,7 +84,8 @@ WITH placed AS ( \
     SET response = jsonb_set($9::jsonb, '{id}', to_jsonb(placed.id)), status_code = 201 \
     FROM placed WHERE user_id = $1 AND key = $10 \
 ) \
-SELECT placed.id, placed.created_at, ARRAY(SELECT course_id FROM seated) AS seated FROM placed";
+SELECT placed.id, placed.created_at, ARRAY(SELECT course_id FROM seated) AS seated FROM placed"
+);
 
 #[derive(sqlx::FromRow)]
 struct FactsRow {

@@ -6,6 +6,25 @@ use sqlx::PgConnection;
 
 use super::CheckoutError;
 
+/// The seats to claim, as SQL: for each course of the `bigint[]` parameter
+/// number `$courses`, the first free seat of the event in parameter number
+/// `$event`, locked without waiting. One text for every statement that
+/// claims seats (they number their parameters differently).
+macro_rules! free_seats {
+    ($event:literal, $courses:literal) => {
+        concat!(
+            "SELECT seat.course_id, seat.seat_no FROM UNNEST($",
+            $courses,
+            "::bigint[]) AS wanted(course_id) CROSS JOIN LATERAL ( ",
+            "SELECT e.course_id, e.seat_no FROM event_seats e WHERE e.event_id = $",
+            $event,
+            " AND e.course_id = wanted.course_id AND e.order_id IS NULL ",
+            "LIMIT 1 FOR UPDATE SKIP LOCKED ) AS seat"
+        )
+    };
+}
+pub(super) use free_seats;
+
 /// Claims one free seat of `event_id` for each course, for `order_id`, in one
 /// statement.
 ///
@@ -27,20 +46,14 @@ pub(super) async fn claim(
     course_ids: &[i64],
     order_id: i64,
 ) -> Result<(), CheckoutError> {
-    let claimed: Vec<i64> = sqlx::query_scalar(
-        "WITH free AS ( \
-             SELECT seat.course_id, seat.seat_no \
-             FROM UNNEST($2::bigint[]) AS wanted(course_id) \
-             CROSS JOIN LATERAL ( \
-                 SELECT e.course_id, e.seat_no FROM event_seats e \
-                 WHERE e.event_id = $1 AND e.course_id = wanted.course_id AND e.order_id IS NULL \
-                 LIMIT 1 FOR UPDATE SKIP LOCKED \
-             ) AS seat \
-         ) \
-         UPDATE event_seats s SET order_id = $3 FROM free \
+    let claimed: Vec<i64> = sqlx::query_scalar(concat!(
+        "WITH free AS (",
+        free_seats!(1, 2),
+        ") ",
+        "UPDATE event_seats s SET order_id = $3 FROM free \
          WHERE s.event_id = $1 AND s.course_id = free.course_id AND s.seat_no = free.seat_no \
-         RETURNING s.course_id",
-    )
+         RETURNING s.course_id"
+    ))
     .bind(event_id)
     .bind(course_ids)
     .bind(order_id)
