@@ -169,6 +169,31 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_parsed_from_text_are_the_integers_they_spell() {
+        // Each of these landed one step off an integer under serde_json's
+        // default float parsing; every whole number up to 2^53 must not.
+        let text =
+            r#"{"user_id": 8554.0, "course_ids": [4344110466410422.0, 4.7e1, 9007199254740991.0]}"#;
+        let mut value: Value = serde_json::from_str(text).expect("json");
+        whole_numbers_as_integers(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({"user_id": 8554, "course_ids": [4_344_110_466_410_422_i64, 47, 9_007_199_254_740_991_i64]})
+        );
+        // A spread of whole numbers below 2^53, as a generator spells them.
+        let mut n: i64 = 1;
+        while n < 9_007_199_254_740_992 {
+            for spelled in [format!("{n}.0"), format!("{n}.000"), format!("-{n}.0")] {
+                let mut value: Value = serde_json::from_str(&spelled).expect("json");
+                whole_numbers_as_integers(&mut value);
+                let expected = if spelled.starts_with('-') { -n } else { n };
+                assert_eq!(value, Value::from(expected), "{spelled}");
+            }
+            n += n / 7 + 1;
+        }
+    }
+
+    #[test]
     fn json_is_application_json_or_a_json_suffix_with_any_parameters() {
         let with = |value: &'static str| {
             let mut headers = HeaderMap::new();
