@@ -47,6 +47,21 @@ fn load_sentence(m: &Meta) -> String {
     )
 }
 
+/// Where PostgreSQL kept its data, and what that means for the order figures.
+fn storage_sentence(file_system: &str) -> String {
+    match file_system {
+        "" => String::new(),
+        "tmpfs" => " PostgreSQL's data directory is in memory (tmpfs): a commit's WAL flush waits \
+            for no disk, so a shared disk's stalls stay out of the rounds; on a disk every order, \
+            through the API and in pgbench alike, also waits for its flush."
+            .to_owned(),
+        other => format!(
+            " PostgreSQL's data directory is on {other}: every commit waits for its WAL flush \
+             on that disk, and the disk's stalls move the order figures."
+        ),
+    }
+}
+
 /// The Markdown page.
 pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     let mut md = String::new();
@@ -54,7 +69,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
     let _ = writeln!(md, "# Benchmark report: {}\n", m.name);
     let _ = writeln!(
         md,
-        "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; PostgreSQL {}, Redis {}. \
+        "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; PostgreSQL {}, Redis {}.{} \
          Absolute figures drift from run to run; the ratios, measured side by side in one run, \
          are what hold.{}\n",
         m.machine.cores,
@@ -63,6 +78,7 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
         m.machine.kernel,
         m.machine.postgres,
         m.machine.redis,
+        storage_sentence(&m.machine.postgres_storage),
         load_sentence(m)
     );
     let _ = writeln!(

@@ -128,6 +128,7 @@ pub async fn run(options: Options) -> Result<Results> {
     let mut machine = Machine::read();
     machine.postgres = postgres_version(&env).await.unwrap_or_default();
     machine.redis = redis_version(&env).await.unwrap_or_default();
+    machine.postgres_storage = postgres_storage(&env).await.unwrap_or_default();
     let mut name = match scale.name.as_str() {
         "full" => now.format("%Y-%m-%d").to_string(),
         other => format!("{}-{other}", now.format("%Y-%m-%d")),
@@ -220,6 +221,17 @@ async fn postgres_version(env: &Env) -> Result<String> {
     Ok(sqlx::query_scalar("SHOW server_version")
         .fetch_one(&mut admin)
         .await?)
+}
+
+/// The file system of the server's data directory (the server runs on this
+/// machine: the stack is local).
+async fn postgres_storage(env: &Env) -> Result<String> {
+    let mut admin = env.admin().await?;
+    let data: String = sqlx::query_scalar("SHOW data_directory")
+        .fetch_one(&mut admin)
+        .await?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    Ok(tools::file_system_of(&mounts, &data).unwrap_or_default())
 }
 
 async fn redis_version(env: &Env) -> Result<String> {

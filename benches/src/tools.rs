@@ -150,6 +150,11 @@ pub struct Machine {
     pub kernel: String,
     pub postgres: String,
     pub redis: String,
+    /// The file system PostgreSQL's data directory is on (`tmpfs`: in
+    /// memory, where a commit's WAL flush waits for no disk); empty when
+    /// unknown (and in reports from before it was recorded).
+    #[serde(default)]
+    pub postgres_storage: String,
 }
 
 impl Machine {
@@ -181,13 +186,49 @@ impl Machine {
                 .to_owned(),
             postgres: String::new(),
             redis: String::new(),
+            postgres_storage: String::new(),
         }
     }
+}
+
+/// The type of the file system `path` is on, by the longest mount point of
+/// `mounts` (the text of `/proc/self/mounts`) that holds it.
+pub fn file_system_of(mounts: &str, path: &str) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let point = fields.next()?;
+            let kind = fields.next()?;
+            let inside = point == "/"
+                || path == point
+                || path
+                    .strip_prefix(point)
+                    .is_some_and(|rest| rest.starts_with('/'));
+            inside.then(|| (point.len(), kind.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_on_the_file_system_of_its_longest_mount_point() {
+        let mounts = "/dev/vda1 / ext4 rw 0 0\n\
+                      tmpfs /dev/shm tmpfs rw 0 0\n\
+                      /dev/vdb /dev/shmem xfs rw 0 0\n";
+        let of = |path| file_system_of(mounts, path);
+        assert_eq!(of("/dev/shm/bench/postgres/data").as_deref(), Some("tmpfs"));
+        assert_eq!(of("/dev/shm").as_deref(), Some("tmpfs"));
+        assert_eq!(of("/dev/shmem/data").as_deref(), Some("xfs"));
+        assert_eq!(of("/dev/shmx/data").as_deref(), Some("ext4"));
+        assert_eq!(of("/work/.stack/postgres/data").as_deref(), Some("ext4"));
+        assert_eq!(file_system_of("", "/x"), None);
+    }
 
     #[test]
     fn pgbench_summary_is_read() {
