@@ -773,7 +773,10 @@ cmd_run() {
 # BENCH_STACK=shared measures on the development stack (its disk) instead.
 cmd_bench() {
   if [[ "${BENCH_STACK:-memory}" == memory && -z "${LOCAL_STACK_DIR:-}" ]]; then
-    if [[ -d /dev/shm && -w /dev/shm ]]; then
+    # A full run's databases take several GiB (seeded, then copied).
+    local free_gib
+    free_gib="$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)"
+    if [[ -d /dev/shm && -w /dev/shm && "${free_gib:-0}" -ge 8 ]]; then
       local hash
       hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)"
       log "benchmark stack in memory: /dev/shm/course-sales-bench-$hash"
@@ -782,7 +785,7 @@ cmd_bench() {
         LOCAL_REDIS_PORT="${LOCAL_BENCH_REDIS_PORT:-56380}" \
         exec bash "${BASH_SOURCE[0]}" bench "$@"
     fi
-    log "no writable /dev/shm: the benchmark runs on the development stack's disk"
+    log "no writable /dev/shm with 8 GiB free: the benchmark runs on the development stack's disk"
   fi
   prepare
   trap 'stop_started; drop_memory_stack' EXIT
