@@ -168,12 +168,7 @@ as_pg() {
 choose_stack_dir() {
   # Named outright (the benchmark's stack in memory): used as it is.
   if [[ -n "${LOCAL_STACK_DIR:-}" ]]; then
-    mkdir -p "$LOCAL_STACK_DIR"
-    if is_root; then
-      chown postgres:postgres "$LOCAL_STACK_DIR"
-      chmod 755 "$LOCAL_STACK_DIR"
-    fi
-    STACK="$LOCAL_STACK_DIR"
+    use_stack_dir "$LOCAL_STACK_DIR"
     return
   fi
   # One stack per checkout and pair of ports: `down` with other ports must
@@ -184,8 +179,7 @@ choose_stack_dir() {
   fi
   local dir="$ROOT/$name"
   if ! is_root; then
-    mkdir -p "$dir"
-    STACK="$dir"
+    use_stack_dir "$dir"
     return
   fi
   if mkdir -p "$dir" 2>/dev/null && chown postgres:postgres "$dir" \
@@ -193,14 +187,22 @@ choose_stack_dir() {
     STACK="$dir"
     return
   fi
-  local hash
-  hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)"
-  dir="/var/tmp/course-sales-stack-$hash${name#.stack}"
-  mkdir -p "$dir"
-  chown postgres:postgres "$dir"
-  chmod 755 "$dir"
-  STACK="$dir"
+  use_stack_dir "/var/tmp/course-sales-stack-$(checkout_hash)${name#.stack}"
 }
+
+# Makes `$1` the stack directory, owned by the server's user when root.
+use_stack_dir() {
+  mkdir -p "$1"
+  if is_root; then
+    chown postgres:postgres "$1"
+    chmod 755 "$1"
+  fi
+  STACK="$1"
+}
+
+# A short name of this checkout for folders outside it: the first 10 hex
+# digits of the SHA-256 of its path.
+checkout_hash() { printf '%s' "$ROOT" | sha256sum | cut -c1-10; }
 
 pg_data() { printf '%s/postgres/data' "$STACK"; }
 pg_sock() { printf '%s/postgres/socket' "$STACK"; }
@@ -777,10 +779,10 @@ cmd_bench() {
     local free_gib
     free_gib="$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)"
     if [[ -d /dev/shm && -w /dev/shm && "${free_gib:-0}" -ge 8 ]]; then
-      local hash
-      hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)"
-      log "benchmark stack in memory: /dev/shm/course-sales-bench-$hash"
-      LOCAL_STACK_DIR="/dev/shm/course-sales-bench-$hash" \
+      local dir
+      dir="/dev/shm/course-sales-bench-$(checkout_hash)"
+      log "benchmark stack in memory: $dir"
+      LOCAL_STACK_DIR="$dir" \
         LOCAL_PG_PORT="${LOCAL_BENCH_PG_PORT:-55433}" \
         LOCAL_REDIS_PORT="${LOCAL_BENCH_REDIS_PORT:-56380}" \
         exec bash "${BASH_SOURCE[0]}" bench "$@"

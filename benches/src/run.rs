@@ -126,9 +126,8 @@ pub async fn run(options: Options) -> Result<Results> {
     let started = Instant::now();
     let now = chrono::Local::now();
     let mut machine = Machine::read();
-    machine.postgres = postgres_version(&env).await.unwrap_or_default();
+    (machine.postgres, machine.postgres_storage) = postgres_facts(&env).await.unwrap_or_default();
     machine.redis = redis_version(&env).await.unwrap_or_default();
-    machine.postgres_storage = postgres_storage(&env).await.unwrap_or_default();
     let mut name = match scale.name.as_str() {
         "full" => now.format("%Y-%m-%d").to_string(),
         other => format!("{}-{other}", now.format("%Y-%m-%d")),
@@ -216,22 +215,19 @@ fn load_average() -> String {
         .join(", ")
 }
 
-async fn postgres_version(env: &Env) -> Result<String> {
+/// The server's version, and the file system of its data directory (the
+/// server runs on this machine: the stack is local), on one connection.
+async fn postgres_facts(env: &Env) -> Result<(String, String)> {
     let mut admin = env.admin().await?;
-    Ok(sqlx::query_scalar("SHOW server_version")
+    let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&mut admin)
-        .await?)
-}
-
-/// The file system of the server's data directory (the server runs on this
-/// machine: the stack is local).
-async fn postgres_storage(env: &Env) -> Result<String> {
-    let mut admin = env.admin().await?;
+        .await?;
     let data: String = sqlx::query_scalar("SHOW data_directory")
         .fetch_one(&mut admin)
         .await?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    Ok(tools::file_system_of(&mounts, &data).unwrap_or_default())
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let storage = tools::file_system_of(&mounts, &data).unwrap_or_default();
+    Ok((version, storage))
 }
 
 async fn redis_version(env: &Env) -> Result<String> {
