@@ -30,3 +30,8 @@ pub mod statements {
     pub use crate::checkout::{CHECKOUT_FACTS, CHECKOUT_WRITE, COURSE_PRICES};
 }
 pub use startup::{migrate, Application};
+
+/// The pool the handlers run on, exposed so that tests can check how its
+/// sessions run the write paths' statements.
+#[doc(hidden)]
+pub use db::pool;

@@ -175,7 +175,7 @@ pub struct TestApp {
     pub db: PgPool,
     shutdown: Option<oneshot::Sender<()>>,
     /// Declared last: dropped after the server was told to stop.
-    _database: TestDatabase,
+    database: TestDatabase,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -198,7 +198,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         client: reqwest::Client::new(),
         db: database.db.clone(),
         shutdown: Some(shutdown),
-        _database: database,
+        database,
     }
 }
 
@@ -212,6 +212,11 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The URL of the test's own database.
+    pub fn database_url(&self) -> &str {
+        &self.database.url
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -11,6 +11,7 @@ mod hot_rows;
 mod large_carts;
 mod orders;
 mod overload;
+mod plans;
 mod seats;
 mod slow_clients;
 mod switches;
