@@ -8,6 +8,10 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::config::Config;
 
+/// How the API's sessions choose between a prepared statement's plans (see
+/// [`pool`]).
+pub const PLAN_CACHE_MODE: &str = "force_generic_plan";
+
 /// The pool the API runs on. It connects lazily, so the API starts (and
 /// `/ready` says 503) while PostgreSQL is still down.
 ///
@@ -30,9 +34,10 @@ pub fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
                 // stays constant; both settings in one round trip.
                 sqlx::query(
                     "SELECT set_config('statement_timeout', $1, false), \
-                     set_config('plan_cache_mode', 'force_generic_plan', false)",
+                     set_config('plan_cache_mode', $2, false)",
                 )
                 .bind(statement_timeout)
+                .bind(PLAN_CACHE_MODE)
                 .execute(conn)
                 .await?;
                 Ok(())

@@ -28,6 +28,7 @@ pub use config::Config;
 #[doc(hidden)]
 pub mod statements {
     pub use crate::checkout::{CHECKOUT_FACTS, CHECKOUT_WRITE, COURSE_PRICES};
+    pub use crate::db::PLAN_CACHE_MODE;
 }
 pub use startup::{migrate, Application};
 

@@ -287,6 +287,14 @@ async fn run_pgbench(
 ) -> Result<Pgbench> {
     let (host, port) = env.pg_host_port();
     let mut command = Command::new(tools::pg_tool("pgbench")?);
+    // The API's sessions plan each statement once; so do pgbench's.
+    command.env(
+        "PGOPTIONS",
+        format!(
+            "-c plan_cache_mode={}",
+            command_api::statements::PLAN_CACHE_MODE
+        ),
+    );
     command
         .args([
             "-n",
