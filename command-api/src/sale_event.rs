@@ -8,6 +8,8 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 use utoipa::ToSchema;
 
+use crate::db::commit_with_lsn;
+
 /// An event that passed the checks that need no database.
 pub(crate) struct NewEvent {
     pub(crate) name: String,
@@ -58,8 +60,11 @@ pub(crate) enum EventError {
 }
 
 /// Creates the event, its courses and its seats in one transaction,
-/// committed on `conn`.
-pub(crate) async fn create(conn: &mut PgConnection, event: NewEvent) -> Result<Event, EventError> {
+/// committed on `conn`, with an LSN at or after the commit.
+pub(crate) async fn create(
+    conn: &mut PgConnection,
+    event: NewEvent,
+) -> Result<(Event, Option<String>), EventError> {
     let mut tx = conn.begin().await?;
 
     let known: Vec<i64> = sqlx::query_scalar("SELECT id FROM courses WHERE id = ANY($1)")
@@ -112,7 +117,7 @@ pub(crate) async fn create(conn: &mut PgConnection, event: NewEvent) -> Result<E
     .bind(&event.seat_limits)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    let lsn = commit_with_lsn(tx).await?;
 
     let courses = event
         .course_ids
@@ -123,8 +128,9 @@ pub(crate) async fn create(conn: &mut PgConnection, event: NewEvent) -> Result<E
             seat_limit: *seat_limit,
         })
         .collect();
-    Ok(Event {
+    let event = Event {
         event: created,
         courses,
-    })
+    };
+    Ok((event, lsn))
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 
 use super::{CheckoutError, Item, OrderStatus, Receipt};
+use crate::db::commit_with_lsn;
 
 #[derive(sqlx::FromRow)]
 struct StoredOrder {
@@ -17,9 +18,13 @@ struct StoredOrder {
     cancelled_at: Option<DateTime<Utc>>,
 }
 
-/// Cancels order `id` in one transaction, committed on `conn`. Cancelling a
-/// cancelled order changes nothing and answers the same.
-pub(crate) async fn cancel(conn: &mut PgConnection, id: i64) -> Result<Receipt, CheckoutError> {
+/// Cancels order `id` in one transaction, committed on `conn`, with an LSN
+/// at or after the commit. Cancelling a cancelled order changes nothing and
+/// answers the same.
+pub(crate) async fn cancel(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<(Receipt, Option<String>), CheckoutError> {
     let mut tx = conn.begin().await?;
     // The row lock makes two concurrent cancels of one order take turns.
     let order: Option<StoredOrder> = sqlx::query_as(
@@ -58,8 +63,8 @@ pub(crate) async fn cancel(conn: &mut PgConnection, id: i64) -> Result<Receipt, 
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(Receipt {
+    let lsn = commit_with_lsn(tx).await?;
+    let receipt = Receipt {
         id: order.id,
         user_id: order.user_id,
         event_id: order.event_id,
@@ -68,5 +73,6 @@ pub(crate) async fn cancel(conn: &mut PgConnection, id: i64) -> Result<Receipt, 
         items,
         created_at: order.created_at,
         cancelled_at: order.cancelled_at,
-    })
+    };
+    Ok((receipt, lsn))
 }

@@ -7,6 +7,7 @@ use sqlx::{Connection, PgConnection};
 use utoipa::ToSchema;
 
 use super::{order, CheckoutError, NewOrder, Pricing};
+use crate::db::commit_with_lsn;
 
 /// An enrollment as stored: an insert-only fact, revoked only by cancelling
 /// its order.
@@ -21,14 +22,15 @@ pub(crate) struct Enrollment {
     created_at: DateTime<Utc>,
 }
 
-/// Enrolls `user_id` in `course_id` as a free order, committed on `conn`.
-/// Refused (`Invalid`) where the course costs more than 0 here.
+/// Enrolls `user_id` in `course_id` as a free order, committed on `conn`,
+/// with an LSN at or after the commit. Refused (`Invalid`) where the course
+/// costs more than 0 here.
 pub(crate) async fn enroll(
     conn: &mut PgConnection,
     user_id: i64,
     course_id: i64,
     event_id: Option<i64>,
-) -> Result<Enrollment, CheckoutError> {
+) -> Result<(Enrollment, Option<String>), CheckoutError> {
     let order = NewOrder {
         user_id,
         course_ids: vec![course_id],
@@ -44,11 +46,11 @@ pub(crate) async fn enroll(
     .bind(receipt.id)
     .fetch_one(&mut *tx)
     .await?;
-    tx.commit().await?;
+    let lsn = commit_with_lsn(tx).await?;
     tracing::info!(
         enrollment_id = enrollment.id,
         order_id = receipt.id,
         "direct enrollment"
     );
-    Ok(enrollment)
+    Ok((enrollment, lsn))
 }

@@ -8,6 +8,7 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::joined::{self, Claim};
 use super::{order, CheckoutError, NewOrder, Pricing, Receipt};
+use crate::db::commit_with_lsn;
 
 /// Tries of one request when its key row disappears between the conflict and
 /// the read (the expiry job deleted it): then the key is free again.
@@ -15,8 +16,9 @@ const ATTEMPTS: usize = 3;
 
 /// What placing an order came to.
 pub(crate) enum Placed {
-    /// The order was written and committed.
-    Created(Receipt),
+    /// The order was written and committed, with an LSN at or after its
+    /// commit (`None`: it could not be read).
+    Created(Receipt, Option<String>),
     /// The key already holds the answer to this very request.
     Replayed(Value),
 }
@@ -94,8 +96,8 @@ async fn attempt(
         .await?;
         receipt
     };
-    tx.commit().await?;
-    Ok(Attempt::Done(Placed::Created(receipt)))
+    let lsn = commit_with_lsn(tx).await?;
+    Ok(Attempt::Done(Placed::Created(receipt, lsn)))
 }
 
 /// The answer stored under the key another request claimed, read in `tx`,

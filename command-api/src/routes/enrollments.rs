@@ -8,7 +8,6 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::checkout::{self, CheckoutError, Enrollment};
-use crate::db::commit_lsn;
 use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
 use crate::routes::written;
@@ -69,7 +68,7 @@ pub(super) async fn create(
     switches::admit(&state.flags, true, request.event_id)?;
 
     let mut conn = state.pool.acquire().await?;
-    let enrollment = checkout::enroll(
+    let (enrollment, lsn) = checkout::enroll(
         &mut conn,
         request.user_id,
         request.course_id,
@@ -83,6 +82,5 @@ pub(super) async fn create(
         }
         other => other.into(),
     })?;
-    let lsn = commit_lsn(&mut conn).await;
     Ok(written(StatusCode::CREATED, lsn, &enrollment))
 }

@@ -11,7 +11,6 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::Admin;
-use crate::db::commit_lsn;
 use crate::error::{join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
 use crate::extract::AppJson;
 use crate::routes::{reference, written};
@@ -185,7 +184,7 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let event = NewEvent::try_from(request)?;
     let mut conn = state.pool.acquire().await?;
-    let created = sale_event::create(&mut conn, event)
+    let (created, lsn) = sale_event::create(&mut conn, event)
         .await
         .map_err(|err| match err {
             EventError::UnknownCourses(ids) => {
@@ -193,6 +192,5 @@ pub(super) async fn create(
             }
             EventError::Database(err) => ApiError::Database(err),
         })?;
-    let lsn = commit_lsn(&mut conn).await;
     Ok(written(StatusCode::CREATED, lsn, &created))
 }

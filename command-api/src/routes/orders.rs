@@ -157,7 +157,7 @@ pub(super) async fn create(
     order.joined_lookup = switches::joined_lookup(&state.flags, order.user_id);
     let mut conn = state.pool.acquire().await?;
     match checkout::place(&mut conn, &key, &body, &order).await? {
-        Placed::Created(receipt) => {
+        Placed::Created(receipt, lsn) => {
             tracing::info!(
                 order_id = receipt.id,
                 total_krw = receipt.total_krw,
@@ -165,7 +165,6 @@ pub(super) async fn create(
                 "order placed"
             );
             state.metrics.count_lookup(order.joined_lookup);
-            let lsn = commit_lsn(&mut conn).await;
             Ok(written(StatusCode::CREATED, lsn, &receipt))
         }
         Placed::Replayed(stored) => {
@@ -207,8 +206,7 @@ pub(super) async fn cancel(
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    let receipt = checkout::cancel(&mut conn, id).await?;
-    let lsn = commit_lsn(&mut conn).await;
+    let (receipt, lsn) = checkout::cancel(&mut conn, id).await?;
     Ok(written(StatusCode::OK, lsn, &receipt))
 }
 

@@ -20,6 +20,78 @@ fn parse_lsn(text: &str) -> Option<u64> {
     (high <= u64::from(u32::MAX) && low <= u64::from(u32::MAX)).then_some((high << 32) | low)
 }
 
+/// The `X-Commit-Lsn` of `response`, as a number.
+fn token(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("x-commit-lsn")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_lsn)
+        .expect("an X-Commit-Lsn")
+}
+
+#[tokio::test]
+async fn the_token_is_at_or_past_the_end_of_the_commit_record_and_the_connection_goes_on() {
+    // One connection: every write below reuses the session the one before
+    // committed on, with the COMMIT and the token read in one round trip.
+    let app = spawn_app_with(|config| config.db_pool_size = 1).await;
+    let (user, rust, sql) = shop(&app).await;
+    let slot = format!("token_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')")
+        .bind(&slot)
+        .execute(&app.db)
+        .await
+        .expect("a slot");
+
+    let placed = app
+        .post_order("one", &json!({ "user_id": user, "course_ids": [rust] }))
+        .await;
+    // Where each transaction's commit record ends, as logical decoding says.
+    let commits: Vec<String> = sqlx::query_scalar(
+        "SELECT lsn::text FROM pg_logical_slot_peek_changes($1, NULL, NULL) \
+         WHERE data LIKE 'COMMIT%'",
+    )
+    .bind(&slot)
+    .fetch_all(&app.db)
+    .await
+    .expect("the slot's changes");
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&app.db)
+        .await
+        .expect("the slot dropped");
+
+    assert_eq!(placed.status(), 201);
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    let commit_end = parse_lsn(&commits[0]).expect("an lsn");
+    let first = token(&placed);
+    assert!(
+        first >= commit_end,
+        "token {first} before the commit's end {commit_end}"
+    );
+
+    // The session goes on: each later write commits and answers a token past
+    // the one before.
+    let order_id = placed.json::<Value>().await.expect("json")["id"]
+        .as_i64()
+        .expect("an id");
+    let cancelled = app.cancel_order(order_id).await;
+    assert_eq!(cancelled.status(), 200);
+    let second = token(&cancelled);
+    let again = app
+        .post_order("two", &json!({ "user_id": user, "course_ids": [sql] }))
+        .await;
+    assert_eq!(again.status(), 201);
+    let third = token(&again);
+    assert!(first < second && second < third, "{first} {second} {third}");
+    assert_eq!(app.count("SELECT count(*) FROM orders").await, 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM enrollments WHERE revoked_at IS NULL")
+            .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn an_order_returns_201_with_items_total_and_a_commit_lsn() {
     let app = spawn_app().await;
