@@ -1,5 +1,5 @@
-//! How the API's sessions run the checkout's statements: planned once, not
-//! at every order.
+//! The API's PostgreSQL sessions: the checkout's statements planned once,
+//! not at every order; connections checked before use only after idling.
 
 use command_api::statements::{CHECKOUT_FACTS, CHECKOUT_WRITE};
 use command_api::Config;
@@ -68,4 +68,31 @@ async fn the_checkout_statements_are_planned_once_per_session_not_at_every_order
         assert_eq!(plans.custom_plans, 0, "{plans:?} for {statement}");
         assert_eq!(plans.generic_plans, 8, "{plans:?} for {statement}");
     }
+}
+
+#[tokio::test]
+async fn a_connection_that_idled_is_checked_before_use_so_a_dead_one_costs_no_request() {
+    let app = spawn_app().await;
+    let mut config = Config::for_tests(app.database_url());
+    config.db_pool_size = 1;
+    let pool = command_api::pool(&config).expect("the pool");
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("a first statement");
+
+    // The server ends the session while it idles in the pool (a restart,
+    // an idle timeout, a failover all look so to the pool).
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(backend)
+        .execute(&app.db)
+        .await
+        .expect("the session terminated");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("the next statement runs on a new session");
+    assert_ne!(again, backend);
 }
