@@ -38,7 +38,13 @@ pub(crate) async fn enroll(
         joined_lookup: false,
     };
     let mut tx = conn.begin().await?;
-    let receipt = order::write(&mut tx, &order, Pricing::FreeOnly).await?;
+    let receipt = match order::write(&mut tx, &order, Pricing::FreeOnly).await {
+        Ok(receipt) => receipt,
+        Err(err) => {
+            drop(tx);
+            return Err(order::name_enrolled(conn, &order, err).await);
+        }
+    };
     let enrollment: Enrollment = sqlx::query_as(
         "SELECT id, user_id, course_id, order_id, event_id, company, created_at \
          FROM enrollments WHERE order_id = $1",

@@ -45,9 +45,10 @@ pub(crate) async fn place(
     order: &NewOrder,
 ) -> Result<Placed, CheckoutError> {
     for _ in 0..ATTEMPTS {
-        match attempt(conn, key, request, order).await? {
-            Attempt::Done(placed) => return Ok(placed),
-            Attempt::KeyVanished => continue,
+        match attempt(conn, key, request, order).await {
+            Ok(Attempt::Done(placed)) => return Ok(placed),
+            Ok(Attempt::KeyVanished) => continue,
+            Err(err) => return Err(order::name_enrolled(conn, order, err).await),
         }
     }
     Err(CheckoutError::KeyChangingHands)

@@ -10,6 +10,10 @@ use super::pricing::{discounted, COURSE_PRICES};
 use super::{seats, CheckoutError, Item, NewOrder, Pricing, Receipt};
 use crate::error::{join_ids, violates, FieldErrors};
 
+/// The order's courses the user is actively enrolled in ($1 user, $2 course ids).
+const ENROLLED: &str = "SELECT course_id FROM enrollments \
+    WHERE user_id = $1 AND course_id = ANY($2) AND revoked_at IS NULL";
+
 #[derive(sqlx::FromRow)]
 struct CourseRow {
     id: i64,
@@ -207,14 +211,11 @@ async fn facts(tx: &mut PgConnection, order: &NewOrder) -> Result<Facts, Checkou
         }
         _ => HashMap::new(),
     };
-    let enrolled: Vec<i64> = sqlx::query_scalar(
-        "SELECT course_id FROM enrollments \
-         WHERE user_id = $1 AND course_id = ANY($2) AND revoked_at IS NULL",
-    )
-    .bind(order.user_id)
-    .bind(&order.course_ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let enrolled: Vec<i64> = sqlx::query_scalar(ENROLLED)
+        .bind(order.user_id)
+        .bind(&order.course_ids)
+        .fetch_all(&mut *tx)
+        .await?;
     Ok(Facts {
         user,
         prices: courses.into_iter().map(|c| (c.id, c.price_krw)).collect(),
@@ -286,11 +287,42 @@ pub(super) async fn write(
 }
 
 /// An enrollment insert's error: a concurrent order of the same user and
-/// course (the active-enrollment key) is 409 `already_enrolled`.
+/// course (the active-enrollment key) is 409 `already_enrolled`, its courses
+/// named by [`name_enrolled`] once the transaction is gone.
 pub(super) fn enrollment_refused(err: sqlx::Error) -> CheckoutError {
     if violates(&err, "enrollments_active_key") {
         CheckoutError::AlreadyEnrolled(Vec::new())
     } else {
         CheckoutError::Database(err)
+    }
+}
+
+/// Names the courses of a refusal by the active-enrollment key, read on
+/// `conn` after the refused transaction rolled back: the concurrent order
+/// that holds them had committed before the key refused this one (the
+/// constraint's own message is localized text, not data). Left unnamed if
+/// that order was cancelled since or the read fails.
+pub(super) async fn name_enrolled(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+    err: CheckoutError,
+) -> CheckoutError {
+    if !matches!(&err, CheckoutError::AlreadyEnrolled(ids) if ids.is_empty()) {
+        return err;
+    }
+    let enrolled: Result<Vec<i64>, _> = sqlx::query_scalar(ENROLLED)
+        .bind(order.user_id)
+        .bind(&order.course_ids)
+        .fetch_all(conn)
+        .await;
+    match enrolled {
+        Ok(mut ids) => {
+            ids.sort_unstable();
+            CheckoutError::AlreadyEnrolled(ids)
+        }
+        Err(lookup) => {
+            tracing::warn!(error = %lookup, "could not read which courses a concurrent order took");
+            err
+        }
     }
 }
