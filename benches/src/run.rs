@@ -244,13 +244,19 @@ async fn redis_version(env: &Env) -> Result<String> {
         .to_owned())
 }
 
-/// Starts the projector on `url` under `prefix` and waits until its views
-/// are built (`/ready`).
-async fn start_projector(ctx: &Ctx, url: &str, prefix: &str, limit: Duration) -> Result<Program> {
+/// Starts a projector named `name` (its log file's name) on `url` under
+/// `prefix` and waits until its views are built (`/ready`).
+async fn start_projector(
+    ctx: &Ctx,
+    name: &str,
+    url: &str,
+    prefix: &str,
+    limit: Duration,
+) -> Result<Program> {
     let addr = free_addr()?;
     let mut projector = Program::workspace(
         &ctx.env,
-        "projector",
+        name,
         "projector",
         &projector_env(ctx, url, prefix, addr),
         addr,
@@ -373,7 +379,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     if views_needed {
         tracing::info!("initial build");
         let building = Instant::now();
-        projector = Some(start_projector(ctx, &cqrs_url, &prefix, build_limit).await?);
+        projector = Some(start_projector(ctx, "projector", &cqrs_url, &prefix, build_limit).await?);
         results.timings.initial_build_s = building.elapsed().as_secs_f64();
     }
     let mut monolith = None;
@@ -468,7 +474,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
 
     // Freshness: the whole pipeline, once the projector has caught up.
     if let (true, Some(command)) = (wants(Scenario::Freshness), &command) {
-        let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
+        let projector = start_projector(ctx, "projector", &cqrs_url, &prefix, build_limit).await?;
         let caught_up = freshness::catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results
             .record("freshness (catching up)", caught_up)
@@ -488,7 +494,7 @@ async fn scenarios(ctx: &Ctx, options: &Options, results: &mut Results) -> Resul
     // The rush: a sale's reads and its orders together, with a query API
     // pre-warming the rush's event, against each alone.
     if let (true, Some(command)) = (wants(Scenario::Rush), &command) {
-        let projector = start_projector(ctx, &cqrs_url, &prefix, build_limit).await?;
+        let projector = start_projector(ctx, "projector", &cqrs_url, &prefix, build_limit).await?;
         let caught_up = freshness::catch_up(ctx, &cqrs_url, &prefix, build_limit).await;
         if results.record("rush (catching up)", caught_up).is_some() {
             tracing::info!("rush");

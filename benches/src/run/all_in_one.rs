@@ -29,7 +29,8 @@ pub(super) async fn measure(
 
     let prefix = env.name("aio_three");
     let building = Instant::now();
-    let projector = super::start_projector(ctx, three_url, &prefix, build_limit).await?;
+    let projector =
+        super::start_projector(ctx, "projector-aio-three", three_url, &prefix, build_limit).await?;
     let three_build = building.elapsed().as_secs_f64();
     let addr = free_addr()?;
     let mut command = Program::workspace(
