@@ -1,5 +1,7 @@
 //! `POST /v1/orders`: pricing, seats, enrollments and idempotency.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
@@ -561,14 +563,19 @@ async fn concurrent_orders_of_one_user_for_one_course_enroll_once() {
     assert_eq!(app.count("SELECT count(*) FROM enrollments").await, 2);
 }
 
-/// Holds an uncommitted active enrollment of `user` in `course`, as a
-/// concurrent order would: a request that read the facts before it commits
-/// meets it at the unique key.
-async fn hold_enrollment(
-    app: &TestApp,
+/// The message of the 409 that `send`'s request gets when a concurrent
+/// transaction enrolls `user` in `course` after the request read the facts:
+/// the enrollment is held uncommitted until the request waits at the
+/// unique key, then committed.
+async fn refused_by_a_concurrent_enrollment<F>(
+    app: &Arc<TestApp>,
     user: i64,
     course: i64,
-) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    send: impl FnOnce(Arc<TestApp>) -> F,
+) -> String
+where
+    F: std::future::Future<Output = reqwest::Response> + Send + 'static,
+{
     let mut holder = app.db.begin().await.expect("begin");
     sqlx::query("INSERT INTO enrollments (user_id, course_id) VALUES ($1, $2)")
         .bind(user)
@@ -576,31 +583,29 @@ async fn hold_enrollment(
         .execute(&mut *holder)
         .await
         .expect("enrollment held");
-    holder
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_refused_by_a_concurrent_enrollment_names_the_course_it_would_have_doubled() {
-    let app = std::sync::Arc::new(spawn_app().await);
-    let (user, rust, sql) = shop(&app).await;
-    let holder = hold_enrollment(&app, user, rust).await;
-    let waiting = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.post_order(
-                "race",
-                &json!({ "user_id": user, "course_ids": [sql, rust] }),
-            )
-            .await
-        })
-    };
-    // The order read no enrollment and now waits at the key for the holder.
+    let waiting = tokio::spawn(send(app.clone()));
     app.wait_for_a_lock_wait().await;
 
     holder.commit().await.expect("commit");
 
     let body = assert_error(waiting.await.expect("task"), 409, "already_enrolled").await;
-    let message = body["error"]["message"].as_str().expect("message");
+    body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_refused_by_a_concurrent_enrollment_names_the_course_it_would_have_doubled() {
+    let app = Arc::new(spawn_app().await);
+    let (user, rust, sql) = shop(&app).await;
+
+    let message = refused_by_a_concurrent_enrollment(&app, user, rust, |app| async move {
+        let order = json!({ "user_id": user, "course_ids": [sql, rust] });
+        app.post_order("race", &order).await
+    })
+    .await;
+
     assert!(message.contains(&format!("course(s) {rust}")), "{message}");
     assert!(!message.contains(&sql.to_string()), "{message}");
     assert_eq!(app.count("SELECT count(*) FROM orders").await, 0);
@@ -608,26 +613,16 @@ async fn an_order_refused_by_a_concurrent_enrollment_names_the_course_it_would_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_enrollment_refused_by_a_concurrent_one_names_its_course() {
-    let app = std::sync::Arc::new(spawn_app().await);
+    let app = Arc::new(spawn_app().await);
     let user = app.create_user("learner@example.com", None).await;
     let free = app.create_course("Free intro", 0).await;
-    let holder = hold_enrollment(&app, user, free).await;
-    let waiting = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.post_json(
-                "/v1/enrollments",
-                &json!({ "user_id": user, "course_id": free }),
-            )
-            .await
-        })
-    };
-    app.wait_for_a_lock_wait().await;
 
-    holder.commit().await.expect("commit");
+    let message = refused_by_a_concurrent_enrollment(&app, user, free, |app| async move {
+        let enrollment = json!({ "user_id": user, "course_id": free });
+        app.post_json("/v1/enrollments", &enrollment).await
+    })
+    .await;
 
-    let body = assert_error(waiting.await.expect("task"), 409, "already_enrolled").await;
-    let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains(&format!("course(s) {free}")), "{message}");
 }
 
