@@ -31,17 +31,10 @@ const DEFAULT_LIMIT: i64 = 20;
         super::reference::FreshnessHeaders
     ),
     responses(
-        (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = super::reference::CategoryPage, headers(
-                ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
-                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built, or while a newer view schema's generation is live (a rolling upgrade): the generation read is no longer kept current; also a pre-warmed copy served while Redis is unreachable (flag `stale-views-on-redis-outage`)"),
-                ("X-Min-Lsn-Ignored" = String, description = "`true` when ops switched read-your-writes waits off (flag `read-your-writes-wait`): the token was ignored and the answer is what was there"),
-                ("X-View-Generation" = String, description = "The view generation read: always one of the view schema this query API serves"),
-            )),
+        (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = super::reference::CategoryPage),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 422, description = "`limit` outside 1..=100, negative `offset` or unknown `sort` (in `fields`)", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time), `unavailable`, or `feature_disabled` (ops switched category rankings off: flag `category-rankings`)", body = super::reference::ErrorBody, headers(
-                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
-            ))
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time), `unavailable`, or `feature_disabled` (ops switched category rankings off: flag `category-rankings`)", body = super::reference::ErrorBody)
     )
 )]
 pub(super) async fn courses(

@@ -25,7 +25,7 @@ use crate::AppState;
 
 /// Every route, and the OpenAPI document of the documented ones.
 pub(crate) fn router() -> (Router<AppState>, Document) {
-    let (router, document) = OpenApiRouter::with_openapi(reference::Reference::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(reference::Reference::openapi())
         .routes(routes!(courses::detail))
         .routes(routes!(courses::cards))
         .routes(routes!(events::event))
@@ -36,6 +36,7 @@ pub(crate) fn router() -> (Router<AppState>, Document) {
         .routes(routes!(ops::flags))
         .routes(routes!(ops::readiness))
         .split_for_parts();
+    reference::describe_answer_headers(&mut document);
     let router = undocumented()
         .into_iter()
         .fold(router, |router, (path, route)| router.route(path, route));

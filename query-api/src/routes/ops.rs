@@ -111,9 +111,7 @@ pub(super) async fn flags(
         (status = 400, description = "The id is not a positive integer", body = super::reference::ErrorBody),
         (status = 401, description = "No admin token, a wrong one, or none configured (the route is off)", body = super::reference::ErrorBody),
         (status = 404, description = "No view for this event", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live) or `unavailable` (Redis is unreachable)", body = super::reference::ErrorBody, headers(
-                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
-            ))
+        (status = 503, description = "`rebuilding` (no view generation is live) or `unavailable` (Redis is unreachable)", body = super::reference::ErrorBody)
     )
 )]
 pub(super) async fn readiness(

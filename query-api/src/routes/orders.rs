@@ -23,19 +23,10 @@ use crate::{
         ("If-None-Match" = Option<String>, Header, description = "An `ETag` held: 304 while it is current")
     ),
     responses(
-        (status = 200, description = "The order", body = super::reference::Order, headers(
-                ("X-Projection-Lsn" = String, description = "Every change up to this LSN was applied when the data was read"),
-                ("X-View-Stale" = String, description = "`true` while a replacement view generation is being built, or while a newer view schema's generation is live (a rolling upgrade): the generation read is no longer kept current; also a pre-warmed copy served while Redis is unreachable (flag `stale-views-on-redis-outage`)"),
-                ("X-Min-Lsn-Ignored" = String, description = "`true` when ops switched read-your-writes waits off (flag `read-your-writes-wait`): the token was ignored and the answer is what was there"),
-                ("X-View-Generation" = String, description = "The view generation read: always one of the view schema this query API serves"),
-                ("ETag" = String, description = "Changes whenever the response body would"),
-            )),
-        (status = 304, description = "The `ETag` in `If-None-Match` is current"),
+        (status = 200, description = "The order", body = super::reference::Order),
         (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
         (status = 404, description = "No view for this order", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody, headers(
-                ("Retry-After" = u32, description = "Seconds to wait before retrying"),
-            ))
+        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
     )
 )]
 pub(super) async fn order(

@@ -13,10 +13,12 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as Document, Required};
+use utoipa::openapi::{OpenApi as Document, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::AppState;
@@ -71,6 +73,80 @@ impl Modify for AdminToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// The headers every view read answers, with their descriptions.
+const VIEW_HEADERS: [(&str, &str); 4] = [
+    ("X-Projection-Lsn", "Every change up to this LSN was applied when the data was read"),
+    (
+        "X-View-Stale",
+        "`true` while a replacement view generation is being built, or while a newer view schema's \
+         generation is live (a rolling upgrade): the generation read is no longer kept current; also a \
+         pre-warmed copy served while Redis is unreachable (flag `stale-views-on-redis-outage`)",
+    ),
+    (
+        "X-Min-Lsn-Ignored",
+        "`true` when ops switched read-your-writes waits off (flag `read-your-writes-wait`): the token \
+         was ignored and the answer is what was there",
+    ),
+    (
+        "X-View-Generation",
+        "The view generation read: always one of the view schema this query API serves",
+    ),
+];
+
+/// The response headers every view read answers, described once: added to
+/// the 200 of each operation that takes `X-Min-Lsn` (with `ETag` and a 304
+/// where it takes `If-None-Match`), and `Retry-After` to every 503. Applied
+/// to the whole document once the routes are in it.
+pub(super) fn describe_answer_headers(document: &mut Document) {
+    let text = |description: &str| {
+        HeaderBuilder::new()
+            .schema(Some(<String as utoipa::PartialSchema>::schema()))
+            .description(Some(description))
+            .build()
+    };
+    let takes = |operation: &Operation, name: &str| {
+        operation.parameters.iter().flatten().any(|parameter| {
+            matches!(parameter, RefOr::T(p) if p.name == name && p.parameter_in == ParameterIn::Header)
+        })
+    };
+    for item in document.paths.paths.values_mut() {
+        let Some(operation) = item.get.as_mut() else {
+            continue;
+        };
+        let (view, conditional) = (
+            takes(operation, "X-Min-Lsn"),
+            takes(operation, "If-None-Match"),
+        );
+        let responses = &mut operation.responses.responses;
+        if let Some(RefOr::T(ok)) = responses.get_mut("200").filter(|_| view) {
+            for (name, description) in VIEW_HEADERS {
+                ok.headers.insert(name.to_owned(), text(description).into());
+            }
+            if conditional {
+                let etag = text("Changes whenever the response body would");
+                ok.headers.insert("ETag".to_owned(), etag.into());
+            }
+        }
+        if view && conditional {
+            responses.entry("304".to_owned()).or_insert_with(|| {
+                ResponseBuilder::new()
+                    .description("The `ETag` in `If-None-Match` is current")
+                    .build()
+                    .into()
+            });
+        }
+        if let Some(RefOr::T(unavailable)) = responses.get_mut("503") {
+            let retry = HeaderBuilder::new()
+                .schema(Some(<u32 as utoipa::PartialSchema>::schema()))
+                .description(Some("Seconds to wait before retrying"))
+                .build();
+            unavailable
+                .headers
+                .insert("Retry-After".to_owned(), retry.into());
+        }
     }
 }
 
@@ -341,6 +417,45 @@ pub(super) struct OrderItem {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn every_view_read_documents_its_answer_headers_and_every_503_its_retry_after() {
+        let (_, document) = crate::routes::router();
+        let json = serde_json::to_value(&document).expect("the document serializes");
+        let responses = |path: &str| &json["paths"][path]["get"]["responses"];
+        for path in [
+            "/v1/courses/{id}",
+            "/v1/courses",
+            "/v1/events/{id}",
+            "/v1/categories/{category}/courses",
+            "/v1/users/{id}/courses",
+            "/v1/orders/{id}",
+        ] {
+            let ok = &responses(path)["200"]["headers"];
+            for (name, _) in VIEW_HEADERS {
+                assert!(ok[name]["description"].is_string(), "{path}: {name}");
+            }
+            let conditional =
+                ["/v1/courses/{id}", "/v1/events/{id}", "/v1/orders/{id}"].contains(&path);
+            assert_eq!(ok["ETag"].is_object(), conditional, "{path}: ETag");
+            assert_eq!(
+                responses(path)["304"].is_object(),
+                conditional,
+                "{path}: 304"
+            );
+        }
+        for (path, item) in json["paths"].as_object().expect("paths") {
+            let unavailable = &item["get"]["responses"]["503"];
+            if unavailable.is_object() {
+                let retry = &unavailable["headers"]["Retry-After"]["schema"];
+                assert_eq!(retry["type"], "integer", "{path}");
+                assert_eq!(retry["minimum"], 0, "{path}");
+            }
+        }
+        assert!(responses("/v1/ops/prewarm")["200"]["headers"]
+            .get("X-Projection-Lsn")
+            .is_none());
+    }
 
     #[test]
     fn the_id_pattern_admits_exactly_one_to_the_maximum() {
