@@ -186,6 +186,12 @@ pub(crate) enum BodyRefused {
     UnsupportedMediaType(ErrorBody),
 }
 
+/// `unauthorized`: an admin token is configured and was not sent.
+#[derive(IntoResponses)]
+#[response(status = 401)]
+#[expect(dead_code, reason = "only described in the API reference")]
+pub(crate) struct Unauthorized(ErrorBody);
+
 /// `unavailable`: the database is out of reach, a statement or the request
 /// timed out, or the service sheds load; `feature_disabled`: an ops switch
 /// turned this feature off (the message names the flag). Retry after

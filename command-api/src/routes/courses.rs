@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::auth::Admin;
 use crate::catalogue::{self, Course, CourseChanges};
 use crate::db::commit_lsn;
-use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
+use crate::error::{ApiError, BodyRefused, ErrorBody, FieldErrors, Unauthorized, Unavailable};
 use crate::extract::{AppJson, PathId};
 use crate::routes::{reference, written};
 use crate::state::AppState;
@@ -228,7 +228,7 @@ impl TryFrom<UpdateCourse> for CourseChanges {
     responses(
         (status = 201, description = "The new course.", body = Course,
             headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
-        (status = 401, description = "`unauthorized`: an admin token is configured and was not sent.", body = ErrorBody),
+        Unauthorized,
         (status = 422, description = "`validation_failed`, with `fields`.", body = ErrorBody),
         BodyRefused,
         Unavailable,
@@ -262,7 +262,7 @@ pub(super) async fn create(
     responses(
         (status = 200, description = "The course after the change.", body = Course,
             headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
-        (status = 401, description = "`unauthorized`: an admin token is configured and was not sent.", body = ErrorBody),
+        Unauthorized,
         (status = 404, description = "`not_found`: there is no such course.", body = ErrorBody),
         (status = 422, description = "`validation_failed`, with `fields`.", body = ErrorBody),
         BodyRefused,

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::Admin;
-use crate::error::{join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unavailable};
+use crate::error::{
+    join_ids, ApiError, BodyRefused, ErrorBody, FieldErrors, Unauthorized, Unavailable,
+};
 use crate::extract::AppJson;
 use crate::routes::{reference, written};
 use crate::sale_event::{self, Event, EventError, NewEvent};
@@ -171,7 +173,7 @@ fn event_time(
     responses(
         (status = 201, description = "The new event and its courses.", body = Event,
             headers(("X-Commit-Lsn" = String, description = "Read-your-writes token: an LSN at or after the commit."))),
-        (status = 401, description = "`unauthorized`: an admin token is configured and was not sent.", body = ErrorBody),
+        Unauthorized,
         (status = 422, description = "`validation_failed`, with `fields` (an unknown course is one).", body = ErrorBody),
         BodyRefused,
         Unavailable,

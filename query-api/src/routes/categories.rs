@@ -32,7 +32,7 @@ const DEFAULT_LIMIT: i64 = 20;
     ),
     responses(
         (status = 200, description = "A page of the category's cards and the category's size; an unknown category is empty", body = super::reference::CategoryPage),
-        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        super::reference::Unparseable,
         (status = 422, description = "`limit` outside 1..=100, negative `offset` or unknown `sort` (in `fields`)", body = super::reference::ErrorBody),
         (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time), `unavailable`, or `feature_disabled` (ops switched category rankings off: flag `category-rankings`)", body = super::reference::ErrorBody)
     )

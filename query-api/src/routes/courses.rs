@@ -28,9 +28,9 @@ use crate::{
     ),
     responses(
         (status = 200, description = "The course page; `sale` picked by the query API's clock", body = super::reference::CourseDetail),
-        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        super::reference::Unparseable,
         (status = 404, description = "No view for this course", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        super::reference::ViewUnavailable,
     )
 )]
 pub(super) async fn detail(
@@ -65,9 +65,9 @@ pub(super) async fn detail(
     ),
     responses(
         (status = 200, description = "Cards in the order asked (duplicates repeated), and the ids without a card in order of first appearance", body = super::reference::Cards),
-        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        super::reference::Unparseable,
         (status = 422, description = "More than 500 ids, or none (`fields.ids`)", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        super::reference::ViewUnavailable,
     )
 )]
 pub(super) async fn cards(

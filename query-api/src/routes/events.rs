@@ -26,9 +26,9 @@ use crate::{
     ),
     responses(
         (status = 200, description = "The event and its courses' cards; `sale` is this event's while it runs", body = super::reference::EventPage),
-        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        super::reference::Unparseable,
         (status = 404, description = "No view for this event", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        super::reference::ViewUnavailable,
     )
 )]
 pub(super) async fn event(

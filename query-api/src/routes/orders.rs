@@ -24,9 +24,9 @@ use crate::{
     ),
     responses(
         (status = 200, description = "The order", body = super::reference::Order),
-        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        super::reference::Unparseable,
         (status = 404, description = "No view for this order", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        super::reference::ViewUnavailable,
     )
 )]
 pub(super) async fn order(

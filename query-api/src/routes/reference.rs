@@ -19,7 +19,7 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr, Required};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::AppState;
 
@@ -258,6 +258,16 @@ fn positive_up_to(max: u64) -> String {
     branches.push(digits.clone());
     format!("0*(?:{})", branches.join("|"))
 }
+
+/// Unparseable path, query or header
+#[derive(IntoResponses)]
+#[response(status = 400)]
+pub(super) struct Unparseable(ErrorBody);
+
+/// `rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`
+#[derive(IntoResponses)]
+#[response(status = 503)]
+pub(super) struct ViewUnavailable(ErrorBody);
 
 /// Every error body.
 #[derive(ToSchema)]

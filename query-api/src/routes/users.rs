@@ -30,9 +30,9 @@ const DEFAULT_LIMIT: i64 = 50;
     ),
     responses(
         (status = 200, description = "A page of the user's active courses, newest enrollment first, and their number; empty for a user with none", body = super::reference::Library),
-        (status = 400, description = "Unparseable path, query or header", body = super::reference::ErrorBody),
+        super::reference::Unparseable,
         (status = 422, description = "`limit` outside 1..=100 or negative `offset` (in `fields`)", body = super::reference::ErrorBody),
-        (status = 503, description = "`rebuilding` (no view generation is live), `not_yet_projected` (the projection did not reach `X-Min-Lsn` in time) or `unavailable`", body = super::reference::ErrorBody)
+        super::reference::ViewUnavailable,
     )
 )]
 pub(super) async fn library(
