@@ -81,6 +81,7 @@ struct WarmSet {
     pages: ById<i64, Ready<Served>>,
     cards: ById<i64, Ready<Bytes>>,
     event_pages: ById<i64, Ready<Served>>,
+    /// When the refresh that read it began: no data in it is older.
     refreshed: Option<Instant>,
     /// When the watermark was last seen to move (the readiness check).
     watermark_moved: Option<Instant>,
@@ -103,7 +104,7 @@ pub struct Warmth {
     pub held: usize,
     /// Views it has.
     pub expected: usize,
-    /// Since the warm set was last refreshed.
+    /// Since the refresh that read the warm set began.
     pub refreshed: Option<Duration>,
     /// Since the projection's watermark last moved.
     pub watermark_moved: Option<Duration>,
@@ -324,6 +325,9 @@ impl Prewarm {
     /// Reads the marker, the events that end in the future, the views of
     /// those inside their warm window, serves them, and swaps the new set in.
     async fn refresh(&self) -> Result<(), fred::error::Error> {
+        // The set is as old as its first read: dated from its end, a slow
+        // refresh would be served for longer than MAX_AGE after it read.
+        let started = Instant::now();
         let previous = self.set.load_full();
         let now = Utc::now();
         let marker: Option<String> = self.client.get(self.keys.generation_marker()).await?;
@@ -333,7 +337,7 @@ impl Prewarm {
         else {
             // No live generation of this schema: nothing may be served.
             self.set.store(Arc::new(WarmSet {
-                refreshed: Some(Instant::now()),
+                refreshed: Some(started),
                 ..Default::default()
             }));
             return Ok(());
@@ -432,7 +436,7 @@ impl Prewarm {
             set.stored.insert(entry, Stored { raw, json });
         }
         serve_all(&mut set, &previous, same_generation, now);
-        set.refreshed = Some(Instant::now());
+        set.refreshed = Some(started);
         self.set.store(Arc::new(set));
         Ok(())
     }
@@ -551,5 +555,75 @@ fn serve_all(set: &mut WarmSet, previous: &WarmSet, same_generation: bool, now: 
         if let Some(ready) = ready {
             set.event_pages.insert(id, ready);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// A `redis-server` of the test's own: pausing it stalls nobody else.
+    struct OwnRedis(std::process::Child);
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warm_set_is_as_old_as_the_first_read_of_its_refresh() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let _redis = OwnRedis(
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (installed by deploy/local.sh) on PATH"),
+        );
+        let url: views::RedisUrl = format!("redis://127.0.0.1:{port}").parse().unwrap();
+        let client = Builder::from_config(url.config()).build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.init().await.is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let warm = Prewarm::new(
+            client.clone(),
+            Keys::new("t"),
+            Duration::from_secs(3600),
+            views::VIEW_SCHEMA_VERSION,
+        );
+
+        // Every command after this one waits half a second for its answer.
+        let _: () = client
+            .custom(fred::cmd!("CLIENT"), vec!["PAUSE", "500", "ALL"])
+            .await
+            .unwrap();
+        let began = Instant::now();
+        warm.refresh().await.unwrap();
+        assert!(
+            began.elapsed() >= Duration::from_millis(400),
+            "the pause held the refresh"
+        );
+
+        let refreshed = warm
+            .set
+            .load()
+            .refreshed
+            .expect("the refresh dated the set");
+        assert!(
+            refreshed < began + Duration::from_millis(250),
+            "dated {:?} after the refresh began, not from its first read",
+            refreshed - began
+        );
     }
 }
