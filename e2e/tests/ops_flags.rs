@@ -152,6 +152,21 @@ async fn storefront_switches_take_effect_within_a_second_and_back_again() -> any
     let ignored = until(&stack, WITHIN, ahead, |a| a.status == StatusCode::OK).await?;
     assert_eq!(ignored.header("x-min-lsn-ignored"), "true");
     assert_eq!(ignored.body["id"], course);
+    // Every answer made from what was there says so: a 304 for the ETag
+    // held, and a 404 (maybe a write the projection has not reached).
+    let unchanged = stack
+        .send(ahead().header("If-None-Match", ignored.header("etag")))
+        .await?;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.header("x-min-lsn-ignored"), "true");
+    let unseen = stack
+        .send(
+            http.get(format!("{query}/v1/courses/{}", course + 1_000_000))
+                .header("X-Min-Lsn", "FF/0"),
+        )
+        .await?;
+    assert_eq!(unseen.status, StatusCode::NOT_FOUND);
+    assert_eq!(unseen.header("x-min-lsn-ignored"), "true");
     // The query twin too; a malformed token is still refused.
     let twin = stack
         .send(http.get(format!("{query}/v1/courses/{course}?min_lsn=FF/0")))
@@ -171,6 +186,7 @@ async fn storefront_switches_take_effect_within_a_second_and_back_again() -> any
         )
         .await?;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.header("x-min-lsn-ignored"), "");
     flags.set(json!({}))?;
     until(&stack, WITHIN, ahead, |a| {
         a.body["error"]["code"] == "not_yet_projected"

@@ -4,7 +4,7 @@
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderName, HeaderValue},
+    http::{HeaderName, HeaderValue, StatusCode},
     middleware::Next,
     response::Response,
 };
@@ -50,8 +50,9 @@ pub(crate) fn on(flags: &Flags, key: &str) -> bool {
     flags.get_boolean_value(key, &EvaluationContext::default(), true)
 }
 
-/// Marks a successful answer to a read that carried a read-your-writes
-/// token while waits are switched off (`crate::freshness::token` dropped it).
+/// Marks an answer made from what was there (200, 304, 404) to a read that
+/// carried a read-your-writes token while waits are switched off
+/// (`crate::freshness::token` dropped it): a 404 may be a write not projected yet.
 pub(crate) async fn mark_ignored_tokens(
     State(flags): State<Flags>,
     request: Request,
@@ -65,7 +66,11 @@ pub(crate) async fn mark_ignored_tokens(
     // Looked at before the read, as the read itself does.
     let ignored = carried && !on(&flags, READ_YOUR_WRITES);
     let mut response = next.run(request).await;
-    if ignored && response.status().is_success() {
+    let status = response.status();
+    let read = status.is_success()
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::NOT_FOUND;
+    if ignored && read {
         response
             .headers_mut()
             .insert(X_MIN_LSN_IGNORED, HeaderValue::from_static("true"));
