@@ -55,7 +55,8 @@ async fn sweep(pool: &PgPool, ttl: Duration) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     loop {
         // SKIP LOCKED: several API instances may sweep at once without waiting
-        // on each other, and a key being replayed right now is left alone.
+        // on each other. A retry that meets its key as it is swept finds it
+        // gone and claims it anew, as it may once the key has expired.
         let done = sqlx::query(
             "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY( \
                  SELECT ctid FROM idempotency_keys \
