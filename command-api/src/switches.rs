@@ -43,7 +43,7 @@ pub(crate) static SPECS: &[FlagSpec] = &[
     FlagSpec {
         key: ORDER_RATE,
         default: FlagDefault::Int(0),
-        about: "Most orders per second this process takes (0: no cap); over it 503 unavailable.",
+        about: "Most orders and direct enrollments per second this process takes (0: no cap); over it 503 unavailable.",
     },
     FlagSpec {
         key: KEY_EXPIRY,

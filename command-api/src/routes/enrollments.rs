@@ -64,8 +64,10 @@ pub(super) async fn create(
         errors.add("event_id", "must be a positive integer");
     }
     errors.into_result()?;
-    // Ops switches refuse before any database work: nothing is written.
+    // Ops switches refuse before any database work: nothing is written. A
+    // direct enrollment is written as an order: the order-rate cap counts it.
     switches::admit(&state.flags, true, request.event_id)?;
+    state.intake.take(&state.flags)?;
 
     let mut conn = state.pool.acquire().await?;
     let (enrollment, lsn) = checkout::enroll(

@@ -181,6 +181,13 @@ async fn each_checkout_switch_takes_effect_within_a_second_and_back_again() {
     assert!(body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("checkout-order-rate")));
+    // Direct enrollments are written as orders: the same cap holds them.
+    let enrollment = json!({ "user_id": user, "course_id": course });
+    let (refused, _) = until_status(503, || app.post_json("/v1/enrollments", &enrollment)).await;
+    let body: Value = refused.json().await.expect("json");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("checkout-order-rate")));
     file.set(json!({}));
     // Uncapped, a burst is taken whole.
     let start = Instant::now();
