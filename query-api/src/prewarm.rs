@@ -575,11 +575,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_warm_set_is_as_old_as_the_first_read_of_its_refresh() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+    async fn a_warm_set_is_as_old_as_the_first_read_of_its_refresh() -> anyhow::Result<()> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
             .port();
         let _redis = OwnRedis(
             Command::new("redis-server")
@@ -589,8 +587,8 @@ mod tests {
                 .spawn()
                 .expect("redis-server (installed by deploy/local.sh) on PATH"),
         );
-        let url: views::RedisUrl = format!("redis://127.0.0.1:{port}").parse().unwrap();
-        let client = Builder::from_config(url.config()).build().unwrap();
+        let url: views::RedisUrl = format!("redis://127.0.0.1:{port}").parse()?;
+        let client = Builder::from_config(url.config()).build()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while client.init().await.is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -606,10 +604,9 @@ mod tests {
         // Every command after this one waits half a second for its answer.
         let _: () = client
             .custom(fred::cmd!("CLIENT"), vec!["PAUSE", "500", "ALL"])
-            .await
-            .unwrap();
+            .await?;
         let began = Instant::now();
-        warm.refresh().await.unwrap();
+        warm.refresh().await?;
         assert!(
             began.elapsed() >= Duration::from_millis(400),
             "the pause held the refresh"
@@ -625,5 +622,6 @@ mod tests {
             "dated {:?} after the refresh began, not from its first read",
             refreshed - began
         );
+        Ok(())
     }
 }
