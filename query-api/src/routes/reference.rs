@@ -97,8 +97,8 @@ const VIEW_HEADERS: [(&str, &str); 4] = [
 ];
 
 /// The response headers every view read answers, described once: added to
-/// the 200 of each operation that takes `X-Min-Lsn` (with `ETag` and a 304
-/// where it takes `If-None-Match`), and `Retry-After` to every 503. Applied
+/// the 200, 304 and 404 of each operation that takes `X-Min-Lsn` (with `ETag`
+/// and a 304 where it takes `If-None-Match`), and `Retry-After` to every 503. Applied
 /// to the whole document once the routes are in it.
 pub(super) fn describe_answer_headers(document: &mut Document) {
     let text = |description: &str| {
@@ -121,15 +121,6 @@ pub(super) fn describe_answer_headers(document: &mut Document) {
             takes(operation, "If-None-Match"),
         );
         let responses = &mut operation.responses.responses;
-        if let Some(RefOr::T(ok)) = responses.get_mut("200").filter(|_| view) {
-            for (name, description) in VIEW_HEADERS {
-                ok.headers.insert(name.to_owned(), text(description).into());
-            }
-            if conditional {
-                let etag = text("Changes whenever the response body would");
-                ok.headers.insert("ETag".to_owned(), etag.into());
-            }
-        }
         if view && conditional {
             responses.entry("304".to_owned()).or_insert_with(|| {
                 ResponseBuilder::new()
@@ -137,6 +128,21 @@ pub(super) fn describe_answer_headers(document: &mut Document) {
                     .build()
                     .into()
             });
+        }
+        // What was read answers how fresh it was: found, current or missing.
+        for status in ["200", "304", "404"].into_iter().filter(|_| view) {
+            let Some(RefOr::T(answer)) = responses.get_mut(status) else {
+                continue;
+            };
+            for (name, description) in VIEW_HEADERS {
+                answer
+                    .headers
+                    .insert(name.to_owned(), text(description).into());
+            }
+            if conditional && status != "404" {
+                let etag = text("Changes whenever the response body would");
+                answer.headers.insert("ETag".to_owned(), etag.into());
+            }
         }
         if let Some(RefOr::T(unavailable)) = responses.get_mut("503") {
             let retry = HeaderBuilder::new()
@@ -442,16 +448,26 @@ mod tests {
             "/v1/orders/{id}",
         ] {
             let ok = &responses(path)["200"]["headers"];
-            for (name, _) in VIEW_HEADERS {
-                assert!(ok[name]["description"].is_string(), "{path}: {name}");
-            }
+            // A path id may have no view (404); with an ETag, a 304.
             let conditional =
                 ["/v1/courses/{id}", "/v1/events/{id}", "/v1/orders/{id}"].contains(&path);
+            for status in ["200", "304", "404"] {
+                let answer = &responses(path)[status];
+                assert_eq!(
+                    answer.is_object(),
+                    status == "200" || conditional,
+                    "{path}: {status}"
+                );
+                for (name, _) in VIEW_HEADERS.iter().filter(|_| answer.is_object()) {
+                    let header = &answer["headers"][name];
+                    assert!(header["description"].is_string(), "{path} {status}: {name}");
+                }
+            }
             assert_eq!(ok["ETag"].is_object(), conditional, "{path}: ETag");
             assert_eq!(
-                responses(path)["304"].is_object(),
+                responses(path)["304"]["headers"]["ETag"].is_object(),
                 conditional,
-                "{path}: 304"
+                "{path}: 304's ETag"
             );
         }
         for (path, item) in json["paths"].as_object().expect("paths") {
