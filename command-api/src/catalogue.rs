@@ -52,6 +52,8 @@ pub(crate) async fn create(
     conn: &mut PgConnection,
     course: CourseChanges,
 ) -> Result<Course, sqlx::Error> {
+    // One statement, committed as it completes.
+    crate::deadline::committing();
     sqlx::query_as(
         "INSERT INTO courses (title, summary, description_html, category, instructor, price_krw) \
          VALUES ($1, $2, $3, $4, $5, $6) \
@@ -111,5 +113,6 @@ pub(crate) async fn update(
         .push_bind(id)
         .push(" RETURNING ")
         .push(COURSE_COLUMNS);
+    crate::deadline::committing();
     query.build_query_as().fetch_optional(conn).await
 }

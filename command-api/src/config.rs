@@ -36,7 +36,8 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_statement_timeout: Duration,
 
-    /// Longest a request may take before it is abandoned with 503 (e.g. 10s).
+    /// Longest a request may take before it is abandoned with 503 (e.g. 10s); a write already
+    /// committing then is waited for, so that its answer says what was written.
     #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 

@@ -78,6 +78,7 @@ pub(crate) async fn commit_with_lsn(
     // transaction where sqlx still counts `tx` open: dropping `tx` queues
     // its ROLLBACK, which goes out with the connection's next message (the
     // pool's check on release) instead of a round trip of its own now.
+    crate::deadline::committing();
     let mut results = sqlx::raw_sql("COMMIT; BEGIN; SELECT pg_current_wal_insert_lsn()::text")
         .fetch_many(&mut *tx);
     let mut committed = false;

@@ -10,6 +10,7 @@ mod checkout;
 mod config;
 mod db;
 mod db_watch;
+mod deadline;
 mod error;
 mod expiry;
 mod extract;

@@ -61,7 +61,12 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(config.admitted() as usize))
-        .timeout(config.request_timeout);
+        // Not tower's timeout: a write caught committing at the deadline is
+        // waited for (see `deadline`).
+        .layer(axum::middleware::from_fn_with_state(
+            config.request_timeout,
+            crate::deadline::enforce,
+        ));
 
     let body_limit = usize::try_from(config.body_limit_bytes).unwrap_or(usize::MAX);
 
@@ -144,11 +149,7 @@ fn overloaded(err: BoxError) -> Response {
     let Some(reason) = Shedding::reason_of(&err) else {
         return ApiError::Internal(format!("unhandled middleware error: {err}")).into_response();
     };
-    let message = if reason == Shedding::DEADLINE {
-        "the request took too long, retry shortly"
-    } else {
-        "the service is overloaded, retry shortly"
-    };
+    let message = "the service is overloaded, retry shortly";
     Shedding::mark(ApiError::Unavailable(message).into_response(), reason)
 }
 

@@ -153,6 +153,8 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let user = NewUser::try_from(request)?;
     let mut conn = state.pool.acquire().await?;
+    // One statement, committed as it completes.
+    crate::deadline::committing();
     let created: User = sqlx::query_as(
         "INSERT INTO users (email, name, company) VALUES ($1, $2, $3) \
          RETURNING id, email, name, company, created_at",

@@ -181,6 +181,59 @@ async fn a_request_past_its_deadline_is_503_unavailable_and_counted() {
 }
 
 #[tokio::test]
+async fn a_write_still_committing_at_its_deadline_is_answered_as_written() {
+    let app = spawn_app_with(|config| {
+        config.request_timeout = std::time::Duration::from_millis(400);
+    })
+    .await;
+    // The pool's first connection, opened before the commits turn slow.
+    let course = app.create_course("Deadline", 1_000).await;
+    // From now on every commit of a new user or event sleeps past the deadline:
+    // a deferred constraint trigger runs at COMMIT.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON users \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit(); \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON sale_events \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .execute(&app.db)
+    .await
+    .expect("slow commits");
+
+    // A single statement, committed as it returns.
+    let user = app
+        .post_json(
+            "/v1/users",
+            &json!({ "email": "late@example.com", "name": "Late" }),
+        )
+        .await;
+    // A transaction, committed by its COMMIT.
+    let event = app
+        .post_json(
+            "/v1/events",
+            &json!({
+                "name": "late sale",
+                "starts_at": "2030-01-01T00:00:00Z",
+                "ends_at": "2030-01-02T00:00:00Z",
+                "discount_percent": 10,
+                "courses": [{ "course_id": course }]
+            }),
+        )
+        .await;
+
+    // Each is answered as written (a 503 would invite a retry that writes
+    // again), with its read-your-writes token.
+    assert_eq!(user.status(), 201);
+    assert!(user.headers().contains_key("x-commit-lsn"));
+    assert_eq!(event.status(), 201);
+    assert!(event.headers().contains_key("x-commit-lsn"));
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM sale_events").await, 1);
+}
+
+#[tokio::test]
 async fn the_api_reference_is_generated_and_lists_exactly_the_served_routes() {
     let app = spawn_app().await;
 
