@@ -30,10 +30,19 @@ pub(crate) fn committing() {
     let _ = COMMITTING.try_with(|flag| flag.store(true, Relaxed));
 }
 
-/// Middleware: answers 503 `unavailable` once `limit` has passed, unless
-/// the handler has begun to commit by then.
+/// The request deadline, and how much longer a committing request is
+/// waited for (the statement timeout: PostgreSQL answers a COMMIT within it
+/// unless the connection itself stalls).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    pub(crate) limit: Duration,
+    pub(crate) grace: Duration,
+}
+
+/// Middleware: answers 503 `unavailable` once the limit has passed, unless
+/// the handler has begun to commit by then; that one gets the grace too.
 pub(crate) async fn enforce(
-    State(limit): State<Duration>,
+    State(deadline): State<Deadline>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -41,20 +50,24 @@ pub(crate) async fn enforce(
     let answer = COMMITTING.scope(flag.clone(), next.run(request));
     tokio::pin!(answer);
     tokio::select! {
-        response = &mut answer => response,
-        () = tokio::time::sleep(limit) => {
-            if flag.load(Relaxed) {
-                tracing::info!(
-                    deadline_ms = limit.as_millis() as u64,
-                    "past the request deadline while committing: waiting for the commit"
-                );
-                answer.await
-            } else {
-                Shedding::mark(
-                    ApiError::Unavailable("the request took too long, retry shortly").into_response(),
-                    Shedding::DEADLINE,
-                )
-            }
+        response = &mut answer => return response,
+        () = tokio::time::sleep(deadline.limit) => {}
+    }
+    if flag.load(Relaxed) {
+        tracing::info!(
+            deadline_ms = deadline.limit.as_millis() as u64,
+            "past the request deadline while committing: waiting for the commit"
+        );
+        match tokio::time::timeout(deadline.grace, answer).await {
+            Ok(response) => return response,
+            Err(_) => tracing::warn!(
+                grace_ms = deadline.grace.as_millis() as u64,
+                "the commit did not answer within the grace: its outcome is unknown"
+            ),
         }
     }
+    Shedding::mark(
+        ApiError::Unavailable("the request took too long, retry shortly").into_response(),
+        Shedding::DEADLINE,
+    )
 }

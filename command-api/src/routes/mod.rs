@@ -29,6 +29,7 @@ use utoipa_axum::routes;
 
 use crate::body::BodyRead;
 use crate::config::Config;
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::metrics::DB_POOL;
 use crate::state::AppState;
@@ -64,7 +65,10 @@ pub(crate) fn router(mut state: AppState, config: &Config) -> Result<Router, ser
         // Not tower's timeout: a write caught committing at the deadline is
         // waited for (see `deadline`).
         .layer(axum::middleware::from_fn_with_state(
-            config.request_timeout,
+            Deadline {
+                limit: config.request_timeout,
+                grace: config.db_statement_timeout,
+            },
             crate::deadline::enforce,
         ));
 
