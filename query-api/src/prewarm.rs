@@ -558,42 +558,19 @@ fn serve_all(set: &mut WarmSet, previous: &WarmSet, same_generation: bool, now: 
     }
 }
 
+// The integration tests' Redis of a test's own: pausing it stalls nobody else.
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
-
-    use super::*;
-
-    /// A `redis-server` of the test's own: pausing it stalls nobody else.
-    struct OwnRedis(std::process::Child);
-
-    impl Drop for OwnRedis {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use super::{common, *};
 
     #[tokio::test]
     async fn a_warm_set_is_as_old_as_the_first_read_of_its_refresh() -> anyhow::Result<()> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let _redis = OwnRedis(
-            Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server (installed by deploy/local.sh) on PATH"),
-        );
-        let url: views::RedisUrl = format!("redis://127.0.0.1:{port}").parse()?;
-        let client = Builder::from_config(url.config()).build()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.init().await.is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (_redis, url) = common::OwnRedis::start()?;
+        let client = common::client(&url).await?;
         let warm = Prewarm::new(
             client.clone(),
             Keys::new("t"),

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::OwnRedis;
+use common::{client, OwnRedis};
 use fred::prelude::*;
 use query_api::{Application, Config};
 use views::{CoursePage, CourseStats, GenerationMarker, Keys, VIEW_SCHEMA_VERSION};
@@ -19,22 +19,6 @@ use views::{CoursePage, CourseStats, GenerationMarker, Keys, VIEW_SCHEMA_VERSION
 const WAIT_MS: &str = "1500";
 /// A token the projection will not reach during the test.
 const FAR_FUTURE: &str = "FFFF/0";
-
-/// A client of `url`, once the server answers.
-async fn client(url: &str) -> anyhow::Result<Client> {
-    let config: views::RedisUrl = url.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let redis = Builder::from_config(config.config()).build()?;
-        match redis.init().await {
-            Ok(_) => return Ok(redis),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => return Err(anyhow::anyhow!("redis at {url} never answered: {err}")),
-        }
-    }
-}
 
 /// Generation 1 live at `lsn` with course 1 in it.
 async fn views_at(redis: &Client, keys: &Keys, lsn: &str) -> anyhow::Result<()> {

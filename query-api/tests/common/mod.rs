@@ -1,6 +1,9 @@
 //! What several of the query API's test files share.
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
 
 /// A `redis-server` of a test's own (other processes use the shared one),
 /// killed when dropped. `redis-server` must be on PATH.
@@ -34,5 +37,22 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A client of `url`, once the server answers.
+#[allow(dead_code)] // not every test file reads Redis itself
+pub async fn client(url: &str) -> anyhow::Result<Client> {
+    let config: views::RedisUrl = url.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let redis = Builder::from_config(config.config()).build()?;
+        match redis.init().await {
+            Ok(_) => return Ok(redis),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(anyhow::anyhow!("redis at {url} never answered: {err}")),
+        }
     }
 }
